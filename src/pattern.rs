@@ -1,0 +1,1 @@
+//! The test pattern code: frame counter and capture time written as blocks. TODO.

@@ -1,0 +1,1 @@
+//! Signaling: protocol types and the session state machine. TODO.
