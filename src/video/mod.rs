@@ -6,6 +6,7 @@
 
 use std::time::{Instant, SystemTime};
 
+pub mod convert;
 pub mod negotiate;
 pub mod test_pattern;
 pub mod v4l2;
