@@ -151,8 +151,8 @@ pub enum FrameSize {
 
 impl FrameSize {
     /// The size in this entry nearest to `width`x`height`: the size itself for a discrete entry;
-    /// for a range each dimension is clamped into the range and snapped to its step (rounding up
-    /// on a tie, so as not to shrink below the request) and then to an even number.
+    /// for a range each dimension is clamped into the range and rounded up to the next step (so as
+    /// not to shrink below the request), then moved to an even value inside the range.
     pub fn nearest_to(&self, width: u32, height: u32) -> (u32, u32) {
         match *self {
             FrameSize::Discrete { width, height } => (width, height),
