@@ -191,9 +191,9 @@ fn cells(stamp: &Stamp) -> [[bool; COLS]; ROWS] {
     for (r, row) in cells.iter_mut().enumerate() {
         row[0] = START_MARKER[r];
         row[COLS - 1] = !START_MARKER[r];
-        for c in 1..COLS - 1 {
-            let i = r * (COLS - 2) + (c - 1);
-            row[c] = bytes[i / 8] >> (7 - i % 8) & 1 == 1;
+        for (c, cell) in row[1..COLS - 1].iter_mut().enumerate() {
+            let i = r * (COLS - 2) + c;
+            *cell = bytes[i / 8] >> (7 - i % 8) & 1 == 1;
         }
     }
     cells

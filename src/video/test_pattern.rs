@@ -95,7 +95,7 @@ impl TestPattern {
         let colour = BOX_COLOURS[(index / 30) as usize % BOX_COLOURS.len()];
         fill_rect(y, u, v, w, (bx, by, size, size), colour);
         let core = (size / 2) & !1;
-        let inset = (size - core) / 2 & !1;
+        let inset = ((size - core) / 2) & !1;
         let dark = (colour.0 / 2, colour.1, colour.2);
         fill_rect(y, u, v, w, (bx + inset, by + inset, core, core), dark);
         data
@@ -192,7 +192,7 @@ fn draw_tile(w: usize, h: usize) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
                 i32::from(BARS[x * BARS.len() / w].0) + ramp + grain
             } else {
                 let gradient = 16 + (x * 219 / w) as i32;
-                if row >= (bars_end + h) / 2 && (x / check + row / check) % 2 == 0 { gradient / 2 + 60 } else { gradient }
+                if row >= (bars_end + h) / 2 && (x / check + row / check).is_multiple_of(2) { gradient / 2 + 60 } else { gradient }
             };
             let luma = luma.clamp(16, 235) as u8;
             tile_y[row * 2 * w + x] = luma;
