@@ -403,4 +403,58 @@ mod tests {
         assert_eq!(u[b / 2 * cw + (w as usize - 5 * b) / 2], NEUTRAL_CHROMA, "flash");
         assert_eq!(&y[..], &data[..y_len]);
     }
+
+    /// Encode `count` stamped test pattern pictures with openh264 at `bps`, decode them, and
+    /// return each stamp with what was read back (code and flash).
+    fn h264_round_trip(width: u32, height: u32, bps: u32, count: u32) -> Vec<(Stamp, Option<Stamp>, Option<bool>)> {
+        use crate::video::{VideoSpec, test_pattern::TestPattern};
+        use openh264::OpenH264API;
+        use openh264::decoder::Decoder;
+        use openh264::encoder::{BitRate, Encoder, EncoderConfig, FrameRate, RateControlMode};
+        use openh264::formats::{YUVBuffer, YUVSource};
+
+        let spec = VideoSpec { source: "test".into(), width, height, fps: 30 };
+        let background = TestPattern::new(&spec);
+        let config = EncoderConfig::new()
+            .bitrate(BitRate::from_bps(bps))
+            .max_frame_rate(FrameRate::from_hz(30.0))
+            .rate_control_mode(RateControlMode::Bitrate);
+        let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), config).expect("encoder");
+        let mut decoder = Decoder::new().expect("decoder");
+        let start_ms = 1_700_000_000_950u64; // the flash turns on after two frames
+        let mut results = Vec::new();
+        for n in 0..count {
+            let stamp = Stamp { frame: n, captured_ms: start_ms + u64::from(n) * 1000 / 30 };
+            let mut data = background.draw(u64::from(n));
+            let y_len = (width * height) as usize;
+            let (y, chroma) = data.split_at_mut(y_len);
+            let (u, v) = chroma.split_at_mut(y_len / 4);
+            assert!(write(y, u, v, width, height, &stamp));
+            let yuv = YUVBuffer::from_vec(data, width as usize, height as usize);
+            let annexb = encoder.encode(&yuv).expect("encode").to_vec();
+            if let Some(decoded) = decoder.decode(&annexb).expect("decode") {
+                let (w, h) = decoded.dimensions();
+                let stride = decoded.strides().0;
+                let luma = decoded.y();
+                results.push((
+                    stamp,
+                    read(luma, w as u32, h as u32, stride),
+                    read_flash(luma, w as u32, h as u32, stride),
+                ));
+            }
+        }
+        results
+    }
+
+    #[test]
+    fn survives_h264_at_low_bitrates() {
+        for (w, h, bps) in [(320, 240, 300_000), (1280, 720, 2_000_000), (160, 120, 100_000)] {
+            let results = h264_round_trip(w, h, bps, 45);
+            assert!(results.len() >= 40, "{w}x{h}: only {} pictures decoded", results.len());
+            for (stamp, code, flash) in results {
+                assert_eq!(code, Some(stamp), "{w}x{h} at {bps} bit/s");
+                assert_eq!(flash, Some(stamp.flash()), "{w}x{h} at {bps} bit/s, {stamp:?}");
+            }
+        }
+    }
 }
