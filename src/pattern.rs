@@ -256,6 +256,31 @@ mod tests {
     }
 
     #[test]
+    fn code_fits_from_124x24() {
+        assert_eq!(block_size(124, 24), Some(4));
+        assert_eq!(block_size(122, 24), None);
+        assert_eq!(block_size(124, 22), None);
+    }
+
+    /// The worked example in `docs/TEST_PATTERN.md`.
+    #[test]
+    fn cells_match_the_documented_example() {
+        let rows: Vec<String> = cells(&Stamp { frame: 1, captured_ms: 1_700_000_000_123 })
+            .iter()
+            .map(|row| row.iter().map(|&white| if white { '1' } else { '0' }).collect())
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                "100000000000000000000000",
+                "000000000010000000110001",
+                "110111100111111100101010",
+                "010100001111011100110011",
+            ]
+        );
+    }
+
+    #[test]
     fn round_trip_at_every_size() {
         let stamps = [
             Stamp { frame: 0, captured_ms: 0 },
