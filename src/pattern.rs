@@ -52,9 +52,9 @@ pub struct Stamp {
 impl Stamp {
     /// A stamp for `frame` captured at `captured_at` (times before the epoch count as 0).
     pub fn new(frame: u32, captured_at: SystemTime) -> Stamp {
-        let captured_ms = captured_at
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+        let captured_ms = captured_at.duration_since(UNIX_EPOCH).map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        });
         Stamp { frame, captured_ms }
     }
 
@@ -81,8 +81,17 @@ pub fn block_size(width: u32, height: u32) -> Option<u32> {
 /// Draw the code and the flash for `stamp` into a tightly packed I420 picture (`y` is
 /// `width*height` bytes, `u` and `v` `(width/2)*(height/2)` each). Returns `false`, drawing
 /// nothing, when the size is odd, the code does not fit (see [`block_size`]) or a plane is short.
-pub fn write(y: &mut [u8], u: &mut [u8], v: &mut [u8], width: u32, height: u32, stamp: &Stamp) -> bool {
-    let Some(b) = block_size(width, height) else { return false };
+pub fn write(
+    y: &mut [u8],
+    u: &mut [u8],
+    v: &mut [u8],
+    width: u32,
+    height: u32,
+    stamp: &Stamp,
+) -> bool {
+    let Some(b) = block_size(width, height) else {
+        return false;
+    };
     let (w, h, b) = (width as usize, height as usize, b as usize);
     let cw = w / 2;
     let chroma_len = cw * (h / 2);
@@ -117,7 +126,13 @@ pub fn write(y: &mut [u8], u: &mut [u8], v: &mut [u8], width: u32, height: u32, 
 }
 
 /// Set chroma rows `rows` and columns `cols` (in chroma samples) to neutral.
-fn neutral_chroma(u: &mut [u8], v: &mut [u8], cw: usize, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
+fn neutral_chroma(
+    u: &mut [u8],
+    v: &mut [u8],
+    cw: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) {
     for cy in rows {
         u[cy * cw + cols.start..cy * cw + cols.end].fill(NEUTRAL_CHROMA);
         v[cy * cw + cols.start..cy * cw + cols.end].fill(NEUTRAL_CHROMA);
@@ -149,7 +164,9 @@ pub fn read(y: &[u8], width: u32, height: u32, stride: usize) -> Option<Stamp> {
         return None;
     }
     let frame = u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-    let captured_ms = bytes[4..10].iter().fold(0u64, |ms, &byte| ms << 8 | u64::from(byte));
+    let captured_ms = bytes[4..10]
+        .iter()
+        .fold(0u64, |ms, &byte| ms << 8 | u64::from(byte));
     Some(Stamp { frame, captured_ms })
 }
 
@@ -171,7 +188,9 @@ pub fn read_flash(y: &[u8], width: u32, height: u32, stride: usize) -> Option<bo
 /// The block size, when the code fits and `y` holds `height` rows of `stride` bytes.
 fn checked_block_size(y: &[u8], width: u32, height: u32, stride: usize) -> Option<usize> {
     let b = block_size(width, height)? as usize;
-    let needed = stride.checked_mul(height as usize - 1)?.checked_add(width as usize)?;
+    let needed = stride
+        .checked_mul(height as usize - 1)?
+        .checked_add(width as usize)?;
     (stride >= width as usize && y.len() >= needed).then_some(b)
 }
 
@@ -205,7 +224,11 @@ fn crc8(bytes: &[u8]) -> u8 {
     for &byte in bytes {
         crc ^= byte;
         for _ in 0..8 {
-            crc = if crc & 0x80 != 0 { crc << 1 ^ 0x2F } else { crc << 1 };
+            crc = if crc & 0x80 != 0 {
+                crc << 1 ^ 0x2F
+            } else {
+                crc << 1
+            };
         }
     }
     crc ^ 0xFF
@@ -215,7 +238,13 @@ fn crc8(bytes: &[u8]) -> u8 {
 mod tests {
     use super::*;
 
-    const SIZES: [(u32, u32); 5] = [(160, 120), (320, 240), (640, 480), (1280, 720), (1920, 1080)];
+    const SIZES: [(u32, u32); 5] = [
+        (160, 120),
+        (320, 240),
+        (640, 480),
+        (1280, 720),
+        (1920, 1080),
+    ];
 
     fn now_ms() -> u64 {
         Stamp::new(0, SystemTime::now()).captured_ms
@@ -227,7 +256,10 @@ mod tests {
         let y_len = (width * height) as usize;
         let (y, chroma) = data.split_at_mut(y_len);
         let (u, v) = chroma.split_at_mut(y_len / 4);
-        assert!(write(y, u, v, width, height, stamp), "code fits at {width}x{height}");
+        assert!(
+            write(y, u, v, width, height, stamp),
+            "code fits at {width}x{height}"
+        );
         data
     }
 
@@ -265,10 +297,17 @@ mod tests {
     /// The worked example in `docs/TEST_PATTERN.md`.
     #[test]
     fn cells_match_the_documented_example() {
-        let rows: Vec<String> = cells(&Stamp { frame: 1, captured_ms: 1_700_000_000_123 })
-            .iter()
-            .map(|row| row.iter().map(|&white| if white { '1' } else { '0' }).collect())
-            .collect();
+        let rows: Vec<String> = cells(&Stamp {
+            frame: 1,
+            captured_ms: 1_700_000_000_123,
+        })
+        .iter()
+        .map(|row| {
+            row.iter()
+                .map(|&white| if white { '1' } else { '0' })
+                .collect()
+        })
+        .collect();
         assert_eq!(
             rows,
             [
@@ -283,35 +322,64 @@ mod tests {
     #[test]
     fn round_trip_at_every_size() {
         let stamps = [
-            Stamp { frame: 0, captured_ms: 0 },
-            Stamp { frame: u32::MAX, captured_ms: u64::from(u32::MAX) },
-            Stamp { frame: 1, captured_ms: CAPTURED_MS_MASK },
-            Stamp { frame: 12345, captured_ms: now_ms() },
+            Stamp {
+                frame: 0,
+                captured_ms: 0,
+            },
+            Stamp {
+                frame: u32::MAX,
+                captured_ms: u64::from(u32::MAX),
+            },
+            Stamp {
+                frame: 1,
+                captured_ms: CAPTURED_MS_MASK,
+            },
+            Stamp {
+                frame: 12345,
+                captured_ms: now_ms(),
+            },
         ];
         for (w, h) in SIZES {
             for stamp in &stamps {
                 let data = stamped(w, h, stamp);
-                assert_eq!(read(&data, w, h, w as usize), Some(*stamp), "{w}x{h} {stamp:?}");
+                assert_eq!(
+                    read(&data, w, h, w as usize),
+                    Some(*stamp),
+                    "{w}x{h} {stamp:?}"
+                );
             }
         }
     }
 
     #[test]
     fn capture_time_keeps_its_low_48_bits() {
-        let stamp = Stamp { frame: 7, captured_ms: u64::MAX };
+        let stamp = Stamp {
+            frame: 7,
+            captured_ms: u64::MAX,
+        };
         let data = stamped(320, 240, &stamp);
         let read_back = read(&data, 320, 240, 320);
-        assert_eq!(read_back, Some(Stamp { frame: 7, captured_ms: CAPTURED_MS_MASK }));
+        assert_eq!(
+            read_back,
+            Some(Stamp {
+                frame: 7,
+                captured_ms: CAPTURED_MS_MASK
+            })
+        );
     }
 
     #[test]
     fn reads_through_a_padded_stride() {
         let (w, h, stride) = (640u32, 480u32, 704usize);
-        let stamp = Stamp { frame: 99, captured_ms: now_ms() };
+        let stamp = Stamp {
+            frame: 99,
+            captured_ms: now_ms(),
+        };
         let data = stamped(w, h, &stamp);
         let mut padded = vec![0u8; stride * h as usize];
         for row in 0..h as usize {
-            padded[row * stride..row * stride + w as usize].copy_from_slice(&data[row * w as usize..][..w as usize]);
+            padded[row * stride..row * stride + w as usize]
+                .copy_from_slice(&data[row * w as usize..][..w as usize]);
         }
         assert_eq!(read(&padded, w, h, stride), Some(stamp));
     }
@@ -334,28 +402,62 @@ mod tests {
 
     #[test]
     fn short_or_small_input_is_rejected_without_panicking() {
-        let data = stamped(320, 240, &Stamp { frame: 1, captured_ms: 2 });
+        let data = stamped(
+            320,
+            240,
+            &Stamp {
+                frame: 1,
+                captured_ms: 2,
+            },
+        );
         assert_eq!(read(&data[..320 * 239], 320, 240, 320), None);
         assert_eq!(read(&data, 320, 240, 100), None);
         assert_eq!(read(&data, 100, 80, 100), None);
         assert_eq!(read(&[], 0, 0, 0), None);
         assert_eq!(read_flash(&data[..1000], 320, 240, 320), None);
         let (mut y, mut u, mut v) = (vec![0u8; 100 * 80], vec![0u8; 50 * 40], vec![0u8; 50 * 40]);
-        assert!(!write(&mut y, &mut u, &mut v, 100, 80, &Stamp { frame: 0, captured_ms: 0 }));
-        assert!(!write(&mut y, &mut u, &mut v, 320, 240, &Stamp { frame: 0, captured_ms: 0 }));
+        assert!(!write(
+            &mut y,
+            &mut u,
+            &mut v,
+            100,
+            80,
+            &Stamp {
+                frame: 0,
+                captured_ms: 0
+            }
+        ));
+        assert!(!write(
+            &mut y,
+            &mut u,
+            &mut v,
+            320,
+            240,
+            &Stamp {
+                frame: 0,
+                captured_ms: 0
+            }
+        ));
     }
 
     #[test]
     fn every_single_flipped_block_is_detected() {
         let (w, h) = (320u32, 240u32);
         let b = block_size(w, h).unwrap_or_default() as usize;
-        let stamp = Stamp { frame: 0x1234_5678, captured_ms: now_ms() };
+        let stamp = Stamp {
+            frame: 0x1234_5678,
+            captured_ms: now_ms(),
+        };
         let data = stamped(w, h, &stamp);
         for r in 0..ROWS {
             for c in 0..COLS {
                 let mut y = data[..(w * h) as usize].to_vec();
                 let (x0, y0) = ((c + 1) * b, (r + 1) * b);
-                let flipped = if y[y0 * w as usize + x0] >= THRESHOLD { BLACK } else { WHITE };
+                let flipped = if y[y0 * w as usize + x0] >= THRESHOLD {
+                    BLACK
+                } else {
+                    WHITE
+                };
                 for py in y0..y0 + b {
                     y[py * w as usize + x0..py * w as usize + x0 + b].fill(flipped);
                 }
@@ -368,7 +470,10 @@ mod tests {
     fn survives_mild_noise() {
         let mut next = noise(7);
         for (w, h) in SIZES {
-            let stamp = Stamp { frame: 31337, captured_ms: now_ms() };
+            let stamp = Stamp {
+                frame: 31337,
+                captured_ms: now_ms(),
+            };
             let mut y = stamped(w, h, &stamp)[..(w * h) as usize].to_vec();
             for px in &mut y {
                 let delta = i32::from(next() % 41) - 20;
@@ -382,13 +487,17 @@ mod tests {
     fn survives_a_2x2_box_blur() {
         for (w, h) in SIZES {
             let (wu, hu) = (w as usize, h as usize);
-            let stamp = Stamp { frame: 4_000_000_000, captured_ms: now_ms() };
+            let stamp = Stamp {
+                frame: 4_000_000_000,
+                captured_ms: now_ms(),
+            };
             let y = &stamped(w, h, &stamp)[..wu * hu];
             let at = |x: usize, row: usize| u32::from(y[row.min(hu - 1) * wu + x.min(wu - 1)]);
             let blurred: Vec<u8> = (0..wu * hu)
                 .map(|i| {
                     let (x, row) = (i % wu, i / wu);
-                    ((at(x, row) + at(x + 1, row) + at(x, row + 1) + at(x + 1, row + 1) + 2) / 4) as u8
+                    ((at(x, row) + at(x + 1, row) + at(x, row + 1) + at(x + 1, row + 1) + 2) / 4)
+                        as u8
                 })
                 .collect();
             assert_eq!(read(&blurred, w, h, wu), Some(stamp), "{w}x{h}");
@@ -397,12 +506,25 @@ mod tests {
 
     #[test]
     fn flash_is_on_in_the_first_100_ms_of_each_second() {
-        for (ms, on) in [(0, true), (99, true), (100, false), (999, false), (1_700_000_000_050, true)] {
-            let stamp = Stamp { frame: 3, captured_ms: ms };
+        for (ms, on) in [
+            (0, true),
+            (99, true),
+            (100, false),
+            (999, false),
+            (1_700_000_000_050, true),
+        ] {
+            let stamp = Stamp {
+                frame: 3,
+                captured_ms: ms,
+            };
             assert_eq!(stamp.flash(), on, "{ms}");
             for (w, h) in SIZES {
                 let data = stamped(w, h, &stamp);
-                assert_eq!(read_flash(&data, w, h, w as usize), Some(on), "{ms} at {w}x{h}");
+                assert_eq!(
+                    read_flash(&data, w, h, w as usize),
+                    Some(on),
+                    "{ms} at {w}x{h}"
+                );
                 assert_eq!(read(&data, w, h, w as usize), Some(stamp));
             }
         }
@@ -413,43 +535,78 @@ mod tests {
     #[test]
     fn code_and_flash_have_neutral_chroma() {
         let (w, h) = (320u32, 240u32);
-        let data = stamped(w, h, &Stamp { frame: 5, captured_ms: 50 });
+        let data = stamped(
+            w,
+            h,
+            &Stamp {
+                frame: 5,
+                captured_ms: 50,
+            },
+        );
         let mut tinted = vec![60u8; data.len()];
         tinted[..(w * h) as usize].fill(128);
         let y_len = (w * h) as usize;
         let (y, chroma) = tinted.split_at_mut(y_len);
         let (u, v) = chroma.split_at_mut(y_len / 4);
-        assert!(write(y, u, v, w, h, &Stamp { frame: 5, captured_ms: 50 }));
+        assert!(write(
+            y,
+            u,
+            v,
+            w,
+            h,
+            &Stamp {
+                frame: 5,
+                captured_ms: 50
+            }
+        ));
         let b = 8usize;
         let cw = (w / 2) as usize;
         assert_eq!(u[0], NEUTRAL_CHROMA);
         assert_eq!(v[(3 * b - 1) * cw + 13 * b - 1], NEUTRAL_CHROMA);
         assert_eq!(u[(3 * b - 1) * cw + 13 * b], 60, "outside the code box");
-        assert_eq!(u[b / 2 * cw + (w as usize - 5 * b) / 2], NEUTRAL_CHROMA, "flash");
+        assert_eq!(
+            u[b / 2 * cw + (w as usize - 5 * b) / 2],
+            NEUTRAL_CHROMA,
+            "flash"
+        );
         assert_eq!(&y[..], &data[..y_len]);
     }
 
     /// Encode `count` stamped test pattern pictures with openh264 at `bps`, decode them, and
     /// return each stamp with what was read back (code and flash).
-    fn h264_round_trip(width: u32, height: u32, bps: u32, count: u32) -> Vec<(Stamp, Option<Stamp>, Option<bool>)> {
+    fn h264_round_trip(
+        width: u32,
+        height: u32,
+        bps: u32,
+        count: u32,
+    ) -> Vec<(Stamp, Option<Stamp>, Option<bool>)> {
         use crate::video::{VideoSpec, test_pattern::TestPattern};
         use openh264::OpenH264API;
         use openh264::decoder::Decoder;
         use openh264::encoder::{BitRate, Encoder, EncoderConfig, FrameRate, RateControlMode};
         use openh264::formats::{YUVBuffer, YUVSource};
 
-        let spec = VideoSpec { source: "test".into(), width, height, fps: 30 };
+        let spec = VideoSpec {
+            source: "test".into(),
+            width,
+            height,
+            fps: 30,
+        };
         let background = TestPattern::new(&spec);
         let config = EncoderConfig::new()
             .bitrate(BitRate::from_bps(bps))
             .max_frame_rate(FrameRate::from_hz(30.0))
             .rate_control_mode(RateControlMode::Bitrate);
-        let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), config).expect("encoder");
+        let mut encoder =
+            Encoder::with_api_config(OpenH264API::from_source(), config).expect("encoder");
         let mut decoder = Decoder::new().expect("decoder");
         let start_ms = 1_700_000_000_950u64; // the flash turns on after two frames
         let mut results = Vec::new();
         for n in 0..count {
-            let stamp = Stamp { frame: n, captured_ms: start_ms + u64::from(n) * 1000 / 30 };
+            let stamp = Stamp {
+                frame: n,
+                captured_ms: start_ms + u64::from(n) * 1000 / 30,
+            };
             let mut data = background.draw(u64::from(n));
             let y_len = (width * height) as usize;
             let (y, chroma) = data.split_at_mut(y_len);
@@ -473,12 +630,24 @@ mod tests {
 
     #[test]
     fn survives_h264_at_low_bitrates() {
-        for (w, h, bps) in [(320, 240, 300_000), (1280, 720, 2_000_000), (160, 120, 100_000)] {
+        for (w, h, bps) in [
+            (320, 240, 300_000),
+            (1280, 720, 2_000_000),
+            (160, 120, 100_000),
+        ] {
             let results = h264_round_trip(w, h, bps, 45);
-            assert!(results.len() >= 40, "{w}x{h}: only {} pictures decoded", results.len());
+            assert!(
+                results.len() >= 40,
+                "{w}x{h}: only {} pictures decoded",
+                results.len()
+            );
             for (stamp, code, flash) in results {
                 assert_eq!(code, Some(stamp), "{w}x{h} at {bps} bit/s");
-                assert_eq!(flash, Some(stamp.flash()), "{w}x{h} at {bps} bit/s, {stamp:?}");
+                assert_eq!(
+                    flash,
+                    Some(stamp.flash()),
+                    "{w}x{h} at {bps} bit/s, {stamp:?}"
+                );
             }
         }
     }

@@ -31,7 +31,12 @@ const BARS: [(u8, u8, u8); 7] = [
 ];
 
 /// Colours the box cycles through, one per second at 30 fps: orange, teal, purple, lime.
-const BOX_COLOURS: [(u8, u8, u8); 4] = [(150, 60, 190), (120, 150, 70), (70, 170, 160), (190, 40, 110)];
+const BOX_COLOURS: [(u8, u8, u8); 4] = [
+    (150, 60, 190),
+    (120, 150, 70),
+    (70, 170, 160),
+    (190, 40, 110),
+];
 
 pub struct TestPattern {
     format: VideoFormat,
@@ -83,7 +88,11 @@ impl TestPattern {
         for (row, dst) in y.chunks_exact_mut(w).enumerate() {
             dst.copy_from_slice(&self.tile_y[row * 2 * w + offset..][..w]);
         }
-        for (row, (du, dv)) in u.chunks_exact_mut(cw).zip(v.chunks_exact_mut(cw)).enumerate() {
+        for (row, (du, dv)) in u
+            .chunks_exact_mut(cw)
+            .zip(v.chunks_exact_mut(cw))
+            .enumerate()
+        {
             du.copy_from_slice(&self.tile_u[row * w + offset / 2..][..cw]);
             dv.copy_from_slice(&self.tile_v[row * w + offset / 2..][..cw]);
         }
@@ -111,7 +120,8 @@ impl TestPattern {
         if now > due + period {
             // Behind: continue from the latest slot that is already due.
             let elapsed = (now - start).as_nanos();
-            self.slot = u64::try_from(elapsed * u128::from(fps) / 1_000_000_000).unwrap_or(u64::MAX);
+            self.slot =
+                u64::try_from(elapsed * u128::from(fps) / 1_000_000_000).unwrap_or(u64::MAX);
             due = start + slot_offset(self.slot, fps);
         }
         if due > now {
@@ -141,7 +151,13 @@ impl VideoSource for TestPattern {
         // Frames too small for the code (below about 124x24) go out without it.
         pattern::write(y, u, v, width, height, &stamp);
         self.delivered = self.delivered.wrapping_add(1);
-        Ok(Frame { width, height, data, captured_at, instant })
+        Ok(Frame {
+            width,
+            height,
+            data,
+            captured_at,
+            instant,
+        })
     }
 }
 
@@ -157,11 +173,22 @@ fn bounce(t: u64, span: u64) -> u64 {
         return 0;
     }
     let phase = t % (2 * span);
-    if phase <= span { phase } else { 2 * span - phase }
+    if phase <= span {
+        phase
+    } else {
+        2 * span - phase
+    }
 }
 
 /// Fill the rectangle `(x, y, width, height)` (even coordinates and sizes) with a YUV colour.
-fn fill_rect(y: &mut [u8], u: &mut [u8], v: &mut [u8], w: usize, rect: (usize, usize, usize, usize), colour: (u8, u8, u8)) {
+fn fill_rect(
+    y: &mut [u8],
+    u: &mut [u8],
+    v: &mut [u8],
+    w: usize,
+    rect: (usize, usize, usize, usize),
+    colour: (u8, u8, u8),
+) {
     let (x0, y0, rw, rh) = rect;
     for row in y0..y0 + rh {
         y[row * w + x0..row * w + x0 + rw].fill(colour.0);
@@ -192,7 +219,11 @@ fn draw_tile(w: usize, h: usize) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
                 i32::from(BARS[x * BARS.len() / w].0) + ramp + grain
             } else {
                 let gradient = 16 + (x * 219 / w) as i32;
-                if row >= (bars_end + h) / 2 && (x / check + row / check).is_multiple_of(2) { gradient / 2 + 60 } else { gradient }
+                if row >= (bars_end + h) / 2 && (x / check + row / check).is_multiple_of(2) {
+                    gradient / 2 + 60
+                } else {
+                    gradient
+                }
             };
             let luma = luma.clamp(16, 235) as u8;
             tile_y[row * 2 * w + x] = luma;
@@ -208,7 +239,10 @@ fn draw_tile(w: usize, h: usize) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
                 (bar.1, bar.2)
             } else {
                 // A gentle hue sweep under the gradient.
-                (128 + (x * 40 / cw) as u8 - 20, 108 + (row * 40 / ch) as u8 / 2)
+                (
+                    128 + (x * 40 / cw) as u8 - 20,
+                    108 + (row * 40 / ch) as u8 / 2,
+                )
             };
             for (tile, value) in [(&mut tile_u, u), (&mut tile_v, v)] {
                 tile[row * w + x] = value;
@@ -224,14 +258,26 @@ mod tests {
     use super::*;
 
     fn spec(width: u32, height: u32, fps: u32) -> VideoSpec {
-        VideoSpec { source: "test".into(), width, height, fps }
+        VideoSpec {
+            source: "test".into(),
+            width,
+            height,
+            fps,
+        }
     }
 
     #[test]
     fn frames_have_the_asked_size_consecutive_counters_and_motion() -> Result<(), VideoError> {
         for (w, h) in [(160, 120), (320, 240), (1280, 720)] {
             let mut source = TestPattern::new(&spec(w, h, 120));
-            assert_eq!((source.format().width, source.format().height, source.format().fps), (w, h, 120));
+            assert_eq!(
+                (
+                    source.format().width,
+                    source.format().height,
+                    source.format().fps
+                ),
+                (w, h, 120)
+            );
             let mut previous: Option<Frame> = None;
             for n in 0..4u32 {
                 let frame = source.next_frame()?;
@@ -239,11 +285,18 @@ mod tests {
                 assert_eq!(frame.data.len(), Frame::i420_len(w, h));
                 let (y, _, _) = frame.planes();
                 let stamp = pattern::read(y, w, h, w as usize);
-                assert_eq!(stamp, Some(Stamp::new(n, frame.captured_at)), "{w}x{h} frame {n}");
+                assert_eq!(
+                    stamp,
+                    Some(Stamp::new(n, frame.captured_at)),
+                    "{w}x{h} frame {n}"
+                );
                 if let Some(previous) = &previous {
                     let (py, _, _) = previous.planes();
                     let changed = y.iter().zip(py).filter(|(a, b)| a != b).count();
-                    assert!(changed > y.len() / 20, "{w}x{h}: only {changed} pixels changed");
+                    assert!(
+                        changed > y.len() / 20,
+                        "{w}x{h}: only {changed} pixels changed"
+                    );
                     assert!(frame.instant > previous.instant);
                 }
                 previous = Some(frame);
@@ -273,8 +326,14 @@ mod tests {
         let late = source.next_frame()?;
         source.next_frame()?;
         let after = source.next_frame()?;
-        assert!(after.instant - late.instant >= Duration::from_millis(20), "no burst after falling behind");
-        assert_eq!(pattern::read(after.planes().0, 160, 120, 160).map(|s| s.frame), Some(3));
+        assert!(
+            after.instant - late.instant >= Duration::from_millis(20),
+            "no burst after falling behind"
+        );
+        assert_eq!(
+            pattern::read(after.planes().0, 160, 120, 160).map(|s| s.frame),
+            Some(3)
+        );
         Ok(())
     }
 
@@ -282,7 +341,10 @@ mod tests {
     fn odd_zero_and_huge_sizes_are_clamped() {
         let source = TestPattern::new(&spec(321, 0, 0));
         let format = source.format();
-        assert_eq!((format.width, format.height, format.fps), (320, MIN_SIDE, 1));
+        assert_eq!(
+            (format.width, format.height, format.fps),
+            (320, MIN_SIDE, 1)
+        );
         let tall = TestPattern::new(&spec(16, 100_000, 30));
         assert_eq!(tall.draw(5).len(), Frame::i420_len(16, MAX_SIDE));
     }
@@ -291,7 +353,11 @@ mod tests {
     fn background_keeps_moving_over_many_frames() {
         let source = TestPattern::new(&spec(320, 240, 30));
         for index in [0u64, 100, 159, 160, 1000, u64::from(u32::MAX)] {
-            assert_ne!(source.draw(index), source.draw(index + 1), "picture {index}");
+            assert_ne!(
+                source.draw(index),
+                source.draw(index + 1),
+                "picture {index}"
+            );
         }
     }
 }
