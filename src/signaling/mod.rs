@@ -1,1 +1,14 @@
-//! Signaling: protocol types and the session state machine. TODO.
+//! Signaling: how viewers and the device find each other over MQTT.
+//!
+//! [`protocol`] owns the wire format (topics and JSON messages, see `docs/PROTOCOL.md`); it does
+//! no I/O. Session bookkeeping (which CID has which peer, timeouts) lives beside it.
+
+pub mod protocol;
+// pub mod sessions; (session state machine, added separately)
+
+pub use protocol::{
+    AudioStatus, CID_MAX_LEN, EARLY_CANDIDATE_HOLD, ErrorCode, ErrorMsg, IceCandidateMsg,
+    ProtocolError, SdpType, SessionDescriptionMsg, Status, TopicKind, Topics, VIDEO_CODEC_H264,
+    VideoStatus, offline_status_json, parse_answer, parse_candidate, parse_error, parse_offer,
+    parse_status, parse_topic, validate_cid, validate_uid,
+};
