@@ -2,6 +2,12 @@
 //! viewers whose offers arrive over MQTT 5.
 
 pub mod config;
+pub mod daemon;
+pub mod encode;
+pub mod hub;
+pub mod mqtt;
 pub mod pattern;
+pub mod peer;
 pub mod signaling;
 pub mod video;
+pub mod view;

@@ -4,7 +4,9 @@
 //! no I/O. Session bookkeeping (which CID has which peer, timeouts) lives beside it.
 
 pub mod protocol;
-// pub mod sessions; (session state machine, added separately)
+pub mod sessions;
+
+pub use sessions::SessionKey;
 
 pub use protocol::{
     AudioStatus, CID_MAX_LEN, EARLY_CANDIDATE_HOLD, ErrorCode, ErrorMsg, IceCandidateMsg,

@@ -71,7 +71,11 @@ pub enum VideoError {
     #[error("{device}: permission denied (add the user to the `video` group)")]
     PermissionDenied { device: String },
     #[error("{device}: no format fits {wanted}; the device offers: {offered}")]
-    NoFittingFormat { device: String, wanted: String, offered: String },
+    NoFittingFormat {
+        device: String,
+        wanted: String,
+        offered: String,
+    },
     #[error("{device}: {message}")]
     Failed { device: String, message: String },
 }

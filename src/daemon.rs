@@ -1,0 +1,196 @@
+//! The daemon: wires the MQTT transport, the signaling state machine, the WebRTC sessions and the
+//! shared video hub together, and carries out what the state machine decides.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+use webrtc::peer_connection::{RTCIceCandidateInit, RTCIceServer};
+
+use crate::config::DaemonConfig;
+use crate::hub::Hub;
+use crate::mqtt::{self, Mqtt, MqttEvent, MqttSettings};
+use crate::peer::session::{self, AnswerError, SessionEvent, SessionHandle};
+use crate::peer::{PeerFactory, PeerSettings};
+use crate::signaling::protocol::{
+    ErrorCode, IceCandidateMsg, Status, Topics, VIDEO_CODEC_H264, VideoStatus, offline_status_json,
+};
+use crate::signaling::sessions::{Action, Limits, PeerEvent, SessionKey, Signaling};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Run until SIGINT or SIGTERM.
+pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let topics = Topics::new(cfg.id.clone())?;
+    let factory = PeerFactory::new(peer_settings(&cfg))?;
+    let hub = Hub::new(cfg.video.clone(), cfg.bitrate_kbps);
+    let video = VideoStatus {
+        codec: VIDEO_CODEC_H264.to_string(),
+        width: cfg.video.width,
+        height: cfg.video.height,
+        fps: cfg.video.fps,
+    };
+    let status = Status::online(VERSION, video, 0, cfg.max_viewers as u32);
+    let limits = Limits {
+        max_viewers: cfg.max_viewers,
+        peer_timeout: cfg.peer_timeout,
+        ..Limits::default()
+    };
+    let mut core = Signaling::new(topics.clone(), limits, status);
+    let offline = offline_status_json();
+    let mut conn = mqtt::connect(MqttSettings {
+        host: cfg.mqtt.host.clone(),
+        port: cfg.mqtt.port,
+        client_id: format!("spyglass-{}", cfg.id.replace('/', "-")),
+        username: cfg.username.clone(),
+        password: cfg.password.clone(),
+        will: Some((topics.status(), offline.clone())),
+        subscriptions: topics.device_filters().to_vec(),
+    });
+    info!(id = %cfg.id, broker = %format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port), video = %cfg.video.source, "spyglass {VERSION} starting");
+
+    let (session_tx, mut session_rx) = mpsc::unbounded_channel::<(SessionKey, SessionEvent)>();
+    let mut exec = Executor {
+        mqtt: conn.client.clone(),
+        factory,
+        hub: hub.clone(),
+        session_tx,
+        sessions: HashMap::new(),
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut first_online = true;
+    loop {
+        tokio::select! {
+            event = conn.events.recv() => match event {
+                Some(MqttEvent::Connected) => {
+                    if first_online {
+                        info!(ms = started.elapsed().as_millis() as u64, "online");
+                        first_online = false;
+                    } else {
+                        info!("reconnected to the broker");
+                    }
+                    let action = core.status_action();
+                    exec.run(vec![action]).await;
+                }
+                Some(MqttEvent::Disconnected(why)) => warn!("broker connection lost: {why}"),
+                Some(MqttEvent::Message { topic, payload }) => {
+                    let actions = core.on_message(Instant::now(), &topic, &payload);
+                    exec.run(actions).await;
+                }
+                None => break,
+            },
+            Some((key, event)) = session_rx.recv() => {
+                let event = match event {
+                    SessionEvent::Answered(sdp) => PeerEvent::Answered(sdp),
+                    SessionEvent::Failed(err) => {
+                        exec.sessions.remove(&key);
+                        let (code, message) = match err {
+                            AnswerError::BadOffer(m) => (ErrorCode::BadRequest, m),
+                            AnswerError::Unsupported(m) => (ErrorCode::Unsupported, m),
+                            AnswerError::Internal(m) => (ErrorCode::Internal, m),
+                        };
+                        PeerEvent::Failed { code, message }
+                    }
+                    SessionEvent::LocalCandidate(c) => PeerEvent::LocalCandidate(c.map(|init| IceCandidateMsg {
+                        candidate: init.candidate,
+                        sdp_mid: init.sdp_mid,
+                        sdp_mline_index: init.sdp_mline_index,
+                    })),
+                    SessionEvent::Connected => PeerEvent::Connected,
+                    SessionEvent::Closed(_) => {
+                        exec.sessions.remove(&key);
+                        PeerEvent::Closed
+                    }
+                };
+                let actions = core.on_peer_event(Instant::now(), &key, event);
+                exec.run(actions).await;
+            },
+            _ = tick.tick() => {
+                let actions = core.on_tick(Instant::now());
+                exec.run(actions).await;
+            }
+            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    info!("stopping");
+    for handle in exec.sessions.values() {
+        handle.close();
+    }
+    hub.shutdown();
+    conn.close(Some((topics.status(), offline))).await;
+    Ok(())
+}
+
+fn peer_settings(cfg: &DaemonConfig) -> PeerSettings {
+    let mut ice_servers = Vec::new();
+    if !cfg.stun.is_empty() {
+        ice_servers.push(RTCIceServer {
+            urls: cfg.stun.clone(),
+            ..Default::default()
+        });
+    }
+    if !cfg.turn.is_empty() {
+        ice_servers.push(RTCIceServer {
+            urls: cfg.turn.clone(),
+            username: cfg.turn_username.clone().unwrap_or_default(),
+            credential: cfg.turn_password.clone().unwrap_or_default(),
+        });
+    }
+    PeerSettings {
+        bind: cfg.rtc_bind.clone(),
+        mdns: cfg.mdns,
+        ice_servers,
+    }
+}
+
+/// Carries out the state machine's actions.
+struct Executor {
+    mqtt: Mqtt,
+    factory: PeerFactory,
+    hub: Hub,
+    session_tx: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
+    sessions: HashMap<SessionKey, SessionHandle>,
+}
+
+impl Executor {
+    async fn run(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Publish {
+                    topic,
+                    payload,
+                    retain,
+                } => self.mqtt.publish(topic, payload, retain).await,
+                Action::Start { key, offer_sdp } => {
+                    let handle = session::start(
+                        self.factory.clone(),
+                        self.hub.clone(),
+                        key.clone(),
+                        offer_sdp,
+                        self.session_tx.clone(),
+                    );
+                    self.sessions.insert(key, handle);
+                }
+                Action::Candidate { key, candidate } => {
+                    if let Some(handle) = self.sessions.get(&key) {
+                        handle.add_candidate(candidate.map(|c| RTCIceCandidateInit {
+                            candidate: c.candidate,
+                            sdp_mid: c.sdp_mid,
+                            sdp_mline_index: c.sdp_mline_index,
+                            ..Default::default()
+                        }));
+                    }
+                }
+                Action::Close { key } => {
+                    if let Some(handle) = self.sessions.remove(&key) {
+                        handle.close();
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! The hub: one capture and one encoder per stream, shared by every viewer.
+//!
+//! Capture and encoding run only while at least one [`Subscription`] exists. A capture thread
+//! drops the oldest raw frame when the encoder is behind (a one-slot mailbox), and encoded frames
+//! fan out through a bounded broadcast channel that drops the oldest for a viewer that lags, so a
+//! slow viewer never delays the others or builds up latency. Keyframe requests from any viewer go
+//! through a [`KeyframeGate`] that coalesces bursts.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast;
+use tracing::{debug, info, warn};
+
+use crate::encode::{EncodedFrame, EncoderSettings, H264Encoder};
+use crate::video::{self, Frame, VideoError, VideoSource, VideoSpec};
+
+/// How many encoded frames a viewer may lag behind before it loses the oldest.
+const FANOUT_DEPTH: usize = 8;
+/// Requests from viewers that lost pictures are served at most this often.
+const MIN_LOSS_KEYFRAME_INTERVAL: Duration = Duration::from_millis(250);
+/// Wait before reopening a source that failed.
+const REOPEN_DELAY: Duration = Duration::from_secs(1);
+
+/// Why a keyframe is wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyframeReason {
+    /// A viewer just started watching: served at the next frame.
+    Join,
+    /// A viewer lost pictures (PLI/FIR, or it lagged): coalesced.
+    Loss,
+}
+
+/// Decides, frame by frame, whether the next frame must be a keyframe. Time is passed in.
+#[derive(Debug, Default)]
+pub struct KeyframeGate {
+    join_pending: bool,
+    loss_pending: bool,
+    last_keyframe: Option<Instant>,
+    /// Requests received (for stats and tests).
+    pub requests: u64,
+}
+
+impl KeyframeGate {
+    pub fn request(&mut self, reason: KeyframeReason) {
+        self.requests += 1;
+        match reason {
+            KeyframeReason::Join => self.join_pending = true,
+            KeyframeReason::Loss => self.loss_pending = true,
+        }
+    }
+
+    /// Called before encoding each frame: true when this frame must be forced to a keyframe.
+    pub fn should_force(&mut self, now: Instant) -> bool {
+        let loss_due = self.loss_pending
+            && self
+                .last_keyframe
+                .is_none_or(|t| now.saturating_duration_since(t) >= MIN_LOSS_KEYFRAME_INTERVAL);
+        if self.join_pending || loss_due {
+            self.join_pending = false;
+            self.loss_pending = false;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Called after encoding with what the encoder produced (it also makes periodic keyframes).
+    pub fn encoded(&mut self, now: Instant, keyframe: bool) {
+        if keyframe {
+            self.last_keyframe = Some(now);
+            // Any keyframe answers a pending loss request.
+            self.loss_pending = false;
+        }
+    }
+}
+
+/// Figures about the shared pipeline, for status, tests and benchmarks.
+#[derive(Debug, Default)]
+pub struct HubCounters {
+    pub pipeline_starts: AtomicU64,
+    pub frames_captured: AtomicU64,
+    pub frames_encoded: AtomicU64,
+    pub keyframes: AtomicU64,
+    pub raw_frames_dropped: AtomicU64,
+}
+
+/// Opens the source each time the pipeline starts.
+pub type SourceOpener = Box<dyn Fn() -> Result<Box<dyn VideoSource>, VideoError> + Send + Sync>;
+
+struct Inner {
+    opener: SourceOpener,
+    bitrate_kbps: u32,
+    viewers: Mutex<Control>,
+    wake: Condvar,
+    frames: broadcast::Sender<Arc<EncodedFrame>>,
+    keyframes: Mutex<KeyframeGate>,
+    counters: HubCounters,
+}
+
+#[derive(Default)]
+struct Control {
+    viewers: usize,
+    shutdown: bool,
+}
+
+/// Handle to the shared pipeline. Cloning is cheap.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+impl Hub {
+    /// A hub over the source that `spec` names.
+    pub fn new(spec: VideoSpec, bitrate_kbps: u32) -> Hub {
+        Hub::with_opener(Box::new(move || video::open(&spec)), bitrate_kbps)
+    }
+
+    pub fn with_opener(opener: SourceOpener, bitrate_kbps: u32) -> Hub {
+        let (frames, _) = broadcast::channel(FANOUT_DEPTH);
+        let inner = Arc::new(Inner {
+            opener,
+            bitrate_kbps,
+            viewers: Mutex::new(Control::default()),
+            wake: Condvar::new(),
+            frames,
+            keyframes: Mutex::new(KeyframeGate::default()),
+            counters: HubCounters::default(),
+        });
+        let worker = Arc::clone(&inner);
+        thread::Builder::new()
+            .name("hub".into())
+            .spawn(move || supervise(&worker))
+            .expect("spawning the hub thread");
+        Hub { inner }
+    }
+
+    /// Start watching: the pipeline runs while any subscription exists, and the next frame
+    /// is a keyframe.
+    pub fn subscribe(&self) -> Subscription {
+        let rx = self.inner.frames.subscribe();
+        {
+            let mut c = lock(&self.inner.viewers);
+            c.viewers += 1;
+        }
+        self.inner.wake.notify_all();
+        self.request_keyframe(KeyframeReason::Join);
+        Subscription {
+            rx,
+            inner: Arc::clone(&self.inner),
+            waiting_for_keyframe: true,
+        }
+    }
+
+    pub fn request_keyframe(&self, reason: KeyframeReason) {
+        lock(&self.inner.keyframes).request(reason);
+    }
+
+    pub fn counters(&self) -> &HubCounters {
+        &self.inner.counters
+    }
+
+    pub fn subscribers(&self) -> usize {
+        lock(&self.inner.viewers).viewers
+    }
+
+    /// Stop the pipeline thread (at process exit).
+    pub fn shutdown(&self) {
+        lock(&self.inner.viewers).shutdown = true;
+        self.inner.wake.notify_all();
+    }
+}
+
+/// One viewer's feed of encoded frames.
+pub struct Subscription {
+    rx: broadcast::Receiver<Arc<EncodedFrame>>,
+    inner: Arc<Inner>,
+    waiting_for_keyframe: bool,
+}
+
+impl Subscription {
+    /// The next frame this viewer can decode. Frames before the first keyframe, and after a lag
+    /// until the next keyframe, are skipped (a keyframe is requested at once). `None` when the
+    /// hub has shut down.
+    pub async fn recv(&mut self) -> Option<Arc<EncodedFrame>> {
+        loop {
+            match self.rx.recv().await {
+                Ok(frame) => {
+                    if self.waiting_for_keyframe && !frame.keyframe {
+                        continue;
+                    }
+                    self.waiting_for_keyframe = false;
+                    return Some(frame);
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    debug!(skipped = n, "viewer lagged; waiting for a keyframe");
+                    self.waiting_for_keyframe = true;
+                    lock(&self.inner.keyframes).request(KeyframeReason::Loss);
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut c = lock(&self.inner.viewers);
+        c.viewers = c.viewers.saturating_sub(1);
+        drop(c);
+        self.inner.wake.notify_all();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The hub thread: waits for viewers, runs the pipeline while there are any.
+fn supervise(inner: &Inner) {
+    loop {
+        {
+            let mut c = lock(&inner.viewers);
+            while c.viewers == 0 && !c.shutdown {
+                c = inner.wake.wait(c).unwrap_or_else(|p| p.into_inner());
+            }
+            if c.shutdown {
+                return;
+            }
+        }
+        if let Err(err) = run_pipeline(inner) {
+            warn!("video pipeline stopped: {err}");
+            // Wait before retrying, but wake early if everyone left or we are shutting down.
+            let c = lock(&inner.viewers);
+            let _ = inner
+                .wake
+                .wait_timeout_while(c, REOPEN_DELAY, |c| c.viewers > 0 && !c.shutdown);
+        }
+    }
+}
+
+fn wanted(inner: &Inner) -> bool {
+    let c = lock(&inner.viewers);
+    c.viewers > 0 && !c.shutdown
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PipelineError {
+    #[error(transparent)]
+    Video(#[from] VideoError),
+    #[error(transparent)]
+    Encode(#[from] crate::encode::EncodeError),
+}
+
+/// Capture and encode until no viewer is left. Returns an error when the source or encoder fails.
+fn run_pipeline(inner: &Inner) -> Result<(), PipelineError> {
+    let source = (inner.opener)()?;
+    let format = source.format().clone();
+    info!("capture started: {}", format.description);
+    inner
+        .counters
+        .pipeline_starts
+        .fetch_add(1, Ordering::Relaxed);
+    let mut encoder = H264Encoder::new(EncoderSettings {
+        width: format.width,
+        height: format.height,
+        fps: format.fps,
+        bitrate_kbps: inner.bitrate_kbps,
+    })?;
+
+    let mailbox = Arc::new(Mailbox::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let capture = {
+        let mailbox = Arc::clone(&mailbox);
+        let stop = Arc::clone(&stop);
+        thread::Builder::new()
+            .name("capture".into())
+            .spawn(move || capture_loop(source, &mailbox, &stop))
+            .expect("spawning the capture thread")
+    };
+
+    let result = (|| {
+        while wanted(inner) {
+            let Some(item) = mailbox.take(Duration::from_millis(100)) else {
+                continue;
+            };
+            let frame = item?;
+            inner
+                .counters
+                .frames_captured
+                .fetch_add(1, Ordering::Relaxed);
+            let force = lock(&inner.keyframes).should_force(Instant::now());
+            if let Some(encoded) = encoder.encode(&frame, force)? {
+                lock(&inner.keyframes).encoded(Instant::now(), encoded.keyframe);
+                inner
+                    .counters
+                    .frames_encoded
+                    .fetch_add(1, Ordering::Relaxed);
+                if encoded.keyframe {
+                    inner.counters.keyframes.fetch_add(1, Ordering::Relaxed);
+                }
+                // No receivers is fine: viewers may be between frames of joining and leaving.
+                let _ = inner.frames.send(Arc::new(encoded));
+            }
+        }
+        Ok(())
+    })();
+
+    stop.store(true, Ordering::Relaxed);
+    let _ = capture.join();
+    inner
+        .counters
+        .raw_frames_dropped
+        .fetch_add(mailbox.dropped(), Ordering::Relaxed);
+    info!("capture stopped: {}", format.description);
+    result
+}
+
+fn capture_loop(mut source: Box<dyn VideoSource>, mailbox: &Mailbox, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let item = source.next_frame();
+        let failed = item.is_err();
+        mailbox.put(item);
+        if failed {
+            return;
+        }
+    }
+}
+
+/// A one-slot queue between capture and encoder: a new frame replaces an unread one.
+#[derive(Default)]
+struct Mailbox {
+    slot: Mutex<(Option<Result<Frame, VideoError>>, u64)>,
+    ready: Condvar,
+}
+
+impl Mailbox {
+    fn put(&self, item: Result<Frame, VideoError>) {
+        let mut slot = lock(&self.slot);
+        if matches!(slot.0, Some(Ok(_))) {
+            slot.1 += 1;
+        }
+        // An error is never overwritten by a later frame.
+        if !matches!(slot.0, Some(Err(_))) {
+            slot.0 = Some(item);
+        }
+        drop(slot);
+        self.ready.notify_one();
+    }
+
+    fn take(&self, timeout: Duration) -> Option<Result<Frame, VideoError>> {
+        let slot = lock(&self.slot);
+        let (mut slot, _) = self
+            .ready
+            .wait_timeout_while(slot, timeout, |s| s.0.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        slot.0.take()
+    }
+
+    fn dropped(&self) -> u64 {
+        lock(&self.slot).1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_requests_are_served_at_the_next_frame() {
+        let t0 = Instant::now();
+        let mut gate = KeyframeGate::default();
+        gate.encoded(t0, true);
+        gate.request(KeyframeReason::Join);
+        assert!(gate.should_force(t0 + Duration::from_millis(1)));
+        assert!(!gate.should_force(t0 + Duration::from_millis(2)));
+    }
+
+    #[test]
+    fn bursts_of_loss_requests_make_one_keyframe() {
+        let t0 = Instant::now();
+        let mut gate = KeyframeGate::default();
+        for _ in 0..10 {
+            gate.request(KeyframeReason::Loss);
+        }
+        assert!(gate.should_force(t0));
+        gate.encoded(t0, true);
+        // More requests right after the keyframe wait for the interval.
+        gate.request(KeyframeReason::Loss);
+        gate.request(KeyframeReason::Loss);
+        assert!(!gate.should_force(t0 + Duration::from_millis(33)));
+        assert!(!gate.should_force(t0 + Duration::from_millis(200)));
+        assert!(gate.should_force(t0 + Duration::from_millis(260)));
+        assert!(!gate.should_force(t0 + Duration::from_millis(300)));
+        assert_eq!(gate.requests, 12);
+    }
+
+    #[test]
+    fn a_periodic_keyframe_answers_a_pending_loss_request() {
+        let t0 = Instant::now();
+        let mut gate = KeyframeGate::default();
+        gate.encoded(t0, true);
+        gate.request(KeyframeReason::Loss);
+        assert!(!gate.should_force(t0 + Duration::from_millis(100)));
+        gate.encoded(t0 + Duration::from_millis(100), true);
+        assert!(!gate.should_force(t0 + Duration::from_millis(400)));
+    }
+
+    #[test]
+    fn mailbox_keeps_only_the_newest_frame() {
+        let mb = Mailbox::default();
+        let frame = |w| Frame {
+            width: w,
+            height: 2,
+            data: vec![0; Frame::i420_len(w, 2)],
+            captured_at: std::time::SystemTime::now(),
+            instant: Instant::now(),
+        };
+        mb.put(Ok(frame(2)));
+        mb.put(Ok(frame(4)));
+        mb.put(Ok(frame(6)));
+        let got = mb.take(Duration::from_millis(1)).unwrap().unwrap();
+        assert_eq!(got.width, 6);
+        assert_eq!(mb.dropped(), 2);
+        assert!(mb.take(Duration::from_millis(1)).is_none());
+    }
+}

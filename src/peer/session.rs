@@ -1,0 +1,354 @@
+//! One viewer's WebRTC session on the device: answers the viewer's offer with a sendonly H.264
+//! track, trickles candidates both ways, and, once connected, streams the hub's shared encoded
+//! frames and turns the viewer's PLI/FIR into keyframe requests.
+//!
+//! A session runs as its own task. It reports to the signaling loop through [`SessionEvent`]s
+//! tagged with its [`SessionKey`], and takes commands through its [`SessionHandle`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rtc::media::Sample;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+use webrtc::media_stream::MediaStreamTrack;
+use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionEventHandler, RTCIceCandidateInit, RTCIceGatheringState,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
+};
+
+use super::sdp::{OfferVideo, offer_video};
+use super::{PeerFactory, h264_codecs};
+use crate::hub::{Hub, KeyframeReason};
+use crate::signaling::SessionKey;
+
+/// Why an offer could not be answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnswerError {
+    /// The SDP could not be parsed or applied.
+    BadOffer(String),
+    /// The offer has no H.264 we can send.
+    Unsupported(String),
+    /// Something failed on our side.
+    Internal(String),
+}
+
+/// What a session tells the signaling loop.
+#[derive(Debug, Clone)]
+pub enum SessionEvent {
+    /// The answer SDP, to send to the viewer.
+    Answered(String),
+    /// The offer could not be answered; the session has ended.
+    Failed(AnswerError),
+    /// A local ICE candidate to trickle to the viewer; `None` is the end of candidates.
+    LocalCandidate(Option<RTCIceCandidateInit>),
+    /// Media flows.
+    Connected,
+    /// The session has ended (closed, failed, or told to close).
+    Closed(String),
+}
+
+enum Command {
+    AddCandidate(Option<RTCIceCandidateInit>),
+    Close,
+}
+
+/// Commands to a running session. Dropping the handle closes the session.
+pub struct SessionHandle {
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl SessionHandle {
+    /// A remote candidate from the viewer (`None`: end of candidates).
+    pub fn add_candidate(&self, candidate: Option<RTCIceCandidateInit>) {
+        let _ = self.commands.send(Command::AddCandidate(candidate));
+    }
+
+    pub fn close(&self) {
+        let _ = self.commands.send(Command::Close);
+    }
+}
+
+/// Start a session that answers `offer_sdp`. Events go to `events`.
+pub fn start(
+    factory: PeerFactory,
+    hub: Hub,
+    key: SessionKey,
+    offer_sdp: String,
+    events: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
+) -> SessionHandle {
+    let (commands, command_rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(factory, hub, key, offer_sdp, events, command_rx));
+    SessionHandle { commands }
+}
+
+/// Peer connection callbacks, forwarded into the session task.
+enum PeerNews {
+    Candidate(RTCIceCandidateInit),
+    GatheringComplete,
+    State(RTCPeerConnectionState),
+}
+
+struct Forwarder(mpsc::UnboundedSender<PeerNews>);
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Forwarder {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        match event.candidate.to_json() {
+            Ok(init) => {
+                let _ = self.0.send(PeerNews::Candidate(init));
+            }
+            Err(err) => debug!("local candidate not serialisable: {err}"),
+        }
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.0.send(PeerNews::GatheringComplete);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.0.send(PeerNews::State(state));
+    }
+}
+
+struct Answered {
+    pc: Arc<dyn PeerConnection>,
+    track: Arc<TrackLocalStaticSample>,
+    ssrc: u32,
+    mid: String,
+    payload_type: u8,
+}
+
+async fn answer(
+    factory: &PeerFactory,
+    offer_sdp: String,
+    news: mpsc::UnboundedSender<PeerNews>,
+) -> Result<(Answered, String), AnswerError> {
+    match offer_video(&offer_sdp) {
+        OfferVideo::H264 { .. } => {}
+        OfferVideo::NoVideo => {
+            return Err(AnswerError::Unsupported("offer has no video m-line".into()));
+        }
+        OfferVideo::Unsupported(msg) => return Err(AnswerError::Unsupported(msg)),
+    }
+    let offer = RTCSessionDescription::offer(offer_sdp)
+        .map_err(|e| AnswerError::BadOffer(format!("offer SDP: {e}")))?;
+    let internal =
+        |what: &str, e: &dyn std::fmt::Display| AnswerError::Internal(format!("{what}: {e}"));
+    let pc = factory
+        .build(Arc::new(Forwarder(news)))
+        .await
+        .map_err(|e| internal("peer connection", &e))?;
+    let ssrc: u32 = rand::random();
+    let codec = h264_codecs().remove(0).rtp_codec;
+    let track = Arc::new(
+        TrackLocalStaticSample::new(
+            Instant::now(),
+            MediaStreamTrack::new(
+                "spyglass".to_string(),
+                "video".to_string(),
+                "camera".to_string(),
+                RtpCodecKind::Video,
+                vec![RTCRtpEncodingParameters {
+                    rtp_coding_parameters: RTCRtpCodingParameters {
+                        ssrc: Some(ssrc),
+                        ..Default::default()
+                    },
+                    codec,
+                    ..Default::default()
+                }],
+            ),
+        )
+        .map_err(|e| internal("video track", &e))?,
+    );
+    let result = async {
+        let transceiver = pc
+            .add_transceiver_from_track(
+                Arc::clone(&track) as Arc<dyn TrackLocal>,
+                Some(RTCRtpTransceiverInit {
+                    direction: RTCRtpTransceiverDirection::Sendonly,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(|e| internal("video transceiver", &e))?;
+        pc.set_remote_description(offer)
+            .await
+            .map_err(|e| AnswerError::BadOffer(format!("offer rejected: {e}")))?;
+        let answer = pc
+            .create_answer(None)
+            .await
+            .map_err(|e| AnswerError::BadOffer(format!("cannot answer: {e}")))?;
+        pc.set_local_description(answer)
+            .await
+            .map_err(|e| internal("local description", &e))?;
+        let sender = transceiver
+            .sender()
+            .await
+            .map_err(|e| internal("video sender", &e))?
+            .ok_or_else(|| AnswerError::Internal("video sender missing".into()))?;
+        let params = sender
+            .get_parameters()
+            .await
+            .map_err(|e| internal("sender parameters", &e))?;
+        let payload_type = params
+            .rtp_parameters
+            .codecs
+            .first()
+            .map(|c| c.payload_type)
+            .ok_or_else(|| {
+                AnswerError::Unsupported("no H.264 variant of the offer matched".into())
+            })?;
+        let mid = transceiver
+            .mid()
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "0".to_string());
+        let local = pc.local_description().await.ok_or_else(|| {
+            AnswerError::Internal("answer missing after set_local_description".into())
+        })?;
+        Ok((payload_type, mid, local.sdp))
+    }
+    .await;
+    match result {
+        Ok((payload_type, mid, sdp)) => Ok((
+            Answered {
+                pc,
+                track,
+                ssrc,
+                mid,
+                payload_type,
+            },
+            sdp,
+        )),
+        Err(err) => {
+            let _ = pc.close().await;
+            Err(err)
+        }
+    }
+}
+
+async fn run(
+    factory: PeerFactory,
+    hub: Hub,
+    key: SessionKey,
+    offer_sdp: String,
+    events: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let emit = |event: SessionEvent| {
+        let _ = events.send((key.clone(), event));
+    };
+    let (news_tx, mut news) = mpsc::unbounded_channel();
+    let started = Instant::now();
+    let (session, answer_sdp) = match answer(&factory, offer_sdp, news_tx).await {
+        Ok(ok) => ok,
+        Err(err) => {
+            emit(SessionEvent::Failed(err));
+            return;
+        }
+    };
+    debug!(cid = %key.cid, ms = started.elapsed().as_millis() as u64, "answer ready");
+    emit(SessionEvent::Answered(answer_sdp));
+
+    let mut media: Vec<JoinHandle<()>> = Vec::new();
+    let reason = loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(Command::AddCandidate(candidate)) => {
+                    let init = candidate.unwrap_or_else(|| RTCIceCandidateInit {
+                        candidate: String::new(),
+                        ..Default::default()
+                    });
+                    if let Err(err) = session.pc.add_ice_candidate(init).await {
+                        debug!(cid = %key.cid, "remote candidate not added: {err}");
+                    }
+                }
+                Some(Command::Close) | None => break "closed by the device".to_string(),
+            },
+            item = news.recv() => match item {
+                Some(PeerNews::Candidate(mut init)) => {
+                    init.sdp_mid = Some(session.mid.clone());
+                    init.sdp_mline_index = Some(0);
+                    emit(SessionEvent::LocalCandidate(Some(init)));
+                }
+                Some(PeerNews::GatheringComplete) => emit(SessionEvent::LocalCandidate(None)),
+                Some(PeerNews::State(RTCPeerConnectionState::Connected)) => {
+                    if media.is_empty() {
+                        info!(cid = %key.cid, ms = started.elapsed().as_millis() as u64, "viewer connected");
+                        emit(SessionEvent::Connected);
+                        media.push(tokio::spawn(stream_video(
+                            hub.clone(),
+                            Arc::clone(&session.track),
+                            session.ssrc,
+                            session.payload_type,
+                        )));
+                        media.push(tokio::spawn(forward_keyframe_requests(
+                            hub.clone(),
+                            Arc::clone(&session.track),
+                        )));
+                    }
+                }
+                Some(PeerNews::State(state @ (RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed))) => {
+                    break format!("connection {state}");
+                }
+                Some(PeerNews::State(state)) => debug!(cid = %key.cid, "connection {state}"),
+                None => break "peer connection gone".to_string(),
+            },
+        }
+    };
+    for task in media {
+        task.abort();
+    }
+    if let Err(err) = session.pc.close().await {
+        debug!(cid = %key.cid, "closing peer connection: {err}");
+    }
+    info!(cid = %key.cid, "session ended: {reason}");
+    emit(SessionEvent::Closed(reason));
+}
+
+/// Send the hub's frames to this viewer until the task is aborted.
+async fn stream_video(hub: Hub, track: Arc<TrackLocalStaticSample>, ssrc: u32, payload_type: u8) {
+    let mut feed = hub.subscribe();
+    let mut previous: Option<Instant> = None;
+    while let Some(frame) = feed.recv().await {
+        // The packetizer advances the RTP clock by each sample's duration: use the capture
+        // interval, so RTP time follows the capture clock.
+        let duration = previous
+            .map(|p| frame.instant.saturating_duration_since(p))
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_millis(33));
+        previous = Some(frame.instant);
+        let sample = Sample {
+            data: frame.data.clone(),
+            duration,
+            ..Sample::new(frame.instant)
+        };
+        if let Err(err) = track
+            .sample_writer(ssrc, payload_type)
+            .write_sample(&sample)
+            .await
+        {
+            warn!("sending a frame: {err}");
+        }
+    }
+}
+
+/// Turn the viewer's PLI/FIR into keyframe requests.
+async fn forward_keyframe_requests(hub: Hub, track: Arc<TrackLocalStaticSample>) {
+    while let Some(event) = track.poll().await {
+        if let TrackLocalEvent::OnRtcpPacket(_) = event {
+            hub.request_keyframe(KeyframeReason::Loss);
+        }
+    }
+}

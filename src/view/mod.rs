@@ -1,0 +1,430 @@
+//! The headless viewer (`spyglass view`): connects to a device exactly as a browser would
+//! (MQTT 5 signaling, a recvonly WebRTC offer, trickle ICE), decodes the H.264 it receives, reads
+//! the test pattern's frame counter and capture time from the pixels, and reports what it got.
+
+pub mod assemble;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use openh264::decoder::Decoder;
+use openh264::formats::YUVSource;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtp_transceiver::RTCRtpTransceiverDirection;
+use rtc::rtp_transceiver::RTCRtpTransceiverInit;
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnectionEventHandler, RTCIceCandidateInit, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, RTCSessionDescription,
+};
+
+use crate::mqtt::{self, MqttEvent, MqttSettings};
+use crate::pattern;
+use crate::peer::{PeerFactory, PeerSettings};
+use crate::signaling::protocol::{
+    ErrorMsg, IceCandidateMsg, SessionDescriptionMsg, TopicKind, Topics, parse_answer, parse_error,
+};
+
+/// How to watch.
+#[derive(Debug, Clone)]
+pub struct ViewOptions {
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub id: String,
+    pub cid: String,
+    /// Stop after this many decoded frames.
+    pub frames: u64,
+    pub timeout: Duration,
+    pub bind: Vec<IpAddr>,
+    pub mdns: bool,
+}
+
+/// Summary of a distribution of milliseconds.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Spread {
+    pub min: f64,
+    pub median: f64,
+    pub p95: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    pub fn of(values: &[f64]) -> Option<Spread> {
+        if values.is_empty() {
+            return None;
+        }
+        let mut v = values.to_vec();
+        v.sort_by(f64::total_cmp);
+        let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+        Some(Spread {
+            min: v[0],
+            median: at(0.5),
+            p95: at(0.95),
+            max: v[v.len() - 1],
+        })
+    }
+}
+
+/// What the viewer got.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct ViewReport {
+    pub frames: u64,
+    pub width: u32,
+    pub height: u32,
+    /// Offer published → answer received.
+    pub answer_ms: Option<f64>,
+    /// Offer published → peer connection connected.
+    pub connected_ms: Option<f64>,
+    /// Offer published → first decoded frame.
+    pub first_frame_ms: Option<f64>,
+    /// Capture (from the test pattern) → decoded here, per frame.
+    pub latency_ms: Option<Spread>,
+    /// Frames whose test-pattern code was read.
+    pub stamped_frames: u64,
+    pub first_counter: Option<u32>,
+    pub last_counter: Option<u32>,
+    /// Frames missing between consecutive counters, after the first second.
+    pub counter_gaps: u64,
+    pub lost_packets: u64,
+    pub keyframe_requests: u64,
+    /// Error reply from the device, if any: code and message.
+    pub error: Option<ErrorMsg>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    #[error("{0}")]
+    Setup(String),
+}
+
+enum News {
+    Candidate(RTCIceCandidateInit),
+    State(RTCPeerConnectionState),
+    Track(Arc<dyn TrackRemote>),
+}
+
+struct Forwarder(mpsc::UnboundedSender<News>);
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Forwarder {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        if let Ok(init) = event.candidate.to_json() {
+            let _ = self.0.send(News::Candidate(init));
+        }
+    }
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let _ = self.0.send(News::State(state));
+    }
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let _ = self.0.send(News::Track(track));
+    }
+}
+
+/// One decoded picture's facts.
+struct Decoded {
+    width: u32,
+    height: u32,
+    stamp: Option<pattern::Stamp>,
+    at: SystemTime,
+}
+
+/// Watch until `frames` frames are decoded, the device refuses, or the timeout passes.
+pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
+    let topics = Topics::new(opts.id.clone()).map_err(|e| ViewError::Setup(e.to_string()))?;
+    let mut conn = mqtt::connect(MqttSettings {
+        host: opts.host.clone(),
+        port: opts.port,
+        client_id: opts.cid.clone(),
+        username: opts.username.clone(),
+        password: opts.password.clone(),
+        will: None,
+        subscriptions: topics.viewer_filters(&opts.cid).to_vec(),
+    });
+    let deadline = tokio::time::Instant::now() + opts.timeout;
+    let mut report = ViewReport::default();
+
+    // Wait until subscribed, so that no reply can be missed.
+    loop {
+        match tokio::time::timeout_at(deadline, conn.events.recv()).await {
+            Ok(Some(MqttEvent::Connected)) => break,
+            Ok(Some(MqttEvent::Disconnected(why))) => debug!("broker: {why}"),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => {
+                conn.close(None).await;
+                return Err(ViewError::Setup(format!(
+                    "could not connect to the broker at {}:{}",
+                    opts.host, opts.port
+                )));
+            }
+        }
+    }
+
+    let factory = PeerFactory::new(PeerSettings {
+        bind: opts.bind.clone(),
+        mdns: opts.mdns,
+        ice_servers: vec![],
+    })
+    .map_err(|e| ViewError::Setup(e.to_string()))?;
+    let (news_tx, mut news) = mpsc::unbounded_channel();
+    let pc = factory
+        .build(Arc::new(Forwarder(news_tx)))
+        .await
+        .map_err(|e| ViewError::Setup(e.to_string()))?;
+    let setup = async {
+        pc.add_transceiver_from_kind(
+            RtpCodecKind::Video,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                ..Default::default()
+            }),
+        )
+        .await?;
+        let offer = pc.create_offer(None).await?;
+        pc.set_local_description(offer).await?;
+        Ok::<_, webrtc::error::Error>(pc.local_description().await)
+    };
+    let offer = match setup.await {
+        Ok(Some(offer)) => offer,
+        Ok(None) => return Err(ViewError::Setup("no local offer".into())),
+        Err(err) => return Err(ViewError::Setup(format!("creating the offer: {err}"))),
+    };
+    conn.client
+        .publish(
+            topics.offer(&opts.cid),
+            SessionDescriptionMsg::offer(offer.sdp).to_json(),
+            false,
+        )
+        .await;
+    let offered_at = Instant::now();
+    let ms_since_offer = || offered_at.elapsed().as_secs_f64() * 1000.0;
+
+    let (decoded_tx, mut decoded_rx) = mpsc::unbounded_channel::<Decoded>();
+    let mut latencies: Vec<f64> = Vec::new();
+    let mut media_task: Option<tokio::task::JoinHandle<(u64, u64)>> = None;
+    let mut answered = false;
+    let mut early_remote: Vec<RTCIceCandidateInit> = Vec::new();
+    let mut previous_counter: Option<u32> = None;
+    let steady_after = Duration::from_secs(1);
+    let mut first_frame_at: Option<Instant> = None;
+
+    let outcome: Result<(), String> = loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => break Err(format!(
+                "timed out after {:?} with {} of {} frames", opts.timeout, report.frames, opts.frames)),
+            event = conn.events.recv() => match event {
+                Some(MqttEvent::Message { topic, payload }) => {
+                    let Some((kind, Some(cid))) = topics.parse(&topic) else { continue };
+                    if cid != opts.cid { continue; }
+                    match kind {
+                        TopicKind::Answer => {
+                            let sdp = match parse_answer(&payload) {
+                                Ok(sdp) => sdp,
+                                Err(err) => break Err(format!("bad answer message: {err}")),
+                            };
+                            let answer = match RTCSessionDescription::answer(sdp) {
+                                Ok(a) => a,
+                                Err(err) => break Err(format!("bad answer SDP: {err}")),
+                            };
+                            if let Err(err) = pc.set_remote_description(answer).await {
+                                break Err(format!("answer rejected: {err}"));
+                            }
+                            report.answer_ms = Some(ms_since_offer());
+                            answered = true;
+                            for c in early_remote.drain(..) {
+                                let _ = pc.add_ice_candidate(c).await;
+                            }
+                        }
+                        TopicKind::Ice => {
+                            let Ok(msg) = serde_json::from_slice::<IceCandidateMsg>(&payload) else { continue };
+                            let init = RTCIceCandidateInit {
+                                candidate: msg.candidate,
+                                sdp_mid: msg.sdp_mid,
+                                sdp_mline_index: msg.sdp_mline_index,
+                                ..Default::default()
+                            };
+                            if answered {
+                                if let Err(err) = pc.add_ice_candidate(init).await {
+                                    debug!("remote candidate: {err}");
+                                }
+                            } else {
+                                early_remote.push(init);
+                            }
+                        }
+                        TopicKind::Error => {
+                            match parse_error(&payload) {
+                                Ok(e) => {
+                                    let text = format!("device refused: {} ({})", e.message, e.code.as_str());
+                                    report.error = Some(e);
+                                    break Err(text);
+                                }
+                                Err(err) => break Err(format!("unreadable error reply: {err}")),
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                Some(MqttEvent::Disconnected(why)) => warn!("broker: {why}"),
+                Some(MqttEvent::Connected) => {}
+                None => break Err("broker connection ended".into()),
+            },
+            item = news.recv() => match item {
+                Some(News::Candidate(mut init)) => {
+                    init.sdp_mid = Some("0".into());
+                    init.sdp_mline_index = Some(0);
+                    let msg = IceCandidateMsg { candidate: init.candidate, sdp_mid: init.sdp_mid, sdp_mline_index: init.sdp_mline_index };
+                    conn.client.publish(topics.ice(&opts.cid), msg.to_json(), false).await;
+                }
+                Some(News::State(RTCPeerConnectionState::Connected)) => {
+                    report.connected_ms = Some(ms_since_offer());
+                }
+                Some(News::State(state @ (RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed))) => {
+                    break Err(format!("connection {state}"));
+                }
+                Some(News::State(_)) => {}
+                Some(News::Track(track)) => {
+                    if media_task.is_none() {
+                        media_task = Some(tokio::spawn(receive(track, decoded_tx.clone())));
+                    }
+                }
+                None => break Err("peer connection gone".into()),
+            },
+            Some(d) = decoded_rx.recv() => {
+                report.frames += 1;
+                report.width = d.width;
+                report.height = d.height;
+                let now = Instant::now();
+                if first_frame_at.is_none() {
+                    first_frame_at = Some(now);
+                    report.first_frame_ms = Some(ms_since_offer());
+                    info!(ms = report.first_frame_ms, "first frame decoded");
+                }
+                if let Some(stamp) = d.stamp {
+                    report.stamped_frames += 1;
+                    let decoded_ms = d.at.duration_since(UNIX_EPOCH).map(|t| t.as_millis() as u64).unwrap_or(0);
+                    let captured = stamp.captured_ms;
+                    let low = decoded_ms & pattern::CAPTURED_MS_MASK;
+                    latencies.push(low.wrapping_sub(captured) as i64 as f64);
+                    if report.first_counter.is_none() {
+                        report.first_counter = Some(stamp.frame);
+                    }
+                    if let Some(prev) = previous_counter {
+                        let steady = first_frame_at.is_some_and(|t| now.duration_since(t) >= steady_after);
+                        if steady && stamp.frame > prev + 1 {
+                            report.counter_gaps += u64::from(stamp.frame - prev - 1);
+                        }
+                    }
+                    previous_counter = Some(stamp.frame);
+                    report.last_counter = Some(stamp.frame);
+                }
+                if report.frames >= opts.frames {
+                    break Ok(());
+                }
+            }
+        }
+    };
+
+    report.latency_ms = Spread::of(&latencies);
+    let _ = pc.close().await;
+    if let Some(task) = media_task {
+        task.abort();
+        if let Ok((lost, requests)) = task.await {
+            report.lost_packets = lost;
+            report.keyframe_requests = requests;
+        }
+    }
+    conn.close(None).await;
+    match outcome {
+        Ok(()) => Ok(report),
+        Err(why) => {
+            warn!("{why}");
+            Ok(report)
+        }
+    }
+}
+
+/// Receive RTP, assemble access units, decode on a blocking thread. Returns (lost packets,
+/// keyframe requests sent) when the track ends.
+async fn receive(
+    track: Arc<dyn TrackRemote>,
+    decoded: mpsc::UnboundedSender<Decoded>,
+) -> (u64, u64) {
+    let (au_tx, au_rx) = std::sync::mpsc::channel::<Bytes>();
+    let decoder_thread = tokio::task::spawn_blocking(move || decode_loop(au_rx, decoded));
+    let mut assembler = assemble::Assembler::new();
+    let mut requests = 0u64;
+    let mut last_request: Option<Instant> = None;
+    let media_ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
+    while let Some(event) = track.poll().await {
+        let TrackRemoteEvent::OnRtpPacket(packet) = event else {
+            continue;
+        };
+        let pushed = assembler.push(
+            packet.header.sequence_number,
+            packet.header.timestamp,
+            packet.header.marker,
+            &packet.payload,
+        );
+        if let Some(au) = pushed.access_unit {
+            if au_tx.send(au).is_err() {
+                break;
+            }
+        }
+        let due = last_request.is_none_or(|t| t.elapsed() >= Duration::from_millis(200));
+        if pushed.request_keyframe && due {
+            last_request = Some(Instant::now());
+            requests += 1;
+            let pli = PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc: packet.header.ssrc.max(media_ssrc),
+            };
+            if let Err(err) = track.write_rtcp(vec![Box::new(pli)]).await {
+                debug!("sending PLI: {err}");
+            }
+        }
+    }
+    drop(au_tx);
+    let _ = decoder_thread.await;
+    (assembler.lost_packets, requests)
+}
+
+fn decode_loop(
+    access_units: std::sync::mpsc::Receiver<Bytes>,
+    decoded: mpsc::UnboundedSender<Decoded>,
+) {
+    let mut decoder = match Decoder::new() {
+        Ok(d) => d,
+        Err(err) => {
+            warn!("H.264 decoder: {err}");
+            return;
+        }
+    };
+    while let Ok(au) = access_units.recv() {
+        match decoder.decode(&au) {
+            Ok(Some(yuv)) => {
+                let at = SystemTime::now();
+                let (w, h) = yuv.dimensions();
+                let (stride, _, _) = yuv.strides();
+                let stamp = pattern::read(yuv.y(), w as u32, h as u32, stride);
+                let item = Decoded {
+                    width: w as u32,
+                    height: h as u32,
+                    stamp,
+                    at,
+                };
+                if decoded.send(item).is_err() {
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(err) => debug!("decode error: {err}"),
+        }
+    }
+}
