@@ -390,3 +390,239 @@ impl Signaling {
         actions
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signaling::protocol::VideoStatus;
+
+    const OFFER: &[u8] = br#"{"type":"offer","sdp":"v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\n"}"#;
+
+    fn machine(max_viewers: usize) -> Signaling {
+        let video = VideoStatus {
+            codec: "H264".into(),
+            width: 320,
+            height: 240,
+            fps: 30,
+        };
+        Signaling::new(
+            Topics::new("home/cam").unwrap(),
+            Limits {
+                max_viewers,
+                peer_timeout: Duration::from_secs(30),
+                ..Limits::default()
+            },
+            Status::online("1.0", video, 0, max_viewers as u32),
+        )
+    }
+
+    fn started(actions: &[Action]) -> SessionKey {
+        actions
+            .iter()
+            .find_map(|a| match a {
+                Action::Start { key, .. } => Some(key.clone()),
+                _ => None,
+            })
+            .expect("a session starts")
+    }
+
+    fn published(actions: &[Action]) -> Vec<(String, serde_json::Value)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Publish { topic, payload, .. } => {
+                    Some((topic.clone(), serde_json::from_slice(payload).unwrap()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn candidate(n: u32) -> Vec<u8> {
+        format!(r#"{{"candidate":"candidate:{n} 1 udp 1 127.0.0.1 {n} typ host","sdpMid":"0","sdpMLineIndex":0}}"#)
+            .into_bytes()
+    }
+
+    #[test]
+    fn an_offer_starts_a_session_and_its_answer_is_published_before_its_candidates() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        let key = started(&m.on_message(t0, "home/cam/offer/v1", OFFER));
+        assert_eq!(key.cid, "v1");
+        // A local candidate fires before the answer is ready: held.
+        let c = IceCandidateMsg {
+            candidate: "candidate:1 1 udp 1 127.0.0.1 5000 typ host".into(),
+            sdp_mid: Some("0".into()),
+            sdp_mline_index: Some(0),
+        };
+        assert!(
+            m.on_peer_event(t0, &key, PeerEvent::LocalCandidate(Some(c.clone())))
+                .is_empty()
+        );
+        let out = published(&m.on_peer_event(t0, &key, PeerEvent::Answered("v=0".into())));
+        assert_eq!(out[0].0, "home/cam/answer/v1");
+        assert_eq!(out[0].1, serde_json::json!({"type":"answer","sdp":"v=0"}));
+        assert_eq!(out[1].0, "home/cam/ice/v1");
+        assert_eq!(out[1].1["candidate"], c.candidate);
+        // Later candidates go straight out; end of candidates is an empty candidate.
+        let out = published(&m.on_peer_event(t0, &key, PeerEvent::LocalCandidate(None)));
+        assert_eq!(out[0].1, serde_json::json!({"candidate":""}));
+    }
+
+    #[test]
+    fn status_counts_connected_viewers() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        let key = started(&m.on_message(t0, "home/cam/offer/v1", OFFER));
+        m.on_peer_event(t0, &key, PeerEvent::Answered("v=0".into()));
+        let out = published(&m.on_peer_event(t0, &key, PeerEvent::Connected));
+        assert_eq!(out[0].0, "home/cam/status");
+        assert_eq!(out[0].1["viewers"], 1);
+        let out = published(&m.on_peer_event(t0, &key, PeerEvent::Closed));
+        assert_eq!(out[0].1["viewers"], 0);
+        assert_eq!(m.sessions(), 0);
+    }
+
+    #[test]
+    fn candidates_before_the_offer_are_held_and_delivered_after_the_answer() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        assert!(
+            m.on_message(t0, "home/cam/ice/v1", &candidate(1))
+                .is_empty()
+        );
+        assert!(
+            m.on_message(t0, "home/cam/ice/v1", br#"{"candidate":""}"#)
+                .is_empty()
+        );
+        let key = started(&m.on_message(t0 + Duration::from_secs(1), "home/cam/offer/v1", OFFER));
+        // While answering, more candidates are held too.
+        assert!(
+            m.on_message(t0, "home/cam/ice/v1", &candidate(2))
+                .is_empty()
+        );
+        let actions = m.on_peer_event(t0, &key, PeerEvent::Answered("v=0".into()));
+        let delivered: Vec<Option<String>> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Candidate { candidate, .. } => {
+                    Some(candidate.as_ref().map(|c| c.candidate.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(delivered.len(), 3);
+        assert!(delivered[0].as_ref().unwrap().starts_with("candidate:1 "));
+        assert_eq!(delivered[1], None);
+        assert!(delivered[2].as_ref().unwrap().starts_with("candidate:2 "));
+        // After the answer, candidates go straight to the session.
+        let actions = m.on_message(t0, "home/cam/ice/v1", &candidate(3));
+        assert!(
+            matches!(&actions[..], [Action::Candidate { key: k, candidate: Some(_) }] if *k == key)
+        );
+    }
+
+    #[test]
+    fn held_candidates_expire() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        m.on_message(t0, "home/cam/ice/v1", &candidate(1));
+        let key = started(&m.on_message(t0 + Duration::from_secs(6), "home/cam/offer/v1", OFFER));
+        let actions = m.on_peer_event(t0, &key, PeerEvent::Answered("v=0".into()));
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::Candidate { .. }))
+        );
+    }
+
+    #[test]
+    fn a_viewer_beyond_the_limit_is_busy_but_a_repeat_offer_replaces_its_session() {
+        let t0 = Instant::now();
+        let mut m = machine(1);
+        let first = started(&m.on_message(t0, "home/cam/offer/v1", OFFER));
+        let out = published(&m.on_message(t0, "home/cam/offer/v2", OFFER));
+        assert_eq!(out[0].0, "home/cam/error/v2");
+        assert_eq!(out[0].1["code"], "busy");
+        // The same viewer offering again replaces its own session.
+        let actions = m.on_message(t0, "home/cam/offer/v1", OFFER);
+        assert!(actions.contains(&Action::Close { key: first.clone() }));
+        let second = started(&actions);
+        assert_ne!(second.generation, first.generation);
+        // Late news from the replaced session changes nothing, and an answer from it closes it.
+        assert_eq!(
+            m.on_peer_event(t0, &first, PeerEvent::Answered("x".into())),
+            vec![Action::Close { key: first.clone() }]
+        );
+        assert!(m.on_peer_event(t0, &first, PeerEvent::Closed).is_empty());
+        assert_eq!(m.sessions(), 1);
+    }
+
+    #[test]
+    fn bad_messages_get_error_replies_and_change_nothing() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        for payload in [
+            &b"nope"[..],
+            br#"{"type":"answer","sdp":"x"}"#,
+            br#"{"type":"offer","sdp":""}"#,
+        ] {
+            let out = published(&m.on_message(t0, "home/cam/offer/v1", payload));
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].0, "home/cam/error/v1");
+            assert_eq!(out[0].1["code"], "bad-request");
+        }
+        let out = published(&m.on_message(t0, "home/cam/ice/v1", br#"{"candidate":42}"#));
+        assert_eq!(out[0].1["code"], "bad-request");
+        let big = vec![b' '; 70 * 1024];
+        let out = published(&m.on_message(t0, "home/cam/offer/v1", &big));
+        assert!(
+            out[0].1["message"]
+                .as_str()
+                .unwrap()
+                .contains("over the limit")
+        );
+        // Invalid CIDs, other devices' topics and answers are ignored.
+        assert!(m.on_message(t0, "home/cam/offer/bad+cid", OFFER).is_empty());
+        assert!(m.on_message(t0, "other/cam/offer/v1", OFFER).is_empty());
+        assert!(m.on_message(t0, "home/cam/answer/v1", OFFER).is_empty());
+        assert_eq!(m.sessions(), 0);
+    }
+
+    #[test]
+    fn a_failed_answer_is_reported_to_the_viewer() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        let key = started(&m.on_message(t0, "home/cam/offer/v1", OFFER));
+        let out = published(&m.on_peer_event(
+            t0,
+            &key,
+            PeerEvent::Failed {
+                code: ErrorCode::Unsupported,
+                message: "no H.264".into(),
+            },
+        ));
+        assert_eq!(
+            out[0].1,
+            serde_json::json!({"code":"unsupported","message":"no H.264"})
+        );
+        assert_eq!(m.sessions(), 0);
+    }
+
+    #[test]
+    fn sessions_that_do_not_connect_in_time_are_closed() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        let slow = started(&m.on_message(t0, "home/cam/offer/slow", OFFER));
+        let fast = started(&m.on_message(t0, "home/cam/offer/fast", OFFER));
+        m.on_peer_event(t0, &fast, PeerEvent::Answered("v=0".into()));
+        m.on_peer_event(t0, &fast, PeerEvent::Connected);
+        assert!(m.on_tick(t0 + Duration::from_secs(29)).is_empty());
+        assert_eq!(
+            m.on_tick(t0 + Duration::from_secs(30)),
+            vec![Action::Close { key: slow }]
+        );
+        assert_eq!(m.sessions(), 1);
+        assert_eq!(m.viewers(), 1);
+    }
+}
