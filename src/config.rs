@@ -1,84 +1,1912 @@
-//! TEMPORARY stand-in until the real config module lands.
-use crate::video::VideoSpec;
-use std::net::IpAddr;
-use std::time::Duration;
+//! Command line and config file: turns `argv`, an optional TOML file (`--config FILE`) and the
+//! environment into one validated [`Command`].
+//!
+//! This module owns every option's name, default, help text and validation. Each daemon option is
+//! also a key of the TOML file (the long flag name without `--`); flags override the file, and both
+//! go through the same validators. Secrets never come from flags: the MQTT password comes from
+//! `--mqtt-password-file` or `SPYGLASS_MQTT_PASSWORD`, the TURN password from
+//! `--turn-password-file`, and the config types redact them in their `Debug` output.
 
-#[derive(Debug, Clone)]
-pub struct BrokerUrl {
-    pub host: String,
-    pub port: u16,
+use std::collections::hash_map::RandomState;
+use std::ffi::OsString;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::net::{IpAddr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::signaling::protocol::{validate_cid, validate_uid};
+use crate::video::VideoSpec;
+
+pub const DEFAULT_MQTT_HOST: &str = "127.0.0.1";
+pub const DEFAULT_MQTT_PORT: u16 = 1883;
+pub const DEFAULT_VIDEO: &str = "/dev/video0";
+pub const DEFAULT_WIDTH: u32 = 1280;
+pub const DEFAULT_HEIGHT: u32 = 720;
+pub const DEFAULT_FPS: u32 = 30;
+pub const DEFAULT_BITRATE_KBPS: u32 = 2000;
+pub const DEFAULT_MAX_VIEWERS: u32 = 4;
+pub const DEFAULT_PEER_TIMEOUT_SECS: u32 = 30;
+pub const DEFAULT_VIEW_FRAMES: u32 = 30;
+pub const DEFAULT_VIEW_TIMEOUT_SECS: u32 = 20;
+/// Environment variable holding the MQTT password when no password file is given.
+pub const PASSWORD_ENV: &str = "SPYGLASS_MQTT_PASSWORD";
+
+/// Keys accepted in the config file: the daemon's long flag names (a test keeps them in step).
+pub const FILE_KEYS: &[&str] = &[
+    "id",
+    "mqtt",
+    "mqtt-username",
+    "mqtt-password-file",
+    "video",
+    "size",
+    "fps",
+    "bitrate",
+    "max-viewers",
+    "peer-timeout",
+    "stun",
+    "turn",
+    "turn-username",
+    "turn-password-file",
+    "rtc-bind",
+    "mdns",
+    "log",
+];
+
+// ---------------------------------------------------------------------------------------------
+// Resolved configuration
+
+/// What to do, fully resolved and validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// No subcommand: run the daemon.
+    Daemon(DaemonConfig),
+    /// `spyglass devices`: list cameras and exit.
+    Devices,
+    /// `spyglass view`: headless viewer.
+    View(ViewConfig),
 }
 
-#[derive(Debug, Clone)]
+/// Everything the daemon needs. `Debug` redacts the passwords.
+#[derive(Clone, PartialEq, Eq)]
 pub struct DaemonConfig {
+    /// Device id used in topics (validated with [`validate_uid`]).
     pub id: String,
     pub mqtt: BrokerUrl,
     pub username: Option<String>,
     pub password: Option<String>,
     pub video: VideoSpec,
     pub bitrate_kbps: u32,
-    pub max_viewers: usize,
+    pub max_viewers: u32,
     pub peer_timeout: Duration,
+    /// `stun:` URLs.
     pub stun: Vec<String>,
+    /// `turn:` / `turns:` URLs; when non-empty, `turn_username` and `turn_password` are set.
     pub turn: Vec<String>,
     pub turn_username: Option<String>,
     pub turn_password: Option<String>,
+    /// Addresses WebRTC binds its UDP sockets to; empty means every interface.
     pub rtc_bind: Vec<IpAddr>,
     pub mdns: bool,
+    /// A tracing `EnvFilter` directive from `--log`; `None` means use `RUST_LOG` or a default.
+    pub log: Option<String>,
+    /// The config file the values came from, if any.
+    pub config_file: Option<PathBuf>,
 }
 
-pub fn parse_args(args: Vec<String>) -> DaemonConfig {
-    let mut c = DaemonConfig {
-        id: "dev".into(),
-        mqtt: BrokerUrl {
-            host: "127.0.0.1".into(),
-            port: 1883,
-        },
-        username: None,
-        password: None,
-        video: VideoSpec {
-            source: "test".into(),
-            width: 1280,
-            height: 720,
-            fps: 30,
-        },
-        bitrate_kbps: 2000,
-        max_viewers: 4,
-        peer_timeout: Duration::from_secs(30),
-        stun: vec![],
-        turn: vec![],
-        turn_username: None,
-        turn_password: None,
-        rtc_bind: vec![],
-        mdns: true,
-    };
-    let mut it = args.into_iter().skip(1);
-    while let Some(a) = it.next() {
-        let v = it.next().unwrap_or_default();
-        match a.as_str() {
-            "--id" => c.id = v,
-            "--mqtt" => {
-                let hp = v.trim_start_matches("mqtt://");
-                let (h, p) = hp.split_once(':').unwrap();
-                c.mqtt = BrokerUrl {
-                    host: h.into(),
-                    port: p.parse().unwrap(),
-                };
-            }
-            "--video" => c.video.source = v,
-            "--size" => {
-                let (w, h) = v.split_once('x').unwrap();
-                c.video.width = w.parse().unwrap();
-                c.video.height = h.parse().unwrap();
-            }
-            "--fps" => c.video.fps = v.parse().unwrap(),
-            "--bitrate" => c.bitrate_kbps = v.parse().unwrap(),
-            "--max-viewers" => c.max_viewers = v.parse().unwrap(),
-            "--peer-timeout" => c.peer_timeout = Duration::from_secs(v.parse().unwrap()),
-            "--rtc-bind" => c.rtc_bind.push(v.parse().unwrap()),
-            "--mdns" => c.mdns = v == "on",
-            _ => panic!("unknown {a}"),
+/// Everything the headless viewer needs. `Debug` redacts the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ViewConfig {
+    pub mqtt: BrokerUrl,
+    /// Device id of the camera to watch.
+    pub id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Frames to receive and decode before exiting successfully.
+    pub frames: u32,
+    /// Give up (and fail) after this long.
+    pub timeout: Duration,
+    /// Client id used in topics (validated with [`validate_cid`]).
+    pub cid: String,
+    /// Addresses WebRTC binds its UDP sockets to; empty means every interface.
+    pub rtc_bind: Vec<IpAddr>,
+    pub mdns: bool,
+    /// Print the report as JSON.
+    pub json: bool,
+}
+
+fn redact(secret: &Option<String>) -> Option<&'static str> {
+    secret.as_ref().map(|_| "<redacted>")
+}
+
+impl fmt::Debug for DaemonConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DaemonConfig")
+            .field("id", &self.id)
+            .field("mqtt", &self.mqtt)
+            .field("username", &self.username)
+            .field("password", &redact(&self.password))
+            .field("video", &self.video)
+            .field("bitrate_kbps", &self.bitrate_kbps)
+            .field("max_viewers", &self.max_viewers)
+            .field("peer_timeout", &self.peer_timeout)
+            .field("stun", &self.stun)
+            .field("turn", &self.turn)
+            .field("turn_username", &self.turn_username)
+            .field("turn_password", &redact(&self.turn_password))
+            .field("rtc_bind", &self.rtc_bind)
+            .field("mdns", &self.mdns)
+            .field("log", &self.log)
+            .field("config_file", &self.config_file)
+            .finish()
+    }
+}
+
+impl fmt::Debug for ViewConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ViewConfig")
+            .field("mqtt", &self.mqtt)
+            .field("id", &self.id)
+            .field("username", &self.username)
+            .field("password", &redact(&self.password))
+            .field("frames", &self.frames)
+            .field("timeout", &self.timeout)
+            .field("cid", &self.cid)
+            .finish()
+    }
+}
+
+/// Scheme of a [`BrokerUrl`]. Only plain TCP for now; TLS (`mqtts://`) and WebSockets
+/// (`ws://`, `wss://`) are meant to become further variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum BrokerScheme {
+    /// `mqtt://`: MQTT over plain TCP.
+    Mqtt,
+}
+
+impl BrokerScheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BrokerScheme::Mqtt => "mqtt",
         }
     }
-    c
+
+    pub fn default_port(self) -> u16 {
+        match self {
+            BrokerScheme::Mqtt => DEFAULT_MQTT_PORT,
+        }
+    }
+}
+
+/// A parsed broker address, `mqtt://HOST[:PORT]`. IPv6 hosts are written in brackets and stored
+/// without them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BrokerUrl {
+    pub scheme: BrokerScheme,
+    pub host: String,
+    pub port: u16,
+}
+
+impl BrokerUrl {
+    /// `mqtt://host:port`.
+    pub fn mqtt(host: impl Into<String>, port: u16) -> Self {
+        BrokerUrl {
+            scheme: BrokerScheme::Mqtt,
+            host: host.into(),
+            port,
+        }
+    }
+}
+
+impl Default for BrokerUrl {
+    /// `mqtt://127.0.0.1:1883`.
+    fn default() -> Self {
+        BrokerUrl::mqtt(DEFAULT_MQTT_HOST, DEFAULT_MQTT_PORT)
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(
+                f,
+                "{}://[{}]:{}",
+                self.scheme.as_str(),
+                self.host,
+                self.port
+            )
+        } else {
+            write!(f, "{}://{}:{}", self.scheme.as_str(), self.host, self.port)
+        }
+    }
+}
+
+impl FromStr for BrokerUrl {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        const FORM: &str = "expected mqtt://HOST[:PORT]";
+        let Some((scheme, rest)) = s.split_once("://") else {
+            return Err(format!("{FORM}, got {s:?}"));
+        };
+        let scheme = match scheme.to_ascii_lowercase().as_str() {
+            "mqtt" => BrokerScheme::Mqtt,
+            "mqtts" | "ssl" | "tls" | "ws" | "wss" => {
+                return Err(format!(
+                    "{scheme}:// brokers are not supported yet, only mqtt:// (plain TCP); got {s:?}"
+                ));
+            }
+            _ => return Err(format!("unknown scheme {scheme:?}: {FORM}, got {s:?}")),
+        };
+        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if authority.contains('@') {
+            return Err(format!(
+                "put the user name in --mqtt-username and the password in --mqtt-password-file or \
+                 {PASSWORD_ENV}, not in the URL"
+            ));
+        }
+        if authority.contains(['/', '?', '#']) {
+            return Err(format!(
+                "a broker URL has no path or query: {FORM}, got {s:?}"
+            ));
+        }
+        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            let Some((host, after)) = bracketed.split_once(']') else {
+                return Err(format!("unclosed `[` in {s:?}"));
+            };
+            if host.parse::<Ipv6Addr>().is_err() {
+                return Err(format!(
+                    "{host:?} in brackets is not an IPv6 address, in {s:?}"
+                ));
+            }
+            let port = match after {
+                "" => None,
+                _ => match after.strip_prefix(':') {
+                    Some(port) => Some(port),
+                    None => return Err(format!("{FORM}, got {s:?}")),
+                },
+            };
+            (host, port)
+        } else {
+            match authority.split_once(':') {
+                Some((_, port)) if port.contains(':') => {
+                    return Err(format!(
+                        "write an IPv6 host in brackets, e.g. mqtt://[::1]:1883; got {s:?}"
+                    ));
+                }
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            }
+        };
+        let host_ok = !host.is_empty()
+            && (host.contains(':')
+                || host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')));
+        if !host_ok {
+            return Err(format!("missing or invalid host: {FORM}, got {s:?}"));
+        }
+        let port = match port {
+            None => scheme.default_port(),
+            Some(text) => match text.parse::<u16>() {
+                Ok(port) if port != 0 => port,
+                _ => {
+                    return Err(format!(
+                        "port must be a number from 1 to 65535, got {text:?}"
+                    ));
+                }
+            },
+        };
+        Ok(BrokerUrl {
+            scheme,
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// Why no [`Command`] could be made. Every variant names the flag, key or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// clap's own error (unknown flag, bad flag value, missing argument) or a `--help` /
+    /// `--version` request; [`ConfigError::exit`] prints it the clap way.
+    #[error("{0}")]
+    Usage(clap::Error),
+    #[error("config file {}: {err}", .path.display())]
+    FileRead { path: PathBuf, err: std::io::Error },
+    #[error("config file {}: line {line}, column {column}: {message}", .path.display())]
+    FileSyntax {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("config file {}: unknown key \"{key}\" (valid keys: {})", .path.display(), FILE_KEYS.join(", "))]
+    UnknownKey { path: PathBuf, key: String },
+    #[error("config file {}: key \"{key}\": {message}", .path.display())]
+    FileValue {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("cannot read {what} file {}: {err}", .path.display())]
+    SecretFile {
+        what: &'static str,
+        path: PathBuf,
+        err: std::io::Error,
+    },
+    #[error("{what} file {} is empty", .path.display())]
+    EmptySecretFile { what: &'static str, path: PathBuf },
+    /// A problem with how options combine, or with a value taken from the environment.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ConfigError {
+    /// Whether this is clap's error (it prints its own usage and exits 2, or 0 for help/version).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, ConfigError::Usage(_))
+    }
+
+    /// Print the error and exit: clap errors the clap way (usage, exit 2; `--help` and
+    /// `--version` exit 0), everything else as `spyglass: <error>` with exit status 1.
+    pub fn exit(self) -> ! {
+        match self {
+            ConfigError::Usage(err) => err.exit(),
+            other => {
+                eprintln!("spyglass: {other}");
+                std::process::exit(1)
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Command line
+
+const AFTER_HELP: &str = "\
+Config file:
+  --config FILE reads a TOML file whose keys are the long option names without `--`, e.g.
+      id = \"garage/cam1\"
+      mqtt = \"mqtt://192.168.1.2:1883\"
+      size = \"1920x1080\"
+      max-viewers = 2
+      rtc-bind = [\"192.168.1.20\"]
+  Options given on the command line override the file.
+
+Environment:
+  SPYGLASS_MQTT_PASSWORD  MQTT password, used when no --mqtt-password-file is given
+  RUST_LOG                log filter, used when no --log is given (default: info)";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "spyglass",
+    version,
+    about = "Live camera daemon: V4L2 capture, H.264 encode, WebRTC to browsers, signaling over MQTT 5",
+    long_about = "Live camera daemon: captures video from a V4L2 camera (or a test pattern), encodes \
+                  it to H.264 once, and serves it over WebRTC to every viewer whose offer arrives \
+                  over MQTT 5. The protocol is described in docs/PROTOCOL.md.\n\n\
+                  Without a subcommand, spyglass runs the daemon.",
+    after_long_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    #[command(flatten)]
+    daemon: DaemonArgs,
+}
+
+#[derive(Subcommand, Debug)]
+enum Sub {
+    /// List the cameras (V4L2 devices) and the formats they offer, then exit.
+    Devices,
+    /// Headless viewer: connect to a device over MQTT and WebRTC, receive frames, exit.
+    ///
+    /// Exits 0 once --frames frames have been received and decoded, non-zero on an error
+    /// message from the device or when --timeout passes first.
+    View(ViewArgs),
+}
+
+#[derive(Args, Debug, Default)]
+struct DaemonArgs {
+    /// Read options from this TOML file (keys are the long option names without `--`);
+    /// options given on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Device id used in MQTT topics ({id}/offer/{cid}, {id}/status, ...). May contain `/`;
+    /// never `+` or `#`. [default: the host name]
+    #[arg(long, value_name = "UID", value_parser = parse_id)]
+    id: Option<String>,
+
+    /// MQTT 5 broker, mqtt://HOST[:PORT] (port defaults to 1883). [default: mqtt://127.0.0.1:1883]
+    #[arg(long, value_name = "URL", value_parser = parse_broker, help_heading = "MQTT")]
+    mqtt: Option<BrokerUrl>,
+
+    /// User name for the broker. [default: none, connect anonymously]
+    #[arg(long, value_name = "NAME", value_parser = parse_nonempty, help_heading = "MQTT")]
+    mqtt_username: Option<String>,
+
+    /// File holding the broker password (one trailing newline is ignored). Without it, the
+    /// SPYGLASS_MQTT_PASSWORD environment variable is used if set. Needs --mqtt-username.
+    #[arg(long, value_name = "FILE", value_parser = parse_path, help_heading = "MQTT")]
+    mqtt_password_file: Option<PathBuf>,
+
+    /// Video source: `test` for the built-in test pattern, or a V4L2 device path.
+    /// [default: /dev/video0]
+    #[arg(long, value_name = "SRC", value_parser = parse_video, help_heading = "Video")]
+    video: Option<String>,
+
+    /// Picture size WIDTHxHEIGHT; each even, from 16 to 4096. [default: 1280x720]
+    #[arg(long, value_name = "WxH", value_parser = parse_size, help_heading = "Video")]
+    size: Option<(u32, u32)>,
+
+    /// Frames per second, 1 to 120. [default: 30]
+    #[arg(long, value_name = "N", value_parser = parse_fps, help_heading = "Video")]
+    fps: Option<u32>,
+
+    /// H.264 target bitrate in kbit/s, 50 to 50000. [default: 2000]
+    #[arg(long, value_name = "KBPS", value_parser = parse_bitrate, help_heading = "Video")]
+    bitrate: Option<u32>,
+
+    /// Most viewers served at once; further offers get a `busy` error. [default: 4]
+    #[arg(long, value_name = "N", value_parser = parse_max_viewers, help_heading = "WebRTC")]
+    max_viewers: Option<u32>,
+
+    /// Close a viewer's session when its peer connection has been unreachable or unconnected for
+    /// this many seconds. [default: 30]
+    #[arg(long, value_name = "SECS", value_parser = parse_peer_timeout, help_heading = "WebRTC")]
+    peer_timeout: Option<u32>,
+
+    /// STUN server, e.g. stun:stun.example.org:3478. Repeat for more. [default: none]
+    #[arg(long, value_name = "URL", value_parser = parse_stun, help_heading = "WebRTC")]
+    stun: Vec<String>,
+
+    /// TURN server, turn:HOST[:PORT] or turns:HOST[:PORT]. Repeat for more. Needs
+    /// --turn-username and --turn-password-file. [default: none]
+    #[arg(long, value_name = "URL", value_parser = parse_turn, help_heading = "WebRTC")]
+    turn: Vec<String>,
+
+    /// User name for the TURN servers.
+    #[arg(long, value_name = "NAME", value_parser = parse_nonempty, help_heading = "WebRTC")]
+    turn_username: Option<String>,
+
+    /// File holding the TURN password (one trailing newline is ignored).
+    #[arg(long, value_name = "FILE", value_parser = parse_path, help_heading = "WebRTC")]
+    turn_password_file: Option<PathBuf>,
+
+    /// IP address to bind WebRTC's UDP sockets to. Repeat for more. [default: every interface]
+    #[arg(long, value_name = "ADDR", value_parser = parse_ip, help_heading = "WebRTC")]
+    rtc_bind: Vec<IpAddr>,
+
+    /// Resolve viewers' mDNS (.local) ICE candidates: on or off. [default: on]
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off, help_heading = "WebRTC")]
+    mdns: Option<bool>,
+
+    /// Log filter, e.g. `info` or `spyglass=debug,webrtc=warn`. [default: RUST_LOG, else info]
+    #[arg(long, value_name = "FILTER", value_parser = parse_log)]
+    log: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct ViewArgs {
+    /// MQTT 5 broker, mqtt://HOST[:PORT] (port defaults to 1883).
+    #[arg(long, value_name = "URL", value_parser = parse_broker)]
+    mqtt: BrokerUrl,
+
+    /// Device id of the camera to watch.
+    #[arg(long, value_name = "UID", value_parser = parse_id)]
+    id: String,
+
+    /// User name for the broker. [default: none, connect anonymously]
+    #[arg(long, value_name = "NAME", value_parser = parse_nonempty)]
+    mqtt_username: Option<String>,
+
+    /// File holding the broker password; without it SPYGLASS_MQTT_PASSWORD is used if set.
+    #[arg(long, value_name = "FILE", value_parser = parse_path)]
+    mqtt_password_file: Option<PathBuf>,
+
+    /// Frames to receive and decode before exiting successfully.
+    #[arg(long, value_name = "N", value_parser = parse_frames, default_value_t = DEFAULT_VIEW_FRAMES)]
+    frames: u32,
+
+    /// Seconds to wait for all frames before giving up.
+    #[arg(long, value_name = "SECS", value_parser = parse_view_timeout, default_value_t = DEFAULT_VIEW_TIMEOUT_SECS)]
+    timeout: u32,
+
+    /// Client id used in the topics, A-Z a-z 0-9 _ - (1 to 64). [default: view-<random hex>]
+    #[arg(long, value_name = "CID", value_parser = parse_cid)]
+    cid: Option<String>,
+
+    /// IP address to bind WebRTC's UDP sockets to. Repeat for more. [default: every interface]
+    #[arg(long, value_name = "ADDR", value_parser = parse_ip)]
+    rtc_bind: Vec<IpAddr>,
+
+    /// Resolve the device's mDNS (.local) ICE candidates: on or off. [default: on]
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
+    mdns: Option<bool>,
+
+    /// Print the report as one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validators, shared by flags and config file. Each returns "expected …, got …" on failure.
+
+/// An integer option's allowed range.
+#[derive(Clone, Copy)]
+struct IntRange {
+    lo: u32,
+    hi: u32,
+}
+
+const FPS: IntRange = IntRange { lo: 1, hi: 120 };
+const BITRATE: IntRange = IntRange { lo: 50, hi: 50_000 };
+const AT_LEAST_1: IntRange = IntRange {
+    lo: 1,
+    hi: u32::MAX,
+};
+
+impl IntRange {
+    fn expected(self) -> String {
+        if self.hi == u32::MAX {
+            format!("an integer of at least {}", self.lo)
+        } else {
+            format!("an integer from {} to {}", self.lo, self.hi)
+        }
+    }
+
+    fn check(self, n: i64) -> Result<u32, String> {
+        match u32::try_from(n) {
+            Ok(n) if (self.lo..=self.hi).contains(&n) => Ok(n),
+            _ => Err(format!("expected {}, got {n}", self.expected())),
+        }
+    }
+
+    fn parse(self, s: &str) -> Result<u32, String> {
+        match s.trim().parse::<i64>() {
+            Ok(n) => self.check(n),
+            Err(_) => Err(format!("expected {}, got {s:?}", self.expected())),
+        }
+    }
+}
+
+fn parse_fps(s: &str) -> Result<u32, String> {
+    FPS.parse(s)
+}
+fn parse_bitrate(s: &str) -> Result<u32, String> {
+    BITRATE.parse(s)
+}
+fn parse_max_viewers(s: &str) -> Result<u32, String> {
+    AT_LEAST_1.parse(s)
+}
+fn parse_peer_timeout(s: &str) -> Result<u32, String> {
+    AT_LEAST_1.parse(s)
+}
+fn parse_frames(s: &str) -> Result<u32, String> {
+    AT_LEAST_1.parse(s)
+}
+fn parse_view_timeout(s: &str) -> Result<u32, String> {
+    AT_LEAST_1.parse(s)
+}
+
+fn parse_id(s: &str) -> Result<String, String> {
+    validate_uid(s).map_err(|e| e.to_string())?;
+    Ok(s.to_owned())
+}
+
+fn parse_cid(s: &str) -> Result<String, String> {
+    validate_cid(s).map_err(|e| e.to_string())?;
+    Ok(s.to_owned())
+}
+
+fn parse_broker(s: &str) -> Result<BrokerUrl, String> {
+    s.parse()
+}
+
+fn parse_nonempty(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        Err("expected a non-empty string, got \"\"".into())
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+fn parse_path(s: &str) -> Result<PathBuf, String> {
+    parse_nonempty(s).map(PathBuf::from)
+}
+
+fn parse_video(s: &str) -> Result<String, String> {
+    if s == "test" || (s.starts_with('/') && s.len() > 1) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "expected `test` or a V4L2 device path such as /dev/video0, got {s:?}"
+        ))
+    }
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let err = || {
+        format!("expected WIDTHxHEIGHT with even numbers from 16 to 4096, e.g. 1280x720, got {s:?}")
+    };
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(err)?;
+    let dim = |d: &str| match d.parse::<u32>() {
+        Ok(n)
+            if (16..=4096).contains(&n) && n % 2 == 0 && d.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            Ok(n)
+        }
+        _ => Err(err()),
+    };
+    Ok((dim(w)?, dim(h)?))
+}
+
+fn parse_ice_url(s: &str, schemes: &[&str]) -> Result<String, String> {
+    let expected = schemes
+        .iter()
+        .map(|p| format!("{p}HOST[:PORT]"))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let ok = schemes.iter().any(|scheme| {
+        s.strip_prefix(scheme)
+            .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+    }) && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!("expected {expected}, got {s:?}"))
+    }
+}
+
+fn parse_stun(s: &str) -> Result<String, String> {
+    parse_ice_url(s, &["stun:"])
+}
+
+fn parse_turn(s: &str) -> Result<String, String> {
+    parse_ice_url(s, &["turn:", "turns:"])
+}
+
+fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.parse()
+        .map_err(|_| format!("expected an IP address such as 192.168.1.20 or ::1, got {s:?}"))
+}
+
+fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("expected on or off, got {s:?}")),
+    }
+}
+
+fn parse_log(s: &str) -> Result<String, String> {
+    match tracing_subscriber::EnvFilter::try_new(s) {
+        Ok(_) if !s.trim().is_empty() => Ok(s.to_owned()),
+        Ok(_) => Err("expected a log filter such as info or spyglass=debug, got \"\"".into()),
+        Err(e) => Err(format!(
+            "expected a log filter such as info or spyglass=debug, got {s:?} ({e})"
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config file
+
+/// Values read from the config file; `None` where the file has no such key.
+#[derive(Debug, Default)]
+struct FileValues {
+    id: Option<String>,
+    mqtt: Option<BrokerUrl>,
+    mqtt_username: Option<String>,
+    mqtt_password_file: Option<PathBuf>,
+    video: Option<String>,
+    size: Option<(u32, u32)>,
+    fps: Option<u32>,
+    bitrate: Option<u32>,
+    max_viewers: Option<u32>,
+    peer_timeout: Option<u32>,
+    stun: Option<Vec<String>>,
+    turn: Option<Vec<String>>,
+    turn_username: Option<String>,
+    turn_password_file: Option<PathBuf>,
+    rtc_bind: Option<Vec<IpAddr>>,
+    mdns: Option<bool>,
+    log: Option<String>,
+}
+
+/// How a TOML value reads in an error message.
+fn describe(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => format!("{s:?}"),
+        toml::Value::Integer(n) => n.to_string(),
+        toml::Value::Float(x) => x.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::Datetime(d) => format!("a date ({d})"),
+        toml::Value::Array(_) => "an array".into(),
+        toml::Value::Table(_) => "a table".into(),
+    }
+}
+
+/// A string key: the value must be a TOML string, then goes through the flag's validator.
+fn file_str<T>(
+    value: &toml::Value,
+    expected: &str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<T, String> {
+    match value {
+        toml::Value::String(s) => parse(s),
+        other => Err(format!("expected {expected}, got {}", describe(other))),
+    }
+}
+
+/// An integer key: a TOML integer, or a string holding one.
+fn file_int(value: &toml::Value, range: IntRange) -> Result<u32, String> {
+    match value {
+        toml::Value::Integer(n) => range.check(*n),
+        toml::Value::String(s) => range.parse(s),
+        other => Err(format!(
+            "expected {}, got {}",
+            range.expected(),
+            describe(other)
+        )),
+    }
+}
+
+/// A repeatable key: an array of strings (or one string), each through the flag's validator.
+fn file_list<T>(
+    value: &toml::Value,
+    expected: &str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, String> {
+    let items: Vec<&toml::Value> = match value {
+        toml::Value::Array(items) => items.iter().collect(),
+        one => vec![one],
+    };
+    items
+        .into_iter()
+        .map(|item| file_str(item, expected, parse))
+        .collect()
+}
+
+fn file_on_off(value: &toml::Value) -> Result<bool, String> {
+    match value {
+        toml::Value::Boolean(b) => Ok(*b),
+        other => file_str(other, "on, off, true or false", parse_on_off),
+    }
+}
+
+fn read_config_file(path: &Path) -> Result<FileValues, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|err| ConfigError::FileRead {
+        path: path.to_owned(),
+        err,
+    })?;
+    parse_config_text(path, &text)
+}
+
+fn parse_config_text(path: &Path, text: &str) -> Result<FileValues, ConfigError> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let offset = e.span().map_or(0, |span| span.start).min(text.len());
+        let before = text.get(..offset).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        ConfigError::FileSyntax {
+            path: path.to_owned(),
+            line,
+            column,
+            message: e.message().trim().replace('\n', "; "),
+        }
+    })?;
+
+    let mut v = FileValues::default();
+    for (key, value) in &table {
+        let result = match key.as_str() {
+            "id" => file_str(value, "a device id", parse_id).map(|x| v.id = Some(x)),
+            "mqtt" => file_str(value, "mqtt://HOST[:PORT]", parse_broker).map(|x| v.mqtt = Some(x)),
+            "mqtt-username" => {
+                file_str(value, "a string", parse_nonempty).map(|x| v.mqtt_username = Some(x))
+            }
+            "mqtt-password-file" => {
+                file_str(value, "a file path", parse_path).map(|x| v.mqtt_password_file = Some(x))
+            }
+            "video" => {
+                file_str(value, "`test` or a device path", parse_video).map(|x| v.video = Some(x))
+            }
+            "size" => {
+                file_str(value, "a string WIDTHxHEIGHT", parse_size).map(|x| v.size = Some(x))
+            }
+            "fps" => file_int(value, FPS).map(|x| v.fps = Some(x)),
+            "bitrate" => file_int(value, BITRATE).map(|x| v.bitrate = Some(x)),
+            "max-viewers" => file_int(value, AT_LEAST_1).map(|x| v.max_viewers = Some(x)),
+            "peer-timeout" => file_int(value, AT_LEAST_1).map(|x| v.peer_timeout = Some(x)),
+            "stun" => file_list(value, "stun: URL strings", parse_stun).map(|x| v.stun = Some(x)),
+            "turn" => file_list(value, "turn: or turns: URL strings", parse_turn)
+                .map(|x| v.turn = Some(x)),
+            "turn-username" => {
+                file_str(value, "a string", parse_nonempty).map(|x| v.turn_username = Some(x))
+            }
+            "turn-password-file" => {
+                file_str(value, "a file path", parse_path).map(|x| v.turn_password_file = Some(x))
+            }
+            "rtc-bind" => {
+                file_list(value, "IP address strings", parse_ip).map(|x| v.rtc_bind = Some(x))
+            }
+            "mdns" => file_on_off(value).map(|x| v.mdns = Some(x)),
+            "log" => file_str(value, "a log filter string", parse_log).map(|x| v.log = Some(x)),
+            _ => {
+                return Err(ConfigError::UnknownKey {
+                    path: path.to_owned(),
+                    key: key.clone(),
+                });
+            }
+        };
+        result.map_err(|message| ConfigError::FileValue {
+            path: path.to_owned(),
+            key: key.clone(),
+            message,
+        })?;
+    }
+    Ok(v)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Resolution
+
+/// What the process environment contributes; a parameter so tests need not touch the real one.
+#[derive(Debug, Clone, Default)]
+struct Env {
+    mqtt_password: Option<OsString>,
+    hostname: OsString,
+}
+
+impl Env {
+    fn from_process() -> Self {
+        Env {
+            mqtt_password: std::env::var_os(PASSWORD_ENV),
+            hostname: gethostname::gethostname(),
+        }
+    }
+}
+
+/// Parse the command line (including the program name as first item), read the config file if one
+/// is named, and return the validated command. On [`ConfigError::Usage`] call
+/// [`ConfigError::exit`] to get clap's usual output and exit status.
+pub fn load<I, T>(args: I) -> Result<Command, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    load_with(args, &Env::from_process())
+}
+
+fn load_with<I, T>(args: I, env: &Env) -> Result<Command, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args).map_err(ConfigError::Usage)?;
+    match cli.command {
+        None => resolve_daemon(cli.daemon, env).map(Command::Daemon),
+        Some(Sub::Devices) => Ok(Command::Devices),
+        Some(Sub::View(args)) => resolve_view(args, env).map(Command::View),
+    }
+}
+
+fn resolve_daemon(args: DaemonArgs, env: &Env) -> Result<DaemonConfig, ConfigError> {
+    let file = match &args.config {
+        Some(path) => read_config_file(path)?,
+        None => FileValues::default(),
+    };
+    let id = match args.id.or(file.id) {
+        Some(id) => id,
+        None => hostname_id(&env.hostname)?,
+    };
+    let username = args.mqtt_username.or(file.mqtt_username);
+    let password_file = args.mqtt_password_file.or(file.mqtt_password_file);
+    let password = mqtt_password(password_file.as_deref(), env, username.as_deref())?;
+    let (width, height) = args
+        .size
+        .or(file.size)
+        .unwrap_or((DEFAULT_WIDTH, DEFAULT_HEIGHT));
+    let video = VideoSpec {
+        source: args
+            .video
+            .or(file.video)
+            .unwrap_or_else(|| DEFAULT_VIDEO.to_owned()),
+        width,
+        height,
+        fps: args.fps.or(file.fps).unwrap_or(DEFAULT_FPS),
+    };
+    // Repeatable options: any on the command line replace the file's list.
+    let stun = if args.stun.is_empty() {
+        file.stun.unwrap_or_default()
+    } else {
+        args.stun
+    };
+    let turn = if args.turn.is_empty() {
+        file.turn.unwrap_or_default()
+    } else {
+        args.turn
+    };
+    let rtc_bind = if args.rtc_bind.is_empty() {
+        file.rtc_bind.unwrap_or_default()
+    } else {
+        args.rtc_bind
+    };
+    let turn_username = args.turn_username.or(file.turn_username);
+    let turn_password = match args.turn_password_file.or(file.turn_password_file) {
+        Some(path) => Some(read_secret(&path, "TURN password")?),
+        None => None,
+    };
+    if !turn.is_empty() && (turn_username.is_none() || turn_password.is_none()) {
+        return Err(ConfigError::Invalid(
+            "--turn needs --turn-username and --turn-password-file (or the keys turn-username and \
+             turn-password-file in the config file)"
+                .into(),
+        ));
+    }
+    let peer_timeout = args
+        .peer_timeout
+        .or(file.peer_timeout)
+        .unwrap_or(DEFAULT_PEER_TIMEOUT_SECS);
+    Ok(DaemonConfig {
+        id,
+        mqtt: args.mqtt.or(file.mqtt).unwrap_or_default(),
+        username,
+        password,
+        video,
+        bitrate_kbps: args
+            .bitrate
+            .or(file.bitrate)
+            .unwrap_or(DEFAULT_BITRATE_KBPS),
+        max_viewers: args
+            .max_viewers
+            .or(file.max_viewers)
+            .unwrap_or(DEFAULT_MAX_VIEWERS),
+        peer_timeout: Duration::from_secs(peer_timeout.into()),
+        stun,
+        turn,
+        turn_username,
+        turn_password,
+        rtc_bind,
+        mdns: args.mdns.or(file.mdns).unwrap_or(true),
+        log: args.log.or(file.log),
+        config_file: args.config,
+    })
+}
+
+fn resolve_view(args: ViewArgs, env: &Env) -> Result<ViewConfig, ConfigError> {
+    let password = mqtt_password(
+        args.mqtt_password_file.as_deref(),
+        env,
+        args.mqtt_username.as_deref(),
+    )?;
+    Ok(ViewConfig {
+        mqtt: args.mqtt,
+        id: args.id,
+        username: args.mqtt_username,
+        password,
+        frames: args.frames,
+        timeout: Duration::from_secs(args.timeout.into()),
+        cid: args.cid.unwrap_or_else(random_cid),
+        rtc_bind: args.rtc_bind,
+        mdns: args.mdns.unwrap_or(true),
+        json: args.json,
+    })
+}
+
+fn hostname_id(hostname: &OsString) -> Result<String, ConfigError> {
+    let name = hostname.to_string_lossy();
+    validate_uid(&name).map_err(|e| {
+        ConfigError::Invalid(format!(
+            "the host name is not usable as device id ({e}); set one with --id"
+        ))
+    })?;
+    Ok(name.into_owned())
+}
+
+/// The MQTT password: from the file if one is named, else from the environment (an empty value
+/// counts as unset). A password needs a user name.
+fn mqtt_password(
+    file: Option<&Path>,
+    env: &Env,
+    username: Option<&str>,
+) -> Result<Option<String>, ConfigError> {
+    let (password, origin) = match (file, &env.mqtt_password) {
+        (Some(path), _) => (
+            Some(read_secret(path, "MQTT password")?),
+            "--mqtt-password-file",
+        ),
+        (None, Some(value)) if !value.is_empty() => {
+            let value = value
+                .clone()
+                .into_string()
+                .map_err(|_| ConfigError::Invalid(format!("{PASSWORD_ENV} is not valid UTF-8")))?;
+            (Some(value), PASSWORD_ENV)
+        }
+        (None, _) => (None, ""),
+    };
+    if password.is_some() && username.is_none() {
+        return Err(ConfigError::Invalid(format!(
+            "an MQTT password is set (from {origin}) but no user name; add --mqtt-username"
+        )));
+    }
+    Ok(password)
+}
+
+/// Read a secret from a file, dropping one trailing newline (`\n` or `\r\n`).
+fn read_secret(path: &Path, what: &'static str) -> Result<String, ConfigError> {
+    let mut text = std::fs::read_to_string(path).map_err(|err| ConfigError::SecretFile {
+        what,
+        path: path.to_owned(),
+        err,
+    })?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    if text.is_empty() {
+        return Err(ConfigError::EmptySecretFile {
+            what,
+            path: path.to_owned(),
+        });
+    }
+    Ok(text)
+}
+
+/// `view-` and 16 hex digits, from the standard library's randomly seeded hasher.
+fn random_cid() -> String {
+    let mut hasher = RandomState::new().build_hasher();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(nanos);
+    hasher.write_u32(std::process::id());
+    format!("view-{:016x}", hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A scratch directory removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new() -> Self {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let dir =
+                std::env::temp_dir().join(format!("spyglass-config-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+
+        fn file(&self, name: &str, contents: &str) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, contents).unwrap();
+            path
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn env() -> Env {
+        Env {
+            mqtt_password: None,
+            hostname: "testhost".into(),
+        }
+    }
+
+    fn daemon_with(args: &[&str], env: &Env) -> Result<DaemonConfig, ConfigError> {
+        let argv = std::iter::once("spyglass").chain(args.iter().copied());
+        match load_with(argv, env)? {
+            Command::Daemon(config) => Ok(config),
+            other => panic!("expected daemon, got {other:?}"),
+        }
+    }
+
+    fn daemon(args: &[&str]) -> Result<DaemonConfig, ConfigError> {
+        daemon_with(args, &env())
+    }
+
+    fn view_with(args: &[&str], env: &Env) -> Result<ViewConfig, ConfigError> {
+        let argv = ["spyglass", "view"].into_iter().chain(args.iter().copied());
+        match load_with(argv, env)? {
+            Command::View(config) => Ok(config),
+            other => panic!("expected view, got {other:?}"),
+        }
+    }
+
+    fn usage_error(result: Result<impl fmt::Debug, ConfigError>) -> clap::Error {
+        match result {
+            Err(ConfigError::Usage(e)) => e,
+            other => panic!("expected a clap error, got {other:?}"),
+        }
+    }
+
+    fn with_file(
+        contents: &str,
+        args: &[&str],
+    ) -> (Scratch, PathBuf, Result<DaemonConfig, ConfigError>) {
+        let scratch = Scratch::new();
+        let path = scratch.file("spyglass.toml", contents);
+        let mut argv = vec!["--config", path.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        let result = daemon(&argv);
+        (scratch, path, result)
+    }
+
+    // --- defaults and help
+
+    #[test]
+    fn defaults() {
+        let c = daemon(&[]).unwrap();
+        assert_eq!(c.id, "testhost");
+        assert_eq!(c.mqtt, BrokerUrl::mqtt("127.0.0.1", 1883));
+        assert_eq!((c.username, c.password), (None, None));
+        assert_eq!(
+            c.video,
+            VideoSpec {
+                source: "/dev/video0".into(),
+                width: 1280,
+                height: 720,
+                fps: 30
+            }
+        );
+        assert_eq!(c.bitrate_kbps, 2000);
+        assert_eq!(c.max_viewers, 4);
+        assert_eq!(c.peer_timeout, Duration::from_secs(30));
+        assert!(c.stun.is_empty() && c.turn.is_empty() && c.rtc_bind.is_empty());
+        assert_eq!((c.turn_username, c.turn_password), (None, None));
+        assert!(c.mdns);
+        assert_eq!(c.log, None);
+        assert_eq!(c.config_file, None);
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_documents_every_option_and_default() {
+        let help = Cli::command().render_long_help().to_string();
+        for key in FILE_KEYS.iter().chain(["config"].iter()) {
+            assert!(
+                help.contains(&format!("--{key}")),
+                "--{key} missing from help"
+            );
+        }
+        for default in [
+            "[default: the host name]".to_owned(),
+            "[default: mqtt://127.0.0.1:1883]".to_owned(),
+            "[default: /dev/video0]".to_owned(),
+            format!("[default: {DEFAULT_WIDTH}x{DEFAULT_HEIGHT}]"),
+            format!("[default: {DEFAULT_FPS}]"),
+            format!("[default: {DEFAULT_BITRATE_KBPS}]"),
+            format!("[default: {DEFAULT_MAX_VIEWERS}]"),
+            format!("[default: {DEFAULT_PEER_TIMEOUT_SECS}]"),
+            "[default: on]".to_owned(),
+            PASSWORD_ENV.to_owned(),
+            "RUST_LOG".to_owned(),
+        ] {
+            assert!(
+                help.contains(&default),
+                "{default} missing from help:\n{help}"
+            );
+        }
+        let mut cmd = Cli::command();
+        let view = cmd
+            .find_subcommand_mut("view")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for needle in [
+            "--mqtt",
+            "--id",
+            "--frames",
+            "[default: 30]",
+            "--timeout",
+            "[default: 20]",
+            "--cid",
+            "view-",
+        ] {
+            assert!(
+                view.contains(needle),
+                "{needle} missing from view help:\n{view}"
+            );
+        }
+    }
+
+    #[test]
+    fn file_keys_are_the_daemon_flags() {
+        let cmd = Cli::command();
+        let mut flags: Vec<&str> = cmd
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .filter(|l| !["config", "help", "version"].contains(l))
+            .collect();
+        let mut keys = FILE_KEYS.to_vec();
+        flags.sort();
+        keys.sort();
+        assert_eq!(flags, keys);
+    }
+
+    #[test]
+    fn help_and_version_are_clap_errors_that_exit_zero() {
+        let e = usage_error(load_with(["spyglass", "--help"], &env()));
+        assert_eq!(e.kind(), ErrorKind::DisplayHelp);
+        assert_eq!(e.exit_code(), 0);
+        let e = usage_error(load_with(["spyglass", "--version"], &env()));
+        assert_eq!(e.kind(), ErrorKind::DisplayVersion);
+        assert!(e.to_string().contains(env!("CARGO_PKG_VERSION")));
+    }
+
+    #[test]
+    fn unknown_flag_is_a_usage_error_with_exit_2() {
+        let e = usage_error(daemon(&["--frobnicate"]));
+        assert_eq!(e.kind(), ErrorKind::UnknownArgument);
+        assert_eq!(e.exit_code(), 2);
+        // Passwords are never flags.
+        assert_eq!(
+            usage_error(daemon(&["--mqtt-password", "x"])).kind(),
+            ErrorKind::UnknownArgument
+        );
+    }
+
+    // --- flags
+
+    #[test]
+    fn flags_set_every_option() {
+        let scratch = Scratch::new();
+        let turn_pw = scratch.file("turn.pw", "tpass\n");
+        let c = daemon(&[
+            "--id",
+            "garage/cam1",
+            "--mqtt",
+            "mqtt://broker.lan:1884",
+            "--mqtt-username",
+            "cam",
+            "--video",
+            "test",
+            "--size",
+            "640x480",
+            "--fps",
+            "15",
+            "--bitrate",
+            "800",
+            "--max-viewers",
+            "2",
+            "--peer-timeout",
+            "10",
+            "--stun",
+            "stun:stun.lan:3478",
+            "--stun",
+            "stun:stun2.lan",
+            "--turn",
+            "turns:turn.lan:5349",
+            "--turn-username",
+            "t",
+            "--turn-password-file",
+            turn_pw.to_str().unwrap(),
+            "--rtc-bind",
+            "127.0.0.1",
+            "--rtc-bind",
+            "::1",
+            "--mdns",
+            "off",
+            "--log",
+            "spyglass=debug",
+        ])
+        .unwrap();
+        assert_eq!(c.id, "garage/cam1");
+        assert_eq!(c.mqtt, BrokerUrl::mqtt("broker.lan", 1884));
+        assert_eq!(c.username.as_deref(), Some("cam"));
+        assert_eq!(
+            c.video,
+            VideoSpec {
+                source: "test".into(),
+                width: 640,
+                height: 480,
+                fps: 15
+            }
+        );
+        assert_eq!((c.bitrate_kbps, c.max_viewers), (800, 2));
+        assert_eq!(c.peer_timeout, Duration::from_secs(10));
+        assert_eq!(c.stun, ["stun:stun.lan:3478", "stun:stun2.lan"]);
+        assert_eq!(c.turn, ["turns:turn.lan:5349"]);
+        assert_eq!(c.turn_username.as_deref(), Some("t"));
+        assert_eq!(c.turn_password.as_deref(), Some("tpass"));
+        assert_eq!(
+            c.rtc_bind,
+            [
+                "127.0.0.1".parse::<IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
+        assert!(!c.mdns);
+        assert_eq!(c.log.as_deref(), Some("spyglass=debug"));
+    }
+
+    #[test]
+    fn bad_flag_values_are_rejected() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--size", "12x"], "WIDTHxHEIGHT"),
+            (&["--size", "1280"], "WIDTHxHEIGHT"),
+            (&["--size", "1281x720"], "even"),
+            (&["--size", "8x8"], "16 to 4096"),
+            (&["--size", "4098x720"], "16 to 4096"),
+            (&["--size=-16x16"], "WIDTHxHEIGHT"),
+            (&["--size", "+16x16"], "WIDTHxHEIGHT"),
+            (&["--fps", "0"], "from 1 to 120, got 0"),
+            (&["--fps", "121"], "from 1 to 120, got 121"),
+            (&["--fps", "abc"], "from 1 to 120, got \"abc\""),
+            (&["--bitrate", "49"], "from 50 to 50000"),
+            (&["--max-viewers", "0"], "at least 1"),
+            (&["--peer-timeout", "0"], "at least 1"),
+            (&["--id", "cam+1"], "wildcard"),
+            (&["--id", "cam/#"], "wildcard"),
+            (&["--id", ""], "empty"),
+            (&["--id", "/cam"], "start or end"),
+            (&["--id", "a//b"], "empty level"),
+            (&["--mqtt", "http://h"], "unknown scheme"),
+            (&["--mqtt", "mqtts://h"], "not supported yet"),
+            (&["--mqtt", "ws://h:8080"], "not supported yet"),
+            (&["--mqtt", "127.0.0.1:1883"], "mqtt://HOST[:PORT]"),
+            (&["--mqtt", "mqtt://"], "host"),
+            (&["--mqtt", "mqtt://h:0"], "port"),
+            (&["--mqtt", "mqtt://h:99999"], "port"),
+            (&["--mqtt", "mqtt://u:p@h"], "--mqtt-username"),
+            (&["--mqtt", "mqtt://h/topic"], "no path"),
+            (&["--mqtt", "mqtt://::1"], "brackets"),
+            (&["--video", "video0"], "/dev/video0"),
+            (&["--stun", "stun.lan"], "stun:HOST"),
+            (&["--stun", "turn:t.lan"], "stun:HOST"),
+            (&["--turn", "stun:t.lan"], "turn:HOST[:PORT] or turns:"),
+            (&["--rtc-bind", "eth0"], "IP address"),
+            (&["--mdns", "maybe"], "on or off"),
+            (&["--mqtt-username", ""], "non-empty"),
+        ];
+        for (args, want) in cases {
+            let e = usage_error(daemon(args));
+            assert_eq!(e.kind(), ErrorKind::ValueValidation, "{args:?}");
+            let msg = e.to_string();
+            assert!(msg.contains(want), "{args:?}: {msg}");
+            assert!(
+                msg.contains(args[0].split('=').next().unwrap()),
+                "{args:?}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn broker_urls_parse() {
+        let cases = [
+            ("mqtt://h", "h", 1883),
+            ("mqtt://h:1884", "h", 1884),
+            ("mqtt://h/", "h", 1883),
+            ("MQTT://10.0.0.1:1", "10.0.0.1", 1),
+            ("mqtt://[::1]:1885", "::1", 1885),
+            ("mqtt://[fe80::1]", "fe80::1", 1883),
+            ("mqtt://my-broker.local", "my-broker.local", 1883),
+        ];
+        for (text, host, port) in cases {
+            let url: BrokerUrl = text.parse().unwrap();
+            assert_eq!(url, BrokerUrl::mqtt(host, port), "{text}");
+            assert_eq!(url.to_string().parse::<BrokerUrl>().unwrap(), url, "{text}");
+        }
+        assert_eq!(
+            BrokerUrl::mqtt("::1", 1883).to_string(),
+            "mqtt://[::1]:1883"
+        );
+        assert_eq!(BrokerUrl::default().to_string(), "mqtt://127.0.0.1:1883");
+    }
+
+    #[test]
+    fn bad_host_name_needs_explicit_id() {
+        let env = Env {
+            mqtt_password: None,
+            hostname: "bad+host".into(),
+        };
+        let err = daemon_with(&[], &env).unwrap_err().to_string();
+        assert!(err.contains("--id"), "{err}");
+        assert_eq!(daemon_with(&["--id", "cam"], &env).unwrap().id, "cam");
+    }
+
+    #[test]
+    fn turn_needs_credentials() {
+        let err = daemon(&["--turn", "turn:t.lan"]).unwrap_err();
+        assert!(err.to_string().contains("--turn-username"), "{err}");
+        assert!(daemon(&["--turn", "turn:t.lan", "--turn-username", "u"]).is_err());
+    }
+
+    // --- passwords
+
+    #[test]
+    fn password_from_file_drops_one_trailing_newline() {
+        let scratch = Scratch::new();
+        for (contents, want) in [
+            ("s3cret\n", "s3cret"),
+            ("s3cret", "s3cret"),
+            ("s3cret\r\n", "s3cret"),
+            ("a b\n\n", "a b\n"),
+        ] {
+            let path = scratch.file("pw", contents);
+            let c = daemon(&[
+                "--mqtt-username",
+                "u",
+                "--mqtt-password-file",
+                path.to_str().unwrap(),
+            ])
+            .unwrap();
+            assert_eq!(c.password.as_deref(), Some(want), "{contents:?}");
+        }
+    }
+
+    #[test]
+    fn password_from_env_and_file_wins() {
+        let env = Env {
+            mqtt_password: Some("fromenv".into()),
+            hostname: "h".into(),
+        };
+        let c = daemon_with(&["--mqtt-username", "u"], &env).unwrap();
+        assert_eq!(c.password.as_deref(), Some("fromenv"));
+        let scratch = Scratch::new();
+        let path = scratch.file("pw", "fromfile\n");
+        let c = daemon_with(
+            &[
+                "--mqtt-username",
+                "u",
+                "--mqtt-password-file",
+                path.to_str().unwrap(),
+            ],
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.password.as_deref(), Some("fromfile"));
+        // Empty counts as unset.
+        let empty = Env {
+            mqtt_password: Some("".into()),
+            hostname: "h".into(),
+        };
+        assert_eq!(daemon_with(&[], &empty).unwrap().password, None);
+    }
+
+    #[test]
+    fn password_needs_user_name() {
+        let env = Env {
+            mqtt_password: Some("pw".into()),
+            hostname: "h".into(),
+        };
+        let err = daemon_with(&[], &env).unwrap_err().to_string();
+        assert!(
+            err.contains(PASSWORD_ENV) && err.contains("--mqtt-username"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unreadable_or_empty_password_file_is_named() {
+        let scratch = Scratch::new();
+        let missing = scratch.0.join("nope.pw");
+        let err = daemon(&[
+            "--mqtt-username",
+            "u",
+            "--mqtt-password-file",
+            missing.to_str().unwrap(),
+        ])
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::SecretFile { .. }), "{err:?}");
+        assert!(err.to_string().contains("nope.pw"), "{err}");
+        let empty = scratch.file("empty.pw", "\n");
+        let err = daemon(&[
+            "--mqtt-username",
+            "u",
+            "--mqtt-password-file",
+            empty.to_str().unwrap(),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("empty.pw") && err.to_string().contains("empty"),
+            "{err}"
+        );
+        let err = daemon(&["--turn-password-file", missing.to_str().unwrap()]).unwrap_err();
+        assert!(
+            err.to_string().contains("TURN password") && err.to_string().contains("nope.pw"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn debug_redacts_passwords() {
+        let scratch = Scratch::new();
+        let pw = scratch.file("pw", "hunter2-mqtt");
+        let tpw = scratch.file("tpw", "hunter2-turn");
+        let c = daemon(&[
+            "--mqtt-username",
+            "u",
+            "--mqtt-password-file",
+            pw.to_str().unwrap(),
+            "--turn",
+            "turn:t",
+            "--turn-username",
+            "t",
+            "--turn-password-file",
+            tpw.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(c.password.as_deref(), Some("hunter2-mqtt"));
+        let debug = format!("{c:?} {c:#?} {:?}", Command::Daemon(c.clone()));
+        assert!(!debug.contains("hunter2"), "{debug}");
+        assert!(debug.contains("<redacted>"));
+
+        let env = Env {
+            mqtt_password: Some("hunter2-view".into()),
+            hostname: "h".into(),
+        };
+        let v = view_with(
+            &["--mqtt", "mqtt://h", "--id", "cam", "--mqtt-username", "u"],
+            &env,
+        )
+        .unwrap();
+        assert_eq!(v.password.as_deref(), Some("hunter2-view"));
+        let debug = format!("{v:?}");
+        assert!(
+            !debug.contains("hunter2") && debug.contains("<redacted>"),
+            "{debug}"
+        );
+    }
+
+    // --- config file
+
+    #[test]
+    fn file_sets_every_key() {
+        let scratch = Scratch::new();
+        let pw = scratch.file("pw", "p\n");
+        let tpw = scratch.file("tpw", "tp\n");
+        let text = format!(
+            r#"
+            id = "garage/cam1"
+            mqtt = "mqtt://broker.lan"
+            mqtt-username = "cam"
+            mqtt-password-file = "{pw}"
+            video = "test"
+            size = "640x360"
+            fps = 25
+            bitrate = "900"
+            max-viewers = 8
+            peer-timeout = 5
+            stun = ["stun:a.lan", "stun:b.lan:3478"]
+            turn = "turn:t.lan"
+            turn-username = "tu"
+            turn-password-file = "{tpw}"
+            rtc-bind = ["127.0.0.1"]
+            mdns = "off"
+            log = "debug"
+            "#,
+            pw = pw.display(),
+            tpw = tpw.display()
+        );
+        let path = scratch.file("c.toml", &text);
+        let c = daemon(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(c.id, "garage/cam1");
+        assert_eq!(c.mqtt, BrokerUrl::mqtt("broker.lan", 1883));
+        assert_eq!(
+            (c.username.as_deref(), c.password.as_deref()),
+            (Some("cam"), Some("p"))
+        );
+        assert_eq!(
+            c.video,
+            VideoSpec {
+                source: "test".into(),
+                width: 640,
+                height: 360,
+                fps: 25
+            }
+        );
+        assert_eq!((c.bitrate_kbps, c.max_viewers), (900, 8));
+        assert_eq!(c.peer_timeout, Duration::from_secs(5));
+        assert_eq!(c.stun, ["stun:a.lan", "stun:b.lan:3478"]);
+        assert_eq!(c.turn, ["turn:t.lan"]);
+        assert_eq!(
+            (c.turn_username.as_deref(), c.turn_password.as_deref()),
+            (Some("tu"), Some("tp"))
+        );
+        assert_eq!(c.rtc_bind, ["127.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert!(!c.mdns);
+        assert_eq!(c.log.as_deref(), Some("debug"));
+        assert_eq!(c.config_file.as_deref(), Some(path.as_path()));
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let (_s, _p, c) = with_file(
+            "fps = 10\nsize = \"320x240\"\nid = \"from-file\"\nstun = [\"stun:file\"]\nmdns = false\nbitrate = 100\n",
+            &[
+                "--fps",
+                "20",
+                "--id",
+                "from-flag",
+                "--stun",
+                "stun:flag",
+                "--mdns",
+                "on",
+            ],
+        );
+        let c = c.unwrap();
+        assert_eq!(c.video.fps, 20);
+        assert_eq!(c.id, "from-flag");
+        assert_eq!(c.stun, ["stun:flag"]);
+        assert!(c.mdns);
+        // Keys without a flag still come from the file.
+        assert_eq!(
+            (c.video.width, c.video.height, c.bitrate_kbps),
+            (320, 240, 100)
+        );
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let (_s, _p, c) = with_file("# nothing here\n", &[]);
+        let mut c = c.unwrap();
+        assert!(c.config_file.take().is_some());
+        assert_eq!(c, daemon(&[]).unwrap());
+    }
+
+    #[test]
+    fn each_bad_file_value_names_key_and_file() {
+        let cases = [
+            (
+                "fps = \"abc\"",
+                "fps",
+                "expected an integer from 1 to 120, got \"abc\"",
+            ),
+            ("fps = 0", "fps", "expected an integer from 1 to 120, got 0"),
+            ("fps = 2.5", "fps", "got 2.5"),
+            ("fps = -1", "fps", "got -1"),
+            ("bitrate = 10", "bitrate", "from 50 to 50000, got 10"),
+            ("max-viewers = 0", "max-viewers", "at least 1"),
+            ("peer-timeout = true", "peer-timeout", "got true"),
+            ("size = \"12x\"", "size", "WIDTHxHEIGHT"),
+            ("size = \"15x720\"", "size", "even"),
+            (
+                "size = 1280",
+                "size",
+                "expected a string WIDTHxHEIGHT, got 1280",
+            ),
+            ("id = \"a+b\"", "id", "wildcard"),
+            ("id = \"a/#\"", "id", "wildcard"),
+            ("id = 5", "id", "expected a device id, got 5"),
+            ("mqtt = \"mqtts://h\"", "mqtt", "not supported yet"),
+            ("mqtt = \"h:1883\"", "mqtt", "mqtt://HOST[:PORT]"),
+            ("mqtt-username = \"\"", "mqtt-username", "non-empty"),
+            (
+                "mqtt-password-file = 1",
+                "mqtt-password-file",
+                "expected a file path",
+            ),
+            ("video = \"cam\"", "video", "/dev/video0"),
+            ("stun = [\"stun:a\", \"b\"]", "stun", "got \"b\""),
+            ("stun = [1]", "stun", "got 1"),
+            ("turn = [\"stun:a\"]", "turn", "turns:"),
+            ("turn-username = []", "turn-username", "got an array"),
+            (
+                "turn-password-file = \"\"",
+                "turn-password-file",
+                "non-empty",
+            ),
+            ("rtc-bind = [\"localhost\"]", "rtc-bind", "IP address"),
+            ("rtc-bind = \"1.2.3\"", "rtc-bind", "IP address"),
+            ("mdns = \"maybe\"", "mdns", "on or off"),
+            ("mdns = 1", "mdns", "got 1"),
+            ("log = \"[\"", "log", "log filter"),
+            ("[mqtt]\nhost = \"h\"", "mqtt", "got a table"),
+        ];
+        for (text, key, want) in cases {
+            let (_s, path, result) = with_file(text, &[]);
+            let err = result.unwrap_err();
+            assert!(
+                matches!(&err, ConfigError::FileValue { key: k, .. } if k == key),
+                "{text}: {err:?}"
+            );
+            let msg = err.to_string();
+            let prefix = format!("config file {}: key \"{key}\": ", path.display());
+            assert!(msg.starts_with(&prefix), "{text}: {msg}");
+            assert!(msg.contains(want), "{text}: {msg}");
+        }
+    }
+
+    #[test]
+    fn every_file_key_is_known() {
+        // A value of the wrong type is a value error, never "unknown key".
+        for key in FILE_KEYS {
+            let (_s, _p, result) = with_file(&format!("{key} = {{}}"), &[]);
+            assert!(
+                matches!(result, Err(ConfigError::FileValue { .. })),
+                "{key}: {result:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_lists_valid_keys() {
+        for key in ["foo", "mqtt-password", "config", "Fps"] {
+            let (_s, path, result) = with_file(&format!("{key} = 1"), &[]);
+            let msg = result.unwrap_err().to_string();
+            assert!(
+                msg.starts_with(&format!(
+                    "config file {}: unknown key \"{key}\"",
+                    path.display()
+                )),
+                "{msg}"
+            );
+            assert!(msg.contains("valid keys: id, mqtt, mqtt-username"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn syntax_error_names_file_and_line() {
+        let (_s, path, result) = with_file("fps = 30\nsize = 1280x720\n", &[]);
+        let err = result.unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, ConfigError::FileSyntax { line: 2, .. }),
+            "{msg}"
+        );
+        assert!(
+            msg.starts_with(&format!("config file {}: line 2, column", path.display())),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn missing_config_file_is_named() {
+        let scratch = Scratch::new();
+        let path = scratch.0.join("absent.toml");
+        let err = daemon(&["--config", path.to_str().unwrap()]).unwrap_err();
+        assert!(matches!(err, ConfigError::FileRead { .. }));
+        assert!(
+            err.to_string()
+                .starts_with(&format!("config file {}: ", path.display())),
+            "{err}"
+        );
+    }
+
+    // --- subcommands
+
+    #[test]
+    fn devices_subcommand() {
+        assert_eq!(
+            load_with(["spyglass", "devices"], &env()).unwrap(),
+            Command::Devices
+        );
+        // Daemon options do not mix with subcommands.
+        assert!(
+            load_with(["spyglass", "--fps", "5", "devices"], &env())
+                .unwrap_err()
+                .is_usage()
+        );
+    }
+
+    #[test]
+    fn view_args_parse_with_defaults() {
+        let v = view_with(
+            &["--mqtt", "mqtt://127.0.0.1:18830", "--id", "garage/cam1"],
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(v.mqtt, BrokerUrl::mqtt("127.0.0.1", 18830));
+        assert_eq!(v.id, "garage/cam1");
+        assert_eq!((v.username, v.password), (None, None));
+        assert_eq!(v.frames, DEFAULT_VIEW_FRAMES);
+        assert_eq!(v.timeout, Duration::from_secs(20));
+        assert!(v.cid.starts_with("view-"), "{}", v.cid);
+        assert_eq!(validate_cid(&v.cid), Ok(()));
+        let other = view_with(&["--mqtt", "mqtt://h", "--id", "c"], &env()).unwrap();
+        assert_ne!(v.cid, other.cid);
+    }
+
+    #[test]
+    fn view_args_parse_explicit() {
+        let scratch = Scratch::new();
+        let pw = scratch.file("pw", "vp\n");
+        let v = view_with(
+            &[
+                "--mqtt",
+                "mqtt://h",
+                "--id",
+                "cam",
+                "--frames",
+                "5",
+                "--timeout",
+                "3",
+                "--cid",
+                "viewer1",
+                "--mqtt-username",
+                "u",
+                "--mqtt-password-file",
+                pw.to_str().unwrap(),
+            ],
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(
+            (v.frames, v.timeout, v.cid.as_str()),
+            (5, Duration::from_secs(3), "viewer1")
+        );
+        assert_eq!(
+            (v.username.as_deref(), v.password.as_deref()),
+            (Some("u"), Some("vp"))
+        );
+    }
+
+    #[test]
+    fn view_args_are_validated() {
+        let cases: &[(&[&str], ErrorKind)] = &[
+            (&["--id", "cam"], ErrorKind::MissingRequiredArgument),
+            (&["--mqtt", "mqtt://h"], ErrorKind::MissingRequiredArgument),
+            (
+                &["--mqtt", "mqtt://h", "--id", "c", "--cid", "a/b"],
+                ErrorKind::ValueValidation,
+            ),
+            (
+                &["--mqtt", "mqtt://h", "--id", "c", "--cid", &"a".repeat(65)],
+                ErrorKind::ValueValidation,
+            ),
+            (
+                &["--mqtt", "mqtt://h", "--id", "c", "--frames", "0"],
+                ErrorKind::ValueValidation,
+            ),
+            (
+                &["--mqtt", "mqtt://h", "--id", "c", "--timeout", "0"],
+                ErrorKind::ValueValidation,
+            ),
+            (
+                &["--mqtt", "mqtt://h", "--id", "c+"],
+                ErrorKind::ValueValidation,
+            ),
+            (
+                &["--mqtt", "ws://h", "--id", "c"],
+                ErrorKind::ValueValidation,
+            ),
+            (
+                &["--mqtt", "mqtt://h", "--id", "c", "--fps", "3"],
+                ErrorKind::UnknownArgument,
+            ),
+        ];
+        for (args, kind) in cases {
+            assert_eq!(
+                usage_error(view_with(args, &env())).kind(),
+                *kind,
+                "{args:?}"
+            );
+        }
+        let cid64 = "a".repeat(64);
+        assert!(
+            view_with(
+                &["--mqtt", "mqtt://h", "--id", "c", "--cid", &cid64],
+                &env()
+            )
+            .is_ok()
+        );
+    }
 }

@@ -32,9 +32,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         height: cfg.video.height,
         fps: cfg.video.fps,
     };
-    let status = Status::online(VERSION, video, 0, cfg.max_viewers as u32);
+    let status = Status::online(VERSION, video, 0, cfg.max_viewers);
     let limits = Limits {
-        max_viewers: cfg.max_viewers,
+        max_viewers: cfg.max_viewers as usize,
         peer_timeout: cfg.peer_timeout,
         ..Limits::default()
     };

@@ -1052,6 +1052,33 @@ mod tests {
         assert!(parse_error(b"busy").is_err());
     }
 
+    // --- the public description
+
+    /// Every `topic` line followed by a JSON line in the example exchange of docs/PROTOCOL.md
+    /// parses with this module, so the document cannot drift from the code unnoticed.
+    #[test]
+    fn protocol_md_examples_parse() {
+        let doc = include_str!("../../docs/PROTOCOL.md");
+        let lines: Vec<&str> = doc.lines().collect();
+        let mut checked = 0;
+        for pair in lines.windows(2) {
+            let (topic, payload) = (pair[0].trim(), pair[1].trim().as_bytes());
+            let Some((kind, _cid)) = parse_topic("garage/cam1", topic) else {
+                continue;
+            };
+            let result = match kind {
+                TopicKind::Offer => parse_offer(payload).map(drop),
+                TopicKind::Answer => parse_answer(payload).map(drop),
+                TopicKind::Ice => parse_candidate(payload).map(drop),
+                TopicKind::Error => parse_error(payload).map(drop),
+                TopicKind::Status => parse_status(payload).map(drop),
+            };
+            assert_eq!(result, Ok(()), "{topic}: {}", pair[1]);
+            checked += 1;
+        }
+        assert!(checked >= 9, "only {checked} examples found");
+    }
+
     // --- status
 
     fn status() -> Status {

@@ -163,7 +163,7 @@ mod tests {
         let got = a.push(3, 3000, true, &fu_a(1, false, true, &[3, 3]));
         assert!(got.access_unit.is_none() && got.request_keyframe);
         assert!(
-            a.push(4, 6000, true, &single(1, &[4]))
+            a.push(4, 6000, true, &single(1, &[4, 4]))
                 .access_unit
                 .is_none()
         );
@@ -173,7 +173,7 @@ mod tests {
                 .is_some()
         );
         assert!(
-            a.push(6, 12000, true, &single(1, &[6]))
+            a.push(6, 12000, true, &single(1, &[6, 6]))
                 .access_unit
                 .is_some()
         );

@@ -47,6 +47,23 @@ pub struct ViewOptions {
     pub mdns: bool,
 }
 
+impl ViewOptions {
+    pub fn from_config(cfg: &crate::config::ViewConfig) -> Self {
+        ViewOptions {
+            host: cfg.mqtt.host.clone(),
+            port: cfg.mqtt.port,
+            username: cfg.username.clone(),
+            password: cfg.password.clone(),
+            id: cfg.id.clone(),
+            cid: cfg.cid.clone(),
+            frames: u64::from(cfg.frames),
+            timeout: cfg.timeout,
+            bind: cfg.rtc_bind.clone(),
+            mdns: cfg.mdns,
+        }
+    }
+}
+
 /// Summary of a distribution of milliseconds.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Spread {
@@ -97,6 +114,50 @@ pub struct ViewReport {
     pub keyframe_requests: u64,
     /// Error reply from the device, if any: code and message.
     pub error: Option<ErrorMsg>,
+}
+
+impl std::fmt::Display for ViewReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |v: Option<f64>| {
+            v.map(|v| format!("{v:.0} ms"))
+                .unwrap_or_else(|| "-".into())
+        };
+        writeln!(
+            f,
+            "frames decoded:   {} ({}x{})",
+            self.frames, self.width, self.height
+        )?;
+        writeln!(f, "answer after:     {}", ms(self.answer_ms))?;
+        writeln!(f, "connected after:  {}", ms(self.connected_ms))?;
+        writeln!(f, "first frame after: {}", ms(self.first_frame_ms))?;
+        match &self.latency_ms {
+            Some(l) => writeln!(
+                f,
+                "latency (test pattern): median {:.0} ms, p95 {:.0} ms, min {:.0} ms, max {:.0} ms",
+                l.median, l.p95, l.min, l.max
+            )?,
+            None => writeln!(
+                f,
+                "latency (test pattern): - (no test pattern in the picture)"
+            )?,
+        }
+        if let (Some(a), Some(b)) = (self.first_counter, self.last_counter) {
+            writeln!(
+                f,
+                "frame counter:    {a} -> {b}, {} missing at steady state",
+                self.counter_gaps
+            )?;
+        }
+        writeln!(
+            f,
+            "packets lost:     {}, keyframe requests: {}",
+            self.lost_packets, self.keyframe_requests
+        )?;
+        if let Some(e) = &self.error {
+            writeln!(f, "device error:     {} ({})", e.message, e.code)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -101,7 +101,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Start with the defaults for tests plus `extra` arguments.
+    /// Start with the defaults for tests plus `extra` arguments (flag/value pairs).
     pub fn start(broker: &Broker, extra: &[&str]) -> Daemon {
         let id = format!("test/cam-{}", rand::random::<u32>());
         let dir = temp_dir("daemon");
@@ -123,6 +123,12 @@ impl Daemon {
             "--mdns".into(),
             "off".into(),
         ];
+        // Options given in `extra` replace the defaults above.
+        for pair in extra.chunks(2) {
+            if let Some(i) = args.iter().position(|a| a == pair[0]) {
+                args.drain(i..i + 2);
+            }
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let child = Command::new(spyglass_bin())
             .args(&args)
