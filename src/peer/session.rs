@@ -133,15 +133,19 @@ async fn answer(
     offer_sdp: String,
     news: mpsc::UnboundedSender<PeerNews>,
 ) -> Result<(Answered, String), AnswerError> {
-    match offer_video(&offer_sdp) {
+    let video = offer_video(&offer_sdp);
+    let offer = RTCSessionDescription::offer(offer_sdp)
+        .map_err(|e| AnswerError::BadOffer(format!("offer SDP: {e}")))?;
+    offer
+        .unmarshal()
+        .map_err(|e| AnswerError::BadOffer(format!("offer SDP does not parse: {e}")))?;
+    match video {
         OfferVideo::H264 { .. } => {}
         OfferVideo::NoVideo => {
             return Err(AnswerError::Unsupported("offer has no video m-line".into()));
         }
         OfferVideo::Unsupported(msg) => return Err(AnswerError::Unsupported(msg)),
     }
-    let offer = RTCSessionDescription::offer(offer_sdp)
-        .map_err(|e| AnswerError::BadOffer(format!("offer SDP: {e}")))?;
     let internal =
         |what: &str, e: &dyn std::fmt::Display| AnswerError::Internal(format!("{what}: {e}"));
     let pc = factory

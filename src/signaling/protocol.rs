@@ -402,11 +402,10 @@ pub struct VideoStatus {
     pub fps: u32,
 }
 
-/// The audio part of [`Status`]; spyglass has no audio yet, so it is always `null` on the wire.
+/// The audio part of [`Status`] (`{"codec":"opus","channels":N}`); `null` while there is no audio.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AudioStatus {
     pub codec: String,
-    pub sample_rate: u32,
     pub channels: u32,
 }
 
