@@ -68,11 +68,9 @@ async fn two_viewers_are_served_by_one_encoder_and_status_counts_them() {
             v["viewers"] == 2
         })
         .await;
-    // The viewers closed their peer connections; the device notices when ICE consent lapses.
+    // The viewers closed their peer connections (DTLS close_notify).
     watcher
-        .wait_json(&status_topic, Duration::from_secs(25), |v| {
-            v["viewers"] == 0
-        })
+        .wait_json(&status_topic, Duration::from_secs(5), |v| v["viewers"] == 0)
         .await;
     let log = daemon.log();
     assert_eq!(
@@ -108,6 +106,15 @@ async fn a_viewer_beyond_max_viewers_gets_busy() {
         first.frames, 120,
         "the first viewer keeps streaming: {first:?}"
     );
+    // The first viewer closed its connection: its place is free again at once (DTLS close),
+    // not only after ICE consent lapses.
+    watcher
+        .wait_json(&status_topic, Duration::from_secs(3), |v| v["viewers"] == 0)
+        .await;
+    let third = spyglass::view::run(view_options(&broker, &daemon, 10))
+        .await
+        .unwrap();
+    assert_eq!(third.frames, 10, "{third:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtc::media::Sample;
+use rtc::peer_connection::transport::RTCDtlsTransportState;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -19,6 +20,7 @@ use tracing::{debug, info, warn};
 use webrtc::media_stream::MediaStreamTrack;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::peer_connection::transport::DtlsTransport;
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionEventHandler, RTCIceCandidateInit, RTCIceGatheringState,
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
@@ -76,6 +78,9 @@ impl SessionHandle {
     }
 }
 
+/// How often a connected session checks whether the viewer closed DTLS.
+const DTLS_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
 /// Start a session that answers `offer_sdp`. Events go to `events`.
 pub fn start(
     factory: PeerFactory,
@@ -122,6 +127,9 @@ impl PeerConnectionEventHandler for Forwarder {
 
 struct Answered {
     pc: Arc<dyn PeerConnection>,
+    /// Watched for the viewer's DTLS close_notify: a viewer that closes its peer connection ends
+    /// the session at once, instead of when ICE consent lapses.
+    dtls: Option<Arc<dyn DtlsTransport>>,
     track: Arc<TrackLocalStaticSample>,
     ssrc: u32,
     mid: String,
@@ -218,16 +226,18 @@ async fn answer(
             .ok()
             .flatten()
             .unwrap_or_else(|| "0".to_string());
+        let dtls = sender.transport().await.ok().flatten();
         let local = pc.local_description().await.ok_or_else(|| {
             AnswerError::Internal("answer missing after set_local_description".into())
         })?;
-        Ok((payload_type, mid, local.sdp))
+        Ok((payload_type, mid, dtls, local.sdp))
     }
     .await;
     match result {
-        Ok((payload_type, mid, sdp)) => Ok((
+        Ok((payload_type, mid, dtls, sdp)) => Ok((
             Answered {
                 pc,
+                dtls,
                 track,
                 ssrc,
                 mid,
@@ -266,8 +276,17 @@ async fn run(
     emit(SessionEvent::Answered(answer_sdp));
 
     let mut media: Vec<JoinHandle<()>> = Vec::new();
+    let mut check = tokio::time::interval(DTLS_CHECK_INTERVAL);
     let reason = loop {
         tokio::select! {
+            _ = check.tick(), if !media.is_empty() => {
+                if let Some(dtls) = &session.dtls {
+                    let state = dtls.state().await;
+                    if matches!(state, Ok(RTCDtlsTransportState::Closed | RTCDtlsTransportState::Failed)) {
+                        break "the viewer closed the connection".to_string();
+                    }
+                }
+            }
             command = commands.recv() => match command {
                 Some(Command::AddCandidate(candidate)) => {
                     let init = candidate.unwrap_or_else(|| RTCIceCandidateInit {
