@@ -440,7 +440,8 @@ struct DaemonArgs {
     #[arg(long, value_name = "FILE", value_parser = parse_path, help_heading = "MQTT")]
     mqtt_password_file: Option<PathBuf>,
 
-    /// Video source: `test` for the built-in test pattern, or a V4L2 device path.
+    /// Video source: `test` for the built-in test pattern, or a V4L2 device path
+    /// (`test-faults:FILE` is a test pattern that fails on command, for testing).
     /// [default: /dev/video0]
     #[arg(long, value_name = "SRC", value_parser = parse_video, help_heading = "Video")]
     video: Option<String>,
@@ -626,7 +627,11 @@ fn parse_path(s: &str) -> Result<PathBuf, String> {
 }
 
 fn parse_video(s: &str) -> Result<String, String> {
-    if s == "test" || (s.starts_with('/') && s.len() > 1) {
+    let fault_control = s.strip_prefix(crate::video::fault_injection::PREFIX);
+    if s == "test"
+        || (s.starts_with('/') && s.len() > 1)
+        || fault_control.is_some_and(|p| !p.is_empty())
+    {
         Ok(s.to_owned())
     } else {
         Err(format!(

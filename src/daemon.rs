@@ -9,12 +9,13 @@ use tracing::{info, warn};
 use webrtc::peer_connection::{RTCIceCandidateInit, RTCIceServer};
 
 use crate::config::DaemonConfig;
-use crate::hub::Hub;
+use crate::hub::{Hub, VideoState};
 use crate::mqtt::{self, Mqtt, MqttEvent, MqttSettings};
 use crate::peer::session::{self, AnswerError, SessionEvent, SessionHandle};
 use crate::peer::{PeerFactory, PeerSettings};
 use crate::signaling::protocol::{
-    ErrorCode, IceCandidateMsg, Status, Topics, VIDEO_CODEC_H264, VideoStatus, offline_status_json,
+    ErrorCode, IceCandidateMsg, MediaState, Status, Topics, VIDEO_CODEC_H264, VideoStatus,
+    offline_status_json,
 };
 use crate::signaling::sessions::{Action, Limits, PeerEvent, SessionKey, Signaling};
 
@@ -27,6 +28,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let factory = PeerFactory::new(peer_settings(&cfg))?;
     let hub = Hub::new(cfg.video.clone(), cfg.bitrate_kbps);
     let video = VideoStatus {
+        state: MediaState::Idle,
         codec: VIDEO_CODEC_H264.to_string(),
         width: cfg.video.width,
         height: cfg.video.height,
@@ -62,6 +64,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut first_online = true;
+    let mut video_state = hub.state();
     loop {
         tokio::select! {
             event = conn.events.recv() => match event {
@@ -108,6 +111,15 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 let actions = core.on_peer_event(Instant::now(), &key, event);
                 exec.run(actions).await;
             },
+            Ok(()) = video_state.changed() => {
+                let state = match &*video_state.borrow_and_update() {
+                    VideoState::Idle => MediaState::Idle,
+                    VideoState::Live => MediaState::Live,
+                    VideoState::Lost(_) => MediaState::Lost,
+                };
+                let actions = core.set_video_state(state);
+                exec.run(actions).await;
+            }
             _ = tick.tick() => {
                 let actions = core.on_tick(Instant::now());
                 exec.run(actions).await;

@@ -21,8 +21,22 @@ use crate::video::{self, Frame, VideoError, VideoSource, VideoSpec};
 const FANOUT_DEPTH: usize = 8;
 /// Requests from viewers that lost pictures are served at most this often.
 const MIN_LOSS_KEYFRAME_INTERVAL: Duration = Duration::from_millis(250);
-/// Wait before reopening a source that failed.
-const REOPEN_DELAY: Duration = Duration::from_secs(1);
+/// Waits before reopening a source that failed: doubling from the first to the last.
+const REOPEN_DELAY_MIN: Duration = Duration::from_millis(250);
+const REOPEN_DELAY_MAX: Duration = Duration::from_secs(1);
+/// A source that delivers nothing for this long has stalled: it is closed and reopened.
+const STALL_AFTER: Duration = Duration::from_secs(2);
+
+/// What the video pipeline is doing, for the status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VideoState {
+    /// Nobody watches: nothing is captured.
+    Idle,
+    /// Frames flow.
+    Live,
+    /// Capture failed; retrying. The text says why.
+    Lost(String),
+}
 
 /// Why a keyframe is wanted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +112,7 @@ struct Inner {
     frames: broadcast::Sender<Arc<EncodedFrame>>,
     keyframes: Mutex<KeyframeGate>,
     counters: HubCounters,
+    state: tokio::sync::watch::Sender<VideoState>,
 }
 
 #[derive(Default)]
@@ -128,6 +143,7 @@ impl Hub {
             frames,
             keyframes: Mutex::new(KeyframeGate::default()),
             counters: HubCounters::default(),
+            state: tokio::sync::watch::channel(VideoState::Idle).0,
         });
         let worker = Arc::clone(&inner);
         thread::Builder::new()
@@ -156,6 +172,11 @@ impl Hub {
 
     pub fn request_keyframe(&self, reason: KeyframeReason) {
         lock(&self.inner.keyframes).request(reason);
+    }
+
+    /// Follows the pipeline's state.
+    pub fn state(&self) -> tokio::sync::watch::Receiver<VideoState> {
+        self.inner.state.subscribe()
     }
 
     pub fn counters(&self) -> &HubCounters {
@@ -220,6 +241,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The hub thread: waits for viewers, runs the pipeline while there are any.
 fn supervise(inner: &Inner) {
+    let mut delay = REOPEN_DELAY_MIN;
     loop {
         {
             let mut c = lock(&inner.viewers);
@@ -230,13 +252,28 @@ fn supervise(inner: &Inner) {
                 return;
             }
         }
-        if let Err(err) = run_pipeline(inner) {
-            warn!("video pipeline stopped: {err}");
-            // Wait before retrying, but wake early if everyone left or we are shutting down.
-            let c = lock(&inner.viewers);
-            let _ = inner
-                .wake
-                .wait_timeout_while(c, REOPEN_DELAY, |c| c.viewers > 0 && !c.shutdown);
+        match run_pipeline(inner) {
+            Ok(()) => {
+                delay = REOPEN_DELAY_MIN;
+                inner.state.send_replace(VideoState::Idle);
+            }
+            Err((err, delivered)) => {
+                warn!("video lost: {err}; retrying in {} ms", delay.as_millis());
+                inner.state.send_replace(VideoState::Lost(err.to_string()));
+                if delivered {
+                    delay = REOPEN_DELAY_MIN;
+                }
+                // Wait before retrying, but wake early if everyone left or we are shutting down.
+                let c = lock(&inner.viewers);
+                let (c, _) = inner
+                    .wake
+                    .wait_timeout_while(c, delay, |c| c.viewers > 0 && !c.shutdown)
+                    .unwrap_or_else(|p| p.into_inner());
+                if c.viewers == 0 {
+                    inner.state.send_replace(VideoState::Idle);
+                }
+                delay = (delay * 2).min(REOPEN_DELAY_MAX);
+            }
         }
     }
 }
@@ -252,11 +289,14 @@ enum PipelineError {
     Video(#[from] VideoError),
     #[error(transparent)]
     Encode(#[from] crate::encode::EncodeError),
+    #[error("{0}: no frame for {secs} s, the source stalled", secs = STALL_AFTER.as_secs())]
+    Stalled(String),
 }
 
-/// Capture and encode until no viewer is left. Returns an error when the source or encoder fails.
-fn run_pipeline(inner: &Inner) -> Result<(), PipelineError> {
-    let source = (inner.opener)()?;
+/// Capture and encode until no viewer is left. Returns an error when the source or encoder
+/// fails, with whether any frame was delivered before it did.
+fn run_pipeline(inner: &Inner) -> Result<(), (PipelineError, bool)> {
+    let source = (inner.opener)().map_err(|e| (e.into(), false))?;
     let format = source.format().clone();
     info!("capture started: {}", format.description);
     inner
@@ -268,7 +308,8 @@ fn run_pipeline(inner: &Inner) -> Result<(), PipelineError> {
         height: format.height,
         fps: format.fps,
         bitrate_kbps: inner.bitrate_kbps,
-    })?;
+    })
+    .map_err(|e| (e.into(), false))?;
 
     let mailbox = Arc::new(Mailbox::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -281,12 +322,22 @@ fn run_pipeline(inner: &Inner) -> Result<(), PipelineError> {
             .expect("spawning the capture thread")
     };
 
+    let mut delivered = false;
+    let mut last_frame = Instant::now();
     let result = (|| {
         while wanted(inner) {
             let Some(item) = mailbox.take(Duration::from_millis(100)) else {
+                if last_frame.elapsed() >= STALL_AFTER {
+                    return Err(PipelineError::Stalled(format.description.clone()));
+                }
                 continue;
             };
             let frame = item?;
+            last_frame = Instant::now();
+            if !delivered {
+                delivered = true;
+                inner.state.send_replace(VideoState::Live);
+            }
             inner
                 .counters
                 .frames_captured
@@ -309,13 +360,32 @@ fn run_pipeline(inner: &Inner) -> Result<(), PipelineError> {
     })();
 
     stop.store(true, Ordering::Relaxed);
-    let _ = capture.join();
+    if matches!(result, Err(PipelineError::Stalled(_))) {
+        // The capture thread is stuck in the source; it ends (and closes the source) when the
+        // read returns. Waiting for it here would stall the retry.
+        drop(capture);
+    } else {
+        let _ = capture.join();
+    }
     inner
         .counters
         .raw_frames_dropped
         .fetch_add(mailbox.dropped(), Ordering::Relaxed);
     info!("capture stopped: {}", format.description);
-    result
+    drop(encoder);
+    release_freed_memory();
+    result.map_err(|e| (e, delivered))
+}
+
+/// Hand memory freed by a stopped pipeline (encoder buffers, frames) back to the system.
+/// glibc keeps freed memory in per-thread arenas; without this an idle daemon stays as large as
+/// its busiest moment.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 fn capture_loop(mut source: Box<dyn VideoSource>, mailbox: &Mailbox, stop: &AtomicBool) {

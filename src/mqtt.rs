@@ -61,7 +61,14 @@ pub enum MqttEvent {
 #[derive(Clone)]
 pub struct Mqtt {
     client: AsyncClient,
+    outbox: mpsc::Sender<(String, Vec<u8>, bool)>,
 }
+
+/// Messages waiting to be handed to the MQTT client. Publishing never blocks the caller: the
+/// event loop that drains the client's requests also delivers incoming messages to the caller,
+/// so a caller blocked on a full request queue would deadlock with it under a flood. When this
+/// many are waiting (the broker is gone or slow), further messages are dropped.
+const OUTBOX_DEPTH: usize = 1024;
 
 pub struct MqttConnection {
     pub client: Mqtt,
@@ -99,8 +106,20 @@ pub fn connect(settings: MqttSettings) -> MqttConnection {
         settings.subscriptions.clone(),
         tx,
     ));
+    let (outbox, mut pending) = mpsc::channel::<(String, Vec<u8>, bool)>(OUTBOX_DEPTH);
+    let sender = client.clone();
+    tokio::spawn(async move {
+        while let Some((topic, payload, retain)) = pending.recv().await {
+            if let Err(err) = sender
+                .publish(topic.clone(), QoS::AtLeastOnce, retain, payload)
+                .await
+            {
+                warn!(topic, "MQTT publish: {err}");
+            }
+        }
+    });
     MqttConnection {
-        client: Mqtt { client },
+        client: Mqtt { client, outbox },
         events,
         task,
     }
@@ -181,14 +200,13 @@ pub fn backoff(n: u32, jitter: f64) -> Duration {
 }
 
 impl Mqtt {
-    /// Publish at QoS 1.
+    /// Publish at QoS 1, in order with earlier publishes. Never waits; drops the message (with a
+    /// warning) when [`OUTBOX_DEPTH`] messages are already waiting.
     pub async fn publish(&self, topic: String, payload: Vec<u8>, retain: bool) {
-        if let Err(err) = self
-            .client
-            .publish(topic.clone(), QoS::AtLeastOnce, retain, payload)
-            .await
+        if let Err(mpsc::error::TrySendError::Full((topic, _, _))) =
+            self.outbox.try_send((topic, payload, retain))
         {
-            warn!(topic, "MQTT publish: {err}");
+            warn!(topic, "MQTT outbox full: message dropped");
         }
     }
 }
@@ -198,7 +216,12 @@ impl MqttConnection {
     /// while) for the event loop to send both.
     pub async fn close(mut self, last: Option<(String, Vec<u8>)>) {
         if let Some((topic, payload)) = last {
-            self.client.publish(topic, payload, true).await;
+            // Directly, behind whatever the outbox has handed over already.
+            let _ = self
+                .client
+                .client
+                .publish(topic, QoS::AtLeastOnce, true, payload)
+                .await;
         }
         let _ = self.client.client.disconnect().await;
         let wait = async {

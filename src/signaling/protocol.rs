@@ -400,6 +400,20 @@ pub struct VideoStatus {
     pub width: u32,
     pub height: u32,
     pub fps: u32,
+    /// What capture is doing: `idle` (nobody watches), `live`, or `lost` (the camera failed;
+    /// the device retries).
+    #[serde(default)]
+    pub state: MediaState,
+}
+
+/// State of a media source in [`Status`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaState {
+    #[default]
+    Idle,
+    Live,
+    Lost,
 }
 
 /// The audio part of [`Status`] (`{"codec":"opus","channels":N}`); `null` while there is no audio.
@@ -1082,6 +1096,7 @@ mod tests {
 
     fn status() -> Status {
         let video = VideoStatus {
+            state: MediaState::Idle,
             codec: VIDEO_CODEC_H264.into(),
             width: 1280,
             height: 720,

@@ -3,15 +3,18 @@
 //! session events and the current time go in, [`Action`]s come out, and the daemon carries them
 //! out (publishing over MQTT, starting and feeding WebRTC sessions).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use tracing::debug;
 
 use super::protocol::{
-    ErrorCode, ErrorMsg, IceCandidateMsg, SessionDescriptionMsg, Status, TopicKind, Topics,
-    parse_candidate, parse_offer,
+    ErrorCode, ErrorMsg, IceCandidateMsg, MediaState, SessionDescriptionMsg, Status, TopicKind,
+    Topics, parse_candidate, parse_offer,
 };
+
+/// The rate limit remembers at most this many CIDs; beyond, CIDs with no recent offer are forgotten.
+const MAX_RATE_TRACKED: usize = 4096;
 
 /// Names one session: the viewer's CID and a generation that grows with every session, so that
 /// late events from a replaced session are recognised and ignored.
@@ -68,6 +71,9 @@ pub struct Limits {
     pub max_orphans: usize,
     /// Largest message accepted.
     pub max_message_bytes: usize,
+    /// At most this many offers per CID within `offer_window`; more get an error.
+    pub max_offers: usize,
+    pub offer_window: Duration,
 }
 
 impl Default for Limits {
@@ -78,6 +84,8 @@ impl Default for Limits {
             orphan_ttl: Duration::from_secs(5),
             max_orphans: 64,
             max_message_bytes: 64 * 1024,
+            max_offers: 5,
+            offer_window: Duration::from_secs(10),
         }
     }
 }
@@ -104,6 +112,8 @@ pub struct Signaling {
     status: Status,
     sessions: HashMap<String, Slot>,
     orphans: HashMap<String, Vec<(Instant, Option<IceCandidateMsg>)>>,
+    /// When each CID made its recent offers (for the rate limit).
+    recent_offers: HashMap<String, VecDeque<Instant>>,
     next_generation: u64,
 }
 
@@ -116,6 +126,7 @@ impl Signaling {
             status,
             sessions: HashMap::new(),
             orphans: HashMap::new(),
+            recent_offers: HashMap::new(),
             next_generation: 1,
         }
     }
@@ -131,6 +142,15 @@ impl Signaling {
     /// Sessions in any phase.
     pub fn sessions(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// The video pipeline changed state: returns the status to publish when that changes it.
+    pub fn set_video_state(&mut self, state: MediaState) -> Vec<Action> {
+        if self.status.video.state == state {
+            return vec![];
+        }
+        self.status.video.state = state;
+        vec![self.status_action()]
     }
 
     /// The retained status message as it stands now.
@@ -193,11 +213,49 @@ impl Signaling {
         }
     }
 
+    /// Count an offer against its CID's budget; false when over it.
+    fn offer_allowed(&mut self, now: Instant, cid: &str) -> bool {
+        let window = self.limits.offer_window;
+        if !self.recent_offers.contains_key(cid) && self.recent_offers.len() >= MAX_RATE_TRACKED {
+            self.forget_old_offers(now);
+        }
+        let recent = self.recent_offers.entry(cid.to_string()).or_default();
+        while recent
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= window)
+        {
+            recent.pop_front();
+        }
+        if recent.len() >= self.limits.max_offers {
+            return false;
+        }
+        recent.push_back(now);
+        true
+    }
+
+    fn forget_old_offers(&mut self, now: Instant) {
+        let window = self.limits.offer_window;
+        self.recent_offers.retain(|_, times| {
+            times
+                .back()
+                .is_some_and(|t| now.saturating_duration_since(*t) < window)
+        });
+    }
+
     fn on_offer(&mut self, now: Instant, cid: String, payload: &[u8]) -> Vec<Action> {
         let sdp = match parse_offer(payload) {
             Ok(sdp) => sdp,
             Err(err) => return vec![self.error(&cid, ErrorCode::BadRequest, err.to_string())],
         };
+        // Only well-formed offers cost a session, so only they count against the limit.
+        if !self.offer_allowed(now, &cid) {
+            let (n, window) = (self.limits.max_offers, self.limits.offer_window.as_secs());
+            return vec![self.error(
+                &cid,
+                ErrorCode::BadRequest,
+                format!("too many offers: at most {n} per {window} s on one CID"),
+            )];
+        }
         let others = self.sessions.keys().filter(|c| **c != cid).count();
         if others >= self.limits.max_viewers {
             return vec![self.error(
@@ -366,6 +424,7 @@ impl Signaling {
     /// Time passes: close sessions that did not connect in time, forget stale held candidates.
     pub fn on_tick(&mut self, now: Instant) -> Vec<Action> {
         self.expire_orphans(now);
+        self.forget_old_offers(now);
         let timeout = self.limits.peer_timeout;
         let expired: Vec<String> = self
             .sessions
@@ -394,12 +453,13 @@ impl Signaling {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::signaling::protocol::VideoStatus;
+    use crate::signaling::protocol::{MediaState, VideoStatus};
 
     const OFFER: &[u8] = br#"{"type":"offer","sdp":"v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\n"}"#;
 
     fn machine(max_viewers: usize) -> Signaling {
         let video = VideoStatus {
+            state: MediaState::Idle,
             codec: "H264".into(),
             width: 320,
             height: 240,
@@ -607,6 +667,27 @@ mod tests {
             serde_json::json!({"code":"unsupported","message":"no H.264"})
         );
         assert_eq!(m.sessions(), 0);
+    }
+
+    #[test]
+    fn offers_per_cid_are_rate_limited() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        for i in 0..5 {
+            let actions = m.on_message(t0 + Duration::from_millis(i), "home/cam/offer/v1", OFFER);
+            started(&actions);
+        }
+        let out = published(&m.on_message(t0 + Duration::from_secs(1), "home/cam/offer/v1", OFFER));
+        assert_eq!(out[0].0, "home/cam/error/v1");
+        assert!(
+            out[0].1["message"]
+                .as_str()
+                .unwrap()
+                .contains("too many offers")
+        );
+        // Another CID is not affected, and the first recovers after the window.
+        started(&m.on_message(t0 + Duration::from_secs(1), "home/cam/offer/v2", OFFER));
+        started(&m.on_message(t0 + Duration::from_secs(11), "home/cam/offer/v1", OFFER));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use std::time::{Instant, SystemTime};
 
 pub mod convert;
+pub mod fault_injection;
 pub mod negotiate;
 pub mod test_pattern;
 pub mod v4l2;
@@ -91,6 +92,9 @@ pub trait VideoSource: Send {
 pub fn open(spec: &VideoSpec) -> Result<Box<dyn VideoSource>, VideoError> {
     match spec.source.as_str() {
         "test" => Ok(Box::new(test_pattern::TestPattern::new(spec))),
+        s if s.starts_with(fault_injection::PREFIX) => Ok(Box::new(
+            fault_injection::FaultInjection::open(&s[fault_injection::PREFIX.len()..], spec)?,
+        )),
         path => Ok(Box::new(v4l2::V4l2Source::open(path, spec)?)),
     }
 }

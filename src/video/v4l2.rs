@@ -26,7 +26,7 @@ use super::{Frame, VideoError, VideoFormat, VideoSource, VideoSpec};
 /// Buffers queued to the driver.
 const BUFFERS: u32 = 4;
 /// A camera that delivers nothing for this long is taken as stalled.
-const STALL_TIMEOUT: Duration = Duration::from_secs(5);
+const STALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Consecutive unusable frames (driver error flag, corrupt JPEG, short buffer) before giving up.
 const MAX_BAD_FRAMES: u32 = 30;
 
@@ -592,7 +592,7 @@ mod tests {
         let stalled = stream_error(p, io::Error::new(io::ErrorKind::TimedOut, "VIDIOC_DQBUF"));
         assert_eq!(
             stalled.to_string(),
-            "/dev/video0: no frame for 5 s, the camera stalled"
+            "/dev/video0: no frame for 2 s, the camera stalled"
         );
     }
 

@@ -45,6 +45,8 @@ pub struct ViewOptions {
     pub timeout: Duration,
     pub bind: Vec<IpAddr>,
     pub mdns: bool,
+    /// Stop early (successfully) when this is notified. For programs that watch until told.
+    pub stop: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl ViewOptions {
@@ -60,6 +62,7 @@ impl ViewOptions {
             timeout: cfg.timeout,
             bind: cfg.rtc_bind.clone(),
             mdns: cfg.mdns,
+            stop: None,
         }
     }
 }
@@ -112,6 +115,8 @@ pub struct ViewReport {
     pub counter_gaps: u64,
     pub lost_packets: u64,
     pub keyframe_requests: u64,
+    /// Times the frame counter went backwards: the device's source restarted.
+    pub counter_resets: u64,
     /// Error reply from the device, if any: code and message.
     pub error: Option<ErrorMsg>,
 }
@@ -278,6 +283,7 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
 
     let outcome: Result<(), String> = loop {
         tokio::select! {
+            _ = async { match &opts.stop { Some(n) => n.notified().await, None => std::future::pending().await } } => break Ok(()),
             _ = tokio::time::sleep_until(deadline) => break Err(format!(
                 "timed out after {:?} with {} of {} frames", opts.timeout, report.frames, opts.frames)),
             event = conn.events.recv() => match event {
@@ -380,6 +386,9 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
                         let steady = first_frame_at.is_some_and(|t| now.duration_since(t) >= steady_after);
                         if steady && stamp.frame > prev + 1 {
                             report.counter_gaps += u64::from(stamp.frame - prev - 1);
+                        }
+                        if stamp.frame < prev {
+                            report.counter_resets += 1;
                         }
                     }
                     previous_counter = Some(stamp.frame);

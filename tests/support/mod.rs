@@ -78,6 +78,28 @@ impl Broker {
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
+
+    /// Stop the broker (it forgets retained messages: persistence is off).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("restarting mosquitto");
+        assert!(
+            wait_for_port(self.port, Duration::from_secs(10)),
+            "mosquitto did not come back"
+        );
+    }
 }
 
 impl Drop for Broker {
@@ -307,6 +329,7 @@ pub fn view_options(broker: &Broker, daemon: &Daemon, frames: u64) -> spyglass::
         timeout: Duration::from_secs(30),
         bind: vec!["127.0.0.1".parse().unwrap()],
         mdns: false,
+        stop: None,
     }
 }
 

@@ -1,0 +1,113 @@
+//! A test pattern that fails on command (`--video test-faults:CONTROL_FILE`), for testing how
+//! spyglass rides out camera faults without a camera to unplug.
+//!
+//! The control file holds one word, read before every frame and at open:
+//! - `ok` (or no file): frames flow;
+//! - `error`: each read fails, as a camera with read errors does;
+//! - `stall`: reads block and deliver nothing, as a stalled driver does;
+//! - `gone`: the device has been unplugged: reads and opens fail with "no such device".
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::test_pattern::TestPattern;
+use super::{Frame, VideoError, VideoFormat, VideoSource, VideoSpec};
+
+/// The `--video` prefix that selects this source.
+pub const PREFIX: &str = "test-faults:";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Ok,
+    Error,
+    Stall,
+    Gone,
+}
+
+pub struct FaultInjection {
+    control: PathBuf,
+    inner: TestPattern,
+}
+
+fn mode(control: &PathBuf) -> Mode {
+    match std::fs::read_to_string(control).map(|s| s.trim().to_ascii_lowercase()) {
+        Ok(word) if word == "error" => Mode::Error,
+        Ok(word) if word == "stall" => Mode::Stall,
+        Ok(word) if word == "gone" => Mode::Gone,
+        _ => Mode::Ok,
+    }
+}
+
+impl FaultInjection {
+    pub fn open(control: &str, spec: &VideoSpec) -> Result<Self, VideoError> {
+        let control = PathBuf::from(control);
+        if mode(&control) == Mode::Gone {
+            return Err(VideoError::NotFound {
+                device: spec.source.clone(),
+            });
+        }
+        Ok(FaultInjection {
+            control,
+            inner: TestPattern::new(spec),
+        })
+    }
+
+    fn device(&self) -> String {
+        format!("{PREFIX}{}", self.control.display())
+    }
+}
+
+impl VideoSource for FaultInjection {
+    fn format(&self) -> &VideoFormat {
+        self.inner.format()
+    }
+
+    fn next_frame(&mut self) -> Result<Frame, VideoError> {
+        loop {
+            match mode(&self.control) {
+                Mode::Ok => return self.inner.next_frame(),
+                Mode::Error => {
+                    std::thread::sleep(Duration::from_millis(30));
+                    return Err(VideoError::Failed {
+                        device: self.device(),
+                        message: "read error (injected)".into(),
+                    });
+                }
+                Mode::Gone => {
+                    return Err(VideoError::NotFound {
+                        device: self.device(),
+                    });
+                }
+                Mode::Stall => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn follows_the_control_file() {
+        let dir = std::env::temp_dir().join(format!("spyglass-fault-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let control = dir.join("ctl");
+        let spec = VideoSpec {
+            source: "x".into(),
+            width: 160,
+            height: 120,
+            fps: 30,
+        };
+        let mut src = FaultInjection::open(control.to_str().unwrap(), &spec).unwrap();
+        assert!(src.next_frame().is_ok());
+        std::fs::write(&control, "error\n").unwrap();
+        assert!(matches!(src.next_frame(), Err(VideoError::Failed { .. })));
+        std::fs::write(&control, "gone").unwrap();
+        assert!(matches!(src.next_frame(), Err(VideoError::NotFound { .. })));
+        assert!(FaultInjection::open(control.to_str().unwrap(), &spec).is_err());
+        std::fs::write(&control, "ok").unwrap();
+        assert!(src.next_frame().is_ok());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
