@@ -1113,7 +1113,7 @@ mod tests {
             serde_json::json!({
                 "online": true,
                 "version": "0.1.0",
-                "video": {"codec": "H264", "width": 1280, "height": 720, "fps": 30},
+                "video": {"codec": "H264", "width": 1280, "height": 720, "fps": 30, "state": "idle"},
                 "audio": null,
                 "viewers": 0,
                 "max_viewers": 4
