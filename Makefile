@@ -5,9 +5,14 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # libopus builds with cmake; alsa-sys links libasound) and the broker the tests start.
 APT_PACKAGES := build-essential pkg-config cmake nasm clang libclang-dev libasound2-dev \
                 mosquitto mosquitto-clients
+# The viewer page's browser tests drive Debian's Chromium; node and npm build the page (Debian's
+# nodejs/npm only where no node is installed already).
+APT_PACKAGES += chromium $(if $(shell command -v node),,nodejs) $(if $(shell command -v npm),,npm)
 CARGO ?= cargo
+# Where cargo puts its builds (.ci/run moves it out of the tree); the browser tests need the binary.
+TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 
-.PHONY: all deps build release test demo clean
+.PHONY: all deps build release test demo clean web
 
 all: build
 
@@ -19,15 +24,23 @@ deps:
 	fi
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs"; exit 1; }
 
-build: deps
+build: deps web
 	$(CARGO) build
 
-release: deps
+release: deps web
 	$(CARGO) build --release
 
-test: deps
+test: deps web
 	$(CARGO) build --bins
 	$(CARGO) test --all-targets
+	cd web && SPYGLASS_BIN="$(TARGET_DIR)/debug/spyglass" node --test test/*.test.mjs
+
+# The viewer page: npm packages from package-lock.json, then the bundle in web/dist.
+web/node_modules/.package-lock.json: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+
+web: deps web/node_modules/.package-lock.json
+	cd web && node build.mjs
 
 demo: release
 	scripts/demo.sh

@@ -11,7 +11,7 @@ use std::collections::hash_map::RandomState;
 use std::ffi::OsString;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,6 +34,14 @@ pub const DEFAULT_VIEW_FRAMES: u32 = 30;
 pub const DEFAULT_VIEW_TIMEOUT_SECS: u32 = 20;
 /// Environment variable holding the MQTT password when no password file is given.
 pub const PASSWORD_ENV: &str = "SPYGLASS_MQTT_PASSWORD";
+/// Where the viewer page's HTTP server listens unless `--http` says otherwise.
+pub const DEFAULT_HTTP: &str = "0.0.0.0:8080";
+/// The built viewer page: `SPYGLASS_WEB_ROOT` at build time (the .deb sets
+/// `/usr/share/spyglass/web`), else `web/dist` of the source tree.
+pub const DEFAULT_WEB_ROOT: &str = match option_env!("SPYGLASS_WEB_ROOT") {
+    Some(path) => path,
+    None => concat!(env!("CARGO_MANIFEST_DIR"), "/web/dist"),
+};
 
 /// Keys accepted in the config file: the daemon's long flag names (a test keeps them in step).
 pub const FILE_KEYS: &[&str] = &[
@@ -53,6 +61,9 @@ pub const FILE_KEYS: &[&str] = &[
     "turn-password-file",
     "rtc-bind",
     "mdns",
+    "http",
+    "web-broker-url",
+    "web-root",
     "log",
 ];
 
@@ -91,6 +102,13 @@ pub struct DaemonConfig {
     /// Addresses WebRTC binds its UDP sockets to; empty means every interface.
     pub rtc_bind: Vec<IpAddr>,
     pub mdns: bool,
+    /// Where the viewer page's HTTP server listens; `None` is `--http off`.
+    pub http: Option<SocketAddr>,
+    /// The broker's WebSocket URL for browsers (`ws://` or `wss://`); `None` lets the page use its
+    /// own host name with [`crate::web::DEFAULT_BROKER_WS_PORT`].
+    pub web_broker_url: Option<String>,
+    /// Directory with the built viewer page.
+    pub web_root: PathBuf,
     /// A tracing `EnvFilter` directive from `--log`; `None` means use `RUST_LOG` or a default.
     pub log: Option<String>,
     /// The config file the values came from, if any.
@@ -139,6 +157,9 @@ impl fmt::Debug for DaemonConfig {
             .field("turn_password", &redact(&self.turn_password))
             .field("rtc_bind", &self.rtc_bind)
             .field("mdns", &self.mdns)
+            .field("http", &self.http)
+            .field("web_broker_url", &self.web_broker_url)
+            .field("web_root", &self.web_root)
             .field("log", &self.log)
             .field("config_file", &self.config_file)
             .finish()
@@ -492,6 +513,21 @@ struct DaemonArgs {
     #[arg(long, value_name = "on|off", value_parser = parse_on_off, help_heading = "WebRTC")]
     mdns: Option<bool>,
 
+    /// Address and port of the viewer page's HTTP server, e.g. 0.0.0.0:8080 or [::]:8080, or off.
+    /// [default: 0.0.0.0:8080]
+    #[arg(long, value_name = "ADDR|off", value_parser = parse_http, help_heading = "Web page")]
+    http: Option<HttpBind>,
+
+    /// The MQTT broker's WebSocket URL that browsers connect to, ws://HOST[:PORT][/PATH] or
+    /// wss://... [default: the page's own host name, port 9001: ws://<host>:9001]
+    #[arg(long, value_name = "URL", value_parser = parse_web_broker_url, help_heading = "Web page")]
+    web_broker_url: Option<String>,
+
+    /// Directory holding the built viewer page (index.html). [default: the page built with
+    /// spyglass: /usr/share/spyglass/web when installed from the .deb, web/dist in a source tree]
+    #[arg(long, value_name = "DIR", value_parser = parse_path, help_heading = "Web page")]
+    web_root: Option<PathBuf>,
+
     /// Log filter, e.g. `info` or `spyglass=debug,webrtc=warn`. [default: RUST_LOG, else info]
     #[arg(long, value_name = "FILTER", value_parser = parse_log)]
     log: Option<String>,
@@ -694,6 +730,54 @@ fn parse_on_off(s: &str) -> Result<bool, String> {
     }
 }
 
+/// `--http`'s value: an address, or `None` for off. (A newtype, since clap reads a bare
+/// `Option<Option<_>>` as a flag whose value may be left out.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HttpBind(Option<SocketAddr>);
+
+fn parse_http(s: &str) -> Result<HttpBind, String> {
+    if s == "off" {
+        return Ok(HttpBind(None));
+    }
+    match s.parse::<SocketAddr>() {
+        Ok(addr) if addr.port() != 0 => Ok(HttpBind(Some(addr))),
+        _ => Err(format!(
+            "expected off or IP:PORT such as 0.0.0.0:8080, 127.0.0.1:8080 or [::]:8080, got {s:?}"
+        )),
+    }
+}
+
+/// `ws://HOST[:PORT][/PATH]` or `wss://…`, as a browser's `WebSocket` takes it. Credentials do not
+/// belong in it: the page asks the user for them.
+fn parse_web_broker_url(s: &str) -> Result<String, String> {
+    const FORM: &str = "expected ws://HOST[:PORT][/PATH] or wss://HOST[:PORT][/PATH]";
+    let Some((scheme, rest)) = s.split_once("://") else {
+        return Err(format!("{FORM}, got {s:?}"));
+    };
+    if !matches!(scheme.to_ascii_lowercase().as_str(), "ws" | "wss") {
+        return Err(format!(
+            "{FORM} (browsers reach MQTT over WebSockets only), got {s:?}"
+        ));
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{FORM}, without spaces, got {s:?}"));
+    }
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    if rest.contains(['?', '#']) {
+        return Err(format!("{FORM}, without query or fragment, got {s:?}"));
+    }
+    if authority.contains('@') {
+        return Err(format!(
+            "a user name or password does not go in the URL (the page asks for them), got {s:?}"
+        ));
+    }
+    // The same host and port rules as the MQTT URL.
+    format!("mqtt://{authority}")
+        .parse::<BrokerUrl>()
+        .map(|_| s.to_owned())
+        .map_err(|e| format!("{FORM}: {}", e.replace("mqtt://", "ws://")))
+}
+
 fn parse_log(s: &str) -> Result<String, String> {
     match tracing_subscriber::EnvFilter::try_new(s) {
         Ok(_) if !s.trim().is_empty() => Ok(s.to_owned()),
@@ -726,6 +810,9 @@ struct FileValues {
     turn_password_file: Option<PathBuf>,
     rtc_bind: Option<Vec<IpAddr>>,
     mdns: Option<bool>,
+    http: Option<HttpBind>,
+    web_broker_url: Option<String>,
+    web_root: Option<PathBuf>,
     log: Option<String>,
 }
 
@@ -846,6 +933,14 @@ fn parse_config_text(path: &Path, text: &str) -> Result<FileValues, ConfigError>
                 file_list(value, "IP address strings", parse_ip).map(|x| v.rtc_bind = Some(x))
             }
             "mdns" => file_on_off(value).map(|x| v.mdns = Some(x)),
+            "http" => {
+                file_str(value, "off or a string IP:PORT", parse_http).map(|x| v.http = Some(x))
+            }
+            "web-broker-url" => file_str(value, "a ws:// or wss:// URL", parse_web_broker_url)
+                .map(|x| v.web_broker_url = Some(x)),
+            "web-root" => {
+                file_str(value, "a directory path", parse_path).map(|x| v.web_root = Some(x))
+            }
             "log" => file_str(value, "a log filter string", parse_log).map(|x| v.log = Some(x)),
             _ => {
                 return Err(ConfigError::UnknownKey {
@@ -959,6 +1054,22 @@ fn resolve_daemon(args: DaemonArgs, env: &Env) -> Result<DaemonConfig, ConfigErr
                 .into(),
         ));
     }
+    let web_root = match args.web_root.or(file.web_root) {
+        // A root the user named must exist; the built-in default is only warned about at start
+        // (the daemon still streams without its page).
+        Some(dir) if !dir.is_dir() => {
+            return Err(ConfigError::Invalid(format!(
+                "--web-root {}: not a directory",
+                dir.display()
+            )));
+        }
+        Some(dir) => dir,
+        None => PathBuf::from(DEFAULT_WEB_ROOT),
+    };
+    let http = match args.http.or(file.http) {
+        Some(HttpBind(http)) => http,
+        None => Some(DEFAULT_HTTP.parse().expect("DEFAULT_HTTP is an address")),
+    };
     let peer_timeout = args
         .peer_timeout
         .or(file.peer_timeout)
@@ -984,6 +1095,9 @@ fn resolve_daemon(args: DaemonArgs, env: &Env) -> Result<DaemonConfig, ConfigErr
         turn_password,
         rtc_bind,
         mdns: args.mdns.or(file.mdns).unwrap_or(true),
+        http,
+        web_broker_url: args.web_broker_url.or(file.web_broker_url),
+        web_root,
         log: args.log.or(file.log),
         config_file: args.config,
     })
@@ -1794,6 +1908,110 @@ mod tests {
                 .starts_with(&format!("config file {}: ", path.display())),
             "{err}"
         );
+    }
+
+    // --- the viewer page's options
+
+    #[test]
+    fn web_options_defaults_flags_and_file() {
+        let c = daemon(&[]).unwrap();
+        assert_eq!(c.http, Some("0.0.0.0:8080".parse().unwrap()));
+        assert_eq!(c.web_broker_url, None);
+        assert_eq!(c.web_root, PathBuf::from(DEFAULT_WEB_ROOT));
+
+        let root = Scratch::new();
+        let root_arg = root.0.to_str().unwrap();
+        let c = daemon(&[
+            "--http",
+            "127.0.0.1:18080",
+            "--web-broker-url",
+            "wss://broker.lan:8884/mqtt",
+            "--web-root",
+            root_arg,
+        ])
+        .unwrap();
+        assert_eq!(c.http, Some("127.0.0.1:18080".parse().unwrap()));
+        assert_eq!(
+            c.web_broker_url.as_deref(),
+            Some("wss://broker.lan:8884/mqtt")
+        );
+        assert_eq!(c.web_root, root.0);
+        assert_eq!(daemon(&["--http", "off"]).unwrap().http, None);
+        assert_eq!(
+            daemon(&["--http", "[::]:80"]).unwrap().http,
+            Some("[::]:80".parse().unwrap())
+        );
+
+        let text = format!(
+            "http = \"off\"\nweb-broker-url = \"ws://10.0.0.2:9001\"\nweb-root = \"{root_arg}\"\n"
+        );
+        let (_s, _p, c) = with_file(&text, &[]);
+        let c = c.unwrap();
+        assert_eq!(c.http, None);
+        assert_eq!(c.web_broker_url.as_deref(), Some("ws://10.0.0.2:9001"));
+        assert_eq!(c.web_root, root.0);
+        // The flag wins over the file.
+        let (_s, _p, c) = with_file(&text, &["--http", "127.0.0.1:9"]);
+        assert_eq!(c.unwrap().http, Some("127.0.0.1:9".parse().unwrap()));
+    }
+
+    #[test]
+    fn bad_web_options_are_refused_with_the_reason() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--http", "8080"], "IP:PORT"),
+            (&["--http", "localhost:8080"], "IP:PORT"),
+            (&["--http", "0.0.0.0:0"], "IP:PORT"),
+            (&["--http", "on"], "expected off or"),
+            (&["--web-broker-url", "mqtt://h:1883"], "WebSockets only"),
+            (&["--web-broker-url", "ws://"], "host"),
+            (&["--web-broker-url", "ws://u:p@h:9001"], "asks for them"),
+            (&["--web-broker-url", "ws://h:99999"], "port"),
+            (&["--web-broker-url", "ws://h:9001/?x=1"], "query"),
+            (&["--web-broker-url", "ws://h /m"], "spaces"),
+            (&["--web-root", ""], "non-empty"),
+        ];
+        for (args, want) in cases {
+            let e = usage_error(daemon(args));
+            assert_eq!(e.kind(), ErrorKind::ValueValidation, "{args:?}");
+            let msg = e.to_string();
+            assert!(msg.contains(want), "{args:?}: {msg}");
+            assert!(msg.contains(args[0]), "{args:?}: {msg}");
+        }
+        let scratch = Scratch::new();
+        let missing = scratch.0.join("no-such-dir");
+        let err = daemon(&["--web-root", missing.to_str().unwrap()]).unwrap_err();
+        assert!(
+            err.to_string().contains("no-such-dir") && err.to_string().contains("not a directory"),
+            "{err}"
+        );
+        for (text, key, want) in [
+            ("http = 8080", "http", "got 8080"),
+            ("http = \"nowhere\"", "http", "IP:PORT"),
+            ("web-broker-url = \"http://h\"", "web-broker-url", "ws://"),
+            ("web-root = []", "web-root", "got an array"),
+        ] {
+            let (_s, path, result) = with_file(text, &[]);
+            let msg = result.unwrap_err().to_string();
+            let prefix = format!("config file {}: key \"{key}\": ", path.display());
+            assert!(
+                msg.starts_with(&prefix) && msg.contains(want),
+                "{text}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn help_gives_the_web_defaults() {
+        let help = Cli::command().render_long_help().to_string();
+        for needle in [
+            "[default: 0.0.0.0:8080]",
+            "ws://<host>:9001",
+            "/usr/share/spyglass/web",
+            "web/dist",
+        ] {
+            assert!(help.contains(needle), "{needle} missing from help:\n{help}");
+        }
+        assert_eq!(crate::web::DEFAULT_BROKER_WS_PORT, 9001);
     }
 
     // --- subcommands

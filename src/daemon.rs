@@ -18,6 +18,7 @@ use crate::signaling::protocol::{
     offline_status_json,
 };
 use crate::signaling::sessions::{Action, Limits, PeerEvent, SessionKey, Signaling};
+use crate::web::{self, WebSettings};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -41,6 +42,19 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         ..Limits::default()
     };
     let mut core = Signaling::new(topics.clone(), limits, status);
+    // The viewer page; kept alive until the daemon returns.
+    let _web = match cfg.http {
+        Some(bind) => Some(
+            web::start(WebSettings {
+                bind,
+                root: cfg.web_root.clone(),
+                id: cfg.id.clone(),
+                broker: cfg.web_broker_url.clone(),
+            })
+            .await?,
+        ),
+        None => None,
+    };
     let offline = offline_status_json();
     let mut conn = mqtt::connect(MqttSettings {
         host: cfg.mqtt.host.clone(),

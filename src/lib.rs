@@ -11,3 +11,4 @@ pub mod peer;
 pub mod signaling;
 pub mod video;
 pub mod view;
+pub mod web;

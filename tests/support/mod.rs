@@ -144,6 +144,9 @@ impl Daemon {
             "127.0.0.1".into(),
             "--mdns".into(),
             "off".into(),
+            // No viewer page unless a test asks: the default would bind 0.0.0.0:8080.
+            "--http".into(),
+            "off".into(),
         ];
         // Options given in `extra` replace the defaults above.
         for pair in extra.chunks(2) {

@@ -1,0 +1,511 @@
+// The spyglass viewer page: finds cameras by their retained status over MQTT 5 (WebSocket),
+// plays one over WebRTC, and keeps playing it across broker drops and device restarts.
+// The signaling is docs/PROTOCOL.md, followed exactly; the latency overlay reads the test
+// pattern's code (docs/TEST_PATTERN.md) from decoded frames.
+
+import mqtt from 'mqtt';
+import { codeBox, readCode } from './pattern.js';
+
+const $ = (id) => document.getElementById(id);
+const video = $('video');
+const params = new URLSearchParams(location.search);
+
+/** What tests and curious users can look at: `window.spyglass` in the console. */
+const view = {
+  state: 'loading',
+  message: '',
+  broker: null,
+  deviceId: null,
+  devices: new Map(), // uid -> online status object
+  session: null,
+  sessions: 0, // sessions started since the page loaded
+  metrics: { firstFrameMs: [], latencyMs: [] },
+  lastCode: null, // { frame, captureMs, latencyMs } from the newest decoded frame
+  pc: null,
+};
+window.spyglass = view;
+
+function setState(state, message) {
+  view.state = state;
+  view.message = message;
+  document.body.dataset.state = state;
+  $('status-text').textContent = message;
+}
+
+function randomHex(bytes) {
+  const a = crypto.getRandomValues(new Uint8Array(bytes));
+  return Array.from(a, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+// --------------------------------------------------------------------------------------------
+// Configuration: /config.json from the spyglass that served the page; ?broker=…&id=… override.
+
+async function loadConfig() {
+  let config = {};
+  try {
+    const response = await fetch('config.json', { cache: 'no-store' });
+    if (response.ok) config = await response.json();
+  } catch {
+    // Hosted somewhere else: the URL parameters must say everything.
+  }
+  const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
+  const host = location.hostname.includes(':') ? `[${location.hostname}]` : location.hostname;
+  const derived = host && config.broker_ws_port ? `${scheme}://${host}:${config.broker_ws_port}` : null;
+  return {
+    broker: params.get('broker') || config.broker || derived,
+    id: params.get('id') || config.id || null,
+    username: params.get('username') || '',
+  };
+}
+
+// --------------------------------------------------------------------------------------------
+// MQTT: one client for the page's lifetime (mqtt.js reconnects by itself).
+
+let client = null;
+let credentials = { username: '', password: '' };
+
+// UIDs may have several levels; devices are found up to four levels deep. The chosen device's
+// own status topic is always subscribed, however deep.
+const STATUS_FILTERS = ['+/status', '+/+/status', '+/+/+/status', '+/+/+/+/status'];
+
+function connect(broker) {
+  if (client) client.end(true);
+  view.broker = broker;
+  $('broker-url').value = broker;
+  setState('connecting', `Connecting to the broker ${broker}…`);
+  const options = {
+    protocolVersion: 5,
+    clientId: `web-${randomHex(8)}`,
+    clean: true,
+    reconnectPeriod: 2000,
+    connectTimeout: 8000,
+    resubscribe: true,
+  };
+  if (credentials.username) options.username = credentials.username;
+  if (credentials.password) options.password = credentials.password;
+  const c = mqtt.connect(broker, options);
+  client = c;
+  c.on('connect', async () => {
+    if (c !== client) return;
+    const filters = [...STATUS_FILTERS];
+    if (view.deviceId) filters.push(`${view.deviceId}/status`);
+    try {
+      await c.subscribeAsync(filters, { qos: 1, nl: true });
+    } catch (err) {
+      setState('error', `The broker refused the subscription: ${err.message}`);
+      return;
+    }
+    if (view.state === 'connecting' || view.state === 'error') refresh();
+  });
+  c.on('message', (topic, payload) => {
+    if (c === client) onMessage(topic, payload);
+  });
+  c.on('error', (err) => {
+    if (c !== client) return;
+    const code = err && err.code;
+    if (code === 134 || code === 135 || code === 4 || code === 5) {
+      c.end(true);
+      setState('error', `The broker refused the connection: ${err.message}. Check the user name and password.`);
+      openPanel(true);
+      $('broker-settings').open = true;
+    }
+  });
+  c.on('offline', () => {
+    if (c === client && view.state !== 'live') {
+      setState('connecting', `Cannot reach the broker ${broker}; retrying…`);
+    }
+  });
+}
+
+function publish(topic, message) {
+  client.publish(topic, JSON.stringify(message), { qos: 1 });
+}
+
+function onMessage(topic, payload) {
+  const session = view.session;
+  if (session) {
+    const kind = Object.keys(session.topics).find((k) => session.topics[k] === topic);
+    if (kind) {
+      onSessionMessage(session, kind, payload);
+      return;
+    }
+  }
+  if (topic.endsWith('/status')) onStatus(topic.slice(0, -'/status'.length), payload);
+}
+
+function parse(payload) {
+  try {
+    return JSON.parse(new TextDecoder().decode(payload));
+  } catch {
+    return null;
+  }
+}
+
+// --------------------------------------------------------------------------------------------
+// Devices
+
+function onStatus(uid, payload) {
+  const status = parse(payload);
+  // Only a well-formed status counts (the wildcards also match other topics).
+  if (status && status.online === true && status.video && typeof status.viewers === 'number') {
+    view.devices.set(uid, status);
+  } else if (payload.length === 0 || (status && status.online === false)) {
+    view.devices.delete(uid);
+  } else {
+    return;
+  }
+  renderDevices();
+  if (uid === view.deviceId) refresh();
+}
+
+function describe(status) {
+  const v = status.video;
+  const audio = status.audio ? ', audio' : '';
+  return `${v.width}x${v.height} ${v.codec} ${v.fps} fps${audio} · ${status.viewers}/${status.max_viewers} viewers`;
+}
+
+function renderDevices() {
+  const list = $('device-list');
+  list.replaceChildren();
+  for (const [uid, status] of [...view.devices].sort(([a], [b]) => a.localeCompare(b))) {
+    const item = document.createElement('li');
+    const button = document.createElement('button');
+    button.type = 'button';
+    button.dataset.uid = uid;
+    if (uid === view.deviceId) button.setAttribute('aria-current', 'true');
+    const name = document.createElement('span');
+    name.textContent = uid;
+    const detail = document.createElement('span');
+    detail.className = 'device-detail';
+    detail.textContent = describe(status);
+    button.append(name, detail);
+    button.addEventListener('click', () => choose(uid));
+    item.append(button);
+    list.append(item);
+  }
+  $('unmute-button').disabled = !currentStatus()?.audio;
+}
+
+function currentStatus() {
+  return view.deviceId ? view.devices.get(view.deviceId) : undefined;
+}
+
+function choose(uid) {
+  if (uid === view.deviceId && view.session) return;
+  endSession();
+  view.deviceId = uid;
+  params.set('id', uid);
+  history.replaceState(null, '', `?${params}`);
+  if (client && client.connected) client.subscribe(`${uid}/status`, { qos: 1, nl: true });
+  openPanel(false);
+  renderDevices();
+  refresh();
+}
+
+/** Decide what to do from what is known: the chosen device's status and the session. */
+function refresh() {
+  if (!client || !client.connected) return;
+  if (!view.deviceId) {
+    setState('choose', 'Choose a camera.');
+    openPanel(true);
+    return;
+  }
+  const status = currentStatus();
+  if (!status) {
+    if (view.session) endSession();
+    setState('offline', `Camera ${view.deviceId} is offline. Waiting for it to come back…`);
+    return;
+  }
+  if (view.session) return;
+  if (view.state === 'busy' && status.viewers >= status.max_viewers) return;
+  if (view.state === 'error' && view.retryAt > Date.now()) return;
+  startSession(view.deviceId, status);
+}
+
+// --------------------------------------------------------------------------------------------
+// A session: one peer connection with one CID (docs/PROTOCOL.md, "Sessions and ordering").
+
+async function startSession(uid, status) {
+  const cid = `web-${randomHex(8)}`;
+  const session = {
+    uid,
+    cid,
+    pc: null,
+    remoteCandidates: [], // held until the answer is set
+    answered: false,
+    offerAt: 0,
+    firstFrame: false,
+    stream: new MediaStream(),
+    disconnectTimer: 0,
+  };
+  const topic = (kind) => `${uid}/${kind}/${cid}`;
+  session.topics = { offer: topic('offer'), answer: topic('answer'), ice: topic('ice'), error: topic('error') };
+  view.session = session;
+  view.sessions += 1;
+  setState('starting', `Connecting to ${uid}…`);
+
+  // 1. Subscribe first, and wait for the SUBACK.
+  try {
+    await client.subscribeAsync([session.topics.answer, session.topics.ice, session.topics.error], { qos: 1, nl: true });
+  } catch (err) {
+    failSession(session, `The broker refused the subscription: ${err.message}`);
+    return;
+  }
+  if (view.session !== session) return;
+
+  const pc = new RTCPeerConnection();
+  session.pc = pc;
+  view.pc = pc;
+  pc.addTransceiver('video', { direction: 'recvonly' });
+  if (status.audio) pc.addTransceiver('audio', { direction: 'recvonly' });
+  pc.ontrack = (event) => {
+    session.stream.addTrack(event.track);
+    video.srcObject = session.stream;
+    video.play().catch(() => {});
+  };
+  // 3. Trickle ICE: each candidate as the browser finds it, then {"candidate":""}.
+  pc.onicecandidate = (event) => {
+    if (view.session !== session) return;
+    const c = event.candidate;
+    publish(session.topics.ice, c && c.candidate ? c.toJSON() : { candidate: '' });
+  };
+  pc.onconnectionstatechange = () => {
+    if (view.session !== session) return;
+    const s = pc.connectionState;
+    clearTimeout(session.disconnectTimer);
+    if (s === 'failed' || s === 'closed') {
+      restartSession(session, `The connection to ${uid} was lost; reconnecting…`);
+    } else if (s === 'disconnected') {
+      session.disconnectTimer = setTimeout(
+        () => restartSession(session, `The connection to ${uid} was lost; reconnecting…`),
+        5000,
+      );
+    }
+  };
+
+  // 2. Offer.
+  await pc.setLocalDescription(await pc.createOffer());
+  if (view.session !== session) return;
+  session.offerAt = performance.now();
+  publish(session.topics.offer, { type: 'offer', sdp: pc.localDescription.sdp });
+}
+
+async function onSessionMessage(session, kind, payload) {
+  const message = parse(payload);
+  if (!message) return;
+  if (kind === 'answer' && message.type === 'answer' && !session.answered) {
+    session.answered = true;
+    try {
+      await session.pc.setRemoteDescription({ type: 'answer', sdp: message.sdp });
+      for (const c of session.remoteCandidates) await addCandidate(session, c);
+      session.remoteCandidates = [];
+    } catch (err) {
+      failSession(session, `The camera's answer was not accepted: ${err.message}`);
+    }
+  } else if (kind === 'ice') {
+    if (session.answered && session.pc.remoteDescription) await addCandidate(session, message);
+    else session.remoteCandidates.push(message);
+  } else if (kind === 'error') {
+    const text = typeof message.message === 'string' ? message.message : 'unknown error';
+    if (message.code === 'busy') {
+      endSession();
+      setState('busy', `Camera ${session.uid} is busy: ${text}. Waiting for a free place…`);
+    } else {
+      failSession(session, `Camera ${session.uid} refused: ${text} (${message.code})`);
+    }
+  }
+}
+
+async function addCandidate(session, c) {
+  if (view.session !== session) return;
+  try {
+    // An empty candidate is the end of candidates; browsers take it as such.
+    await session.pc.addIceCandidate(c.candidate ? c : { candidate: '', sdpMid: c.sdpMid ?? '0', sdpMLineIndex: c.sdpMLineIndex ?? 0 });
+  } catch {
+    // A candidate the browser cannot use is not fatal: ICE goes on with the others.
+  }
+}
+
+function endSession() {
+  const session = view.session;
+  if (!session) return;
+  view.session = null;
+  view.pc = null;
+  clearTimeout(session.disconnectTimer);
+  if (session.pc) session.pc.close();
+  if (client && client.connected) {
+    client.unsubscribe([session.topics.answer, session.topics.ice, session.topics.error]);
+  }
+}
+
+function failSession(session, message) {
+  if (view.session !== session) return;
+  endSession();
+  view.retryAt = Date.now() + 5000;
+  setState('error', `${message}. Trying again shortly.`);
+  setTimeout(refresh, 5100);
+}
+
+function restartSession(session, message) {
+  if (view.session !== session) return;
+  endSession();
+  setState('starting', message);
+  setTimeout(refresh, 1000);
+}
+
+// --------------------------------------------------------------------------------------------
+// Frames: the first one makes the state "live"; with the overlay on, each is read for its code.
+
+const canvas = document.createElement('canvas');
+const context = canvas.getContext('2d', { willReadFrequently: true });
+let statsVisible = false;
+
+function onVideoFrame(_now, meta) {
+  const session = view.session;
+  if (session && !session.firstFrame && video.videoWidth > 0) {
+    session.firstFrame = true;
+    const ms = Math.round(performance.now() - session.offerAt);
+    view.metrics.firstFrameMs.push(ms);
+    console.log(`spyglass: first frame ${ms} ms after the offer`);
+    setState('live', `Live: ${session.uid}`);
+  }
+  if (statsVisible && session) readFrame(meta);
+  video.requestVideoFrameCallback(onVideoFrame);
+}
+
+function readFrame(meta) {
+  const box = codeBox(video.videoWidth, video.videoHeight);
+  if (!box) return;
+  // The wall-clock time at which this frame went to the screen.
+  const shownAt = Date.now() - (performance.now() - meta.presentationTime);
+  canvas.width = box.width;
+  canvas.height = box.height;
+  context.drawImage(video, 0, 0, box.width, box.height, 0, 0, box.width, box.height);
+  const code = readCode(context.getImageData(0, 0, box.width, box.height).data, box.width, box.b);
+  if (!code) return;
+  const latencyMs = Math.round(shownAt - code.captureMs);
+  view.lastCode = { ...code, latencyMs };
+  const lat = view.metrics.latencyMs;
+  lat.push(latencyMs);
+  if (lat.length > 300) lat.shift();
+}
+
+if ('requestVideoFrameCallback' in HTMLVideoElement.prototype) {
+  video.requestVideoFrameCallback(onVideoFrame);
+} else {
+  // Without it (old browsers) "live" follows playback, and there is no latency reading.
+  video.addEventListener('playing', () => onVideoFrame(0, { presentationTime: performance.now() }));
+}
+
+// --------------------------------------------------------------------------------------------
+// Stats overlay
+
+let previous = null;
+
+function median(values) {
+  if (!values.length) return null;
+  const v = [...values].sort((a, b) => a - b);
+  return v[Math.floor(v.length / 2)];
+}
+
+async function updateStats() {
+  const pc = view.pc;
+  if (!statsVisible) return;
+  const lines = [];
+  lines.push(`camera   ${view.deviceId ?? '—'}`);
+  if (pc) {
+    const report = await pc.getStats();
+    let inbound = null;
+    let pair = null;
+    let codec = null;
+    report.forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.kind === 'video') inbound = s;
+      if (s.type === 'candidate-pair' && s.nominated && s.state === 'succeeded') pair = s;
+    });
+    if (inbound && inbound.codecId) codec = report.get(inbound.codecId);
+    if (inbound) {
+      const now = inbound.timestamp;
+      let kbps = null;
+      let fps = inbound.framesPerSecond ?? null;
+      if (previous && previous.id === inbound.id && now > previous.timestamp) {
+        const seconds = (now - previous.timestamp) / 1000;
+        kbps = (8 * (inbound.bytesReceived - previous.bytesReceived)) / 1000 / seconds;
+        fps = (inbound.framesDecoded - previous.framesDecoded) / seconds;
+      }
+      previous = inbound;
+      const size = inbound.frameWidth ? `${inbound.frameWidth}x${inbound.frameHeight}` : '—';
+      lines.push(`video    ${size} ${codec ? codec.mimeType.replace('video/', '') : ''}`);
+      lines.push(`fps      ${fps == null ? '—' : fps.toFixed(1)}`);
+      lines.push(`bitrate  ${kbps == null ? '—' : kbps >= 1000 ? `${(kbps / 1000).toFixed(2)} Mbit/s` : `${kbps.toFixed(0)} kbit/s`}`);
+      lines.push(`lost     ${inbound.packetsLost ?? 0} packets`);
+      lines.push(`frames   ${inbound.framesDecoded ?? 0} decoded, ${inbound.framesDropped ?? 0} dropped`);
+    }
+    const rtt = pair && pair.currentRoundTripTime;
+    lines.push(`rtt      ${rtt == null ? '—' : `${(rtt * 1000).toFixed(1)} ms`}`);
+  }
+  const code = view.lastCode;
+  const lat = median(view.metrics.latencyMs.slice(-30));
+  lines.push(code ? `latency  ${lat} ms glass-to-glass (frame ${code.frame})` : 'latency  — (no test pattern)');
+  const first = view.metrics.firstFrameMs.at(-1);
+  if (first != null) lines.push(`start    ${first} ms from offer to first frame`);
+  $('stats').textContent = lines.join('\n');
+}
+
+function showStats(on) {
+  statsVisible = on;
+  $('stats').hidden = !on;
+  $('stats-button').setAttribute('aria-pressed', String(on));
+  if (!on) view.lastCode = null;
+  updateStats();
+}
+
+setInterval(updateStats, 1000);
+
+// --------------------------------------------------------------------------------------------
+// Controls
+
+function openPanel(open) {
+  $('panel').hidden = !open;
+  $('devices-button').setAttribute('aria-expanded', String(open));
+}
+
+$('devices-button').addEventListener('click', () => openPanel($('panel').hidden));
+$('stats-button').addEventListener('click', () => showStats(!statsVisible));
+$('unmute-button').addEventListener('click', () => {
+  video.muted = !video.muted;
+  $('unmute-button').textContent = video.muted ? 'Unmute' : 'Mute';
+  if (!video.muted) video.play().catch(() => {});
+});
+$('fullscreen-button').addEventListener('click', () => {
+  if (document.fullscreenElement) document.exitFullscreen();
+  else if (document.documentElement.requestFullscreen) document.documentElement.requestFullscreen();
+  else if (video.webkitEnterFullscreen) video.webkitEnterFullscreen(); // iPhone Safari
+});
+document.addEventListener('keydown', (event) => {
+  if (event.target instanceof HTMLInputElement) return;
+  if (event.key === 's') showStats(!statsVisible);
+  if (event.key === 'f') $('fullscreen-button').click();
+});
+$('broker-form').addEventListener('submit', (event) => {
+  event.preventDefault();
+  credentials = { username: $('broker-username').value, password: $('broker-password').value };
+  endSession();
+  connect($('broker-url').value.trim());
+});
+
+// --------------------------------------------------------------------------------------------
+// Start
+
+const config = await loadConfig();
+view.deviceId = config.id;
+credentials.username = config.username;
+$('broker-username').value = config.username;
+showStats(params.get('stats') === '1');
+renderDevices();
+if (config.broker) {
+  connect(config.broker);
+} else {
+  setState('error', 'No broker is configured: open this page with ?broker=ws://HOST:PORT');
+  openPanel(true);
+  $('broker-settings').open = true;
+}
