@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use super::protocol::{
-    ErrorCode, ErrorMsg, IceCandidateMsg, SessionDescriptionMsg, Status, TopicKind, Topics,
-    parse_candidate, parse_offer,
+    AudioStatus, ErrorCode, ErrorMsg, IceCandidateMsg, SessionDescriptionMsg, Status, TopicKind,
+    Topics, parse_candidate, parse_offer,
 };
 
 /// Names one session: the viewer's CID and a generation that grows with every session, so that
@@ -141,6 +141,12 @@ impl Signaling {
             payload: self.status.to_json(),
             retain: true,
         }
+    }
+
+    /// The audio part of the status changed (audio lost, or back): the status to publish.
+    pub fn set_audio(&mut self, audio: Option<AudioStatus>) -> Action {
+        self.status.audio = audio;
+        self.status_action()
     }
 
     fn error(&self, cid: &str, code: ErrorCode, message: impl Into<String>) -> Action {
