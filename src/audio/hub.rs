@@ -125,8 +125,9 @@ impl AudioHub {
         self.inner.running.subscribe()
     }
 
-    /// How long after capture a packet is ready to send (smoothed). Video is held back by the
-    /// difference so that both reach the viewer as long after capture: see `peer::session`.
+    /// How long after capture a packet is ready to send (smoothed), plus the encoder's
+    /// look-ahead (which a decoder's output lags by). Video is held back by the difference, so
+    /// that both reach the viewer as long after capture: see `peer::session`.
     pub fn latency(&self) -> Duration {
         Duration::from_micros(self.inner.latency_us.load(Ordering::Relaxed))
     }
@@ -219,6 +220,8 @@ fn run_pipeline(inner: &Inner) -> Result<(), PipelineError> {
     ))?;
     encoder.set_inband_fec(true)?;
     encoder.set_packet_loss_perc(FEC_LOSS_PERCENT)?;
+    // The encoder's look-ahead delays the sound a decoder plays by this much more.
+    let lookahead = encoder.get_lookahead()?.max(0) as u64 * 1_000_000 / u64::from(SAMPLE_RATE);
     info!("audio capture started: {}", source.description());
     if !*inner.running.borrow() {
         info!("audio is back");
@@ -245,7 +248,7 @@ fn run_pipeline(inner: &Inner) -> Result<(), PipelineError> {
             Ok(len) => len,
             Err(err) => break Err(err.into()),
         };
-        let ready = chunk.instant.elapsed().as_micros() as u64;
+        let ready = chunk.instant.elapsed().as_micros() as u64 + lookahead;
         let old = inner.latency_us.load(Ordering::Relaxed);
         let smoothed = if old == 0 {
             ready

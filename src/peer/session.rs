@@ -294,12 +294,11 @@ async fn answer(
         let dtls = sender.transport().await.ok().flatten();
         // The audio payload type, when the offer's Opus matched.
         let mut audio_pt = None;
-        if let Some(transceiver) = &audio_transceiver {
-            if let Ok(Some(sender)) = transceiver.sender().await {
-                if let Ok(params) = sender.get_parameters().await {
-                    audio_pt = params.rtp_parameters.codecs.first().map(|c| c.payload_type);
-                }
-            }
+        if let Some(transceiver) = &audio_transceiver
+            && let Ok(Some(sender)) = transceiver.sender().await
+            && let Ok(params) = sender.get_parameters().await
+        {
+            audio_pt = params.rtp_parameters.codecs.first().map(|c| c.payload_type);
         }
         let local = pc.local_description().await.ok_or_else(|| {
             AnswerError::Internal("answer missing after set_local_description".into())

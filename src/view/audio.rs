@@ -55,16 +55,16 @@ impl Received {
                 quiet += 1;
                 continue;
             }
-            if quiet >= QUIET_BEFORE_BEEP {
-                if let Some(t) = self.time_of(i) {
-                    let ms = t
-                        .duration_since(UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_secs_f64()
-                        * 1000.0;
-                    let second = (ms / 1000.0).floor();
-                    out.insert(second as u64, ms - second * 1000.0);
-                }
+            if quiet >= QUIET_BEFORE_BEEP
+                && let Some(t) = self.time_of(i)
+            {
+                let ms = t
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_secs_f64()
+                    * 1000.0;
+                let second = (ms / 1000.0).floor();
+                out.insert(second as u64, ms - second * 1000.0);
             }
             quiet = 0;
         }
@@ -96,7 +96,7 @@ pub async fn receive(track: Arc<dyn TrackRemote>, into: Arc<Mutex<Received>>) {
                 r.lost += u64::from(missing);
                 let len = r.pcm.len();
                 r.pcm.resize(len + 960 * missing as usize, 0);
-            } else if missing >= 50 && missing > u16::MAX / 2 {
+            } else if missing > u16::MAX / 2 {
                 continue; // late or duplicate
             }
         }
