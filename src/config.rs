@@ -24,6 +24,7 @@ use crate::video::VideoSpec;
 pub const DEFAULT_MQTT_HOST: &str = "127.0.0.1";
 pub const DEFAULT_MQTT_PORT: u16 = 1883;
 pub const DEFAULT_VIDEO: &str = "/dev/video0";
+pub const DEFAULT_AUDIO: &str = "auto";
 pub const DEFAULT_WIDTH: u32 = 1280;
 pub const DEFAULT_HEIGHT: u32 = 720;
 pub const DEFAULT_FPS: u32 = 30;
@@ -65,6 +66,7 @@ pub const FILE_KEYS: &[&str] = &[
     "web-broker-url",
     "web-root",
     "log",
+    "audio",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -90,6 +92,8 @@ pub struct DaemonConfig {
     pub username: Option<String>,
     pub password: Option<String>,
     pub video: VideoSpec,
+    /// `--audio`: `auto`, `none`, `tone`, or an ALSA PCM name (resolved by `audio::resolve`).
+    pub audio: String,
     pub bitrate_kbps: u32,
     pub max_viewers: u32,
     pub peer_timeout: Duration,
@@ -162,6 +166,7 @@ impl fmt::Debug for DaemonConfig {
             .field("web_root", &self.web_root)
             .field("log", &self.log)
             .field("config_file", &self.config_file)
+            .field("audio", &self.audio)
             .finish()
     }
 }
@@ -531,6 +536,12 @@ struct DaemonArgs {
     /// Log filter, e.g. `info` or `spyglass=debug,webrtc=warn`. [default: RUST_LOG, else info]
     #[arg(long, value_name = "FILTER", value_parser = parse_log)]
     log: Option<String>,
+
+    /// Audio source: `auto` (the default ALSA capture device if there is one, else video only),
+    /// `none`, `tone` (a 1 kHz beep at every second, in step with the test pattern's flash), or
+    /// an ALSA PCM name such as `default`, `hw:1,0` or `plughw:CARD=Device`. [default: auto]
+    #[arg(long, value_name = "SRC", value_parser = parse_audio, help_heading = "Audio")]
+    audio: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -676,6 +687,16 @@ fn parse_video(s: &str) -> Result<String, String> {
     }
 }
 
+fn parse_audio(s: &str) -> Result<String, String> {
+    if !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "expected auto, none, tone or an ALSA PCM name such as hw:1,0, got {s:?}"
+        ))
+    }
+}
+
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let err = || {
         format!("expected WIDTHxHEIGHT with even numbers from 16 to 4096, e.g. 1280x720, got {s:?}")
@@ -814,6 +835,7 @@ struct FileValues {
     web_broker_url: Option<String>,
     web_root: Option<PathBuf>,
     log: Option<String>,
+    audio: Option<String>,
 }
 
 /// How a TOML value reads in an error message.
@@ -942,6 +964,8 @@ fn parse_config_text(path: &Path, text: &str) -> Result<FileValues, ConfigError>
                 file_str(value, "a directory path", parse_path).map(|x| v.web_root = Some(x))
             }
             "log" => file_str(value, "a log filter string", parse_log).map(|x| v.log = Some(x)),
+            "audio" => file_str(value, "auto, none, tone or an ALSA PCM name", parse_audio)
+                .map(|x| v.audio = Some(x)),
             _ => {
                 return Err(ConfigError::UnknownKey {
                     path: path.to_owned(),
@@ -1080,6 +1104,10 @@ fn resolve_daemon(args: DaemonArgs, env: &Env) -> Result<DaemonConfig, ConfigErr
         username,
         password,
         video,
+        audio: args
+            .audio
+            .or(file.audio)
+            .unwrap_or_else(|| DEFAULT_AUDIO.to_owned()),
         bitrate_kbps: args
             .bitrate
             .or(file.bitrate)
@@ -2131,5 +2159,22 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    #[test]
+    fn audio_comes_from_the_flag_or_the_file_and_defaults_to_auto() {
+        assert_eq!(daemon(&[]).unwrap().audio, "auto");
+        assert_eq!(daemon(&["--audio", "hw:1,0"]).unwrap().audio, "hw:1,0");
+        let (_s, _p, c) = with_file("audio = \"tone\"", &[]);
+        assert_eq!(c.unwrap().audio, "tone");
+        let (_s, _p, c) = with_file("audio = \"tone\"", &["--audio", "none"]);
+        assert_eq!(c.unwrap().audio, "none");
+        let (_s, path, c) = with_file("audio = \"\"", &[]);
+        let msg = c.unwrap_err().to_string();
+        assert!(
+            msg.contains(&path.display().to_string()) && msg.contains("audio"),
+            "{msg}"
+        );
+        usage_error(daemon(&["--audio", "two words"]));
     }
 }

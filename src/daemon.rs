@@ -8,13 +8,14 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 use webrtc::peer_connection::{RTCIceCandidateInit, RTCIceServer};
 
+use crate::audio::hub::AudioHub;
 use crate::config::DaemonConfig;
 use crate::hub::{Hub, VideoState};
 use crate::mqtt::{self, Mqtt, MqttEvent, MqttSettings};
 use crate::peer::session::{self, AnswerError, SessionEvent, SessionHandle};
 use crate::peer::{PeerFactory, PeerSettings};
 use crate::signaling::protocol::{
-    ErrorCode, IceCandidateMsg, MediaState, Status, Topics, VIDEO_CODEC_H264, VideoStatus,
+    AudioStatus, ErrorCode, IceCandidateMsg, MediaState, Status, Topics, VIDEO_CODEC_H264, VideoStatus,
     offline_status_json,
 };
 use crate::signaling::sessions::{Action, Limits, PeerEvent, SessionKey, Signaling};
@@ -35,7 +36,15 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         height: cfg.video.height,
         fps: cfg.video.fps,
     };
-    let status = Status::online(VERSION, video, 0, cfg.max_viewers);
+    // A named microphone that does not open is an error; `auto` without one is video only.
+    let audio = crate::audio::resolve(&cfg.audio)?.map(AudioHub::new);
+    let audio_status = audio.as_ref().map(|a| AudioStatus {
+        codec: "opus".to_string(),
+        channels: u32::from(a.channels()),
+    });
+    let mut audio_running = audio.as_ref().map(AudioHub::running);
+    let mut status = Status::online(VERSION, video, 0, cfg.max_viewers);
+    status.audio = audio_status.clone();
     let limits = Limits {
         max_viewers: cfg.max_viewers as usize,
         peer_timeout: cfg.peer_timeout,
@@ -72,6 +81,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         mqtt: conn.client.clone(),
         factory,
         hub: hub.clone(),
+        audio: audio.clone(),
         session_tx,
         sessions: HashMap::new(),
     };
@@ -134,6 +144,16 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 let actions = core.set_video_state(state);
                 exec.run(actions).await;
             }
+            Some(running) = async {
+                match audio_running.as_mut() {
+                    Some(rx) => rx.changed().await.ok().map(|_| *rx.borrow()),
+                    None => std::future::pending().await,
+                }
+            } => {
+                // Audio lost (the microphone went away) or back: video goes on either way.
+                let action = core.set_audio(audio_status.clone().filter(|_| running));
+                exec.run(vec![action]).await;
+            }
             _ = tick.tick() => {
                 let actions = core.on_tick(Instant::now());
                 exec.run(actions).await;
@@ -147,6 +167,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         handle.close();
     }
     hub.shutdown();
+    if let Some(audio) = &audio {
+        audio.shutdown();
+    }
     conn.close(Some((topics.status(), offline))).await;
     Ok(())
 }
@@ -178,6 +201,7 @@ struct Executor {
     mqtt: Mqtt,
     factory: PeerFactory,
     hub: Hub,
+    audio: Option<AudioHub>,
     session_tx: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
     sessions: HashMap<SessionKey, SessionHandle>,
 }
@@ -195,6 +219,7 @@ impl Executor {
                     let handle = session::start(
                         self.factory.clone(),
                         self.hub.clone(),
+                        self.audio.clone(),
                         key.clone(),
                         offer_sdp,
                         self.session_tx.clone(),

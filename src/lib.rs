@@ -1,6 +1,7 @@
 //! spyglass: a camera daemon that captures video, encodes H.264 once, and serves it to WebRTC
 //! viewers whose offers arrive over MQTT 5.
 
+pub mod audio;
 pub mod config;
 pub mod daemon;
 pub mod encode;

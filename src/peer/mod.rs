@@ -12,7 +12,7 @@ use std::sync::Arc;
 use rtc::crypto::SignatureScheme;
 use rtc::interceptor::Slot;
 use rtc::peer_connection::certificate::CertificateParams;
-use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
+use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCCertificate,
@@ -72,6 +72,21 @@ pub fn h264_codecs() -> Vec<RTCRtpCodecParameters> {
         .collect()
 }
 
+/// The Opus we send: 48 kHz, `opus/48000/2` as RFC 7587 requires whatever the channel count, 20 ms
+/// packets with in-band FEC.
+pub fn opus_codec() -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_OPUS.to_owned(),
+            clock_rate: 48000,
+            channels: 2,
+            sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+            rtcp_feedback: vec![],
+        },
+        payload_type: 111,
+    }
+}
+
 impl PeerFactory {
     pub fn new(settings: PeerSettings) -> Result<Self, PeerError> {
         let provider = rtc::crypto::default_provider()
@@ -91,7 +106,7 @@ impl PeerFactory {
         &self.settings
     }
 
-    /// A new peer connection that speaks H.264 video and reports to `handler`.
+    /// A new peer connection that speaks H.264 video and Opus audio and reports to `handler`.
     pub async fn build(
         &self,
         handler: Arc<dyn PeerConnectionEventHandler>,
@@ -102,6 +117,9 @@ impl PeerFactory {
                 .register_codec(codec, RtpCodecKind::Video)
                 .map_err(PeerError::Webrtc)?;
         }
+        media
+            .register_codec(opus_codec(), RtpCodecKind::Audio)
+            .map_err(PeerError::Webrtc)?;
         let registry = register_default_interceptors(Registry::new(), &mut media)
             .map_err(PeerError::Webrtc)?
             .with(

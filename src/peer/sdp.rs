@@ -93,6 +93,13 @@ pub fn offer_video(sdp: &str) -> OfferVideo {
     }
 }
 
+/// Does the offer have an audio m-line that is not rejected (port 0)?
+pub fn offer_has_audio(sdp: &str) -> bool {
+    sdp.lines()
+        .filter_map(|l| l.trim_end().strip_prefix("m=audio "))
+        .any(|rest| !rest.starts_with("0 "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +150,16 @@ a=fmtp:41 packetization-mode=1;profile-level-id=f4001f\r\n";
     fn audio_only_has_no_video() {
         let sdp = "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 H264/90000\r\n";
         assert_eq!(offer_video(sdp), OfferVideo::NoVideo);
+    }
+
+    #[test]
+    fn audio_m_lines_are_found_unless_rejected() {
+        assert!(!offer_has_audio(CHROMIUM_VIDEO));
+        assert!(offer_has_audio(
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n"
+        ));
+        assert!(!offer_has_audio(
+            "v=0\r\nm=audio 0 UDP/TLS/RTP/SAVPF 111\r\n"
+        ));
     }
 }

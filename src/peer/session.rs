@@ -1,6 +1,12 @@
 //! One viewer's WebRTC session on the device: answers the viewer's offer with a sendonly H.264
-//! track, trickles candidates both ways, and, once connected, streams the hub's shared encoded
-//! frames and turns the viewer's PLI/FIR into keyframe requests.
+//! track (and a sendonly Opus track when the offer has audio and the device has audio; an audio
+//! m-line is answered inactive otherwise), trickles candidates both ways, and, once connected,
+//! streams the hubs' shared encoded media and turns the viewer's PLI/FIR into keyframe requests.
+//!
+//! A/V sync: both tracks' RTP timestamps advance by capture-instant differences on the one
+//! monotonic clock, and the RTCP sender reports of `webrtc` map RTP time to the time a packet
+//! was *sent*. So that a viewer's lip-sync (which trusts those reports) lines the tracks up, video
+//! is sent as long after its capture as audio is (audio waits for its 20 ms packet to fill).
 //!
 //! A session runs as its own task. It reports to the signaling loop through [`SessionEvent`]s
 //! tagged with its [`SessionKey`], and takes commands through its [`SessionHandle`].
@@ -26,8 +32,10 @@ use webrtc::peer_connection::{
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
 };
 
-use super::sdp::{OfferVideo, offer_video};
-use super::{PeerFactory, h264_codecs};
+use super::sdp::{OfferVideo, offer_has_audio, offer_video};
+use super::{PeerFactory, h264_codecs, opus_codec};
+use crate::audio::CHUNK_DURATION;
+use crate::audio::hub::AudioHub;
 use crate::hub::{Hub, KeyframeReason};
 use crate::signaling::SessionKey;
 
@@ -85,12 +93,13 @@ const DTLS_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 pub fn start(
     factory: PeerFactory,
     hub: Hub,
+    audio: Option<AudioHub>,
     key: SessionKey,
     offer_sdp: String,
     events: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
 ) -> SessionHandle {
     let (commands, command_rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(factory, hub, key, offer_sdp, events, command_rx));
+    tokio::spawn(run(factory, hub, audio, key, offer_sdp, events, command_rx));
     SessionHandle { commands }
 }
 
@@ -134,14 +143,31 @@ struct Answered {
     ssrc: u32,
     mid: String,
     payload_type: u8,
+    audio: Option<AudioSend>,
+}
+
+/// The audio half of a session, when the offer has audio and the device sends it.
+struct AudioSend {
+    track: Arc<TrackLocalStaticSample>,
+    ssrc: u32,
+    payload_type: u8,
+}
+
+fn sendonly() -> Option<RTCRtpTransceiverInit> {
+    Some(RTCRtpTransceiverInit {
+        direction: RTCRtpTransceiverDirection::Sendonly,
+        ..Default::default()
+    })
 }
 
 async fn answer(
     factory: &PeerFactory,
+    with_audio: bool,
     offer_sdp: String,
     news: mpsc::UnboundedSender<PeerNews>,
 ) -> Result<(Answered, String), AnswerError> {
     let video = offer_video(&offer_sdp);
+    let with_audio = with_audio && offer_has_audio(&offer_sdp);
     let offer = RTCSessionDescription::offer(offer_sdp)
         .map_err(|e| AnswerError::BadOffer(format!("offer SDP: {e}")))?;
     offer
@@ -182,20 +208,59 @@ async fn answer(
         )
         .map_err(|e| internal("video track", &e))?,
     );
+    let audio_ssrc: u32 = rand::random();
+    let audio_track = if with_audio {
+        Some(Arc::new(
+            TrackLocalStaticSample::new(
+                Instant::now(),
+                MediaStreamTrack::new(
+                    "spyglass".to_string(),
+                    "audio".to_string(),
+                    "microphone".to_string(),
+                    RtpCodecKind::Audio,
+                    vec![RTCRtpEncodingParameters {
+                        rtp_coding_parameters: RTCRtpCodingParameters {
+                            ssrc: Some(audio_ssrc),
+                            ..Default::default()
+                        },
+                        codec: opus_codec().rtp_codec,
+                        ..Default::default()
+                    }],
+                ),
+            )
+            .map_err(|e| internal("audio track", &e))?,
+        ))
+    } else {
+        None
+    };
     let result = async {
         let transceiver = pc
-            .add_transceiver_from_track(
-                Arc::clone(&track) as Arc<dyn TrackLocal>,
-                Some(RTCRtpTransceiverInit {
-                    direction: RTCRtpTransceiverDirection::Sendonly,
-                    ..Default::default()
-                }),
-            )
+            .add_transceiver_from_track(Arc::clone(&track) as Arc<dyn TrackLocal>, sendonly())
             .await
             .map_err(|e| internal("video transceiver", &e))?;
+        let audio_transceiver = match &audio_track {
+            Some(t) => Some(
+                pc.add_transceiver_from_track(Arc::clone(t) as Arc<dyn TrackLocal>, sendonly())
+                    .await
+                    .map_err(|e| internal("audio transceiver", &e))?,
+            ),
+            None => None,
+        };
         pc.set_remote_description(offer)
             .await
             .map_err(|e| AnswerError::BadOffer(format!("offer rejected: {e}")))?;
+        // Every m-line we do not send on (audio when the device has none) is answered inactive.
+        let ours: Vec<_> = std::iter::once(transceiver.id())
+            .chain(audio_transceiver.as_ref().map(|t| t.id()))
+            .collect();
+        for other in pc.get_transceivers().await {
+            if !ours.contains(&other.id()) {
+                other
+                    .set_direction(RTCRtpTransceiverDirection::Inactive)
+                    .await
+                    .map_err(|e| internal("declining an m-line", &e))?;
+            }
+        }
         let answer = pc
             .create_answer(None)
             .await
@@ -227,14 +292,22 @@ async fn answer(
             .flatten()
             .unwrap_or_else(|| "0".to_string());
         let dtls = sender.transport().await.ok().flatten();
+        // The audio payload type, when the offer's Opus matched.
+        let mut audio_pt = None;
+        if let Some(transceiver) = &audio_transceiver
+            && let Ok(Some(sender)) = transceiver.sender().await
+            && let Ok(params) = sender.get_parameters().await
+        {
+            audio_pt = params.rtp_parameters.codecs.first().map(|c| c.payload_type);
+        }
         let local = pc.local_description().await.ok_or_else(|| {
             AnswerError::Internal("answer missing after set_local_description".into())
         })?;
-        Ok((payload_type, mid, dtls, local.sdp))
+        Ok((payload_type, mid, dtls, audio_pt, local.sdp))
     }
     .await;
     match result {
-        Ok((payload_type, mid, dtls, sdp)) => Ok((
+        Ok((payload_type, mid, dtls, audio_pt, sdp)) => Ok((
             Answered {
                 pc,
                 dtls,
@@ -242,6 +315,13 @@ async fn answer(
                 ssrc,
                 mid,
                 payload_type,
+                audio: audio_track
+                    .zip(audio_pt)
+                    .map(|(track, payload_type)| AudioSend {
+                        track,
+                        ssrc: audio_ssrc,
+                        payload_type,
+                    }),
             },
             sdp,
         )),
@@ -255,6 +335,7 @@ async fn answer(
 async fn run(
     factory: PeerFactory,
     hub: Hub,
+    audio: Option<AudioHub>,
     key: SessionKey,
     offer_sdp: String,
     events: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
@@ -265,7 +346,7 @@ async fn run(
     };
     let (news_tx, mut news) = mpsc::unbounded_channel();
     let started = Instant::now();
-    let (session, answer_sdp) = match answer(&factory, offer_sdp, news_tx).await {
+    let (session, answer_sdp) = match answer(&factory, audio.is_some(), offer_sdp, news_tx).await {
         Ok(ok) => ok,
         Err(err) => {
             emit(SessionEvent::Failed(err));
@@ -310,12 +391,23 @@ async fn run(
                     if media.is_empty() {
                         info!(cid = %key.cid, ms = started.elapsed().as_millis() as u64, "viewer connected");
                         emit(SessionEvent::Connected);
+                        // Video waits for audio only when this viewer gets both.
+                        let sync = audio.clone().filter(|_| session.audio.is_some());
                         media.push(tokio::spawn(stream_video(
                             hub.clone(),
                             Arc::clone(&session.track),
                             session.ssrc,
                             session.payload_type,
+                            sync,
                         )));
+                        if let (Some(hub), Some(send)) = (&audio, &session.audio) {
+                            media.push(tokio::spawn(stream_audio(
+                                hub.clone(),
+                                Arc::clone(&send.track),
+                                send.ssrc,
+                                send.payload_type,
+                            )));
+                        }
                         media.push(tokio::spawn(forward_keyframe_requests(
                             hub.clone(),
                             Arc::clone(&session.track),
@@ -340,11 +432,24 @@ async fn run(
     emit(SessionEvent::Closed(reason));
 }
 
-/// Send the hub's frames to this viewer until the task is aborted.
-async fn stream_video(hub: Hub, track: Arc<TrackLocalStaticSample>, ssrc: u32, payload_type: u8) {
+/// Send the hub's frames to this viewer until the task is aborted. With `sync`, each frame is
+/// held until it is as old as the audio hub's packets are when they are sent.
+async fn stream_video(
+    hub: Hub,
+    track: Arc<TrackLocalStaticSample>,
+    ssrc: u32,
+    payload_type: u8,
+    sync: Option<AudioHub>,
+) {
     let mut feed = hub.subscribe();
     let mut previous: Option<Instant> = None;
     while let Some(frame) = feed.recv().await {
+        if let Some(audio) = &sync {
+            let due = frame.instant + audio.latency();
+            if due > Instant::now() {
+                tokio::time::sleep_until(due.into()).await;
+            }
+        }
         // The packetizer advances the RTP clock by each sample's duration: use the capture
         // interval, so RTP time follows the capture clock.
         let duration = previous
@@ -363,6 +468,38 @@ async fn stream_video(hub: Hub, track: Arc<TrackLocalStaticSample>, ssrc: u32, p
             .await
         {
             warn!("sending a frame: {err}");
+        }
+    }
+}
+
+/// Send the audio hub's Opus packets to this viewer until the task is aborted. Each packet
+/// advances the RTP clock by 20 ms; a gap in capture (an overrun, or packets this viewer lost to
+/// lag) advances it by the gap as well, so RTP time keeps following the capture clock.
+async fn stream_audio(
+    hub: AudioHub,
+    track: Arc<TrackLocalStaticSample>,
+    ssrc: u32,
+    payload_type: u8,
+) {
+    let mut feed = hub.subscribe();
+    let mut previous: Option<Instant> = None;
+    while let Some(packet) = feed.recv().await {
+        let gap = previous
+            .map(|p| packet.instant.saturating_duration_since(p + CHUNK_DURATION))
+            .filter(|g| *g >= CHUNK_DURATION / 2)
+            .unwrap_or_default();
+        previous = Some(packet.instant);
+        let sample = Sample {
+            data: packet.data.clone(),
+            duration: CHUNK_DURATION + gap,
+            ..Sample::new(packet.instant)
+        };
+        if let Err(err) = track
+            .sample_writer(ssrc, payload_type)
+            .write_sample(&sample)
+            .await
+        {
+            warn!("sending audio: {err}");
         }
     }
 }

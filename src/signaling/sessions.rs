@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use super::protocol::{
-    ErrorCode, ErrorMsg, IceCandidateMsg, MediaState, SessionDescriptionMsg, Status, TopicKind,
+    AudioStatus, ErrorCode, ErrorMsg, IceCandidateMsg, MediaState, SessionDescriptionMsg, Status, TopicKind,
     Topics, parse_candidate, parse_offer,
 };
 
@@ -161,6 +161,12 @@ impl Signaling {
             payload: self.status.to_json(),
             retain: true,
         }
+    }
+
+    /// The audio part of the status changed (audio lost, or back): the status to publish.
+    pub fn set_audio(&mut self, audio: Option<AudioStatus>) -> Action {
+        self.status.audio = audio;
+        self.status_action()
     }
 
     fn error(&self, cid: &str, code: ErrorCode, message: impl Into<String>) -> Action {

@@ -3,6 +3,7 @@
 //! the test pattern's frame counter and capture time from the pixels, and reports what it got.
 
 pub mod assemble;
+pub mod audio;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -119,6 +120,20 @@ pub struct ViewReport {
     pub counter_resets: u64,
     /// Error reply from the device, if any: code and message.
     pub error: Option<ErrorMsg>,
+    /// Opus packets received and decoded (0 when the device sent no audio).
+    pub audio_packets: u64,
+    /// Level of the decoded audio, dB relative to full scale.
+    pub audio_level_dbfs: Option<f64>,
+    /// Test tone: beep onset (decoded) after its wall-clock second, ms.
+    pub beep_latency_ms: Option<Spread>,
+    /// Test pattern: first flash frame (decoded) after its capture, ms.
+    pub flash_latency_ms: Option<Spread>,
+    /// Audio later than video (positive) or earlier, from beeps and flashes of the same
+    /// seconds: the median of (beep latency - flash latency), ms.
+    pub av_offset_ms: Option<f64>,
+    /// The decoded audio, 48 kHz mono (not printed).
+    #[serde(skip)]
+    pub audio_pcm: Vec<i16>,
 }
 
 impl std::fmt::Display for ViewReport {
@@ -158,6 +173,20 @@ impl std::fmt::Display for ViewReport {
             "packets lost:     {}, keyframe requests: {}",
             self.lost_packets, self.keyframe_requests
         )?;
+        if self.audio_packets > 0 {
+            writeln!(
+                f,
+                "audio packets:    {}, level {:.1} dBFS",
+                self.audio_packets,
+                self.audio_level_dbfs.unwrap_or(f64::NEG_INFINITY)
+            )?;
+        }
+        if let Some(offset) = self.av_offset_ms {
+            writeln!(
+                f,
+                "A/V offset:       {offset:+.1} ms (audio later when positive; flash and beep)"
+            )?;
+        }
         if let Some(e) = &self.error {
             writeln!(f, "device error:     {} ({})", e.message, e.code)?;
         }
@@ -199,6 +228,8 @@ struct Decoded {
     width: u32,
     height: u32,
     stamp: Option<pattern::Stamp>,
+    /// The A/V sync flash as read from the pixels.
+    flash: Option<bool>,
     at: SystemTime,
 }
 
@@ -253,6 +284,14 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
             }),
         )
         .await?;
+        pc.add_transceiver_from_kind(
+            RtpCodecKind::Audio,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                ..Default::default()
+            }),
+        )
+        .await?;
         let offer = pc.create_offer(None).await?;
         pc.set_local_description(offer).await?;
         Ok::<_, webrtc::error::Error>(pc.local_description().await)
@@ -274,6 +313,10 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
 
     let (decoded_tx, mut decoded_rx) = mpsc::unbounded_channel::<Decoded>();
     let mut latencies: Vec<f64> = Vec::new();
+    let heard = Arc::new(std::sync::Mutex::new(audio::Received::default()));
+    let mut audio_task: Option<tokio::task::JoinHandle<()>> = None;
+    // Per wall-clock second: the first flash frame's latency.
+    let mut flashes: std::collections::BTreeMap<u64, f64> = Default::default();
     let mut media_task: Option<tokio::task::JoinHandle<(u64, u64)>> = None;
     let mut answered = false;
     let mut early_remote: Vec<RTCIceCandidateInit> = Vec::new();
@@ -356,6 +399,11 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
                     break Err(format!("connection {state}"));
                 }
                 Some(News::State(_)) => {}
+                Some(News::Track(track)) if track.kind().await == RtpCodecKind::Audio => {
+                    if audio_task.is_none() {
+                        audio_task = Some(tokio::spawn(audio::receive(track, Arc::clone(&heard))));
+                    }
+                }
                 Some(News::Track(track)) => {
                     if media_task.is_none() {
                         media_task = Some(tokio::spawn(receive(track, decoded_tx.clone())));
@@ -378,7 +426,11 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
                     let decoded_ms = d.at.duration_since(UNIX_EPOCH).map(|t| t.as_millis() as u64).unwrap_or(0);
                     let captured = stamp.captured_ms;
                     let low = decoded_ms & pattern::CAPTURED_MS_MASK;
-                    latencies.push(low.wrapping_sub(captured) as i64 as f64);
+                    let latency = low.wrapping_sub(captured) as i64 as f64;
+                    latencies.push(latency);
+                    if d.flash == Some(true) {
+                        flashes.entry(captured / 1000).or_insert(latency);
+                    }
                     if report.first_counter.is_none() {
                         report.first_counter = Some(stamp.frame);
                     }
@@ -403,6 +455,31 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
 
     report.latency_ms = Spread::of(&latencies);
     let _ = pc.close().await;
+    if let Some(task) = audio_task {
+        task.abort();
+        let _ = task.await;
+    }
+    {
+        let heard = heard.lock().unwrap_or_else(|p| p.into_inner());
+        report.audio_packets = heard.packets;
+        report.audio_level_dbfs = heard.rms_dbfs();
+        let beeps = heard.beep_latencies();
+        // The first flash and beep may be cut by the start of the stream: use whole ones.
+        let first = beeps
+            .keys()
+            .next()
+            .copied()
+            .max(flashes.keys().next().copied());
+        let offsets: Vec<f64> = beeps
+            .iter()
+            .filter(|(s, _)| Some(**s) > first)
+            .filter_map(|(s, a)| flashes.get(s).map(|v| a - v))
+            .collect();
+        report.beep_latency_ms = Spread::of(&beeps.values().copied().collect::<Vec<_>>());
+        report.flash_latency_ms = Spread::of(&flashes.values().copied().collect::<Vec<_>>());
+        report.av_offset_ms = Spread::of(&offsets).map(|s| s.median);
+        report.audio_pcm = heard.pcm.clone();
+    }
     if let Some(task) = media_task {
         task.abort();
         if let Ok((lost, requests)) = task.await {
@@ -483,10 +560,12 @@ fn decode_loop(
                 let (w, h) = yuv.dimensions();
                 let (stride, _, _) = yuv.strides();
                 let stamp = pattern::read(yuv.y(), w as u32, h as u32, stride);
+                let flash = pattern::read_flash(yuv.y(), w as u32, h as u32, stride);
                 let item = Decoded {
                     width: w as u32,
                     height: h as u32,
                     stamp,
+                    flash,
                     at,
                 };
                 if decoded.send(item).is_err() {

@@ -125,6 +125,11 @@ pub struct Daemon {
 impl Daemon {
     /// Start with the defaults for tests plus `extra` arguments (flag/value pairs).
     pub fn start(broker: &Broker, extra: &[&str]) -> Daemon {
+        Daemon::start_with_env(broker, extra, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra environment variables for the process.
+    pub fn start_with_env(broker: &Broker, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let id = format!("test/cam-{}", rand::random::<u32>());
         let dir = temp_dir("daemon");
         let log = dir.join("spyglass.log");
@@ -147,6 +152,9 @@ impl Daemon {
             // No viewer page unless a test asks: the default would bind 0.0.0.0:8080.
             "--http".into(),
             "off".into(),
+            // Tests do not depend on the machine's sound card; audio tests pick a source.
+            "--audio".into(),
+            "none".into(),
         ];
         // Options given in `extra` replace the defaults above.
         for pair in extra.chunks(2) {
@@ -158,6 +166,7 @@ impl Daemon {
         let child = Command::new(spyglass_bin())
             .args(&args)
             .env("RUST_LOG", "spyglass=debug,info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()
