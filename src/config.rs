@@ -2070,4 +2070,30 @@ mod tests {
             );
         }
     }
+
+    // --- the packaged default config file
+
+    #[test]
+    fn packaged_config_file_parses_with_every_key_uncommented() {
+        let text = include_str!("../debian/spyglass.toml");
+        let path = Path::new("debian/spyglass.toml");
+        parse_config_text(path, text).unwrap();
+        let uncommented: String = text
+            .lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let values = parse_config_text(path, &uncommented).unwrap();
+        assert_eq!(values.fps, Some(DEFAULT_FPS));
+        // Every key the daemon knows is documented in the file.
+        for key in FILE_KEYS {
+            assert!(
+                text.contains(&format!("#{key} = ")),
+                "{key} is missing from debian/spyglass.toml"
+            );
+        }
+    }
 }
