@@ -91,7 +91,9 @@ deb: cross deps-deb
 # Install, upgrade, remove and purge the amd64 package on this machine (needs root; leaves
 # nothing installed), and check the ARM packages' contents and control fields.
 deb-test: deb
-	tests/deb.sh $(TARGET_DIR)/deb
+	rm -rf $(TARGET_DIR)/deb-upgrade
+	$(CARGO) deb --no-build --deb-version "$$($(CARGO) pkgid | sed 's/.*[#@]//')-1+upgradetest" -o $(TARGET_DIR)/deb-upgrade/
+	tests/deb.sh $(TARGET_DIR)/deb $$(ls $(TARGET_DIR)/deb-upgrade/*.deb)
 
 # The emulated checks, part of `make test`: the ARM binaries under qemu-user, and an x86-64
 # board under qemu-system with real kernel camera and sound drivers.
