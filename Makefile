@@ -47,3 +47,80 @@ demo: release
 
 clean:
 	$(CARGO) clean
+
+# --- Deployment: cross builds, .deb packages, emulated boards, hardware in the loop (issue 6) ---
+CROSS_TRIPLES := aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
+TARGET_DIR = $(or $(CARGO_TARGET_DIR),target)
+CROSS_APT_PACKAGES := gcc-aarch64-linux-gnu g++-aarch64-linux-gnu gcc-arm-linux-gnueabihf \
+                      g++-arm-linux-gnueabihf qemu-user-static libasound2-dev:arm64 libasound2-dev:armhf \
+                      libstdc++6:arm64 libstdc++6:armhf
+EMULATED_APT_PACKAGES := qemu-system-x86 linux-image-amd64 busybox-static cpio kmod
+DEB_APT_PACKAGES := dpkg-dev adduser
+
+.PHONY: deps-cross deps-emulated deps-deb cross deb deb-test test-emulated test-qemu-user test-vm hil
+
+# Installs only what is missing; `apt-get update` errors (a mirror mid-sync) do not stop the install.
+define apt_install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:" $$missing; \
+	  $(SUDO) apt-get update -qq || echo "apt-get update reported errors; trying the install anyway"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -o DPkg::Lock::Timeout=600 -y -qq $$missing; \
+	fi
+endef
+
+deps-cross: deps
+	@for arch in arm64 armhf; do dpkg --print-foreign-architectures | grep -qx $$arch || $(SUDO) dpkg --add-architecture $$arch; done
+	$(call apt_install,$(CROSS_APT_PACKAGES))
+	@installed=$$(rustup target list --installed); for t in $(CROSS_TRIPLES); do \
+	  echo "$$installed" | grep -qx $$t || rustup target add $$t; done
+
+deps-emulated: deps
+	$(call apt_install,$(EMULATED_APT_PACKAGES))
+
+deps-deb: deps
+	$(call apt_install,$(DEB_APT_PACKAGES))
+	@command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --locked
+
+# Release binaries for 64-bit and 32-bit Raspberry Pi OS, then a check that openh264 has NEON.
+cross: deps-cross
+	cross/build.sh $(CROSS_TRIPLES)
+	@for t in $(CROSS_TRIPLES); do cross/check-simd.sh $$t $(TARGET_DIR)/$$t/release/spyglass; done
+
+# .deb packages for arm64, armhf and amd64 in $(TARGET_DIR)/deb/. The viewer page is whatever
+# web/dist holds; without it the packages are built without the page (a note says so).
+deb: cross deps-deb
+	$(CARGO) build --release --locked
+	cross/check-simd.sh x86_64-unknown-linux-gnu $(TARGET_DIR)/release/spyglass
+	rm -rf build/deb-web && mkdir -p build/deb-web
+	@if [ -d web/dist ] && [ -n "$$(ls -A web/dist)" ]; then cp -r web/dist/. build/deb-web/; \
+	else echo "note: web/dist is missing: the packages hold no viewer page (build it first)"; \
+	  echo "The viewer page was not built when this package was made." > build/deb-web/README.txt; fi
+	mkdir -p $(TARGET_DIR)/deb
+	$(CARGO) deb --no-build -o $(TARGET_DIR)/deb/ $(DEB_FLAGS)
+	@for t in $(CROSS_TRIPLES); do $(CARGO) deb --no-build --target $$t -o $(TARGET_DIR)/deb/ $(DEB_FLAGS) || exit 1; done
+	@ls -l $(TARGET_DIR)/deb/*.deb
+
+# Install, upgrade, remove and purge the amd64 package on this machine (needs root; leaves
+# nothing installed), and check the ARM packages' contents and control fields.
+deb-test: deb
+	rm -rf $(TARGET_DIR)/deb-upgrade
+	$(CARGO) deb --no-build --deb-version "$$($(CARGO) pkgid | sed 's/.*[#@]//')-1+upgradetest" -o $(TARGET_DIR)/deb-upgrade/
+	tests/deb.sh $(TARGET_DIR)/deb $$(ls $(TARGET_DIR)/deb-upgrade/*.deb)
+
+# The emulated checks, part of `make test`: the ARM binaries under qemu-user, and an x86-64
+# board under qemu-system with real kernel camera and sound drivers.
+test-emulated: test-qemu-user test-vm
+
+test-qemu-user: cross
+	tests/qemu-user.sh $(foreach t,$(CROSS_TRIPLES),$(TARGET_DIR)/$(t)/release/spyglass)
+
+test-vm: deps-emulated
+	$(CARGO) build --bin spyglass
+	tests/vm/run.sh $(TARGET_DIR)/debug/spyglass
+
+test: test-emulated
+
+# Hardware in the loop, on a Pi or any Linux box with a USB webcam: see docs/HARDWARE.md.
+hil: release
+	tests/hil.sh $(TARGET_DIR)/release/spyglass

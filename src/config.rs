@@ -81,6 +81,8 @@ pub enum Command {
     Devices,
     /// `spyglass view`: headless viewer.
     View(ViewConfig),
+    /// `spyglass selftest`: capture, encode, packetize, depacketize, decode, check, report.
+    Selftest(SelftestConfig),
 }
 
 /// Everything the daemon needs. `Debug` redacts the passwords.
@@ -439,6 +441,11 @@ enum Sub {
     /// Exits 0 once --frames frames have been received and decoded, non-zero on an error
     /// message from the device or when --timeout passes first.
     View(ViewArgs),
+    /// Self-test: capture a few seconds, encode, packetize, depacketize and decode, check the
+    /// result and print one report. Needs no broker and no network.
+    ///
+    /// Exits 0 when every check passes, 1 when one fails (the report says which).
+    Selftest(SelftestArgs),
 }
 
 #[derive(Args, Debug, Default)]
@@ -1022,6 +1029,7 @@ where
         None => resolve_daemon(cli.daemon, env).map(Command::Daemon),
         Some(Sub::Devices) => Ok(Command::Devices),
         Some(Sub::View(args)) => resolve_view(args, env).map(Command::View),
+        Some(Sub::Selftest(args)) => Ok(Command::Selftest(resolve_selftest(args))),
     }
 }
 
@@ -1221,6 +1229,104 @@ fn random_cid() -> String {
     hasher.write_u128(nanos);
     hasher.write_u32(std::process::id());
     format!("view-{:016x}", hasher.finish())
+}
+
+// ---------------------------------------------------------------------------------------------
+// `spyglass selftest`
+
+pub const DEFAULT_SELFTEST_SECONDS: u32 = 3;
+
+/// Everything `spyglass selftest` needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SelftestConfig {
+    pub video: VideoSpec,
+    /// Negotiate only this V4L2 pixel format (`--pixel-format`); `None` lets negotiation choose.
+    pub pixel_format: Option<crate::video::negotiate::FourCc>,
+    /// Audio source; only `none` until audio capture exists.
+    pub audio: String,
+    pub seconds: u32,
+    pub bitrate_kbps: u32,
+    /// Print the report as JSON.
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+struct SelftestArgs {
+    /// Video source: `test` for the built-in test pattern, or a V4L2 device path.
+    #[arg(long, value_name = "SRC", value_parser = parse_video, default_value = DEFAULT_VIDEO)]
+    video: String,
+
+    /// Audio source. Only `none` for now: audio capture is not built yet.
+    #[arg(long, value_name = "SRC", value_parser = parse_selftest_audio, default_value = "none")]
+    audio: String,
+
+    /// Picture size WIDTHxHEIGHT; each even, from 16 to 4096. [default: 1280x720]
+    #[arg(long, value_name = "WxH", value_parser = parse_size)]
+    size: Option<(u32, u32)>,
+
+    /// Frames per second, 1 to 120.
+    #[arg(long, value_name = "N", value_parser = parse_fps, default_value_t = DEFAULT_FPS)]
+    fps: u32,
+
+    /// H.264 target bitrate in kbit/s, 50 to 50000.
+    #[arg(long, value_name = "KBPS", value_parser = parse_bitrate, default_value_t = DEFAULT_BITRATE_KBPS)]
+    bitrate: u32,
+
+    /// Seconds of video to capture: the test runs seconds × fps frames through the pipeline.
+    #[arg(long, value_name = "N", value_parser = parse_selftest_seconds, default_value_t = DEFAULT_SELFTEST_SECONDS)]
+    seconds: u32,
+
+    /// V4L2 only: use this pixel format (YUYV, NV12, YU12 or MJPG) instead of letting
+    /// negotiation choose. [default: negotiate]
+    #[arg(long, value_name = "FOURCC", value_parser = parse_pixel_format)]
+    pixel_format: Option<crate::video::negotiate::FourCc>,
+
+    /// Print the report as one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_selftest_audio(s: &str) -> Result<String, String> {
+    match s {
+        "none" => Ok(s.to_owned()),
+        _ => Err(format!(
+            "audio capture is not built yet, only `none` is accepted; got {s:?}"
+        )),
+    }
+}
+
+fn parse_selftest_seconds(s: &str) -> Result<u32, String> {
+    IntRange { lo: 1, hi: 600 }.parse(s)
+}
+
+fn parse_pixel_format(s: &str) -> Result<crate::video::negotiate::FourCc, String> {
+    let upper = s.to_ascii_uppercase();
+    let fourcc = match <[u8; 4]>::try_from(upper.as_bytes()) {
+        Ok(code) => crate::video::negotiate::FourCc::from_bytes(code),
+        Err(_) => crate::video::negotiate::FourCc::Other(*b"????"),
+    };
+    if fourcc.is_supported() {
+        Ok(fourcc)
+    } else {
+        Err(format!("expected YUYV, NV12, YU12 or MJPG, got {s:?}"))
+    }
+}
+
+fn resolve_selftest(args: SelftestArgs) -> SelftestConfig {
+    let (width, height) = args.size.unwrap_or((DEFAULT_WIDTH, DEFAULT_HEIGHT));
+    SelftestConfig {
+        video: VideoSpec {
+            source: args.video,
+            width,
+            height,
+            fps: args.fps,
+        },
+        pixel_format: args.pixel_format,
+        audio: args.audio,
+        seconds: args.seconds,
+        bitrate_kbps: args.bitrate,
+        json: args.json,
+    }
 }
 
 #[cfg(test)]
@@ -2176,5 +2282,86 @@ mod tests {
             "{msg}"
         );
         usage_error(daemon(&["--audio", "two words"]));
+    }
+
+    // --- selftest
+
+    fn selftest(args: &[&str]) -> Result<SelftestConfig, ConfigError> {
+        let argv = ["spyglass", "selftest"]
+            .into_iter()
+            .chain(args.iter().copied());
+        match load_with(argv, &env())? {
+            Command::Selftest(config) => Ok(config),
+            other => panic!("expected selftest, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn selftest_args_parse() {
+        let c = selftest(&[]).unwrap();
+        assert_eq!(c.video.source, DEFAULT_VIDEO);
+        assert_eq!(
+            (c.video.width, c.video.height, c.video.fps),
+            (1280, 720, 30)
+        );
+        assert_eq!(
+            (c.audio.as_str(), c.seconds, c.pixel_format),
+            ("none", 3, None)
+        );
+        let c = selftest(&[
+            "--video",
+            "/dev/video2",
+            "--size",
+            "320x240",
+            "--fps",
+            "15",
+            "--seconds",
+            "2",
+            "--pixel-format",
+            "nv12",
+            "--json",
+        ])
+        .unwrap();
+        assert_eq!((c.video.width, c.video.height, c.video.fps), (320, 240, 15));
+        assert_eq!(c.pixel_format, Some(crate::video::negotiate::FourCc::Nv12));
+        assert!(c.json && c.seconds == 2 && c.video.source == "/dev/video2");
+        for bad in [
+            &["--audio", "tone"][..],
+            &["--pixel-format", "RGB3"],
+            &["--seconds", "0"],
+            &["--video", "cam"],
+        ] {
+            assert_eq!(
+                usage_error(selftest(bad)).kind(),
+                ErrorKind::ValueValidation,
+                "{bad:?}"
+            );
+        }
+    }
+
+    // --- the packaged default config file
+
+    #[test]
+    fn packaged_config_file_parses_with_every_key_uncommented() {
+        let text = include_str!("../debian/spyglass.toml");
+        let path = Path::new("debian/spyglass.toml");
+        parse_config_text(path, text).unwrap();
+        let uncommented: String = text
+            .lines()
+            .map(|line| match line.strip_prefix('#') {
+                Some(rest) if rest.contains(" = ") && !rest.starts_with(' ') => rest,
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let values = parse_config_text(path, &uncommented).unwrap();
+        assert_eq!(values.fps, Some(DEFAULT_FPS));
+        // Every key the daemon knows is documented in the file.
+        for key in FILE_KEYS {
+            assert!(
+                text.contains(&format!("#{key} = ")),
+                "{key} is missing from debian/spyglass.toml"
+            );
+        }
     }
 }

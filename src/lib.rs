@@ -9,6 +9,7 @@ pub mod hub;
 pub mod mqtt;
 pub mod pattern;
 pub mod peer;
+pub mod selftest;
 pub mod signaling;
 pub mod video;
 pub mod view;

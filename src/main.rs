@@ -58,6 +58,24 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Selftest(cfg) => match spyglass::selftest::run(&cfg) {
+            Ok(report) => {
+                if cfg.json {
+                    println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                } else {
+                    print!("{report}");
+                }
+                if report.passed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(err) => {
+                eprintln!("spyglass selftest: {err}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -49,11 +49,32 @@ impl V4l2Source {
     /// Open `path`, negotiate the format closest to `spec` and start streaming. Waits for the
     /// first frame (up to 5 s), so a device that cannot stream fails here, not later.
     pub fn open(path: &str, spec: &VideoSpec) -> Result<Self, VideoError> {
+        Self::open_with_format(path, spec, None)
+    }
+
+    /// [`open`](Self::open), but negotiating only among sizes and rates of pixel format `only`
+    /// when it is given (`spyglass selftest --pixel-format`, to test each format a device offers).
+    pub fn open_with_format(
+        path: &str,
+        spec: &VideoSpec,
+        only: Option<FourCc>,
+    ) -> Result<Self, VideoError> {
         let device = Device::with_path(path).map_err(|e| io_error(path, "cannot open", e))?;
         let caps = check_capture_device(path, &device)?;
 
-        let offered = enumerate(&device, Some((spec.width, spec.height)))
+        let mut offered = enumerate(&device, Some((spec.width, spec.height)))
             .map_err(|e| io_error(path, "cannot list formats", e))?;
+        if let Some(fourcc) = only {
+            let all = negotiate::describe(&offered);
+            offered.retain(|o| o.fourcc == fourcc);
+            if offered.is_empty() {
+                return Err(VideoError::NoFittingFormat {
+                    device: path.to_string(),
+                    wanted: format!("{fourcc} {}x{}@{}", spec.width, spec.height, spec.fps),
+                    offered: all,
+                });
+            }
+        }
         let choice = negotiate::negotiate(&offered, spec.width, spec.height, spec.fps).map_err(
             |no_fit| VideoError::NoFittingFormat {
                 device: path.to_string(),

@@ -1,0 +1,487 @@
+//! `spyglass selftest`: the whole media path in one process, with no broker and no network.
+//!
+//! Each frame goes capture → H.264 encode → RTP packetize (the payloader WebRTC uses) →
+//! depacketize ([`Assembler`], as the headless viewer does) → openh264 decode, one after the other
+//! on this thread, with each stage timed. The checks then ask: did every frame come back, at the
+//! size the source negotiated, do the pictures change, and, with the test pattern, do the frame
+//! counters read back from the decoded pixels run in order without gaps.
+//!
+//! Stages are functions that add to one [`Report`]: [`video_stage`] now; an audio stage (capture,
+//! Opus encode, packetize, decode, "not silence") slots in beside it when audio capture exists.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use openh264::decoder::Decoder;
+use openh264::formats::YUVSource;
+use rtc::rtp::codec::h264::H264Payloader;
+use rtc::rtp::packetizer::{Packetizer, new_packetizer};
+use rtc::rtp::sequence::new_random_sequencer;
+use serde::Serialize;
+
+use crate::config::SelftestConfig;
+use crate::encode::{EncoderSettings, H264Encoder, nal_types};
+use crate::pattern;
+use crate::video::{self, VideoSource};
+use crate::view::assemble::Assembler;
+
+/// RTP packet size limit, as WebRTC's sample writer uses.
+const MTU: usize = 1200;
+const H264_CLOCK_RATE: u32 = 90_000;
+/// Any dynamic payload type will do: the packets never leave the process.
+const PAYLOAD_TYPE: u8 = 102;
+
+/// Time spent in one stage over the run.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct StageTime {
+    pub frames: u64,
+    pub total_ms: f64,
+    pub mean_ms: f64,
+    pub max_ms: f64,
+}
+
+impl StageTime {
+    fn add(&mut self, d: Duration) {
+        let ms = d.as_secs_f64() * 1000.0;
+        self.frames += 1;
+        self.total_ms += ms;
+        self.max_ms = self.max_ms.max(ms);
+        self.mean_ms = self.total_ms / self.frames as f64;
+    }
+}
+
+impl fmt::Display for StageTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "mean {:7.2} ms  max {:7.2} ms  total {:8.1} ms",
+            self.mean_ms, self.max_ms, self.total_ms
+        )
+    }
+}
+
+/// Per-stage timings of the video path.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct VideoTimings {
+    /// Waiting for and converting the next picture (paced by the source: a camera's clock or
+    /// the test pattern's timer, so this is mostly waiting).
+    pub capture: StageTime,
+    pub encode: StageTime,
+    pub packetize: StageTime,
+    pub depacketize: StageTime,
+    pub decode: StageTime,
+}
+
+/// What the video stage saw.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct VideoReport {
+    /// What the source negotiated, e.g. `/dev/video0 YUYV 640x480@30` or `test pattern ...`.
+    pub source: String,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    /// H.264 profile and level from the SPS, e.g. `constrained baseline, level 3.1`.
+    pub h264: String,
+    pub bitrate_kbps: u32,
+    pub captured: u64,
+    pub encoded: u64,
+    pub keyframes: u64,
+    pub encoded_bytes: u64,
+    pub rtp_packets: u64,
+    pub largest_rtp_payload: usize,
+    pub access_units: u64,
+    pub decoded: u64,
+    /// Decoded pictures whose size differs from the source's.
+    pub wrong_size: u64,
+    /// Decoded pictures whose luma differs from the previous one.
+    pub changed: u64,
+    /// Test pattern only: decoded pictures whose frame counter could be read.
+    pub stamps_read: u64,
+    /// Test pattern only: frame counters that did not follow the previous one.
+    pub stamps_out_of_order: u64,
+    pub first_stamp: Option<u32>,
+    pub last_stamp: Option<u32>,
+    pub timings: VideoTimings,
+}
+
+/// The self-test's one report.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Report {
+    pub version: String,
+    pub video: VideoReport,
+    /// Audio source; `none` until audio capture exists.
+    pub audio: String,
+    pub wall_ms: f64,
+    /// Failed checks, each saying what was expected and what happened. Empty means pass.
+    pub failures: Vec<String>,
+    pub passed: bool,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = &self.video;
+        writeln!(f, "spyglass selftest {}", self.version)?;
+        writeln!(f, "video source:     {}", v.source)?;
+        writeln!(
+            f,
+            "encoder:          H.264 {}, {}x{}@{}, {} kbit/s",
+            v.h264, v.width, v.height, v.fps, v.bitrate_kbps
+        )?;
+        writeln!(
+            f,
+            "frames:           captured {}, encoded {} ({} keyframes, {} bytes), RTP packets {} (largest payload {} B), access units {}, decoded {}",
+            v.captured,
+            v.encoded,
+            v.keyframes,
+            v.encoded_bytes,
+            v.rtp_packets,
+            v.largest_rtp_payload,
+            v.access_units,
+            v.decoded
+        )?;
+        writeln!(
+            f,
+            "pictures:         {} changed from the one before, {} of the wrong size",
+            v.changed, v.wrong_size
+        )?;
+        if v.source.starts_with("test") {
+            writeln!(
+                f,
+                "test pattern:     {} counters read, {} out of order, first {}, last {}",
+                v.stamps_read,
+                v.stamps_out_of_order,
+                v.first_stamp.map_or("-".into(), |n| n.to_string()),
+                v.last_stamp.map_or("-".into(), |n| n.to_string())
+            )?;
+        }
+        let t = &v.timings;
+        writeln!(f, "capture:          {}", t.capture)?;
+        writeln!(f, "encode:           {}", t.encode)?;
+        writeln!(f, "packetize:        {}", t.packetize)?;
+        writeln!(f, "depacketize:      {}", t.depacketize)?;
+        writeln!(f, "decode:           {}", t.decode)?;
+        writeln!(f, "audio:            {}", self.audio)?;
+        writeln!(f, "wall time:        {:.0} ms", self.wall_ms)?;
+        for failure in &self.failures {
+            writeln!(f, "FAILED:           {failure}")?;
+        }
+        writeln!(
+            f,
+            "result:           {}",
+            if self.passed { "PASS" } else { "FAIL" }
+        )
+    }
+}
+
+/// Why the self-test could not run at all (as opposed to a failed check, which is in the report).
+#[derive(Debug, thiserror::Error)]
+pub enum SelftestError {
+    #[error("video source: {0}")]
+    Video(#[from] video::VideoError),
+    #[error("{0}")]
+    Encode(#[from] crate::encode::EncodeError),
+    #[error("RTP packetizer: {0}")]
+    Packetize(String),
+    #[error("H.264 decoder: {0}")]
+    Decode(String),
+}
+
+/// Run every stage and check the result.
+pub fn run(config: &SelftestConfig) -> Result<Report, SelftestError> {
+    let started = Instant::now();
+    let mut report = Report {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        audio: config.audio.clone(),
+        ..Report::default()
+    };
+    video_stage(config, &mut report)?;
+    // The audio stage goes here: `audio_stage(config, &mut report)?`.
+    report.wall_ms = started.elapsed().as_secs_f64() * 1000.0;
+    report.passed = report.failures.is_empty();
+    Ok(report)
+}
+
+fn open_video(config: &SelftestConfig) -> Result<Box<dyn VideoSource>, SelftestError> {
+    let spec = &config.video;
+    Ok(match (spec.source.as_str(), config.pixel_format) {
+        ("test", Some(fourcc)) => {
+            return Err(SelftestError::Video(video::VideoError::Failed {
+                device: "test".into(),
+                message: format!(
+                    "--pixel-format {fourcc} applies to V4L2 devices, not the test pattern"
+                ),
+            }));
+        }
+        (path, Some(fourcc)) if path != "test" => Box::new(
+            video::v4l2::V4l2Source::open_with_format(path, spec, Some(fourcc))?,
+        ),
+        _ => video::open(spec)?,
+    })
+}
+
+/// Capture → encode → packetize → depacketize → decode, frame by frame, then the checks.
+fn video_stage(config: &SelftestConfig, report: &mut Report) -> Result<(), SelftestError> {
+    let mut source = open_video(config)?;
+    let format = source.format().clone();
+    let is_pattern = config.video.source == "test";
+    let v = &mut report.video;
+    v.source = format.description.clone();
+    v.width = format.width;
+    v.height = format.height;
+    v.fps = format.fps;
+    v.bitrate_kbps = config.bitrate_kbps;
+
+    let mut encoder = H264Encoder::new(EncoderSettings {
+        width: format.width,
+        height: format.height,
+        fps: format.fps.max(1),
+        bitrate_kbps: config.bitrate_kbps,
+    })?;
+    let mut packetizer = new_packetizer(
+        Instant::now(),
+        MTU,
+        PAYLOAD_TYPE,
+        rand::random(),
+        Box::new(H264Payloader::default()),
+        Box::new(new_random_sequencer()),
+        H264_CLOCK_RATE,
+    );
+    let mut assembler = Assembler::new();
+    let mut decoder = Decoder::new().map_err(|e| SelftestError::Decode(e.to_string()))?;
+    let samples_per_frame = H264_CLOCK_RATE / format.fps.max(1);
+    let frames = u64::from(config.seconds) * u64::from(config.video.fps);
+
+    let mut previous_luma: Option<Vec<u8>> = None;
+    let mut previous_stamp: Option<u32> = None;
+    for _ in 0..frames {
+        let t = Instant::now();
+        let frame = source.next_frame()?;
+        v.timings.capture.add(t.elapsed());
+        v.captured += 1;
+
+        let t = Instant::now();
+        let encoded = encoder.encode(&frame, false)?;
+        v.timings.encode.add(t.elapsed());
+        let Some(encoded) = encoded else { continue };
+        v.encoded += 1;
+        v.encoded_bytes += encoded.data.len() as u64;
+        if encoded.keyframe {
+            v.keyframes += 1;
+            if v.h264.is_empty() {
+                v.h264 = describe_sps(&encoded.data);
+            }
+        }
+
+        let t = Instant::now();
+        let packets = packetizer
+            .packetize(Instant::now(), &encoded.data, samples_per_frame)
+            .map_err(|e| SelftestError::Packetize(e.to_string()))?;
+        v.timings.packetize.add(t.elapsed());
+        v.rtp_packets += packets.len() as u64;
+
+        let t = Instant::now();
+        let mut units: Vec<Bytes> = Vec::new();
+        for packet in &packets {
+            v.largest_rtp_payload = v.largest_rtp_payload.max(packet.payload.len());
+            let h = &packet.header;
+            let pushed = assembler.push(h.sequence_number, h.timestamp, h.marker, &packet.payload);
+            units.extend(pushed.access_unit);
+        }
+        v.timings.depacketize.add(t.elapsed());
+
+        for unit in units {
+            v.access_units += 1;
+            let t = Instant::now();
+            let decoded = decoder
+                .decode(&unit)
+                .map_err(|e| SelftestError::Decode(e.to_string()))?;
+            let elapsed = t.elapsed();
+            let Some(yuv) = decoded else { continue };
+            v.timings.decode.add(elapsed);
+            v.decoded += 1;
+            let (w, h) = yuv.dimensions();
+            let (stride, _, _) = yuv.strides();
+            if (w as u32, h as u32) != (format.width, format.height) {
+                v.wrong_size += 1;
+            }
+            let luma: Vec<u8> = yuv
+                .y()
+                .chunks(stride)
+                .take(h)
+                .flat_map(|row| &row[..w.min(row.len())])
+                .copied()
+                .collect();
+            if previous_luma.as_ref().is_some_and(|p| *p != luma) {
+                v.changed += 1;
+            }
+            previous_luma = Some(luma);
+            if is_pattern {
+                if let Some(stamp) = pattern::read(yuv.y(), w as u32, h as u32, stride) {
+                    v.stamps_read += 1;
+                    if previous_stamp.is_some_and(|p| stamp.frame != p.wrapping_add(1)) {
+                        v.stamps_out_of_order += 1;
+                    }
+                    v.first_stamp.get_or_insert(stamp.frame);
+                    v.last_stamp = Some(stamp.frame);
+                    previous_stamp = Some(stamp.frame);
+                }
+            }
+        }
+    }
+    let lost = assembler.lost_packets;
+    check_video(v, frames, lost, is_pattern, &mut report.failures);
+    Ok(())
+}
+
+/// The checks on what the video stage saw.
+fn check_video(
+    v: &VideoReport,
+    frames: u64,
+    lost_packets: u64,
+    is_pattern: bool,
+    failures: &mut Vec<String>,
+) {
+    if v.captured != frames {
+        failures.push(format!("captured {} frames, wanted {frames}", v.captured));
+    }
+    // skip_frames is off: every picture must be encoded, and nothing is lost in one process.
+    if v.encoded != v.captured {
+        failures.push(format!("encoded {} of {} frames", v.encoded, v.captured));
+    }
+    if v.keyframes == 0 {
+        failures.push("no keyframe was encoded".into());
+    }
+    if lost_packets > 0 {
+        failures.push(format!("the depacketizer saw {lost_packets} lost packets"));
+    }
+    if v.access_units != v.encoded {
+        failures.push(format!(
+            "{} access units came out of the depacketizer for {} encoded frames",
+            v.access_units, v.encoded
+        ));
+    }
+    if v.largest_rtp_payload + 12 > MTU {
+        failures.push(format!(
+            "an RTP payload of {} bytes exceeds the {MTU}-byte MTU",
+            v.largest_rtp_payload
+        ));
+    }
+    if v.decoded != v.encoded {
+        failures.push(format!("decoded {} of {} frames", v.decoded, v.encoded));
+    }
+    if v.wrong_size > 0 {
+        failures.push(format!(
+            "{} decoded pictures were not {}x{}",
+            v.wrong_size, v.width, v.height
+        ));
+    }
+    // A live source changes between most frames; ask for at least half, so a camera pointed at
+    // a still scene in good light (sensor noise still changes pixels) passes.
+    let pairs = v.decoded.saturating_sub(1);
+    if pairs == 0 || v.changed * 2 < pairs {
+        failures.push(format!(
+            "pictures do not change: {} of {pairs} decoded pictures differ from the one before",
+            v.changed
+        ));
+    }
+    if is_pattern {
+        if v.stamps_read != v.decoded {
+            failures.push(format!(
+                "the test pattern's code was read from {} of {} decoded pictures",
+                v.stamps_read, v.decoded
+            ));
+        }
+        if v.stamps_out_of_order > 0 {
+            failures.push(format!(
+                "{} frame counters did not follow the one before",
+                v.stamps_out_of_order
+            ));
+        }
+    }
+}
+
+/// Profile and level from the first SPS in an Annex-B access unit.
+fn describe_sps(annexb: &[u8]) -> String {
+    let types = nal_types(annexb);
+    let Some(start) = annexb
+        .windows(4)
+        .position(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 7)
+    else {
+        return format!("keyframe without SPS (NAL types {types:?})");
+    };
+    let sps = &annexb[start + 4..];
+    if sps.len() < 3 {
+        return "truncated SPS".into();
+    }
+    let (profile, constraints, level) = (sps[0], sps[1], sps[2]);
+    let name = match (profile, constraints & 0x40 != 0) {
+        (66, true) => "constrained baseline".to_string(),
+        (66, false) => "baseline".to_string(),
+        (77, _) => "main".to_string(),
+        (100, _) => "high".to_string(),
+        (p, _) => format!("profile {p}"),
+    };
+    format!(
+        "{name} (profile-level-id {profile:02x}{constraints:02x}{level:02x}), level {}.{}",
+        level / 10,
+        level % 10
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::video::VideoSpec;
+
+    fn config(width: u32, height: u32) -> SelftestConfig {
+        SelftestConfig {
+            video: VideoSpec {
+                source: "test".into(),
+                width,
+                height,
+                fps: 30,
+            },
+            pixel_format: None,
+            audio: "none".into(),
+            seconds: 1,
+            bitrate_kbps: 500,
+            json: false,
+        }
+    }
+
+    #[test]
+    fn test_pattern_passes_end_to_end() {
+        let report = run(&config(320, 240)).unwrap();
+        assert!(report.passed, "{report}");
+        let v = &report.video;
+        assert_eq!((v.captured, v.decoded, v.stamps_read), (30, 30, 30));
+        assert_eq!((v.first_stamp, v.last_stamp), (Some(0), Some(29)));
+        assert!(v.h264.starts_with("constrained baseline"), "{}", v.h264);
+        let text = report.to_string();
+        assert!(text.contains("result:           PASS"), "{text}");
+    }
+
+    #[test]
+    fn frames_too_small_for_the_code_fail_the_pattern_check() {
+        // 64x48 cannot hold the test pattern's code: the counters cannot be read back.
+        let report = run(&config(64, 48)).unwrap();
+        assert!(!report.passed);
+        assert!(
+            report
+                .failures
+                .iter()
+                .any(|f| f.contains("code was read from 0")),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn sps_is_described() {
+        let au = [0, 0, 0, 1, 0x67, 0x42, 0xc0, 0x1f, 0xaa];
+        assert_eq!(
+            describe_sps(&au),
+            "constrained baseline (profile-level-id 42c01f), level 3.1"
+        );
+    }
+}
