@@ -16,12 +16,18 @@ TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps | sed -n 's/
 
 all: build
 
-deps:
-	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+# Installs only what is missing; `apt-get update` errors (a mirror mid-sync) do not stop the install.
+define apt_install
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:" $$missing; \
-	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  $(SUDO) apt-get update -qq || echo "apt-get update reported errors; trying the install anyway"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -o DPkg::Lock::Timeout=600 -y -qq $$missing; \
 	fi
+endef
+
+deps:
+	$(call apt_install,$(APT_PACKAGES))
 	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust from https://rustup.rs"; exit 1; }
 
 build: deps web
@@ -50,7 +56,6 @@ clean:
 
 # --- Deployment: cross builds, .deb packages, emulated boards, hardware in the loop (issue 6) ---
 CROSS_TRIPLES := aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
-TARGET_DIR = $(or $(CARGO_TARGET_DIR),target)
 CROSS_APT_PACKAGES := gcc-aarch64-linux-gnu g++-aarch64-linux-gnu gcc-arm-linux-gnueabihf \
                       g++-arm-linux-gnueabihf qemu-user-static libasound2-dev:arm64 libasound2-dev:armhf \
                       libstdc++6:arm64 libstdc++6:armhf
@@ -58,16 +63,6 @@ EMULATED_APT_PACKAGES := qemu-system-x86 linux-image-amd64 busybox-static cpio k
 DEB_APT_PACKAGES := dpkg-dev adduser
 
 .PHONY: deps-cross deps-emulated deps-deb cross deb deb-test test-emulated test-qemu-user test-vm hil
-
-# Installs only what is missing; `apt-get update` errors (a mirror mid-sync) do not stop the install.
-define apt_install
-	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
-	if [ -n "$$missing" ]; then \
-	  echo "installing:" $$missing; \
-	  $(SUDO) apt-get update -qq || echo "apt-get update reported errors; trying the install anyway"; \
-	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -o DPkg::Lock::Timeout=600 -y -qq $$missing; \
-	fi
-endef
 
 deps-cross: deps
 	@for arch in arm64 armhf; do dpkg --print-foreign-architectures | grep -qx $$arch || $(SUDO) dpkg --add-architecture $$arch; done
