@@ -1242,8 +1242,10 @@ pub struct SelftestConfig {
     pub video: VideoSpec,
     /// Negotiate only this V4L2 pixel format (`--pixel-format`); `None` lets negotiation choose.
     pub pixel_format: Option<crate::video::negotiate::FourCc>,
-    /// Audio source; only `none` until audio capture exists.
+    /// Audio source: `none`, `tone`, or an ALSA PCM name.
     pub audio: String,
+    /// The audio must carry this frequency (Hz): 1000 for `tone`, `--expect-tone` for a device.
+    pub expect_tone_hz: Option<u32>,
     pub seconds: u32,
     pub bitrate_kbps: u32,
     /// Print the report as JSON.
@@ -1256,9 +1258,15 @@ struct SelftestArgs {
     #[arg(long, value_name = "SRC", value_parser = parse_video, default_value = DEFAULT_VIDEO)]
     video: String,
 
-    /// Audio source. Only `none` for now: audio capture is not built yet.
+    /// Audio source: `none`, `tone` (the built-in 1 kHz beeps), or an ALSA PCM name such as
+    /// `hw:1,0`: capture, Opus encode, packetize, depacketize, decode, check it is not silence.
     #[arg(long, value_name = "SRC", value_parser = parse_selftest_audio, default_value = "none")]
     audio: String,
+
+    /// Check that the captured sound carries a tone of this frequency (Hz, 50 to 20000), e.g.
+    /// one played into the device's other end. [default: 1000 for `tone`, no check for a device]
+    #[arg(long, value_name = "HZ", value_parser = parse_tone_hz)]
+    expect_tone: Option<u32>,
 
     /// Picture size WIDTHxHEIGHT; each even, from 16 to 4096. [default: 1280x720]
     #[arg(long, value_name = "WxH", value_parser = parse_size)]
@@ -1288,11 +1296,16 @@ struct SelftestArgs {
 
 fn parse_selftest_audio(s: &str) -> Result<String, String> {
     match s {
-        "none" => Ok(s.to_owned()),
-        _ => Err(format!(
-            "audio capture is not built yet, only `none` is accepted; got {s:?}"
-        )),
+        "auto" => Err(
+            "the self-test needs a named audio source: none, tone or an ALSA PCM name such as hw:1,0"
+                .to_owned(),
+        ),
+        _ => parse_audio(s),
     }
+}
+
+fn parse_tone_hz(s: &str) -> Result<u32, String> {
+    IntRange { lo: 50, hi: 20_000 }.parse(s)
 }
 
 fn parse_selftest_seconds(s: &str) -> Result<u32, String> {
@@ -1322,6 +1335,9 @@ fn resolve_selftest(args: SelftestArgs) -> SelftestConfig {
             fps: args.fps,
         },
         pixel_format: args.pixel_format,
+        expect_tone_hz: args
+            .expect_tone
+            .or((args.audio == "tone").then_some(crate::audio::tone::BEEP_HZ as u32)),
         audio: args.audio,
         seconds: args.seconds,
         bitrate_kbps: args.bitrate,
@@ -2325,8 +2341,21 @@ mod tests {
         assert_eq!((c.video.width, c.video.height, c.video.fps), (320, 240, 15));
         assert_eq!(c.pixel_format, Some(crate::video::negotiate::FourCc::Nv12));
         assert!(c.json && c.seconds == 2 && c.video.source == "/dev/video2");
+        let c = selftest(&["--audio", "tone"]).unwrap();
+        assert_eq!((c.audio.as_str(), c.expect_tone_hz), ("tone", Some(1000)));
+        let c = selftest(&["--audio", "hw:Loopback,1,0", "--expect-tone", "440"]).unwrap();
+        assert_eq!(
+            (c.audio.as_str(), c.expect_tone_hz),
+            ("hw:Loopback,1,0", Some(440))
+        );
+        assert_eq!(
+            selftest(&["--audio", "default"]).unwrap().expect_tone_hz,
+            None
+        );
         for bad in [
-            &["--audio", "tone"][..],
+            &["--audio", "auto"][..],
+            &["--audio", "two words"],
+            &["--expect-tone", "5"],
             &["--pixel-format", "RGB3"],
             &["--seconds", "0"],
             &["--video", "cam"],

@@ -6,8 +6,11 @@
 //! size the source negotiated, do the pictures change, and, with the test pattern, do the frame
 //! counters read back from the decoded pixels run in order without gaps.
 //!
-//! Stages are functions that add to one [`Report`]: [`video_stage`] now; an audio stage (capture,
-//! Opus encode, packetize, decode, "not silence") slots in beside it when audio capture exists.
+//! Stages are functions that add to one [`Report`]: [`video_stage`], then [`audio_stage`] with
+//! `--audio tone` or an ALSA device: 20 ms chunks go capture → Opus encode (the daemon's encoder
+//! settings) → RTP packetize (one packet per Opus frame) → depacketize → Opus decode; the checks
+//! ask that every chunk came back as one packet and 960 samples, that the sound is not silence,
+//! and, when a tone is expected, that a Goertzel filter finds its frequency well above others.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -16,10 +19,13 @@ use bytes::Bytes;
 use openh264::decoder::Decoder;
 use openh264::formats::YUVSource;
 use rtc::rtp::codec::h264::H264Payloader;
+use rtc::rtp::codec::opus::{OpusPacket, OpusPayloader};
+use rtc::rtp::packetizer::Depacketizer;
 use rtc::rtp::packetizer::{Packetizer, new_packetizer};
 use rtc::rtp::sequence::new_random_sequencer;
 use serde::Serialize;
 
+use crate::audio::{self, CHUNK_FRAMES, SAMPLE_RATE};
 use crate::config::SelftestConfig;
 use crate::encode::{EncoderSettings, H264Encoder, nal_types};
 use crate::pattern;
@@ -31,6 +37,11 @@ const MTU: usize = 1200;
 const H264_CLOCK_RATE: u32 = 90_000;
 /// Any dynamic payload type will do: the packets never leave the process.
 const PAYLOAD_TYPE: u8 = 102;
+const OPUS_PAYLOAD_TYPE: u8 = 111;
+/// Decoded sound quieter than this (RMS, dB full scale) counts as silence.
+const SILENCE_DBFS: f64 = -60.0;
+/// The expected tone must stand this far (dB) above the strongest other frequency probed.
+const TONE_MARGIN_DB: f64 = 10.0;
 
 /// Time spent in one stage over the run.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -105,13 +116,49 @@ pub struct VideoReport {
     pub timings: VideoTimings,
 }
 
+/// Per-stage timings of the audio path, per 20 ms chunk.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct AudioTimings {
+    /// Waiting for the next 20 ms (paced by the sound card's or the tone's clock).
+    pub capture: StageTime,
+    pub encode: StageTime,
+    pub packetize: StageTime,
+    pub depacketize: StageTime,
+    pub decode: StageTime,
+}
+
+/// What the audio stage saw.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct AudioReport {
+    /// `none`, or what the source opened, e.g. `ALSA hw:Loopback,1,0, 48000 Hz, 1 channel(s)`.
+    pub source: String,
+    pub channels: u16,
+    pub bitrate_kbps: u32,
+    pub chunks: u64,
+    pub encoded: u64,
+    pub encoded_bytes: u64,
+    pub rtp_packets: u64,
+    /// RTP sequence numbers or timestamps that did not follow the previous packet.
+    pub rtp_out_of_order: u64,
+    pub depacketized: u64,
+    /// Decoded samples per channel.
+    pub decoded_samples: u64,
+    /// RMS level of the decoded sound (mono mix), dB full scale.
+    pub level_dbfs: f64,
+    /// The strongest frequency among those probed (50 Hz steps), Hz.
+    pub dominant_hz: u32,
+    pub expected_tone_hz: Option<u32>,
+    /// Power at the expected tone over the strongest other probed frequency, dB.
+    pub tone_margin_db: Option<f64>,
+    pub timings: AudioTimings,
+}
+
 /// The self-test's one report.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Report {
     pub version: String,
     pub video: VideoReport,
-    /// Audio source; `none` until audio capture exists.
-    pub audio: String,
+    pub audio: AudioReport,
     pub wall_ms: f64,
     /// Failed checks, each saying what was expected and what happened. Empty means pass.
     pub failures: Vec<String>,
@@ -161,7 +208,41 @@ impl fmt::Display for Report {
         writeln!(f, "packetize:        {}", t.packetize)?;
         writeln!(f, "depacketize:      {}", t.depacketize)?;
         writeln!(f, "decode:           {}", t.decode)?;
-        writeln!(f, "audio:            {}", self.audio)?;
+        let a = &self.audio;
+        writeln!(f, "audio source:     {}", a.source)?;
+        if a.source != "none" {
+            writeln!(
+                f,
+                "audio encoder:    Opus {} ch, {} kbit/s, 20 ms packets",
+                a.channels, a.bitrate_kbps
+            )?;
+            writeln!(
+                f,
+                "audio chunks:     captured {}, encoded {} ({} bytes), RTP packets {} ({} out of order), depacketized {}, decoded {} samples",
+                a.chunks,
+                a.encoded,
+                a.encoded_bytes,
+                a.rtp_packets,
+                a.rtp_out_of_order,
+                a.depacketized,
+                a.decoded_samples
+            )?;
+            let tone = match (a.expected_tone_hz, a.tone_margin_db) {
+                (Some(hz), Some(db)) => format!(", {hz} Hz tone {db:+.1} dB over any other"),
+                _ => String::new(),
+            };
+            writeln!(
+                f,
+                "audio sound:      level {:.1} dBFS, strongest at {} Hz{tone}",
+                a.level_dbfs, a.dominant_hz
+            )?;
+            let t = &a.timings;
+            writeln!(f, "audio capture:    {}", t.capture)?;
+            writeln!(f, "audio encode:     {}", t.encode)?;
+            writeln!(f, "audio packetize:  {}", t.packetize)?;
+            writeln!(f, "audio depacketize: {}", t.depacketize)?;
+            writeln!(f, "audio decode:     {}", t.decode)?;
+        }
         writeln!(f, "wall time:        {:.0} ms", self.wall_ms)?;
         for failure in &self.failures {
             writeln!(f, "FAILED:           {failure}")?;
@@ -185,6 +266,10 @@ pub enum SelftestError {
     Packetize(String),
     #[error("H.264 decoder: {0}")]
     Decode(String),
+    #[error("{0}")]
+    Audio(#[from] audio::AudioError),
+    #[error("Opus: {0}")]
+    Opus(#[from] opus::Error),
 }
 
 /// Run every stage and check the result.
@@ -192,11 +277,24 @@ pub fn run(config: &SelftestConfig) -> Result<Report, SelftestError> {
     let started = Instant::now();
     let mut report = Report {
         version: env!("CARGO_PKG_VERSION").to_string(),
-        audio: config.audio.clone(),
+        audio: AudioReport {
+            source: "none".into(),
+            ..AudioReport::default()
+        },
         ..Report::default()
     };
-    video_stage(config, &mut report)?;
-    // The audio stage goes here: `audio_stage(config, &mut report)?`.
+    // The audio stage runs beside the video stage (both mostly wait for their source's clock),
+    // as in the daemon.
+    std::thread::scope(|scope| {
+        let audio = (config.audio != "none").then(|| scope.spawn(|| audio_stage(config)));
+        video_stage(config, &mut report)?;
+        if let Some(audio) = audio {
+            let (a, failures) = audio.join().expect("the audio stage panicked")?;
+            report.audio = a;
+            report.failures.extend(failures);
+        }
+        Ok::<(), SelftestError>(())
+    })?;
     report.wall_ms = started.elapsed().as_secs_f64() * 1000.0;
     report.passed = report.failures.is_empty();
     Ok(report)
@@ -401,6 +499,197 @@ fn check_video(
     }
 }
 
+/// Capture → Opus encode → RTP packetize → depacketize → Opus decode, 20 ms at a time, for
+/// `--seconds`, then the checks.
+fn audio_stage(config: &SelftestConfig) -> Result<(AudioReport, Vec<String>), SelftestError> {
+    let mut a = AudioReport {
+        source: "none".into(),
+        ..AudioReport::default()
+    };
+    let mut failures = Vec::new();
+    let Some(plan) = audio::resolve(&config.audio)? else {
+        return Ok((a, failures));
+    };
+    let mut source = audio::open(&plan.source, plan.channels)?;
+    let channels = source.channels();
+    a.source = source.description().to_string();
+    a.channels = channels;
+    a.expected_tone_hz = config.expect_tone_hz;
+    let (mut encoder, _lookahead) = audio::hub::new_encoder(channels)?;
+    a.bitrate_kbps = match encoder.get_bitrate()? {
+        opus::Bitrate::Bits(b) => (b / 1000) as u32,
+        _ => 0,
+    };
+    let mut decoder = opus::Decoder::new(
+        SAMPLE_RATE,
+        if channels == 1 {
+            opus::Channels::Mono
+        } else {
+            opus::Channels::Stereo
+        },
+    )?;
+    let mut packetizer = new_packetizer(
+        Instant::now(),
+        MTU,
+        OPUS_PAYLOAD_TYPE,
+        rand::random(),
+        Box::new(OpusPayloader),
+        Box::new(new_random_sequencer()),
+        SAMPLE_RATE,
+    );
+    let mut depacketizer = OpusPacket;
+    let ch = usize::from(channels);
+    let mut encoded = vec![0u8; 4000];
+    let mut decoded = vec![0i16; CHUNK_FRAMES * 6 * ch];
+    let mut mono: Vec<i16> = Vec::new();
+    let mut previous: Option<(u16, u32)> = None;
+    let chunks = u64::from(config.seconds) * 50;
+    for _ in 0..chunks {
+        let t = Instant::now();
+        let chunk = source.next_chunk()?;
+        a.timings.capture.add(t.elapsed());
+        a.chunks += 1;
+
+        let t = Instant::now();
+        let len = encoder.encode(&chunk.samples, &mut encoded)?;
+        a.timings.encode.add(t.elapsed());
+        a.encoded += 1;
+        a.encoded_bytes += len as u64;
+
+        let t = Instant::now();
+        let packets = packetizer
+            .packetize(
+                Instant::now(),
+                &Bytes::copy_from_slice(&encoded[..len]),
+                CHUNK_FRAMES as u32,
+            )
+            .map_err(|e| SelftestError::Packetize(e.to_string()))?;
+        a.timings.packetize.add(t.elapsed());
+        a.rtp_packets += packets.len() as u64;
+
+        for packet in &packets {
+            let h = &packet.header;
+            if let Some((seq, ts)) = previous
+                && (h.sequence_number != seq.wrapping_add(1)
+                    || h.timestamp != ts.wrapping_add(CHUNK_FRAMES as u32))
+            {
+                a.rtp_out_of_order += 1;
+            }
+            previous = Some((h.sequence_number, h.timestamp));
+            let t = Instant::now();
+            let Ok(payload) = depacketizer.depacketize(&packet.payload) else {
+                continue;
+            };
+            a.timings.depacketize.add(t.elapsed());
+            a.depacketized += 1;
+
+            let t = Instant::now();
+            let n = decoder.decode(&payload, &mut decoded, false)?;
+            a.timings.decode.add(t.elapsed());
+            a.decoded_samples += n as u64;
+            mono.extend(decoded[..n * ch].chunks(ch).map(|frame| {
+                (frame.iter().map(|&s| i32::from(s)).sum::<i32>() / ch as i32) as i16
+            }));
+        }
+    }
+    analyse_sound(&mut a, &mono);
+    check_audio(&a, chunks, &mut failures);
+    Ok((a, failures))
+}
+
+/// Power of `freq` in `samples` (Goertzel filter), normalised by the length.
+fn goertzel(samples: &[i16], freq: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq / f64::from(SAMPLE_RATE);
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &x in samples {
+        let s0 = f64::from(x) + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    (s1 * s1 + s2 * s2 - coeff * s1 * s2) / samples.len().max(1) as f64
+}
+
+/// Level, strongest frequency (50 Hz steps up to 8 kHz), and the expected tone's margin.
+fn analyse_sound(a: &mut AudioReport, mono: &[i16]) {
+    if mono.is_empty() {
+        a.level_dbfs = f64::NEG_INFINITY;
+        return;
+    }
+    let sum: f64 = mono.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+    let rms = (sum / mono.len() as f64).sqrt() / 32768.0;
+    a.level_dbfs = 20.0 * rms.max(1e-9).log10();
+    let probes: Vec<(u32, f64)> = (1..=160)
+        .map(|k| k * 50)
+        .map(|hz| (hz, goertzel(mono, f64::from(hz))))
+        .collect();
+    a.dominant_hz = probes
+        .iter()
+        .max_by(|x, y| x.1.total_cmp(&y.1))
+        .map_or(0, |p| p.0);
+    if let Some(hz) = a.expected_tone_hz {
+        let at = goertzel(mono, f64::from(hz));
+        // Others: probes at least 100 Hz away, so the tone's own main lobe is not one of them.
+        let other = probes
+            .iter()
+            .filter(|(f, _)| f.abs_diff(hz) >= 100)
+            .map(|p| p.1)
+            .fold(0.0f64, f64::max);
+        a.tone_margin_db = Some(10.0 * (at.max(1e-12) / other.max(1e-12)).log10());
+    }
+}
+
+/// The checks on what the audio stage saw.
+fn check_audio(a: &AudioReport, chunks: u64, failures: &mut Vec<String>) {
+    if a.chunks != chunks {
+        failures.push(format!(
+            "captured {} audio chunks, wanted {chunks}",
+            a.chunks
+        ));
+    }
+    if a.encoded != a.chunks {
+        failures.push(format!("Opus encoded {} of {} chunks", a.encoded, a.chunks));
+    }
+    if a.rtp_packets != a.encoded {
+        failures.push(format!(
+            "{} RTP packets for {} Opus packets (one each expected)",
+            a.rtp_packets, a.encoded
+        ));
+    }
+    if a.rtp_out_of_order > 0 {
+        failures.push(format!(
+            "{} audio RTP packets did not follow the one before (sequence +1, timestamp +960)",
+            a.rtp_out_of_order
+        ));
+    }
+    if a.depacketized != a.rtp_packets {
+        failures.push(format!(
+            "depacketized {} of {} audio RTP packets",
+            a.depacketized, a.rtp_packets
+        ));
+    }
+    if a.decoded_samples != a.encoded * CHUNK_FRAMES as u64 {
+        failures.push(format!(
+            "decoded {} samples per channel for {} packets of {CHUNK_FRAMES}",
+            a.decoded_samples, a.encoded
+        ));
+    }
+    if a.level_dbfs.is_nan() || a.level_dbfs <= SILENCE_DBFS {
+        failures.push(format!(
+            "the decoded sound is silence: level {:.1} dBFS (at most {SILENCE_DBFS} dBFS)",
+            a.level_dbfs
+        ));
+    }
+    if let (Some(hz), Some(db)) = (a.expected_tone_hz, a.tone_margin_db)
+        && db < TONE_MARGIN_DB
+    {
+        failures.push(format!(
+            "no {hz} Hz tone: it is {db:+.1} dB over the strongest other frequency (wanted {TONE_MARGIN_DB:+.0} dB; strongest at {} Hz)",
+            a.dominant_hz
+        ));
+    }
+}
+
 /// Profile and level from the first SPS in an Annex-B access unit.
 fn describe_sps(annexb: &[u8]) -> String {
     let types = nal_types(annexb);
@@ -444,6 +733,7 @@ mod tests {
             },
             pixel_format: None,
             audio: "none".into(),
+            expect_tone_hz: None,
             seconds: 1,
             bitrate_kbps: 500,
             json: false,
@@ -472,6 +762,34 @@ mod tests {
                 .failures
                 .iter()
                 .any(|f| f.contains("code was read from 0")),
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn tone_passes_the_audio_stage() {
+        let mut c = config(320, 240);
+        c.audio = "tone".into();
+        c.expect_tone_hz = Some(1000);
+        let report = run(&c).unwrap();
+        assert!(report.passed, "{report}");
+        let a = &report.audio;
+        assert_eq!((a.chunks, a.rtp_packets, a.depacketized), (50, 50, 50));
+        assert_eq!(a.decoded_samples, 50 * 960);
+        assert_eq!(a.dominant_hz, 1000);
+        assert!(a.tone_margin_db.unwrap() > 20.0, "{report}");
+        assert!(report.to_string().contains("audio sound:"), "{report}");
+    }
+
+    #[test]
+    fn a_tone_that_is_not_there_fails() {
+        let mut c = config(320, 240);
+        c.audio = "tone".into();
+        c.expect_tone_hz = Some(440);
+        let report = run(&c).unwrap();
+        assert!(!report.passed);
+        assert!(
+            report.failures.iter().any(|f| f.contains("no 440 Hz tone")),
             "{report}"
         );
     }

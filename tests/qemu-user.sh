@@ -14,7 +14,7 @@ for binary in "$@"; do
   command -v "$qemu" >/dev/null || { echo "qemu-user: $qemu missing: run 'make deps-cross'" >&2; exit 1; }
   echo "=== $qemu $binary selftest"
   start=$(date +%s%N)
-  if "$qemu" -L / "$binary" selftest --video test --audio none --size 320x240 --fps 15 --seconds 2; then
+  if "$qemu" -L / "$binary" selftest --video test --audio tone --size 320x240 --fps 15 --seconds 2; then
     echo "=== pass ($(( ($(date +%s%N) - start) / 1000000 )) ms)"
   else
     echo "=== FAIL: $binary under $qemu"; failed=1

@@ -207,21 +207,28 @@ fn supervise(inner: &Inner) {
     }
 }
 
-/// Capture and encode until no viewer is left, or the source fails.
-fn run_pipeline(inner: &Inner) -> Result<(), PipelineError> {
-    let mut source = (inner.opener)()?;
-    let channels = match inner.channels {
+/// The Opus encoder the hub uses (20 ms packets, in-band FEC), and its look-ahead in
+/// microseconds (a decoder's output lags the input by that much). Also used by `selftest`.
+pub fn new_encoder(channels: u16) -> Result<(opus::Encoder, u64), opus::Error> {
+    let opus_channels = match channels {
         1 => opus::Channels::Mono,
         _ => opus::Channels::Stereo,
     };
-    let mut encoder = opus::Encoder::new(SAMPLE_RATE, channels, opus::Application::Voip)?;
+    let mut encoder = opus::Encoder::new(SAMPLE_RATE, opus_channels, opus::Application::Voip)?;
     encoder.set_bitrate(opus::Bitrate::Bits(
-        BITRATE_PER_CHANNEL * i32::from(inner.channels),
+        BITRATE_PER_CHANNEL * i32::from(channels.clamp(1, 2)),
     ))?;
     encoder.set_inband_fec(true)?;
     encoder.set_packet_loss_perc(FEC_LOSS_PERCENT)?;
     // The encoder's look-ahead delays the sound a decoder plays by this much more.
     let lookahead = encoder.get_lookahead()?.max(0) as u64 * 1_000_000 / u64::from(SAMPLE_RATE);
+    Ok((encoder, lookahead))
+}
+
+/// Capture and encode until no viewer is left, or the source fails.
+fn run_pipeline(inner: &Inner) -> Result<(), PipelineError> {
+    let mut source = (inner.opener)()?;
+    let (mut encoder, lookahead) = new_encoder(inner.channels)?;
     info!("audio capture started: {}", source.description());
     if !*inner.running.borrow() {
         info!("audio is back");
