@@ -59,7 +59,7 @@ CROSS_TRIPLES := aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf
 CROSS_APT_PACKAGES := gcc-aarch64-linux-gnu g++-aarch64-linux-gnu gcc-arm-linux-gnueabihf \
                       g++-arm-linux-gnueabihf qemu-user-static libasound2-dev:arm64 libasound2-dev:armhf \
                       libstdc++6:arm64 libstdc++6:armhf
-EMULATED_APT_PACKAGES := qemu-system-x86 linux-image-amd64 busybox-static cpio kmod
+EMULATED_APT_PACKAGES := qemu-system-x86 linux-image-amd64 busybox-static cpio kmod alsa-utils
 DEB_APT_PACKAGES := dpkg-dev adduser
 
 .PHONY: deps-cross deps-emulated deps-deb cross deb deb-test test-emulated test-qemu-user test-vm hil

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The emulated board: boot Debian's x86-64 kernel in QEMU (software emulation, no network
 # device) with the vivid camera and snd-aloop sound card, run `spyglass selftest` from
-# /dev/video0 in every raw format vivid offers that spyglass supports, at two sizes, and check
-# the reports read from the serial console.
+# /dev/video0 in every raw format vivid offers that spyglass supports, at two sizes, and from
+# snd-aloop's hw:Loopback,1,0 while ALSA's speaker-test plays a 1 kHz sine into hw:Loopback,0,0,
+# and check the reports read from the serial console.
 # Usage: tests/vm/run.sh PATH/TO/x86_64/spyglass
 set -euo pipefail
 binary=$(realpath "$1")
@@ -15,7 +16,7 @@ kernel=$(ls /boot/vmlinuz-* 2>/dev/null | sort -V | tail -1 || true)
 [ -n "$kernel" ] || { echo "tests/vm: no /boot/vmlinuz-*: install linux-image-amd64 (make deps-emulated)" >&2; exit 1; }
 [ -r "$kernel" ] || { echo "tests/vm: cannot read $kernel (Debian keeps it root-only): run as root" >&2; exit 1; }
 kv=${kernel#/boot/vmlinuz-}
-for tool in qemu-system-x86_64 cpio depmod busybox; do
+for tool in qemu-system-x86_64 cpio depmod busybox speaker-test; do
   command -v "$tool" >/dev/null || [ -x "/bin/$tool" ] || { echo "tests/vm: $tool missing: run 'make deps-emulated'" >&2; exit 1; }
 done
 
@@ -35,7 +36,10 @@ trap 'rm -rf "$work"' EXIT
 overlay=$work/root
 mkdir -p "$overlay/test"
 cp "$binary" "$overlay/test/spyglass"
-ldd "$binary" | grep -o '/[^ ]*' | sort -u | while read -r lib; do
+# The tone player: ALSA's speaker-test (30 KB; libasound and libc, which spyglass needs anyway).
+player=$(command -v speaker-test)
+cp "$player" "$overlay/test/speaker-test"
+{ ldd "$binary"; ldd "$player"; } | grep -o '/[^ ]*' | sort -u | while read -r lib; do
   mkdir -p "$overlay$(dirname "$lib")"
   cp -L "$lib" "$overlay$lib"
 done
@@ -52,6 +56,14 @@ done
     done
     echo "else echo '=== not offered $f'; fi"
   done
+  # Audio: the real snd-aloop driver through the real libasound; what plays into
+  # hw:Loopback,0,0 is captured from hw:Loopback,1,0.
+  echo "/test/speaker-test -D hw:Loopback,0,0 -c 1 -r 48000 -F S16_LE -t sine -f 1000 -l 0 >/dev/null 2>&1 &"
+  echo 'player=$!; sleep 1'
+  echo "echo '=== selftest AUDIO hw:Loopback,1,0'"
+  echo "/test/spyglass selftest --video test --size 320x240 --fps $fps --seconds $seconds --audio hw:Loopback,1,0 --expect-tone 1000 2>&1"
+  echo "echo \"=== rc \$?\""
+  echo 'kill $player'
 } > "$overlay/test/run"
 chmod +x "$overlay/test/run"
 (cd "$overlay" && find . | cpio -o -H newc --quiet) | gzip -1 > "$work/overlay.cpio.gz"
@@ -69,8 +81,9 @@ tr -d '\r' < "$log" > "$log.txt"
 cat "$log.txt"
 echo "tests/vm: the guest ran for $(( $(date +%s) - start )) s"
 
-# Every format that ran must pass at both sizes, and vivid's YUYV, NV12 and YU12 must be among them.
-awk -v want="YUYV NV12 YU12" '
+# Every format that ran must pass at both sizes, vivid's YUYV, NV12 and YU12 must be among them,
+# and the audio run (fmt AUDIO) must have run and passed.
+awk -v want="YUYV NV12 YU12 AUDIO" '
   /^=== selftest / { fmt = $3; size = $4; result = "none"; next }
   /^result: +PASS/ { result = "PASS" }
   /^result: +FAIL/ { result = "FAIL" }
@@ -83,7 +96,7 @@ awk -v want="YUYV NV12 YU12" '
   END {
     if (!done) { print "tests/vm: the guest did not finish"; exit 1 }
     n = split(want, w, " ")
-    for (i = 1; i <= n; i++) if (!ran[w[i]]) { print "tests/vm: vivid offered no " w[i] " (see the device list above)"; exit 1 }
+    for (i = 1; i <= n; i++) if (!ran[w[i]]) { print "tests/vm: no selftest run for " w[i] " (vivid did not offer it, or the audio run is missing; see above)"; exit 1 }
     if (runs == 0 || passed != runs) { printf "tests/vm: %d of %d selftest runs passed\n", passed, runs; exit 1 }
     printf "tests/vm: all %d selftest runs passed\n", runs
   }' "$log.txt"
