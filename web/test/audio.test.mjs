@@ -43,6 +43,23 @@ async function audioStats(page) {
   });
 }
 
+/** Mean jitter-buffer delay (ms) of the inbound audio and video streams: where the browser holds
+ * each stream before playing it, which shows up in the A/V offset. */
+async function jitterBuffers(page) {
+  return page.evaluate(async () => {
+    const out = {};
+    (await window.spyglass.pc.getStats()).forEach((s) => {
+      if (s.type === 'inbound-rtp' && s.jitterBufferEmittedCount) {
+        out[s.kind] = {
+          meanMs: (1000 * s.jitterBufferDelay) / s.jitterBufferEmittedCount,
+          targetMs: s.jitterBufferTargetDelay !== undefined ? (1000 * s.jitterBufferTargetDelay) / s.jitterBufferEmittedCount : null,
+        };
+      }
+    });
+    return out;
+  });
+}
+
 /** Installed in the page: records flash onsets (video) and beep onsets (audio). */
 function installMeasurement() {
   const v = document.getElementById('video');
@@ -200,12 +217,12 @@ test('with --audio tone the audio track plays in Chromium, and the A/V offset is
   // 2. A/V offset from the flash and the beep.
   const state = await page.evaluate(installMeasurement);
   assert.equal(state, 'running', 'the AudioContext runs');
-  const m = await until('six flashes and six beeps', () => page.evaluate(() => {
+  const m = await until('eleven flashes and eleven beeps', () => page.evaluate(() => {
     const m = window.avMeasure;
-    return m.videoSeconds.length >= 7 && m.audioOnsets.length >= 7
+    return m.videoSeconds.length >= 11 && m.audioOnsets.length >= 11
       ? { videoSeconds: m.videoSeconds, audioOnsets: m.audioOnsets, frames: m.frames, unread: m.unread, errors: m.errors }
       : null;
-  }), 20000);
+  }), 30000);
   assert.deepEqual(m.errors, []);
   // Drop the first of each (it may be a partial second), pair every flash with the nearest beep.
   const offsets = [];
@@ -227,8 +244,13 @@ test('with --audio tone the audio track plays in Chromium, and the A/V offset is
     `first white frame captured ${into.join('/')} ms into its second; ` +
     `AudioContext baseLatency ${(last.baseLatency * 1000).toFixed(1)} ms, outputLatency ${(last.outputLatency * 1000).toFixed(1)} ms; ` +
     `${m.frames} frames seen, ${m.unread} without a readable code`;
-  t.diagnostic(line2);
-  console.log(line2);
+  const jb = await jitterBuffers(page);
+  const fmt = (k) => (jb[k] ? `${jb[k].meanMs.toFixed(1)} ms (target ${jb[k].targetMs?.toFixed(1) ?? '?'} ms)` : 'n/a');
+  const line3 = `Chromium jitter buffers, mean delay: audio ${fmt('audio')}, video ${fmt('video')}`;
+  for (const line of [line2, line3]) {
+    t.diagnostic(line);
+    console.log(line);
+  }
   assert.ok(Number.isFinite(median), 'the offset was measured');
   assert.deepEqual(errors, []);
   await page.close();
