@@ -302,3 +302,70 @@ async fn offer_with_audio() -> String {
     pc.close().await.unwrap();
     sdp
 }
+
+/// `spyglass selftest --audio NAME`: the real libasound capture path (the `file` plugin fed a
+/// 660 Hz tone through a FIFO), Opus, RTP and back; the report finds the tone, and a tone that is
+/// not there fails the run.
+#[test]
+fn selftest_captures_through_libasound_and_finds_the_tone() {
+    let home = temp_dir("alsa-selftest");
+    let fifo = home.join("mic.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    write_asoundrc(&home, "spyglass_mic", &fifo);
+    let stop = Arc::new(AtomicBool::new(false));
+    let feeder = {
+        let (fifo, stop) = (fifo.clone(), Arc::clone(&stop));
+        std::thread::spawn(move || feed_fifo(fifo, stop))
+    };
+    let selftest = |expect: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_spyglass"))
+            .args([
+                "selftest",
+                "--video",
+                "test",
+                "--size",
+                "320x240",
+                "--fps",
+                "15",
+                "--seconds",
+                "2",
+                "--audio",
+                "spyglass_mic",
+                "--expect-tone",
+                expect,
+            ])
+            .env("HOME", &home)
+            .env("XDG_CONFIG_HOME", &home)
+            .output()
+            .unwrap()
+    };
+    let found = selftest("660");
+    let missing = selftest("1000");
+    stop.store(true, Ordering::Relaxed);
+    let _ = feeder.join();
+    let _ = std::fs::remove_dir_all(&home);
+
+    let text = String::from_utf8_lossy(&found.stdout);
+    assert!(
+        found.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&found.stderr)
+    );
+    assert!(
+        text.contains("audio source:     ALSA spyglass_mic"),
+        "{text}"
+    );
+    assert!(
+        text.contains("strongest at 650 Hz") || text.contains("strongest at 700 Hz"),
+        "{text}"
+    );
+    assert!(text.contains("660 Hz tone +"), "{text}");
+    assert!(text.contains("result:           PASS"), "{text}");
+    let text = String::from_utf8_lossy(&missing.stdout);
+    assert_eq!(missing.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAILED:           no 1000 Hz tone"), "{text}");
+}
