@@ -100,7 +100,10 @@ pub fn parse(message: &[u8]) -> (Value, Result<Request, RequestError>) {
         Ok(_) => {
             return (
                 Value::Null,
-                Err(RequestError::new("bad-json", "a request is one JSON object")),
+                Err(RequestError::new(
+                    "bad-json",
+                    "a request is one JSON object",
+                )),
             );
         }
         Err(e) => {
@@ -145,8 +148,7 @@ pub fn parse(message: &[u8]) -> (Value, Result<Request, RequestError>) {
         "keyframe" => Ok(Request::Keyframe),
         "stats" => Ok(Request::Stats),
         "subscribe-stats" => {
-            let ms = integer("interval_ms")?
-                .unwrap_or(STATS_INTERVAL_DEFAULT.as_millis() as i64);
+            let ms = integer("interval_ms")?.unwrap_or(STATS_INTERVAL_DEFAULT.as_millis() as i64);
             let (min, max) = (
                 STATS_INTERVAL_MIN.as_millis() as i64,
                 STATS_INTERVAL_MAX.as_millis() as i64,
@@ -203,7 +205,13 @@ pub fn error_reply(id: &Value, error: &RequestError) -> Value {
 }
 
 /// The snapshot reply's header and chunk messages for `jpeg`.
-pub fn snapshot_messages(id: &Value, jpeg: &[u8], width: u32, height: u32, captured_ms: u64) -> Vec<Value> {
+pub fn snapshot_messages(
+    id: &Value,
+    jpeg: &[u8],
+    width: u32,
+    height: u32,
+    captured_ms: u64,
+) -> Vec<Value> {
     let chunks: Vec<&[u8]> = jpeg.chunks(CHUNK_BYTES).collect();
     let mut messages = vec![json!({
         "id": id,
@@ -366,7 +374,9 @@ async fn handle(
     id: &Value,
     request: Request,
 ) -> Vec<Value> {
-    let failed = |code: &'static str, message: String| vec![error_reply(id, &RequestError { code, message })];
+    let failed = |code: &'static str, message: String| {
+        vec![error_reply(id, &RequestError { code, message })]
+    };
     match request {
         Request::Keyframe => {
             ctx.hub.request_keyframe(KeyframeReason::Loss);
@@ -381,7 +391,9 @@ async fn handle(
             // The first push comes one interval from now.
             let start = tokio::time::Instant::now() + interval;
             *push = Some(tokio::time::interval_at(start, interval));
-            vec![json!({"id": id, "type": "subscribe-stats", "interval_ms": interval.as_millis() as u64})]
+            vec![
+                json!({"id": id, "type": "subscribe-stats", "interval_ms": interval.as_millis() as u64}),
+            ]
         }
         Request::UnsubscribeStats => {
             *push = None;
@@ -390,7 +402,9 @@ async fn handle(
         Request::Controls => {
             let controls = ctx.hub.controls().clone();
             match tokio::task::spawn_blocking(move || controls.list()).await {
-                Ok(Ok(list)) => vec![json!({"id": id, "type": "controls", "controls": list, "shared": true})],
+                Ok(Ok(list)) => {
+                    vec![json!({"id": id, "type": "controls", "controls": list, "shared": true})]
+                }
                 Ok(Err(err)) => failed("control-failed", err.to_string()),
                 Err(err) => failed("internal", format!("listing controls: {err}")),
             }

@@ -26,10 +26,10 @@ use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
+use webrtc::data_channel::DataChannel;
 use webrtc::media_stream::MediaStreamTrack;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
-use webrtc::data_channel::DataChannel;
 use webrtc::peer_connection::transport::DtlsTransport;
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionEventHandler, RTCIceCandidateInit, RTCIceGatheringState,
@@ -498,7 +498,9 @@ async fn stream_video(
             warn!("sending a frame: {err}");
         } else {
             counters.frames.fetch_add(1, Ordering::Relaxed);
-            counters.bytes.fetch_add(frame.data.len() as u64, Ordering::Relaxed);
+            counters
+                .bytes
+                .fetch_add(frame.data.len() as u64, Ordering::Relaxed);
             if frame.keyframe {
                 counters.keyframes.fetch_add(1, Ordering::Relaxed);
             }

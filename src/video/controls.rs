@@ -226,9 +226,12 @@ mod v4l2 {
         }
     }
 
+    /// A control with its V4L2 id and flags.
+    type Listed = (u32, Control, Flags);
+
     /// The device's controls with their V4L2 ids, skipping classes, buttons, strings and
     /// compound controls (nothing a slider can set).
-    fn read(path: &str) -> Result<(v4l::Device, Vec<(u32, Control, Flags)>), ControlError> {
+    fn read(path: &str) -> Result<(v4l::Device, Vec<Listed>), ControlError> {
         let device = v4l::Device::with_path(path)
             .map_err(|e| device_error(path, "opening for controls", e))?;
         let descriptions = device

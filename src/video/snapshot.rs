@@ -89,6 +89,9 @@ mod tests {
         let stamp = pattern::read(&luma, 320, 240, 320).map(|s| s.frame);
         assert_eq!(stamp, Some(1));
         assert!(matches!(jpeg(&frame, 0), Err(SnapshotError::Quality(0))));
-        assert!(matches!(jpeg(&frame, 101), Err(SnapshotError::Quality(101))));
+        assert!(matches!(
+            jpeg(&frame, 101),
+            Err(SnapshotError::Quality(101))
+        ));
     }
 }

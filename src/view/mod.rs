@@ -4,6 +4,7 @@
 
 pub mod assemble;
 pub mod audio;
+pub mod data;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -48,6 +49,8 @@ pub struct ViewOptions {
     pub mdns: bool,
     /// Stop early (successfully) when this is notified. For programs that watch until told.
     pub stop: Option<Arc<tokio::sync::Notify>>,
+    /// Open a `spyglass` data channel in the offer and hand it here, for requests to the device.
+    pub data_channel: Option<mpsc::UnboundedSender<data::DataLink>>,
 }
 
 impl ViewOptions {
@@ -64,6 +67,7 @@ impl ViewOptions {
             bind: cfg.rtc_bind.clone(),
             mdns: cfg.mdns,
             stop: None,
+            data_channel: None,
         }
     }
 }
@@ -134,6 +138,9 @@ pub struct ViewReport {
     /// The decoded audio, 48 kHz mono (not printed).
     #[serde(skip)]
     pub audio_pcm: Vec<i16>,
+    /// When each frame was decoded and its mean luma (not printed).
+    #[serde(skip)]
+    pub luma: Vec<(Instant, f64)>,
 }
 
 impl std::fmt::Display for ViewReport {
@@ -231,6 +238,8 @@ struct Decoded {
     /// The A/V sync flash as read from the pixels.
     flash: Option<bool>,
     at: SystemTime,
+    /// Mean of the luma plane.
+    mean_luma: f64,
 }
 
 /// Watch until `frames` frames are decoded, the device refuses, or the timeout passes.
@@ -292,6 +301,15 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
             }),
         )
         .await?;
+        if let Some(links) = &opts.data_channel {
+            let channel = pc
+                .create_data_channel(crate::peer::control::LABEL, None)
+                .await?;
+            let _ = links.send(data::DataLink {
+                channel,
+                pc: Arc::clone(&pc),
+            });
+        }
         let offer = pc.create_offer(None).await?;
         pc.set_local_description(offer).await?;
         Ok::<_, webrtc::error::Error>(pc.local_description().await)
@@ -413,6 +431,7 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
             },
             Some(d) = decoded_rx.recv() => {
                 report.frames += 1;
+                report.luma.push((Instant::now(), d.mean_luma));
                 report.width = d.width;
                 report.height = d.height;
                 let now = Instant::now();
@@ -561,7 +580,16 @@ fn decode_loop(
                 let (stride, _, _) = yuv.strides();
                 let stamp = pattern::read(yuv.y(), w as u32, h as u32, stride);
                 let flash = pattern::read_flash(yuv.y(), w as u32, h as u32, stride);
+                let sum: u64 = yuv
+                    .y()
+                    .chunks(stride)
+                    .take(h)
+                    .flat_map(|row| &row[..w.min(row.len())])
+                    .map(|&v| u64::from(v))
+                    .sum();
+                let mean_luma = sum as f64 / (w * h).max(1) as f64;
                 let item = Decoded {
+                    mean_luma,
                     width: w as u32,
                     height: h as u32,
                     stamp,

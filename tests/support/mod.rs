@@ -342,6 +342,7 @@ pub fn view_options(broker: &Broker, daemon: &Daemon, frames: u64) -> spyglass::
         bind: vec!["127.0.0.1".parse().unwrap()],
         mdns: false,
         stop: None,
+        data_channel: None,
     }
 }
 
