@@ -390,7 +390,10 @@ async fn handle(
         Request::SubscribeStats { interval } => {
             // The first push comes one interval from now.
             let start = tokio::time::Instant::now() + interval;
-            *push = Some(tokio::time::interval_at(start, interval));
+            let mut ticks = tokio::time::interval_at(start, interval);
+            // A slow channel gets fewer pushes, never a burst of them.
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            *push = Some(ticks);
             vec![
                 json!({"id": id, "type": "subscribe-stats", "interval_ms": interval.as_millis() as u64}),
             ]
