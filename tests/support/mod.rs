@@ -335,6 +335,7 @@ pub fn view_options(broker: &Broker, daemon: &Daemon, frames: u64) -> spyglass::
         port: broker.port,
         username: None,
         password: None,
+        transport: Default::default(),
         id: daemon.id.clone(),
         cid: format!("viewer-{}", rand::random::<u32>()),
         frames,
