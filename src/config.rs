@@ -311,8 +311,7 @@ impl FromStr for BrokerUrl {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        const FORM: &str =
-            "expected mqtt://HOST[:PORT], mqtts://HOST[:PORT], ws://HOST[:PORT][/PATH] or wss://HOST[:PORT][/PATH]";
+        const FORM: &str = "expected mqtt://HOST[:PORT], mqtts://HOST[:PORT], ws://HOST[:PORT][/PATH] or wss://HOST[:PORT][/PATH]";
         let Some((scheme, rest)) = s.split_once("://") else {
             return Err(format!("{FORM}, got {s:?}"));
         };
@@ -322,7 +321,9 @@ impl FromStr for BrokerUrl {
             "ws" => BrokerScheme::Ws,
             "wss" => BrokerScheme::Wss,
             "ssl" | "tls" => {
-                return Err(format!("write a TLS broker as mqtts://HOST[:PORT], got {s:?}"));
+                return Err(format!(
+                    "write a TLS broker as mqtts://HOST[:PORT], got {s:?}"
+                ));
             }
             _ => return Err(format!("unknown scheme {scheme:?}: {FORM}, got {s:?}")),
         };
@@ -1040,7 +1041,9 @@ fn parse_config_text(path: &Path, text: &str) -> Result<FileValues, ConfigError>
     for (key, value) in &table {
         let result = match key.as_str() {
             "id" => file_str(value, "a device id", parse_id).map(|x| v.id = Some(x)),
-            "mqtt" => file_str(value, "a broker URL string", parse_broker).map(|x| v.mqtt = Some(x)),
+            "mqtt" => {
+                file_str(value, "a broker URL string", parse_broker).map(|x| v.mqtt = Some(x))
+            }
             "mqtt-username" => {
                 file_str(value, "a string", parse_nonempty).map(|x| v.mqtt_username = Some(x))
             }
@@ -1880,12 +1883,54 @@ mod tests {
         assert_eq!(BrokerUrl::default().to_string(), "mqtt://127.0.0.1:1883");
         // The scheme chooses the transport and the default port; only WebSockets have a path.
         let cases = [
-            ("mqtts://h", BrokerScheme::Mqtts, "h", 8883, "", "mqtts://h:8883"),
-            ("mqtts://h:1883/", BrokerScheme::Mqtts, "h", 1883, "", "mqtts://h:1883"),
-            ("ws://h", BrokerScheme::Ws, "h", 80, "/mqtt", "ws://h:80/mqtt"),
-            ("ws://h:9001/", BrokerScheme::Ws, "h", 9001, "/mqtt", "ws://h:9001/mqtt"),
-            ("WSS://h/a/b", BrokerScheme::Wss, "h", 443, "/a/b", "wss://h:443/a/b"),
-            ("wss://[::1]:8443/m", BrokerScheme::Wss, "::1", 8443, "/m", "wss://[::1]:8443/m"),
+            (
+                "mqtts://h",
+                BrokerScheme::Mqtts,
+                "h",
+                8883,
+                "",
+                "mqtts://h:8883",
+            ),
+            (
+                "mqtts://h:1883/",
+                BrokerScheme::Mqtts,
+                "h",
+                1883,
+                "",
+                "mqtts://h:1883",
+            ),
+            (
+                "ws://h",
+                BrokerScheme::Ws,
+                "h",
+                80,
+                "/mqtt",
+                "ws://h:80/mqtt",
+            ),
+            (
+                "ws://h:9001/",
+                BrokerScheme::Ws,
+                "h",
+                9001,
+                "/mqtt",
+                "ws://h:9001/mqtt",
+            ),
+            (
+                "WSS://h/a/b",
+                BrokerScheme::Wss,
+                "h",
+                443,
+                "/a/b",
+                "wss://h:443/a/b",
+            ),
+            (
+                "wss://[::1]:8443/m",
+                BrokerScheme::Wss,
+                "::1",
+                8443,
+                "/m",
+                "wss://[::1]:8443/m",
+            ),
         ];
         for (text, scheme, host, port, path, shown) in cases {
             let url: BrokerUrl = text.parse().unwrap();
@@ -1906,7 +1951,14 @@ mod tests {
         let cert = scratch.0.join("c.pem");
         let key = scratch.0.join("k.pem");
         let ok = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"])
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
             .args(["-nodes", "-days", "1", "-subj", "/CN=t", "-keyout"])
             .arg(&key)
             .arg("-out")
@@ -1925,7 +1977,14 @@ mod tests {
         let (cert, key) = pem_pair(&scratch);
         let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
         let c = daemon(&[
-            "--mqtt", "mqtts://b.lan", "--mqtt-ca", cert, "--mqtt-cert", cert, "--mqtt-key", key,
+            "--mqtt",
+            "mqtts://b.lan",
+            "--mqtt-ca",
+            cert,
+            "--mqtt-cert",
+            cert,
+            "--mqtt-key",
+            key,
         ])
         .unwrap();
         assert_eq!(c.mqtt.port, 8883);
@@ -1937,8 +1996,11 @@ mod tests {
         let c = daemon(&["--config", path.to_str().unwrap()]).unwrap();
         assert_eq!(c.tls.ca.as_deref(), Some(Path::new(cert)));
         assert_eq!(c.tls.cert, None);
-        let v = view_with(&["--mqtt", "mqtts://b.lan", "--id", "cam", "--mqtt-ca", cert], &env())
-            .unwrap();
+        let v = view_with(
+            &["--mqtt", "mqtts://b.lan", "--id", "cam", "--mqtt-ca", cert],
+            &env(),
+        )
+        .unwrap();
         assert_eq!(v.tls.ca.as_deref(), Some(Path::new(cert)));
 
         let junk = scratch.file("junk.pem", "hello\n");
@@ -1946,17 +2008,45 @@ mod tests {
         let missing = scratch.0.join("nope.pem");
         let missing = missing.to_str().unwrap();
         let cases: &[(&[&str], &[&str])] = &[
-            (&["--mqtt-ca", cert], &["--mqtt-ca", cert, "mqtts:// or wss://", "mqtt://"]),
-            (&["--mqtt", "ws://b", "--mqtt-ca", cert], &["--mqtt-ca", "ws://b:80/mqtt"]),
-            (&["--mqtt", "mqtts://b", "--mqtt-ca", missing], &["--mqtt-ca", missing]),
-            (&["--mqtt", "mqtts://b", "--mqtt-ca", junk], &["--mqtt-ca", junk, "no PEM certificate"]),
-            (&["--mqtt", "mqtts://b", "--mqtt-ca", key], &["--mqtt-ca", "no PEM certificate"]),
             (
-                &["--mqtt", "mqtts://b", "--mqtt-cert", cert, "--mqtt-key", cert],
+                &["--mqtt-ca", cert],
+                &["--mqtt-ca", cert, "mqtts:// or wss://", "mqtt://"],
+            ),
+            (
+                &["--mqtt", "ws://b", "--mqtt-ca", cert],
+                &["--mqtt-ca", "ws://b:80/mqtt"],
+            ),
+            (
+                &["--mqtt", "mqtts://b", "--mqtt-ca", missing],
+                &["--mqtt-ca", missing],
+            ),
+            (
+                &["--mqtt", "mqtts://b", "--mqtt-ca", junk],
+                &["--mqtt-ca", junk, "no PEM certificate"],
+            ),
+            (
+                &["--mqtt", "mqtts://b", "--mqtt-ca", key],
+                &["--mqtt-ca", "no PEM certificate"],
+            ),
+            (
+                &[
+                    "--mqtt",
+                    "mqtts://b",
+                    "--mqtt-cert",
+                    cert,
+                    "--mqtt-key",
+                    cert,
+                ],
                 &["--mqtt-key", cert, "no PEM private key"],
             ),
-            (&["--mqtt", "mqtts://b", "--mqtt-cert", cert], &["--mqtt-cert", "--mqtt-key"]),
-            (&["--mqtt", "mqtts://b", "--mqtt-key", key], &["--mqtt-key", "--mqtt-cert"]),
+            (
+                &["--mqtt", "mqtts://b", "--mqtt-cert", cert],
+                &["--mqtt-cert", "--mqtt-key"],
+            ),
+            (
+                &["--mqtt", "mqtts://b", "--mqtt-key", key],
+                &["--mqtt-key", "--mqtt-cert"],
+            ),
         ];
         for (args, wants) in cases {
             let msg = daemon(args).unwrap_err().to_string();
@@ -1968,7 +2058,9 @@ mod tests {
         }
         let text = format!("mqtt = \"mqtts://b\"\nmqtt-ca = \"{junk}\"\n");
         let path = scratch.file("bad.toml", &text);
-        let msg = daemon(&["--config", path.to_str().unwrap()]).unwrap_err().to_string();
+        let msg = daemon(&["--config", path.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
         for want in [path.to_str().unwrap(), "key \"mqtt-ca\"", junk] {
             assert!(msg.contains(want), "{msg}");
         }

@@ -105,9 +105,9 @@ fn tls_config(tls: &MqttTls) -> anyhow::Result<rustls::ClientConfig> {
     match &tls.ca {
         Some(path) => {
             for cert in load_certs(path).map_err(anyhow::Error::msg)? {
-                roots.add(cert).map_err(|e| {
-                    anyhow::anyhow!("MQTT CA file {}: {e}", path.display())
-                })?;
+                roots
+                    .add(cert)
+                    .map_err(|e| anyhow::anyhow!("MQTT CA file {}: {e}", path.display()))?;
             }
         }
         None => {
@@ -204,7 +204,11 @@ pub fn connect(settings: MqttSettings) -> anyhow::Result<MqttConnection> {
         } else {
             &t.path
         };
-        let scheme = if t.scheme == BrokerScheme::Wss { "wss" } else { "ws" };
+        let scheme = if t.scheme == BrokerScheme::Wss {
+            "wss"
+        } else {
+            "ws"
+        };
         format!("{scheme}://{host}:{}{path}", settings.port)
     };
     let (addr, transport) = match t.scheme {
@@ -317,7 +321,7 @@ async fn drive(
                 }
                 failures = failures.saturating_add(1);
                 let delay = backoff(failures, rand::random::<f64>());
-                if failures <= 3 || failures % 10 == 0 {
+                if failures <= 3 || failures.is_multiple_of(10) {
                     warn!(
                         "MQTT connection: {message}; retrying in {} ms",
                         delay.as_millis()

@@ -55,15 +55,38 @@ fn leaf(dir: &Path, name: &str, cn: &str, ext: &str) -> (PathBuf, PathBuf) {
     openssl(
         dir,
         &[
-            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj",
-            &format!("/CN={cn}"), "-keyout", &key, "-out", &csr,
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &format!("/CN={cn}"),
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
         ],
     );
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "2", "-extfile", &extfile, "-out", &cert,
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            &extfile,
+            "-out",
+            &cert,
         ],
     );
     (dir.join(cert), dir.join(key))
@@ -73,8 +96,21 @@ fn make_pki(dir: &Path) -> Pki {
     openssl(
         dir,
         &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-days", "2", "-subj", "/CN=spyglass test CA", "-keyout", "ca.key", "-out", "ca.pem",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=spyglass test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
         ],
     );
     let (server_cert, server_key) = leaf(
@@ -153,7 +189,13 @@ fn listens_on_loopback_only(port: u16) -> bool {
 }
 
 /// A viewer's options for a broker reached at `port` with `scheme`.
-fn via(mut opts: ViewOptions, port: u16, scheme: BrokerScheme, path: &str, tls: MqttTls) -> ViewOptions {
+fn via(
+    mut opts: ViewOptions,
+    port: u16,
+    scheme: BrokerScheme,
+    path: &str,
+    tls: MqttTls,
+) -> ViewOptions {
     opts.port = port;
     opts.transport = MqttTransport {
         scheme,
@@ -222,7 +264,10 @@ async fn mqtts_with_a_private_ca_carries_daemon_and_viewer() {
     opts.timeout = Duration::from_secs(4);
     let err = spyglass::view::run(opts).await.unwrap_err().to_string();
     eprintln!("without the CA: {err}");
-    assert!(err.contains("could not connect") || err.contains("root"), "{err}");
+    assert!(
+        err.contains("could not connect") || err.contains("root"),
+        "{err}"
+    );
 
     // Plain MQTT to the TLS port is not TLS: the scheme decides, not the port.
     let mut opts = view_options(&broker, &daemon, 30);
@@ -312,8 +357,14 @@ async fn mqtt_over_websockets_plain_and_tls() {
     let pki = pki.unwrap();
     wait_port(ws_port);
     wait_port(wss_port);
-    assert!(listens_on_loopback_only(ws_port), "ws listener not on loopback only");
-    assert!(listens_on_loopback_only(wss_port), "wss listener not on loopback only");
+    assert!(
+        listens_on_loopback_only(ws_port),
+        "ws listener not on loopback only"
+    );
+    assert!(
+        listens_on_loopback_only(wss_port),
+        "wss listener not on loopback only"
+    );
 
     // The daemon on ws:// with the default path (/mqtt) ...
     let daemon = Daemon::start(&broker, &["--mqtt", &format!("ws://127.0.0.1:{ws_port}")]);
@@ -473,9 +524,12 @@ async fn the_acl_keeps_viewers_out_of_each_others_sessions_and_strangers_out() {
     let device_user = format!("cam-{n}");
     let broker = Broker::start_with(|dir, port| {
         let passwd = dir.join("passwd");
-        for (i, (user, password)) in [(device_user.as_str(), "device-secret"), ("viewer", "viewer-secret")]
-            .into_iter()
-            .enumerate()
+        for (i, (user, password)) in [
+            (device_user.as_str(), "device-secret"),
+            ("viewer", "viewer-secret"),
+        ]
+        .into_iter()
+        .enumerate()
         {
             let mut cmd = Command::new("mosquitto_passwd");
             if i == 0 {
@@ -516,7 +570,12 @@ async fn the_acl_keeps_viewers_out_of_each_others_sessions_and_strangers_out() {
     let anon = raw_connect(broker.port, &format!("anon-{n}"), None).await;
     assert!(anon.is_err(), "an anonymous client was let in");
     eprintln!("anonymous: {}", anon.err().unwrap());
-    let wrong = raw_connect(broker.port, &format!("guess-{n}"), Some(("viewer", "guess"))).await;
+    let wrong = raw_connect(
+        broker.port,
+        &format!("guess-{n}"),
+        Some(("viewer", "guess")),
+    )
+    .await;
     assert!(wrong.is_err(), "a wrong password was let in");
 
     // An observer with the device's rights sees everything that reaches the device's topics.
@@ -533,10 +592,11 @@ async fn the_acl_keeps_viewers_out_of_each_others_sessions_and_strangers_out() {
     ));
     let status_topic = format!("{uid}/status");
     loop {
-        if let Packet::Publish(p) = observer.next().await {
-            if p.topic == status_topic.as_bytes() && p.payload.windows(13).any(|w| w == b"\"online\":true") {
-                break;
-            }
+        if let Packet::Publish(p) = observer.next().await
+            && p.topic == status_topic.as_bytes()
+            && p.payload.windows(13).any(|w| w == b"\"online\":true")
+        {
+            break;
         }
     }
 
@@ -551,10 +611,10 @@ async fn the_acl_keeps_viewers_out_of_each_others_sessions_and_strangers_out() {
     let watching = tokio::spawn(spyglass::view::run(opts));
     let answer_topic = format!("{uid}/answer/{victim}");
     loop {
-        if let Packet::Publish(p) = observer.next().await {
-            if p.topic == answer_topic.as_bytes() {
-                break;
-            }
+        if let Packet::Publish(p) = observer.next().await
+            && p.topic == answer_topic.as_bytes()
+        {
+            break;
         }
     }
 
@@ -576,12 +636,14 @@ async fn the_acl_keeps_viewers_out_of_each_others_sessions_and_strangers_out() {
         let reason = other
             .publish(&format!("{uid}/{kind}/{victim}"), payload)
             .await;
-        assert_eq!(reason, PubAckReason::NotAuthorized, "{kind} into the victim's session");
+        assert_eq!(
+            reason,
+            PubAckReason::NotAuthorized,
+            "{kind} into the victim's session"
+        );
     }
     // It may not speak as the device either.
-    let reason = other
-        .publish(&status_topic, r#"{"online":false}"#)
-        .await;
+    let reason = other.publish(&status_topic, r#"{"online":false}"#).await;
     assert_eq!(reason, PubAckReason::NotAuthorized, "status");
     // Its own session is allowed (so the refusals above are the ACL's, not a blanket denial):
     // the device answers it (here with an error, the offer being no real one).
@@ -589,7 +651,9 @@ async fn the_acl_keeps_viewers_out_of_each_others_sessions_and_strangers_out() {
         other.subscribe(&format!("{uid}/+/{intruder}")).await,
         SubscribeReasonCode::Success(_)
     ));
-    let reason = other.publish(&format!("{uid}/offer/{intruder}"), &offer).await;
+    let reason = other
+        .publish(&format!("{uid}/offer/{intruder}"), &offer)
+        .await;
     assert_eq!(reason, PubAckReason::Success);
     let error_topic = format!("{uid}/error/{intruder}");
     loop {
@@ -618,17 +682,21 @@ async fn the_acl_keeps_viewers_out_of_each_others_sessions_and_strangers_out() {
     let sub = other.subscribe(&format!("{uid}/+/{idle}")).await;
     eprintln!("intruder subscribing to another client id's replies: {sub:?}");
     let reply_topic = format!("{uid}/answer/{idle}");
-    let reason = observer.publish(&reply_topic, r#"{"type":"answer","sdp":"x"}"#).await;
+    let reason = observer
+        .publish(&reply_topic, r#"{"type":"answer","sdp":"x"}"#)
+        .await;
     assert_eq!(reason, PubAckReason::Success);
     loop {
-        if let Packet::Publish(p) = owner.next().await {
-            if p.topic == reply_topic.as_bytes() {
-                break;
-            }
+        if let Packet::Publish(p) = owner.next().await
+            && p.topic == reply_topic.as_bytes()
+        {
+            break;
         }
     }
     // A round trip behind it: anything the broker delivered to the intruder came before this ack.
-    let reason = other.publish(&format!("{uid}/ice/{intruder}"), &candidate).await;
+    let reason = other
+        .publish(&format!("{uid}/ice/{intruder}"), &candidate)
+        .await;
     assert_eq!(reason, PubAckReason::Success);
     for (topic, _) in other.drain() {
         assert!(!topic.ends_with(&idle), "intruder received {topic}");
