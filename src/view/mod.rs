@@ -40,6 +40,8 @@ pub struct ViewOptions {
     pub port: u16,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// TCP, TLS or WebSocket (from the broker URL's scheme) and the TLS files.
+    pub transport: mqtt::MqttTransport,
     pub id: String,
     pub cid: String,
     /// Stop after this many decoded frames.
@@ -60,6 +62,7 @@ impl ViewOptions {
             port: cfg.mqtt.port,
             username: cfg.username.clone(),
             password: cfg.password.clone(),
+            transport: mqtt::MqttTransport::new(&cfg.mqtt, &cfg.tls),
             id: cfg.id.clone(),
             cid: cfg.cid.clone(),
             frames: u64::from(cfg.frames),
@@ -253,21 +256,30 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
         password: opts.password.clone(),
         will: None,
         subscriptions: topics.viewer_filters(&opts.cid).to_vec(),
-    });
+        transport: opts.transport.clone(),
+    })
+    .map_err(|e| ViewError::Setup(format!("{e:#}")))?;
     let deadline = tokio::time::Instant::now() + opts.timeout;
     let mut report = ViewReport::default();
 
     // Wait until subscribed, so that no reply can be missed.
+    let mut last_error = None;
     loop {
         match tokio::time::timeout_at(deadline, conn.events.recv()).await {
             Ok(Some(MqttEvent::Connected)) => break,
-            Ok(Some(MqttEvent::Disconnected(why))) => debug!("broker: {why}"),
+            Ok(Some(MqttEvent::Disconnected(why))) => {
+                debug!("broker: {why}");
+                last_error = Some(why);
+            }
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => {
                 conn.close(None).await;
                 return Err(ViewError::Setup(format!(
-                    "could not connect to the broker at {}:{}",
-                    opts.host, opts.port
+                    "could not connect to the broker at {}:{} ({}){}",
+                    opts.host,
+                    opts.port,
+                    opts.transport.scheme.as_str(),
+                    last_error.map(|e| format!(": {e}")).unwrap_or_default()
                 )));
             }
         }

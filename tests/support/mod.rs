@@ -75,6 +75,37 @@ impl Broker {
         Broker { port, child, dir }
     }
 
+    /// A Mosquitto with a config of the test's own: `config` gets the broker's private directory
+    /// (for certificates, password and ACL files) and the plain MQTT port, and returns the whole
+    /// config text, which must open `listener {port} 127.0.0.1` (the port waited for here).
+    pub fn start_with(config: impl FnOnce(&std::path::Path, u16) -> String) -> Broker {
+        let dir = temp_dir("broker");
+        let port = free_port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(&conf, config(&dir, port)).unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("mosquitto.log")).unwrap())
+            .spawn()
+            .expect("starting mosquitto (apt-get install mosquitto)");
+        let mut broker = Broker { port, child, dir };
+        if !wait_for_port(port, Duration::from_secs(10)) {
+            broker.stop();
+            panic!(
+                "mosquitto did not listen on {port}: {}",
+                std::fs::read_to_string(broker.dir.join("mosquitto.log")).unwrap_or_default()
+            );
+        }
+        broker
+    }
+
+    /// The broker's private directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
@@ -335,6 +366,7 @@ pub fn view_options(broker: &Broker, daemon: &Daemon, frames: u64) -> spyglass::
         port: broker.port,
         username: None,
         password: None,
+        transport: Default::default(),
         id: daemon.id.clone(),
         cid: format!("viewer-{}", rand::random::<u32>()),
         frames,
