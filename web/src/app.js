@@ -63,6 +63,10 @@ async function loadConfig() {
 
 let client = null;
 let credentials = { username: '', password: '' };
+// The page's CID is also its MQTT client id, so that a broker ACL can tie a viewer's topics to
+// its connection (`{uid}/offer/%c`, docs/SECURITY.md). A new session on the same CID replaces
+// the previous one on the device.
+const pageCid = `web-${randomHex(8)}`;
 
 // UIDs may have several levels; devices are found up to four levels deep. The chosen device's
 // own status topic is always subscribed, however deep.
@@ -75,7 +79,7 @@ function connect(broker) {
   setState('connecting', `Connecting to the broker ${broker}…`);
   const options = {
     protocolVersion: 5,
-    clientId: `web-${randomHex(8)}`,
+    clientId: pageCid,
     clean: true,
     reconnectPeriod: 2000,
     connectTimeout: 8000,
@@ -226,7 +230,7 @@ function refresh() {
 // A session: one peer connection with one CID (docs/PROTOCOL.md, "Sessions and ordering").
 
 async function startSession(uid, status) {
-  const cid = `web-${randomHex(8)}`;
+  const cid = pageCid;
   const session = {
     uid,
     cid,
