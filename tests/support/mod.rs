@@ -384,3 +384,45 @@ pub fn read_all(mut r: impl Read) -> String {
     let _ = r.read_to_string(&mut s);
     s
 }
+
+/// An offer SDP from a real peer connection that receives `kinds`, which is then closed. With
+/// `with_candidates` false its candidates are removed, so ICE can never complete.
+pub async fn recvonly_offer(
+    kinds: &[rtc::rtp_transceiver::rtp_sender::RtpCodecKind],
+    with_candidates: bool,
+) -> String {
+    use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+    use webrtc::peer_connection::PeerConnectionEventHandler;
+
+    struct Quiet;
+    #[async_trait::async_trait]
+    impl PeerConnectionEventHandler for Quiet {}
+
+    let factory = spyglass::peer::PeerFactory::new(spyglass::peer::PeerSettings {
+        bind: vec!["127.0.0.1".parse().unwrap()],
+        mdns: false,
+        ice_servers: vec![],
+    })
+    .unwrap();
+    let pc = factory.build(std::sync::Arc::new(Quiet)).await.unwrap();
+    for kind in kinds {
+        pc.add_transceiver_from_kind(
+            *kind,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    }
+    let offer = pc.create_offer(None).await.unwrap();
+    pc.set_local_description(offer).await.unwrap();
+    let sdp = pc.local_description().await.unwrap().sdp;
+    pc.close().await.unwrap();
+    if with_candidates {
+        sdp
+    } else {
+        sdp.split("\r\n").filter(|l| !l.starts_with("a=candidate")).collect::<Vec<_>>().join("\r\n")
+    }
+}
