@@ -5,6 +5,8 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # libopus builds with cmake; alsa-sys links libasound) and the broker the tests start.
 APT_PACKAGES := build-essential pkg-config cmake nasm clang libclang-dev libasound2-dev \
                 mosquitto mosquitto-clients
+# The MQTT TLS tests make their CA and certificates with the openssl command.
+APT_PACKAGES += openssl
 # The viewer page's browser tests drive Debian's Chromium; node and npm build the page (Debian's
 # nodejs/npm only where no node is installed already).
 APT_PACKAGES += chromium $(if $(shell command -v node),,nodejs) $(if $(shell command -v npm),,npm)

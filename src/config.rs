@@ -50,6 +50,9 @@ pub const FILE_KEYS: &[&str] = &[
     "mqtt",
     "mqtt-username",
     "mqtt-password-file",
+    "mqtt-ca",
+    "mqtt-cert",
+    "mqtt-key",
     "video",
     "size",
     "fps",
@@ -93,6 +96,8 @@ pub struct DaemonConfig {
     pub mqtt: BrokerUrl,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// CA and client certificate files for `mqtts://` and `wss://` brokers.
+    pub tls: MqttTls,
     pub video: VideoSpec,
     /// `--audio`: `auto`, `none`, `tone`, or an ALSA PCM name (resolved by `audio::resolve`).
     pub audio: String,
@@ -129,6 +134,8 @@ pub struct ViewConfig {
     pub id: String,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// CA and client certificate files for `mqtts://` and `wss://` brokers.
+    pub tls: MqttTls,
     /// Frames to receive and decode before exiting successfully.
     pub frames: u32,
     /// Give up (and fail) after this long.
@@ -153,6 +160,7 @@ impl fmt::Debug for DaemonConfig {
             .field("mqtt", &self.mqtt)
             .field("username", &self.username)
             .field("password", &redact(&self.password))
+            .field("tls", &self.tls)
             .field("video", &self.video)
             .field("bitrate_kbps", &self.bitrate_kbps)
             .field("max_viewers", &self.max_viewers)
@@ -180,6 +188,7 @@ impl fmt::Debug for ViewConfig {
             .field("id", &self.id)
             .field("username", &self.username)
             .field("password", &redact(&self.password))
+            .field("tls", &self.tls)
             .field("frames", &self.frames)
             .field("timeout", &self.timeout)
             .field("cid", &self.cid)
@@ -187,36 +196,67 @@ impl fmt::Debug for ViewConfig {
     }
 }
 
-/// Scheme of a [`BrokerUrl`]. Only plain TCP for now; TLS (`mqtts://`) and WebSockets
-/// (`ws://`, `wss://`) are meant to become further variants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Scheme of a [`BrokerUrl`]: it alone chooses the transport (TLS or not, WebSocket or not),
+/// never the port number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum BrokerScheme {
     /// `mqtt://`: MQTT over plain TCP.
+    #[default]
     Mqtt,
+    /// `mqtts://`: MQTT over TLS.
+    Mqtts,
+    /// `ws://`: MQTT over a WebSocket.
+    Ws,
+    /// `wss://`: MQTT over a WebSocket over TLS.
+    Wss,
 }
+
+/// The path a `ws://` or `wss://` URL without one gets: what AWS IoT, EMQX and HiveMQ serve MQTT
+/// on. Mosquitto accepts any path.
+pub const DEFAULT_WS_PATH: &str = "/mqtt";
 
 impl BrokerScheme {
     pub fn as_str(self) -> &'static str {
         match self {
             BrokerScheme::Mqtt => "mqtt",
+            BrokerScheme::Mqtts => "mqtts",
+            BrokerScheme::Ws => "ws",
+            BrokerScheme::Wss => "wss",
         }
     }
 
     pub fn default_port(self) -> u16 {
         match self {
             BrokerScheme::Mqtt => DEFAULT_MQTT_PORT,
+            BrokerScheme::Mqtts => 8883,
+            BrokerScheme::Ws => 80,
+            BrokerScheme::Wss => 443,
         }
+    }
+
+    /// Whether the connection is encrypted (and the `--mqtt-ca/cert/key` options apply).
+    pub fn is_tls(self) -> bool {
+        matches!(self, BrokerScheme::Mqtts | BrokerScheme::Wss)
+    }
+
+    /// Whether MQTT travels in WebSocket frames (and the URL may have a path).
+    pub fn is_websocket(self) -> bool {
+        matches!(self, BrokerScheme::Ws | BrokerScheme::Wss)
     }
 }
 
-/// A parsed broker address, `mqtt://HOST[:PORT]`. IPv6 hosts are written in brackets and stored
+/// A parsed broker address, `SCHEME://HOST[:PORT][/PATH]` with SCHEME one of `mqtt`, `mqtts`,
+/// `ws`, `wss` (a path only for the WebSocket ones). IPv6 hosts are written in brackets and stored
 /// without them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BrokerUrl {
     pub scheme: BrokerScheme,
     pub host: String,
     pub port: u16,
+    /// The WebSocket path, starting with `/` (default [`DEFAULT_WS_PATH`]); empty for `mqtt://`
+    /// and `mqtts://`.
+    pub path: String,
 }
 
 impl BrokerUrl {
@@ -226,8 +266,21 @@ impl BrokerUrl {
             scheme: BrokerScheme::Mqtt,
             host: host.into(),
             port,
+            path: String::new(),
         }
     }
+}
+
+/// Files for a TLS connection to the broker (`mqtts://`, `wss://`), each PEM. Checked when the
+/// configuration is loaded; the key's contents are never logged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MqttTls {
+    /// CA certificate(s) to trust instead of the system's roots.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (chain), for brokers that authenticate devices by certificate.
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key.
+    pub key: Option<PathBuf>,
 }
 
 impl Default for BrokerUrl {
@@ -249,7 +302,8 @@ impl fmt::Display for BrokerUrl {
             )
         } else {
             write!(f, "{}://{}:{}", self.scheme.as_str(), self.host, self.port)
-        }
+        }?;
+        f.write_str(&self.path)
     }
 }
 
@@ -257,20 +311,41 @@ impl FromStr for BrokerUrl {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        const FORM: &str = "expected mqtt://HOST[:PORT]";
+        const FORM: &str = "expected mqtt://HOST[:PORT], mqtts://HOST[:PORT], ws://HOST[:PORT][/PATH] or wss://HOST[:PORT][/PATH]";
         let Some((scheme, rest)) = s.split_once("://") else {
             return Err(format!("{FORM}, got {s:?}"));
         };
         let scheme = match scheme.to_ascii_lowercase().as_str() {
             "mqtt" => BrokerScheme::Mqtt,
-            "mqtts" | "ssl" | "tls" | "ws" | "wss" => {
+            "mqtts" => BrokerScheme::Mqtts,
+            "ws" => BrokerScheme::Ws,
+            "wss" => BrokerScheme::Wss,
+            "ssl" | "tls" => {
                 return Err(format!(
-                    "{scheme}:// brokers are not supported yet, only mqtt:// (plain TCP); got {s:?}"
+                    "write a TLS broker as mqtts://HOST[:PORT], got {s:?}"
                 ));
             }
             _ => return Err(format!("unknown scheme {scheme:?}: {FORM}, got {s:?}")),
         };
-        let authority = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['?', '#']) || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "a broker URL has no query, fragment or spaces: {FORM}, got {s:?}"
+            ));
+        }
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let path = match (scheme.is_websocket(), path) {
+            (false, "" | "/") => String::new(),
+            (false, _) => {
+                return Err(format!(
+                    "a broker URL has no path or query: {FORM}, got {s:?}"
+                ));
+            }
+            (true, "" | "/") => DEFAULT_WS_PATH.to_owned(),
+            (true, path) => path.to_owned(),
+        };
         if authority.contains('@') {
             return Err(format!(
                 "put the user name in --mqtt-username and the password in --mqtt-password-file or \
@@ -333,6 +408,7 @@ impl FromStr for BrokerUrl {
             scheme,
             host: host.to_owned(),
             port,
+            path,
         })
     }
 }
@@ -460,7 +536,9 @@ struct DaemonArgs {
     #[arg(long, value_name = "UID", value_parser = parse_id)]
     id: Option<String>,
 
-    /// MQTT 5 broker, mqtt://HOST[:PORT] (port defaults to 1883). [default: mqtt://127.0.0.1:1883]
+    /// MQTT 5 broker: mqtt://HOST[:PORT] (TCP, port 1883), mqtts://HOST[:PORT] (TLS, 8883),
+    /// ws://HOST[:PORT][/PATH] or wss://HOST[:PORT][/PATH] (WebSocket, 80 or 443, path /mqtt).
+    /// The scheme alone chooses TLS. [default: mqtt://127.0.0.1:1883]
     #[arg(long, value_name = "URL", value_parser = parse_broker, help_heading = "MQTT")]
     mqtt: Option<BrokerUrl>,
 
@@ -472,6 +550,20 @@ struct DaemonArgs {
     /// SPYGLASS_MQTT_PASSWORD environment variable is used if set. Needs --mqtt-username.
     #[arg(long, value_name = "FILE", value_parser = parse_path, help_heading = "MQTT")]
     mqtt_password_file: Option<PathBuf>,
+
+    /// CA certificate(s) (PEM) to trust for an mqtts:// or wss:// broker instead of the
+    /// system's root certificates.
+    #[arg(long, value_name = "FILE", value_parser = parse_path, help_heading = "MQTT")]
+    mqtt_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) for brokers that authenticate devices by certificate. Needs
+    /// --mqtt-key and an mqtts:// or wss:// broker.
+    #[arg(long, value_name = "FILE", value_parser = parse_path, help_heading = "MQTT")]
+    mqtt_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1). Needs --mqtt-cert.
+    #[arg(long, value_name = "FILE", value_parser = parse_path, help_heading = "MQTT")]
+    mqtt_key: Option<PathBuf>,
 
     /// Video source: `test` for the built-in test pattern, or a V4L2 device path
     /// (`test-faults:FILE` is a test pattern that fails on command, for testing).
@@ -553,7 +645,8 @@ struct DaemonArgs {
 
 #[derive(Args, Debug)]
 struct ViewArgs {
-    /// MQTT 5 broker, mqtt://HOST[:PORT] (port defaults to 1883).
+    /// MQTT 5 broker: mqtt://HOST[:PORT], mqtts://HOST[:PORT], ws://HOST[:PORT][/PATH] or
+    /// wss://HOST[:PORT][/PATH] (see the daemon's --mqtt).
     #[arg(long, value_name = "URL", value_parser = parse_broker)]
     mqtt: BrokerUrl,
 
@@ -568,6 +661,19 @@ struct ViewArgs {
     /// File holding the broker password; without it SPYGLASS_MQTT_PASSWORD is used if set.
     #[arg(long, value_name = "FILE", value_parser = parse_path)]
     mqtt_password_file: Option<PathBuf>,
+
+    /// CA certificate(s) (PEM) to trust for an mqtts:// or wss:// broker instead of the
+    /// system's root certificates.
+    #[arg(long, value_name = "FILE", value_parser = parse_path)]
+    mqtt_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM), for brokers that ask for one. Needs --mqtt-key.
+    #[arg(long, value_name = "FILE", value_parser = parse_path)]
+    mqtt_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM). Needs --mqtt-cert.
+    #[arg(long, value_name = "FILE", value_parser = parse_path)]
+    mqtt_key: Option<PathBuf>,
 
     /// Frames to receive and decode before exiting successfully.
     #[arg(long, value_name = "N", value_parser = parse_frames, default_value_t = DEFAULT_VIEW_FRAMES)]
@@ -826,6 +932,9 @@ struct FileValues {
     mqtt: Option<BrokerUrl>,
     mqtt_username: Option<String>,
     mqtt_password_file: Option<PathBuf>,
+    mqtt_ca: Option<PathBuf>,
+    mqtt_cert: Option<PathBuf>,
+    mqtt_key: Option<PathBuf>,
     video: Option<String>,
     size: Option<(u32, u32)>,
     fps: Option<u32>,
@@ -932,13 +1041,20 @@ fn parse_config_text(path: &Path, text: &str) -> Result<FileValues, ConfigError>
     for (key, value) in &table {
         let result = match key.as_str() {
             "id" => file_str(value, "a device id", parse_id).map(|x| v.id = Some(x)),
-            "mqtt" => file_str(value, "mqtt://HOST[:PORT]", parse_broker).map(|x| v.mqtt = Some(x)),
+            "mqtt" => {
+                file_str(value, "a broker URL string", parse_broker).map(|x| v.mqtt = Some(x))
+            }
             "mqtt-username" => {
                 file_str(value, "a string", parse_nonempty).map(|x| v.mqtt_username = Some(x))
             }
             "mqtt-password-file" => {
                 file_str(value, "a file path", parse_path).map(|x| v.mqtt_password_file = Some(x))
             }
+            "mqtt-ca" => file_str(value, "a file path", parse_path).map(|x| v.mqtt_ca = Some(x)),
+            "mqtt-cert" => {
+                file_str(value, "a file path", parse_path).map(|x| v.mqtt_cert = Some(x))
+            }
+            "mqtt-key" => file_str(value, "a file path", parse_path).map(|x| v.mqtt_key = Some(x)),
             "video" => {
                 file_str(value, "`test` or a device path", parse_video).map(|x| v.video = Some(x))
             }
@@ -1045,6 +1161,14 @@ fn resolve_daemon(args: DaemonArgs, env: &Env) -> Result<DaemonConfig, ConfigErr
     let username = args.mqtt_username.or(file.mqtt_username);
     let password_file = args.mqtt_password_file.or(file.mqtt_password_file);
     let password = mqtt_password(password_file.as_deref(), env, username.as_deref())?;
+    let mqtt = args.mqtt.or(file.mqtt).unwrap_or_default();
+    let config = args.config.as_deref();
+    let tls = mqtt_tls(
+        &mqtt,
+        TlsOption::pick("mqtt-ca", args.mqtt_ca, file.mqtt_ca, config),
+        TlsOption::pick("mqtt-cert", args.mqtt_cert, file.mqtt_cert, config),
+        TlsOption::pick("mqtt-key", args.mqtt_key, file.mqtt_key, config),
+    )?;
     let (width, height) = args
         .size
         .or(file.size)
@@ -1108,9 +1232,10 @@ fn resolve_daemon(args: DaemonArgs, env: &Env) -> Result<DaemonConfig, ConfigErr
         .unwrap_or(DEFAULT_PEER_TIMEOUT_SECS);
     Ok(DaemonConfig {
         id,
-        mqtt: args.mqtt.or(file.mqtt).unwrap_or_default(),
+        mqtt,
         username,
         password,
+        tls,
         video,
         audio: args
             .audio
@@ -1145,11 +1270,18 @@ fn resolve_view(args: ViewArgs, env: &Env) -> Result<ViewConfig, ConfigError> {
         env,
         args.mqtt_username.as_deref(),
     )?;
+    let tls = mqtt_tls(
+        &args.mqtt,
+        TlsOption::pick("mqtt-ca", args.mqtt_ca, None, None),
+        TlsOption::pick("mqtt-cert", args.mqtt_cert, None, None),
+        TlsOption::pick("mqtt-key", args.mqtt_key, None, None),
+    )?;
     Ok(ViewConfig {
         mqtt: args.mqtt,
         id: args.id,
         username: args.mqtt_username,
         password,
+        tls,
         frames: args.frames,
         timeout: Duration::from_secs(args.timeout.into()),
         cid: args.cid.unwrap_or_else(random_cid),
@@ -1196,6 +1328,81 @@ fn mqtt_password(
         )));
     }
     Ok(password)
+}
+
+/// A TLS file option and where it came from, for error messages.
+struct TlsOption {
+    path: PathBuf,
+    /// `--mqtt-ca`, or `key "mqtt-ca" of config file FILE`.
+    origin: String,
+}
+
+impl TlsOption {
+    /// The flag's value if given, else the config file's.
+    fn pick(
+        key: &str,
+        flag: Option<PathBuf>,
+        file: Option<PathBuf>,
+        config: Option<&Path>,
+    ) -> Option<TlsOption> {
+        match (flag, file, config) {
+            (Some(path), _, _) => Some(TlsOption {
+                path,
+                origin: format!("--{key}"),
+            }),
+            (None, Some(path), Some(config)) => Some(TlsOption {
+                path,
+                origin: format!("config file {}: key \"{key}\"", config.display()),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Check the TLS files: each must be readable and hold what it should (parsed, not just opened),
+/// the certificate and key come together, and they need a TLS broker URL.
+fn mqtt_tls(
+    url: &BrokerUrl,
+    ca: Option<TlsOption>,
+    cert: Option<TlsOption>,
+    key: Option<TlsOption>,
+) -> Result<MqttTls, ConfigError> {
+    for option in [&ca, &cert, &key].into_iter().flatten() {
+        if !url.scheme.is_tls() {
+            return Err(ConfigError::Invalid(format!(
+                "{} {}: TLS files need an mqtts:// or wss:// broker, but the broker is {url}",
+                option.origin,
+                option.path.display()
+            )));
+        }
+    }
+    let check = |option: &Option<TlsOption>,
+                 load: fn(&Path) -> Result<(), String>|
+     -> Result<Option<PathBuf>, ConfigError> {
+        match option {
+            None => Ok(None),
+            Some(o) => match load(&o.path) {
+                Ok(()) => Ok(Some(o.path.clone())),
+                Err(e) => Err(ConfigError::Invalid(format!("{}: {e}", o.origin))),
+            },
+        }
+    };
+    let tls = MqttTls {
+        ca: check(&ca, |p| crate::mqtt::load_certs(p).map(drop))?,
+        cert: check(&cert, |p| crate::mqtt::load_certs(p).map(drop))?,
+        key: check(&key, |p| crate::mqtt::load_key(p).map(drop))?,
+    };
+    match (&cert, &key) {
+        (Some(o), None) => Err(ConfigError::Invalid(format!(
+            "{} needs a private key: add --mqtt-key (or the key mqtt-key)",
+            o.origin
+        ))),
+        (None, Some(o)) => Err(ConfigError::Invalid(format!(
+            "{} needs its certificate: add --mqtt-cert (or the key mqtt-cert)",
+            o.origin
+        ))),
+        _ => Ok(tls),
+    }
 }
 
 /// Read a secret from a file, dropping one trailing newline (`\n` or `\r\n`).
@@ -1638,8 +1845,10 @@ mod tests {
             (&["--id", "/cam"], "start or end"),
             (&["--id", "a//b"], "empty level"),
             (&["--mqtt", "http://h"], "unknown scheme"),
-            (&["--mqtt", "mqtts://h"], "not supported yet"),
-            (&["--mqtt", "ws://h:8080"], "not supported yet"),
+            (&["--mqtt", "ssl://h"], "mqtts://"),
+            (&["--mqtt", "mqtts://h/x"], "no path"),
+            (&["--mqtt", "ws://h:8080/mqtt?x=1"], "no query"),
+            (&["--mqtt", "wss://u:p@h"], "--mqtt-username"),
             (&["--mqtt", "127.0.0.1:1883"], "mqtt://HOST[:PORT]"),
             (&["--mqtt", "mqtt://"], "host"),
             (&["--mqtt", "mqtt://h:0"], "port"),
@@ -1688,6 +1897,189 @@ mod tests {
             "mqtt://[::1]:1883"
         );
         assert_eq!(BrokerUrl::default().to_string(), "mqtt://127.0.0.1:1883");
+        // The scheme chooses the transport and the default port; only WebSockets have a path.
+        let cases = [
+            (
+                "mqtts://h",
+                BrokerScheme::Mqtts,
+                "h",
+                8883,
+                "",
+                "mqtts://h:8883",
+            ),
+            (
+                "mqtts://h:1883/",
+                BrokerScheme::Mqtts,
+                "h",
+                1883,
+                "",
+                "mqtts://h:1883",
+            ),
+            (
+                "ws://h",
+                BrokerScheme::Ws,
+                "h",
+                80,
+                "/mqtt",
+                "ws://h:80/mqtt",
+            ),
+            (
+                "ws://h:9001/",
+                BrokerScheme::Ws,
+                "h",
+                9001,
+                "/mqtt",
+                "ws://h:9001/mqtt",
+            ),
+            (
+                "WSS://h/a/b",
+                BrokerScheme::Wss,
+                "h",
+                443,
+                "/a/b",
+                "wss://h:443/a/b",
+            ),
+            (
+                "wss://[::1]:8443/m",
+                BrokerScheme::Wss,
+                "::1",
+                8443,
+                "/m",
+                "wss://[::1]:8443/m",
+            ),
+        ];
+        for (text, scheme, host, port, path, shown) in cases {
+            let url: BrokerUrl = text.parse().unwrap();
+            assert_eq!(
+                (url.scheme, url.host.as_str(), url.port, url.path.as_str()),
+                (scheme, host, port, path),
+                "{text}"
+            );
+            assert_eq!(url.to_string(), shown);
+            assert_eq!(url.to_string().parse::<BrokerUrl>().unwrap(), url, "{text}");
+        }
+        assert!(BrokerScheme::Mqtts.is_tls() && BrokerScheme::Wss.is_tls());
+        assert!(!BrokerScheme::Mqtt.is_tls() && !BrokerScheme::Ws.is_tls());
+    }
+
+    /// A self-signed certificate and its key, made with the openssl command.
+    fn pem_pair(scratch: &Scratch) -> (PathBuf, PathBuf) {
+        let cert = scratch.0.join("c.pem");
+        let key = scratch.0.join("k.pem");
+        let ok = std::process::Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args(["-nodes", "-days", "1", "-subj", "/CN=t", "-keyout"])
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("openssl")
+            .success();
+        assert!(ok, "openssl req failed");
+        (cert, key)
+    }
+
+    #[test]
+    fn tls_files_from_flags_and_file_are_checked() {
+        let scratch = Scratch::new();
+        let (cert, key) = pem_pair(&scratch);
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let c = daemon(&[
+            "--mqtt",
+            "mqtts://b.lan",
+            "--mqtt-ca",
+            cert,
+            "--mqtt-cert",
+            cert,
+            "--mqtt-key",
+            key,
+        ])
+        .unwrap();
+        assert_eq!(c.mqtt.port, 8883);
+        assert_eq!(c.tls.ca.as_deref(), Some(Path::new(cert)));
+        assert_eq!(c.tls.cert.as_deref(), Some(Path::new(cert)));
+        assert_eq!(c.tls.key.as_deref(), Some(Path::new(key)));
+        let text = format!("mqtt = \"wss://b.lan/mqtt\"\nmqtt-ca = \"{cert}\"\n");
+        let path = scratch.file("c.toml", &text);
+        let c = daemon(&["--config", path.to_str().unwrap()]).unwrap();
+        assert_eq!(c.tls.ca.as_deref(), Some(Path::new(cert)));
+        assert_eq!(c.tls.cert, None);
+        let v = view_with(
+            &["--mqtt", "mqtts://b.lan", "--id", "cam", "--mqtt-ca", cert],
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(v.tls.ca.as_deref(), Some(Path::new(cert)));
+
+        let junk = scratch.file("junk.pem", "hello\n");
+        let junk = junk.to_str().unwrap();
+        let missing = scratch.0.join("nope.pem");
+        let missing = missing.to_str().unwrap();
+        let cases: &[(&[&str], &[&str])] = &[
+            (
+                &["--mqtt-ca", cert],
+                &["--mqtt-ca", cert, "mqtts:// or wss://", "mqtt://"],
+            ),
+            (
+                &["--mqtt", "ws://b", "--mqtt-ca", cert],
+                &["--mqtt-ca", "ws://b:80/mqtt"],
+            ),
+            (
+                &["--mqtt", "mqtts://b", "--mqtt-ca", missing],
+                &["--mqtt-ca", missing],
+            ),
+            (
+                &["--mqtt", "mqtts://b", "--mqtt-ca", junk],
+                &["--mqtt-ca", junk, "no PEM certificate"],
+            ),
+            (
+                &["--mqtt", "mqtts://b", "--mqtt-ca", key],
+                &["--mqtt-ca", "no PEM certificate"],
+            ),
+            (
+                &[
+                    "--mqtt",
+                    "mqtts://b",
+                    "--mqtt-cert",
+                    cert,
+                    "--mqtt-key",
+                    cert,
+                ],
+                &["--mqtt-key", cert, "no PEM private key"],
+            ),
+            (
+                &["--mqtt", "mqtts://b", "--mqtt-cert", cert],
+                &["--mqtt-cert", "--mqtt-key"],
+            ),
+            (
+                &["--mqtt", "mqtts://b", "--mqtt-key", key],
+                &["--mqtt-key", "--mqtt-cert"],
+            ),
+        ];
+        for (args, wants) in cases {
+            let msg = daemon(args).unwrap_err().to_string();
+            for want in *wants {
+                assert!(msg.contains(want), "{args:?}: {msg}");
+            }
+            // The key's contents never appear in an error.
+            assert!(!msg.contains("-----"), "{msg}");
+        }
+        let text = format!("mqtt = \"mqtts://b\"\nmqtt-ca = \"{junk}\"\n");
+        let path = scratch.file("bad.toml", &text);
+        let msg = daemon(&["--config", path.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        for want in [path.to_str().unwrap(), "key \"mqtt-ca\"", junk] {
+            assert!(msg.contains(want), "{msg}");
+        }
     }
 
     #[test]
@@ -1965,7 +2357,9 @@ mod tests {
             ("id = \"a+b\"", "id", "wildcard"),
             ("id = \"a/#\"", "id", "wildcard"),
             ("id = 5", "id", "expected a device id, got 5"),
-            ("mqtt = \"mqtts://h\"", "mqtt", "not supported yet"),
+            ("mqtt = \"tls://h\"", "mqtt", "mqtts://"),
+            ("mqtt-ca = 1", "mqtt-ca", "expected a file path"),
+            ("mqtt-key = \"\"", "mqtt-key", "non-empty"),
             ("mqtt = \"h:1883\"", "mqtt", "mqtt://HOST[:PORT]"),
             ("mqtt-username = \"\"", "mqtt-username", "non-empty"),
             (
@@ -2258,7 +2652,7 @@ mod tests {
                 ErrorKind::ValueValidation,
             ),
             (
-                &["--mqtt", "ws://h", "--id", "c"],
+                &["--mqtt", "http://h", "--id", "c"],
                 ErrorKind::ValueValidation,
             ),
             (

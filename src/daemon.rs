@@ -73,8 +73,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         password: cfg.password.clone(),
         will: Some((topics.status(), offline.clone())),
         subscriptions: topics.device_filters().to_vec(),
-    });
-    info!(id = %cfg.id, broker = %format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port), video = %cfg.video.source, "spyglass {VERSION} starting");
+        transport: mqtt::MqttTransport::new(&cfg.mqtt, &cfg.tls),
+    })?;
+    info!(id = %cfg.id, broker = %cfg.mqtt, video = %cfg.video.source, "spyglass {VERSION} starting");
 
     let (session_tx, mut session_rx) = mpsc::unbounded_channel::<(SessionKey, SessionEvent)>();
     let mut exec = Executor {

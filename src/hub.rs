@@ -15,6 +15,7 @@ use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
 use crate::encode::{EncodedFrame, EncoderSettings, H264Encoder};
+use crate::video::controls::Controls;
 use crate::video::{self, Frame, VideoError, VideoSource, VideoSpec};
 
 /// How many encoded frames a viewer may lag behind before it loses the oldest.
@@ -113,6 +114,10 @@ struct Inner {
     keyframes: Mutex<KeyframeGate>,
     counters: HubCounters,
     state: tokio::sync::watch::Sender<VideoState>,
+    /// The source's picture controls.
+    controls: Controls,
+    /// The newest raw frame that was encoded, for snapshots; `None` while idle.
+    latest: Mutex<Option<Arc<Frame>>>,
 }
 
 #[derive(Default)]
@@ -130,10 +135,21 @@ pub struct Hub {
 impl Hub {
     /// A hub over the source that `spec` names.
     pub fn new(spec: VideoSpec, bitrate_kbps: u32) -> Hub {
-        Hub::with_opener(Box::new(move || video::open(&spec)), bitrate_kbps)
+        let controls = Controls::for_spec(&spec);
+        let source_controls = controls.clone();
+        Hub::with_controls(
+            Box::new(move || video::open_with(&spec, &source_controls)),
+            bitrate_kbps,
+            controls,
+        )
     }
 
     pub fn with_opener(opener: SourceOpener, bitrate_kbps: u32) -> Hub {
+        Hub::with_controls(opener, bitrate_kbps, Controls::None)
+    }
+
+    /// A hub whose source follows `controls` (the opener must give them to the source).
+    pub fn with_controls(opener: SourceOpener, bitrate_kbps: u32, controls: Controls) -> Hub {
         let (frames, _) = broadcast::channel(FANOUT_DEPTH);
         let inner = Arc::new(Inner {
             opener,
@@ -144,6 +160,8 @@ impl Hub {
             keyframes: Mutex::new(KeyframeGate::default()),
             counters: HubCounters::default(),
             state: tokio::sync::watch::channel(VideoState::Idle).0,
+            controls,
+            latest: Mutex::new(None),
         });
         let worker = Arc::clone(&inner);
         thread::Builder::new()
@@ -181,6 +199,16 @@ impl Hub {
 
     pub fn counters(&self) -> &HubCounters {
         &self.inner.counters
+    }
+
+    /// The source's picture controls (changes apply to every viewer).
+    pub fn controls(&self) -> &Controls {
+        &self.inner.controls
+    }
+
+    /// The newest frame that was encoded, while the pipeline runs.
+    pub fn latest_frame(&self) -> Option<Arc<Frame>> {
+        lock(&self.inner.latest).clone()
     }
 
     pub fn subscribers(&self) -> usize {
@@ -355,6 +383,7 @@ fn run_pipeline(inner: &Inner) -> Result<(), (PipelineError, bool)> {
                 // No receivers is fine: viewers may be between frames of joining and leaving.
                 let _ = inner.frames.send(Arc::new(encoded));
             }
+            *lock(&inner.latest) = Some(Arc::new(frame));
         }
         Ok(())
     })();
@@ -372,6 +401,7 @@ fn run_pipeline(inner: &Inner) -> Result<(), (PipelineError, bool)> {
         .raw_frames_dropped
         .fetch_add(mailbox.dropped(), Ordering::Relaxed);
     info!("capture stopped: {}", format.description);
+    lock(&inner.latest).take();
     drop(encoder);
     release_freed_memory();
     result.map_err(|e| (e, delivered))

@@ -1,16 +1,28 @@
 //! The MQTT 5 transport: connects to the broker, keeps the connection up (reconnecting with
 //! capped exponential backoff and jitter), subscribes with No-Local after every connect, and
 //! moves messages in and out. It knows nothing of what the messages mean.
+//!
+//! The broker URL's scheme chooses the transport: `mqtt://` plain TCP, `mqtts://` TLS, `ws://`
+//! and `wss://` MQTT over a WebSocket (without and with TLS). TLS is rustls with the ring crypto
+//! provider (the one webrtc uses), trusting the system's root certificates or the CA file given,
+//! and presenting a client certificate when one is configured.
 
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, LastWill, Packet};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
+
+use crate::config::{BrokerScheme, BrokerUrl, MqttTls};
 
 /// Largest message we let the broker send us. Larger than any limit the application applies,
 /// so that the application sees an oversized message and can answer it with an error.
@@ -29,6 +41,105 @@ pub struct MqttSettings {
     pub will: Option<(String, Vec<u8>)>,
     /// Filters subscribed (QoS 1, No-Local) after every connect.
     pub subscriptions: Vec<String>,
+    /// TCP, TLS or WebSocket, and the TLS files.
+    pub transport: MqttTransport,
+}
+
+/// How to reach the broker beyond host and port: what the URL's scheme says, the WebSocket path,
+/// and the TLS files. The default is plain TCP.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MqttTransport {
+    pub scheme: BrokerScheme,
+    /// The WebSocket path (`ws://`, `wss://`); ignored otherwise.
+    pub path: String,
+    pub tls: MqttTls,
+}
+
+impl MqttTransport {
+    pub fn new(url: &BrokerUrl, tls: &MqttTls) -> Self {
+        MqttTransport {
+            scheme: url.scheme,
+            path: url.path.clone(),
+            tls: tls.clone(),
+        }
+    }
+}
+
+/// The certificates in a PEM file; an error (naming the file) if it cannot be read or holds none.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {}", path.display(), pem_error(e)))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{}: no PEM certificate (BEGIN CERTIFICATE) in it",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
+/// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1); an error naming the file, never
+/// quoting it.
+pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => format!(
+            "{}: no PEM private key (BEGIN PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY) in it",
+            path.display()
+        ),
+        e => format!("{}: {}", path.display(), pem_error(e)),
+    })
+}
+
+fn pem_error(e: rustls_pki_types::pem::Error) -> String {
+    match e {
+        rustls_pki_types::pem::Error::Io(io) => io.to_string(),
+        // The other variants describe the structure, not the contents.
+        other => format!("not a valid PEM file ({other:?})"),
+    }
+}
+
+/// The rustls client configuration for `mqtts://` and `wss://`.
+fn tls_config(tls: &MqttTls) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &tls.ca {
+        Some(path) => {
+            for cert in load_certs(path).map_err(anyhow::Error::msg)? {
+                roots
+                    .add(cert)
+                    .map_err(|e| anyhow::anyhow!("MQTT CA file {}: {e}", path.display()))?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                anyhow::bail!(
+                    "no system root certificates found for the TLS broker ({} errors);                      name a CA file with --mqtt-ca",
+                    found.errors.len()
+                );
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    Ok(match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => builder
+            .with_client_auth_cert(
+                load_certs(cert).map_err(anyhow::Error::msg)?,
+                load_key(key).map_err(anyhow::Error::msg)?,
+            )
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "MQTT client certificate {} and key {}: {e}",
+                    cert.display(),
+                    key.display()
+                )
+            })?,
+        _ => builder.with_no_client_auth(),
+    })
 }
 
 impl std::fmt::Debug for MqttSettings {
@@ -40,6 +151,7 @@ impl std::fmt::Debug for MqttSettings {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("subscriptions", &self.subscriptions)
+            .field("transport", &self.transport)
             .finish()
     }
 }
@@ -76,13 +188,43 @@ pub struct MqttConnection {
     task: JoinHandle<()>,
 }
 
-/// Start the connection. Nothing is sent until the event loop runs, which starts here.
-pub fn connect(settings: MqttSettings) -> MqttConnection {
-    let mut options = MqttOptions::new(
-        settings.client_id.clone(),
-        settings.host.clone(),
-        settings.port,
-    );
+/// Start the connection. Nothing is sent until the event loop runs, which starts here. Fails
+/// only when the TLS files cannot be loaded.
+pub fn connect(settings: MqttSettings) -> anyhow::Result<MqttConnection> {
+    let t = &settings.transport;
+    // For WebSockets rumqttc takes host, port and path from a URL in place of the host.
+    let ws_url = || {
+        let host = if settings.host.contains(':') {
+            format!("[{}]", settings.host)
+        } else {
+            settings.host.clone()
+        };
+        let path = if t.path.is_empty() {
+            crate::config::DEFAULT_WS_PATH
+        } else {
+            &t.path
+        };
+        let scheme = if t.scheme == BrokerScheme::Wss {
+            "wss"
+        } else {
+            "ws"
+        };
+        format!("{scheme}://{host}:{}{path}", settings.port)
+    };
+    let (addr, transport) = match t.scheme {
+        BrokerScheme::Mqtts => (
+            settings.host.clone(),
+            Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls_config(&t.tls)?))),
+        ),
+        BrokerScheme::Ws => (ws_url(), Transport::ws()),
+        BrokerScheme::Wss => (
+            ws_url(),
+            Transport::wss_with_config(TlsConfiguration::Rustls(Arc::new(tls_config(&t.tls)?))),
+        ),
+        _ => (settings.host.clone(), Transport::tcp()),
+    };
+    let mut options = MqttOptions::new(settings.client_id.clone(), addr, settings.port);
+    options.set_transport(transport);
     options.set_keep_alive(Duration::from_secs(15));
     options.set_clean_start(true);
     options.set_max_packet_size(Some(MAX_INCOMING_BYTES));
@@ -118,11 +260,11 @@ pub fn connect(settings: MqttSettings) -> MqttConnection {
             }
         }
     });
-    MqttConnection {
+    Ok(MqttConnection {
         client: Mqtt { client, outbox },
         events,
         task,
-    }
+    })
 }
 
 async fn drive(
@@ -179,7 +321,7 @@ async fn drive(
                 }
                 failures = failures.saturating_add(1);
                 let delay = backoff(failures, rand::random::<f64>());
-                if failures <= 3 || failures % 10 == 0 {
+                if failures <= 3 || failures.is_multiple_of(10) {
                     warn!(
                         "MQTT connection: {message}; retrying in {} ms",
                         delay.as_millis()

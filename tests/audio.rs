@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use support::*;
 
 /// The tone the fake microphone hears.
@@ -240,7 +241,7 @@ async fn an_audio_m_line_gets_opus_when_audio_runs_and_is_inactive_otherwise() {
         wait_online(&broker, &daemon).await;
         let answer_topic = format!("{}/answer/probe", daemon.id);
         let mut client = TestClient::connect(&broker, &[answer_topic.clone()]).await;
-        let offer = offer_with_audio().await;
+        let offer = recvonly_offer(&[RtpCodecKind::Video, RtpCodecKind::Audio], true).await;
         let msg = serde_json::json!({"type": "offer", "sdp": offer}).to_string();
         client
             .publish(&format!("{}/offer/probe", daemon.id), msg)
@@ -266,41 +267,6 @@ async fn an_audio_m_line_gets_opus_when_audio_runs_and_is_inactive_otherwise() {
         }
         assert!(sdp.contains("H264/90000"), "{sdp}");
     }
-}
-
-/// An offer SDP with recvonly video and audio, from a real peer connection.
-async fn offer_with_audio() -> String {
-    use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-    use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-    use webrtc::peer_connection::PeerConnectionEventHandler;
-
-    struct Quiet;
-    #[async_trait::async_trait]
-    impl PeerConnectionEventHandler for Quiet {}
-
-    let factory = spyglass::peer::PeerFactory::new(spyglass::peer::PeerSettings {
-        bind: vec!["127.0.0.1".parse().unwrap()],
-        mdns: false,
-        ice_servers: vec![],
-    })
-    .unwrap();
-    let pc = factory.build(Arc::new(Quiet)).await.unwrap();
-    for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
-        pc.add_transceiver_from_kind(
-            kind,
-            Some(RTCRtpTransceiverInit {
-                direction: RTCRtpTransceiverDirection::Recvonly,
-                ..Default::default()
-            }),
-        )
-        .await
-        .unwrap();
-    }
-    let offer = pc.create_offer(None).await.unwrap();
-    pc.set_local_description(offer).await.unwrap();
-    let sdp = pc.local_description().await.unwrap().sdp;
-    pc.close().await.unwrap();
-    sdp
 }
 
 /// `spyglass selftest --audio NAME`: the real libasound capture path (the `file` plugin fed a

@@ -5,6 +5,7 @@ mod support;
 
 use std::time::Duration;
 
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,7 +239,7 @@ async fn a_session_that_never_connects_is_reaped_after_the_peer_timeout() {
     .await;
 
     // A real offer from a peer that goes away at once: ICE can never complete.
-    let offer = support_offer().await;
+    let offer = recvonly_offer(&[RtpCodecKind::Video], false).await;
     let msg = serde_json::json!({"type": "offer", "sdp": offer}).to_string();
     client
         .publish(&format!("{}/offer/ghost", daemon.id), msg.clone())
@@ -267,41 +268,4 @@ async fn a_session_that_never_connects_is_reaped_after_the_peer_timeout() {
             v["type"] == "answer"
         })
         .await;
-}
-
-/// An offer SDP made by a real recvonly peer connection that is then closed, without candidates.
-async fn support_offer() -> String {
-    use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-    use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
-    use webrtc::peer_connection::PeerConnectionEventHandler;
-
-    struct Quiet;
-    #[async_trait::async_trait]
-    impl PeerConnectionEventHandler for Quiet {}
-
-    let factory = spyglass::peer::PeerFactory::new(spyglass::peer::PeerSettings {
-        bind: vec!["127.0.0.1".parse().unwrap()],
-        mdns: false,
-        ice_servers: vec![],
-    })
-    .unwrap();
-    let pc = factory.build(std::sync::Arc::new(Quiet)).await.unwrap();
-    pc.add_transceiver_from_kind(
-        RtpCodecKind::Video,
-        Some(RTCRtpTransceiverInit {
-            direction: RTCRtpTransceiverDirection::Recvonly,
-            ..Default::default()
-        }),
-    )
-    .await
-    .unwrap();
-    let offer = pc.create_offer(None).await.unwrap();
-    pc.set_local_description(offer).await.unwrap();
-    let sdp = pc.local_description().await.unwrap().sdp;
-    pc.close().await.unwrap();
-    // Without candidates ICE has nothing to check, so only the peer timeout can end the session.
-    sdp.split("\r\n")
-        .filter(|l| !l.starts_with("a=candidate"))
-        .collect::<Vec<_>>()
-        .join("\r\n")
 }

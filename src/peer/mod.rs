@@ -2,6 +2,7 @@
 //! certificate made once, bind addresses, mDNS), the device's per-viewer [`session`], and the
 //! offer checks in [`sdp`].
 
+pub mod control;
 pub mod rtcp;
 pub mod sdp;
 pub mod session;

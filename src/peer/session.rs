@@ -2,6 +2,8 @@
 //! track (and a sendonly Opus track when the offer has audio and the device has audio; an audio
 //! m-line is answered inactive otherwise), trickles candidates both ways, and, once connected,
 //! streams the hubs' shared encoded media and turns the viewer's PLI/FIR into keyframe requests.
+//! When the offer has a data (SCTP) m-line, the answer accepts it: a channel the viewer labels
+//! `spyglass` is served by [`super::control`]; channels with other labels are accepted and ignored.
 //!
 //! A/V sync: both tracks' RTP timestamps advance by capture-instant differences on the one
 //! monotonic clock, and the RTCP sender reports of `webrtc` map RTP time to the time a packet
@@ -12,6 +14,7 @@
 //! tagged with its [`SessionKey`], and takes commands through its [`SessionHandle`].
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rtc::media::Sample;
@@ -23,6 +26,7 @@ use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
+use webrtc::data_channel::DataChannel;
 use webrtc::media_stream::MediaStreamTrack;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
@@ -32,6 +36,7 @@ use webrtc::peer_connection::{
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
 };
 
+use super::control::{self, ControlContext, SessionCounters};
 use super::sdp::{OfferVideo, offer_has_audio, offer_video};
 use super::{PeerFactory, h264_codecs, opus_codec};
 use crate::audio::CHUNK_DURATION;
@@ -108,6 +113,7 @@ enum PeerNews {
     Candidate(RTCIceCandidateInit),
     GatheringComplete,
     State(RTCPeerConnectionState),
+    DataChannel(Arc<dyn DataChannel>),
 }
 
 struct Forwarder(mpsc::UnboundedSender<PeerNews>);
@@ -131,6 +137,10 @@ impl PeerConnectionEventHandler for Forwarder {
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
         let _ = self.0.send(PeerNews::State(state));
+    }
+
+    async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
+        let _ = self.0.send(PeerNews::DataChannel(channel));
     }
 }
 
@@ -357,6 +367,8 @@ async fn run(
     emit(SessionEvent::Answered(answer_sdp));
 
     let mut media: Vec<JoinHandle<()>> = Vec::new();
+    let mut channels: Vec<JoinHandle<()>> = Vec::new();
+    let counters = Arc::new(SessionCounters::default());
     let mut check = tokio::time::interval(DTLS_CHECK_INTERVAL);
     let reason = loop {
         tokio::select! {
@@ -387,6 +399,20 @@ async fn run(
                     emit(SessionEvent::LocalCandidate(Some(init)));
                 }
                 Some(PeerNews::GatheringComplete) => emit(SessionEvent::LocalCandidate(None)),
+                Some(PeerNews::DataChannel(channel)) => {
+                    let label = channel.label().await.unwrap_or_default();
+                    debug!(cid = %key.cid, label, "data channel opened by the viewer");
+                    channels.retain(|task| !task.is_finished());
+                    channels.push(if label == control::LABEL {
+                        tokio::spawn(control::serve(channel, ControlContext {
+                            hub: hub.clone(),
+                            counters: Arc::clone(&counters),
+                            pc: Arc::clone(&session.pc),
+                        }))
+                    } else {
+                        tokio::spawn(control::ignore(channel))
+                    });
+                }
                 Some(PeerNews::State(RTCPeerConnectionState::Connected)) => {
                     if media.is_empty() {
                         info!(cid = %key.cid, ms = started.elapsed().as_millis() as u64, "viewer connected");
@@ -399,6 +425,7 @@ async fn run(
                             session.ssrc,
                             session.payload_type,
                             sync,
+                            Arc::clone(&counters),
                         )));
                         if let (Some(hub), Some(send)) = (&audio, &session.audio) {
                             media.push(tokio::spawn(stream_audio(
@@ -422,7 +449,7 @@ async fn run(
             },
         }
     };
-    for task in media {
+    for task in media.into_iter().chain(channels) {
         task.abort();
     }
     if let Err(err) = session.pc.close().await {
@@ -440,6 +467,7 @@ async fn stream_video(
     ssrc: u32,
     payload_type: u8,
     sync: Option<AudioHub>,
+    counters: Arc<SessionCounters>,
 ) {
     let mut feed = hub.subscribe();
     let mut previous: Option<Instant> = None;
@@ -468,6 +496,14 @@ async fn stream_video(
             .await
         {
             warn!("sending a frame: {err}");
+        } else {
+            counters.frames.fetch_add(1, Ordering::Relaxed);
+            counters
+                .bytes
+                .fetch_add(frame.data.len() as u64, Ordering::Relaxed);
+            if frame.keyframe {
+                counters.keyframes.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }

@@ -6,9 +6,11 @@
 
 use std::time::{Instant, SystemTime};
 
+pub mod controls;
 pub mod convert;
 pub mod fault_injection;
 pub mod negotiate;
+pub mod snapshot;
 pub mod test_pattern;
 pub mod v4l2;
 
@@ -90,8 +92,22 @@ pub trait VideoSource: Send {
 
 /// Open the source named by `spec.source`.
 pub fn open(spec: &VideoSpec) -> Result<Box<dyn VideoSource>, VideoError> {
+    open_with(spec, &controls::Controls::for_spec(spec))
+}
+
+/// Open the source named by `spec.source`; the test pattern follows `controls` (a V4L2 camera
+/// keeps its controls in the device).
+pub fn open_with(
+    spec: &VideoSpec,
+    controls: &controls::Controls,
+) -> Result<Box<dyn VideoSource>, VideoError> {
     match spec.source.as_str() {
-        "test" => Ok(Box::new(test_pattern::TestPattern::new(spec))),
+        "test" => Ok(Box::new(match controls {
+            controls::Controls::Pattern(c) => {
+                test_pattern::TestPattern::with_controls(spec, std::sync::Arc::clone(c))
+            }
+            _ => test_pattern::TestPattern::new(spec),
+        })),
         s if s.starts_with(fault_injection::PREFIX) => Ok(Box::new(
             fault_injection::FaultInjection::open(&s[fault_injection::PREFIX.len()..], spec)?,
         )),

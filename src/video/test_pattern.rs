@@ -12,6 +12,9 @@
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
+use std::sync::Arc;
+
+use super::controls::PatternControls;
 use super::{Frame, VideoError, VideoFormat, VideoSource, VideoSpec};
 use crate::pattern::{self, Stamp};
 
@@ -51,6 +54,8 @@ pub struct TestPattern {
     slot: u64,
     /// Frames delivered so far; the next frame's counter.
     delivered: u32,
+    /// Brightness and contrast, set by viewers while the pattern runs.
+    controls: Arc<PatternControls>,
 }
 
 impl TestPattern {
@@ -71,6 +76,15 @@ impl TestPattern {
             start: None,
             slot: 0,
             delivered: 0,
+            controls: Arc::default(),
+        }
+    }
+
+    /// A pattern whose picture follows `controls`.
+    pub fn with_controls(spec: &VideoSpec, controls: Arc<PatternControls>) -> Self {
+        TestPattern {
+            controls,
+            ..TestPattern::new(spec)
         }
     }
 
@@ -148,6 +162,8 @@ impl VideoSource for TestPattern {
         let y_len = (width * height) as usize;
         let (y, chroma) = data.split_at_mut(y_len);
         let (u, v) = chroma.split_at_mut(y_len / 4);
+        // The controls change the picture, not the code drawn over it.
+        self.controls.apply(y);
         // Frames too small for the code (below about 124x24) go out without it.
         pattern::write(y, u, v, width, height, &stamp);
         self.delivered = self.delivered.wrapping_add(1);

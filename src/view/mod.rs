@@ -4,6 +4,7 @@
 
 pub mod assemble;
 pub mod audio;
+pub mod data;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -39,6 +40,8 @@ pub struct ViewOptions {
     pub port: u16,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// TCP, TLS or WebSocket (from the broker URL's scheme) and the TLS files.
+    pub transport: mqtt::MqttTransport,
     pub id: String,
     pub cid: String,
     /// Stop after this many decoded frames.
@@ -48,6 +51,8 @@ pub struct ViewOptions {
     pub mdns: bool,
     /// Stop early (successfully) when this is notified. For programs that watch until told.
     pub stop: Option<Arc<tokio::sync::Notify>>,
+    /// Open a `spyglass` data channel in the offer and hand it here, for requests to the device.
+    pub data_channel: Option<mpsc::UnboundedSender<data::DataLink>>,
 }
 
 impl ViewOptions {
@@ -57,6 +62,7 @@ impl ViewOptions {
             port: cfg.mqtt.port,
             username: cfg.username.clone(),
             password: cfg.password.clone(),
+            transport: mqtt::MqttTransport::new(&cfg.mqtt, &cfg.tls),
             id: cfg.id.clone(),
             cid: cfg.cid.clone(),
             frames: u64::from(cfg.frames),
@@ -64,6 +70,7 @@ impl ViewOptions {
             bind: cfg.rtc_bind.clone(),
             mdns: cfg.mdns,
             stop: None,
+            data_channel: None,
         }
     }
 }
@@ -134,6 +141,9 @@ pub struct ViewReport {
     /// The decoded audio, 48 kHz mono (not printed).
     #[serde(skip)]
     pub audio_pcm: Vec<i16>,
+    /// When each frame was decoded and its mean luma (not printed).
+    #[serde(skip)]
+    pub luma: Vec<(Instant, f64)>,
 }
 
 impl std::fmt::Display for ViewReport {
@@ -231,6 +241,8 @@ struct Decoded {
     /// The A/V sync flash as read from the pixels.
     flash: Option<bool>,
     at: SystemTime,
+    /// Mean of the luma plane.
+    mean_luma: f64,
 }
 
 /// Watch until `frames` frames are decoded, the device refuses, or the timeout passes.
@@ -244,21 +256,30 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
         password: opts.password.clone(),
         will: None,
         subscriptions: topics.viewer_filters(&opts.cid).to_vec(),
-    });
+        transport: opts.transport.clone(),
+    })
+    .map_err(|e| ViewError::Setup(format!("{e:#}")))?;
     let deadline = tokio::time::Instant::now() + opts.timeout;
     let mut report = ViewReport::default();
 
     // Wait until subscribed, so that no reply can be missed.
+    let mut last_error = None;
     loop {
         match tokio::time::timeout_at(deadline, conn.events.recv()).await {
             Ok(Some(MqttEvent::Connected)) => break,
-            Ok(Some(MqttEvent::Disconnected(why))) => debug!("broker: {why}"),
+            Ok(Some(MqttEvent::Disconnected(why))) => {
+                debug!("broker: {why}");
+                last_error = Some(why);
+            }
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => {
                 conn.close(None).await;
                 return Err(ViewError::Setup(format!(
-                    "could not connect to the broker at {}:{}",
-                    opts.host, opts.port
+                    "could not connect to the broker at {}:{} ({}){}",
+                    opts.host,
+                    opts.port,
+                    opts.transport.scheme.as_str(),
+                    last_error.map(|e| format!(": {e}")).unwrap_or_default()
                 )));
             }
         }
@@ -292,6 +313,15 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
             }),
         )
         .await?;
+        if let Some(links) = &opts.data_channel {
+            let channel = pc
+                .create_data_channel(crate::peer::control::LABEL, None)
+                .await?;
+            let _ = links.send(data::DataLink {
+                channel,
+                pc: Arc::clone(&pc),
+            });
+        }
         let offer = pc.create_offer(None).await?;
         pc.set_local_description(offer).await?;
         Ok::<_, webrtc::error::Error>(pc.local_description().await)
@@ -413,6 +443,7 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
             },
             Some(d) = decoded_rx.recv() => {
                 report.frames += 1;
+                report.luma.push((Instant::now(), d.mean_luma));
                 report.width = d.width;
                 report.height = d.height;
                 let now = Instant::now();
@@ -561,7 +592,16 @@ fn decode_loop(
                 let (stride, _, _) = yuv.strides();
                 let stamp = pattern::read(yuv.y(), w as u32, h as u32, stride);
                 let flash = pattern::read_flash(yuv.y(), w as u32, h as u32, stride);
+                let sum: u64 = yuv
+                    .y()
+                    .chunks(stride)
+                    .take(h)
+                    .flat_map(|row| &row[..w.min(row.len())])
+                    .map(|&v| u64::from(v))
+                    .sum();
+                let mean_luma = sum as f64 / (w * h).max(1) as f64;
                 let item = Decoded {
+                    mean_luma,
                     width: w as u32,
                     height: h as u32,
                     stamp,

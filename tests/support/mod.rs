@@ -75,6 +75,37 @@ impl Broker {
         Broker { port, child, dir }
     }
 
+    /// A Mosquitto with a config of the test's own: `config` gets the broker's private directory
+    /// (for certificates, password and ACL files) and the plain MQTT port, and returns the whole
+    /// config text, which must open `listener {port} 127.0.0.1` (the port waited for here).
+    pub fn start_with(config: impl FnOnce(&std::path::Path, u16) -> String) -> Broker {
+        let dir = temp_dir("broker");
+        let port = free_port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(&conf, config(&dir, port)).unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("mosquitto.log")).unwrap())
+            .spawn()
+            .expect("starting mosquitto (apt-get install mosquitto)");
+        let mut broker = Broker { port, child, dir };
+        if !wait_for_port(port, Duration::from_secs(10)) {
+            broker.stop();
+            panic!(
+                "mosquitto did not listen on {port}: {}",
+                std::fs::read_to_string(broker.dir.join("mosquitto.log")).unwrap_or_default()
+            );
+        }
+        broker
+    }
+
+    /// The broker's private directory.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
@@ -335,6 +366,7 @@ pub fn view_options(broker: &Broker, daemon: &Daemon, frames: u64) -> spyglass::
         port: broker.port,
         username: None,
         password: None,
+        transport: Default::default(),
         id: daemon.id.clone(),
         cid: format!("viewer-{}", rand::random::<u32>()),
         frames,
@@ -342,6 +374,7 @@ pub fn view_options(broker: &Broker, daemon: &Daemon, frames: u64) -> spyglass::
         bind: vec!["127.0.0.1".parse().unwrap()],
         mdns: false,
         stop: None,
+        data_channel: None,
     }
 }
 
@@ -350,4 +383,46 @@ pub fn read_all(mut r: impl Read) -> String {
     let mut s = String::new();
     let _ = r.read_to_string(&mut s);
     s
+}
+
+/// An offer SDP from a real peer connection that receives `kinds`, which is then closed. With
+/// `with_candidates` false its candidates are removed, so ICE can never complete.
+pub async fn recvonly_offer(
+    kinds: &[rtc::rtp_transceiver::rtp_sender::RtpCodecKind],
+    with_candidates: bool,
+) -> String {
+    use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+    use webrtc::peer_connection::PeerConnectionEventHandler;
+
+    struct Quiet;
+    #[async_trait::async_trait]
+    impl PeerConnectionEventHandler for Quiet {}
+
+    let factory = spyglass::peer::PeerFactory::new(spyglass::peer::PeerSettings {
+        bind: vec!["127.0.0.1".parse().unwrap()],
+        mdns: false,
+        ice_servers: vec![],
+    })
+    .unwrap();
+    let pc = factory.build(std::sync::Arc::new(Quiet)).await.unwrap();
+    for kind in kinds {
+        pc.add_transceiver_from_kind(
+            *kind,
+            Some(RTCRtpTransceiverInit {
+                direction: RTCRtpTransceiverDirection::Recvonly,
+                ..Default::default()
+            }),
+        )
+        .await
+        .unwrap();
+    }
+    let offer = pc.create_offer(None).await.unwrap();
+    pc.set_local_description(offer).await.unwrap();
+    let sdp = pc.local_description().await.unwrap().sdp;
+    pc.close().await.unwrap();
+    if with_candidates {
+        sdp
+    } else {
+        sdp.split("\r\n").filter(|l| !l.starts_with("a=candidate")).collect::<Vec<_>>().join("\r\n")
+    }
 }

@@ -63,6 +63,10 @@ async function loadConfig() {
 
 let client = null;
 let credentials = { username: '', password: '' };
+// The page's CID is also its MQTT client id, so that a broker ACL can tie a viewer's topics to
+// its connection (`{uid}/offer/%c`, docs/SECURITY.md). A new session on the same CID replaces
+// the previous one on the device.
+const pageCid = `web-${randomHex(8)}`;
 
 // UIDs may have several levels; devices are found up to four levels deep. The chosen device's
 // own status topic is always subscribed, however deep.
@@ -75,7 +79,7 @@ function connect(broker) {
   setState('connecting', `Connecting to the broker ${broker}…`);
   const options = {
     protocolVersion: 5,
-    clientId: `web-${randomHex(8)}`,
+    clientId: pageCid,
     clean: true,
     reconnectPeriod: 2000,
     connectTimeout: 8000,
@@ -226,7 +230,7 @@ function refresh() {
 // A session: one peer connection with one CID (docs/PROTOCOL.md, "Sessions and ordering").
 
 async function startSession(uid, status) {
-  const cid = `web-${randomHex(8)}`;
+  const cid = pageCid;
   const session = {
     uid,
     cid,
@@ -258,6 +262,7 @@ async function startSession(uid, status) {
   view.pc = pc;
   pc.addTransceiver('video', { direction: 'recvonly' });
   if (status.audio) pc.addTransceiver('audio', { direction: 'recvonly' });
+  session.channel = openChannel(session, pc.createDataChannel('spyglass'));
   pc.ontrack = (event) => {
     session.stream.addTrack(event.track);
     video.srcObject = session.stream;
@@ -332,6 +337,9 @@ function endSession() {
   view.session = null;
   view.pc = null;
   clearTimeout(session.disconnectTimer);
+  if (session.channel) session.channel.close();
+  $('snapshot-button').disabled = true;
+  $('picture-button').disabled = true;
   if (session.pc) session.pc.close();
   if (client && client.connected) {
     client.unsubscribe([session.topics.answer, session.topics.ice, session.topics.error]);
@@ -395,6 +403,178 @@ if ('requestVideoFrameCallback' in HTMLVideoElement.prototype) {
 } else {
   // Without it (old browsers) "live" follows playback, and there is no latency reading.
   video.addEventListener('playing', () => onVideoFrame(0, { presentationTime: performance.now() }));
+}
+
+// --------------------------------------------------------------------------------------------
+// The data channel (docs/PROTOCOL.md, "Data channel"): requests with an id, replies matched by it.
+
+function openChannel(session, dc) {
+  let nextId = 1;
+  const pending = new Map(); // id -> { resolve, reject, header, parts, got }
+  const channel = {
+    open: false,
+    request(type, fields = {}) {
+      if (!channel.open) return Promise.reject(new Error('the data channel is not open'));
+      const id = nextId++;
+      dc.send(JSON.stringify({ id, type, ...fields }));
+      return new Promise((resolve, reject) => pending.set(id, { resolve, reject }));
+    },
+    close() {
+      channel.open = false;
+      for (const p of pending.values()) p.reject(new Error('the data channel closed'));
+      pending.clear();
+      dc.close();
+    },
+  };
+  dc.onopen = () => {
+    if (view.session !== session) return;
+    channel.open = true;
+    $('snapshot-button').disabled = false;
+    $('picture-button').disabled = false;
+  };
+  dc.onclose = () => {
+    channel.open = false;
+    if (view.session === session) {
+      $('snapshot-button').disabled = true;
+      $('picture-button').disabled = true;
+    }
+  };
+  dc.onmessage = (event) => {
+    let m;
+    try {
+      m = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    const p = pending.get(m.id);
+    if (!p) return;
+    if (m.type === 'error') {
+      pending.delete(m.id);
+      p.reject(new Error(`${m.message} (${m.code})`));
+    } else if (m.type === 'snapshot') {
+      p.header = m;
+      p.parts = new Array(m.chunks);
+      p.got = 0;
+      if (m.chunks === 0) finishSnapshot(m.id, p);
+    } else if (m.type === 'snapshot-chunk' && p.header) {
+      if (p.parts[m.index] === undefined) p.got += 1;
+      p.parts[m.index] = Uint8Array.from(atob(m.data), (c) => c.charCodeAt(0));
+      if (p.got === p.header.chunks) finishSnapshot(m.id, p);
+    } else {
+      pending.delete(m.id);
+      p.resolve(m);
+    }
+  };
+  function finishSnapshot(id, p) {
+    pending.delete(id);
+    const bytes = new Uint8Array(p.header.size);
+    let at = 0;
+    for (const part of p.parts) {
+      if (at + part.length > bytes.length) break;
+      bytes.set(part, at);
+      at += part.length;
+    }
+    const crc = crc32(bytes).toString(16).padStart(8, '0');
+    if (at !== p.header.size || crc !== p.header.crc32) {
+      p.reject(new Error(`the snapshot arrived damaged (${at} of ${p.header.size} bytes, CRC-32 ${crc})`));
+    } else {
+      p.resolve({ ...p.header, bytes });
+    }
+  }
+  return channel;
+}
+
+let crcTable = null;
+function crc32(bytes) {
+  if (!crcTable) {
+    crcTable = new Uint32Array(256);
+    for (let n = 0; n < 256; n++) {
+      let c = n;
+      for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+      crcTable[n] = c >>> 0;
+    }
+  }
+  let crc = 0xffffffff;
+  for (const b of bytes) crc = crcTable[(crc ^ b) & 0xff] ^ (crc >>> 8);
+  return (crc ^ 0xffffffff) >>> 0;
+}
+
+function request(type, fields) {
+  const channel = view.session && view.session.channel;
+  if (!channel) return Promise.reject(new Error('not watching a camera'));
+  return channel.request(type, fields);
+}
+
+/** Snapshot button: the camera's current frame as a JPEG download. */
+async function takeSnapshot() {
+  const button = $('snapshot-button');
+  button.disabled = true;
+  try {
+    const snap = await request('snapshot', { quality: 90 });
+    view.lastSnapshot = { width: snap.width, height: snap.height, size: snap.size, crc32: snap.crc32 };
+    const url = URL.createObjectURL(new Blob([snap.bytes], { type: 'image/jpeg' }));
+    const a = document.createElement('a');
+    const stamp = new Date(snap.captured_ms).toISOString().replace(/[:.]/g, '-');
+    a.href = url;
+    a.download = `${(view.deviceId || 'camera').replace(/\//g, '-')}-${stamp}.jpg`;
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  } catch (err) {
+    $('control-note').textContent = `Snapshot failed: ${err.message}`;
+    console.warn(`spyglass: snapshot failed: ${err.message}`);
+  } finally {
+    button.disabled = !(view.session && view.session.channel && view.session.channel.open);
+  }
+}
+
+/** Picture panel: the camera's controls as sliders and switches. */
+async function showControls(open) {
+  $('picture-panel').hidden = !open;
+  $('picture-button').setAttribute('aria-expanded', String(open));
+  if (!open) return;
+  const list = $('control-list');
+  try {
+    const reply = await request('controls');
+    view.controls = reply.controls;
+    list.replaceChildren(...reply.controls.map(controlInput));
+    if (!reply.controls.length) list.textContent = 'This camera has no controls.';
+  } catch (err) {
+    list.textContent = `Controls unavailable: ${err.message}`;
+  }
+}
+
+function controlInput(control) {
+  const label = document.createElement('label');
+  const name = document.createElement('span');
+  const value = document.createElement('output');
+  const input = document.createElement(control.type === 'menu' ? 'select' : 'input');
+  input.name = control.name;
+  input.dataset.control = control.name;
+  if (control.type === 'menu') {
+    for (const [v, text] of control.menu || []) input.append(new Option(text, v, false, v === control.value));
+  } else if (control.type === 'boolean') {
+    input.type = 'checkbox';
+    input.checked = control.value !== 0;
+  } else {
+    Object.assign(input, { type: 'range', min: control.min, max: control.max, step: control.step || 1 });
+    input.value = control.value;
+  }
+  name.textContent = control.name.replace(/_/g, ' ');
+  value.textContent = ` ${control.value}`;
+  input.addEventListener('change', async () => {
+    const wanted = input.type === 'checkbox' ? Number(input.checked) : Number(input.value);
+    try {
+      const reply = await request('set-control', { name: control.name, value: wanted });
+      value.textContent = ` ${reply.control.value}`;
+      $('control-note').textContent = 'Changes apply to the camera\'s one stream: every viewer sees them.';
+    } catch (err) {
+      $('control-note').textContent = `${control.name}: ${err.message}`;
+    }
+  });
+  label.append(name, value, input);
+  return label;
 }
 
 // --------------------------------------------------------------------------------------------
@@ -471,6 +651,8 @@ function openPanel(open) {
 
 $('devices-button').addEventListener('click', () => openPanel($('panel').hidden));
 $('stats-button').addEventListener('click', () => showStats(!statsVisible));
+$('snapshot-button').addEventListener('click', takeSnapshot);
+$('picture-button').addEventListener('click', () => showControls($('picture-panel').hidden));
 $('unmute-button').addEventListener('click', () => {
   video.muted = !video.muted;
   $('unmute-button').textContent = video.muted ? 'Unmute' : 'Mute';

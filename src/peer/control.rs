@@ -1,0 +1,523 @@
+//! The `spyglass` data channel: JSON requests from a viewer and the device's replies (keyframes,
+//! stats, picture controls, snapshots). `docs/PROTOCOL.md` ("Data channel") is the contract.
+//!
+//! Parsing and reply building are plain functions; [`serve`] moves messages between them and the
+//! channel. Requests are served one at a time per channel; the slow ones (snapshot encoding,
+//! V4L2 ioctls) run on blocking threads, so no request can hold up the media tasks.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+use tracing::debug;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::peer_connection::PeerConnection;
+
+use crate::hub::{Hub, KeyframeReason};
+use crate::video::snapshot;
+
+/// The label of the channel this module serves; channels with other labels are ignored.
+pub const LABEL: &str = "spyglass";
+/// JPEG bytes per `snapshot-chunk` message (base64 makes it 21 848 characters of JSON, well
+/// under the 64 KiB every WebRTC stack accepts in one SCTP message).
+pub const CHUNK_BYTES: usize = 16 * 1024;
+/// Requests longer than this are refused unread.
+pub const MAX_REQUEST_BYTES: usize = 4096;
+/// Stats pushes: default, fastest and slowest interval.
+pub const STATS_INTERVAL_DEFAULT: Duration = Duration::from_secs(2);
+const STATS_INTERVAL_MIN: Duration = Duration::from_millis(500);
+const STATS_INTERVAL_MAX: Duration = Duration::from_secs(60);
+/// Stated in every reply that changes the shared stream.
+pub const SHARED_NOTE: &str = "applies to the shared stream: every viewer sees the change";
+
+/// What one session has sent, counted by its video task.
+#[derive(Debug)]
+pub struct SessionCounters {
+    pub started: Instant,
+    pub frames: AtomicU64,
+    pub keyframes: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+impl Default for SessionCounters {
+    fn default() -> Self {
+        SessionCounters {
+            started: Instant::now(),
+            frames: AtomicU64::new(0),
+            keyframes: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A request as parsed from one message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    Keyframe,
+    Stats,
+    SubscribeStats { interval: Duration },
+    UnsubscribeStats,
+    Controls,
+    SetControl { name: String, value: i64 },
+    Snapshot { quality: i64 },
+}
+
+/// A request that cannot be served: the `code` and `message` of the error reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestError {
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl RequestError {
+    fn new(code: &'static str, message: impl Into<String>) -> Self {
+        RequestError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Parse one message. Returns the request's `id` (echoed in every reply; `null` when absent or
+/// unreadable) with the request or the error to reply with.
+pub fn parse(message: &[u8]) -> (Value, Result<Request, RequestError>) {
+    if message.len() > MAX_REQUEST_BYTES {
+        return (
+            Value::Null,
+            Err(RequestError::new(
+                "too-large",
+                format!(
+                    "request of {} bytes; at most {MAX_REQUEST_BYTES}",
+                    message.len()
+                ),
+            )),
+        );
+    }
+    let object = match serde_json::from_slice::<Value>(message) {
+        Ok(Value::Object(o)) => o,
+        Ok(_) => {
+            return (
+                Value::Null,
+                Err(RequestError::new(
+                    "bad-json",
+                    "a request is one JSON object",
+                )),
+            );
+        }
+        Err(e) => {
+            return (
+                Value::Null,
+                Err(RequestError::new(
+                    "bad-json",
+                    format!("request is not JSON: {e}"),
+                )),
+            );
+        }
+    };
+    let id = object.get("id").cloned().unwrap_or(Value::Null);
+    if !matches!(id, Value::Null | Value::Number(_) | Value::String(_)) {
+        return (
+            Value::Null,
+            Err(RequestError::new(
+                "bad-request",
+                "`id` must be a number or a string",
+            )),
+        );
+    }
+    let Some(kind) = object.get("type").and_then(Value::as_str) else {
+        return (
+            id,
+            Err(RequestError::new(
+                "bad-request",
+                "`type` is missing or not a string",
+            )),
+        );
+    };
+    // An optional integer field.
+    let integer = |key: &str| -> Result<Option<i64>, RequestError> {
+        match object.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_i64().map(Some).ok_or_else(|| {
+                RequestError::new("bad-value", format!("`{key}` must be an integer, got {v}"))
+            }),
+        }
+    };
+    let request = (|| match kind {
+        "keyframe" => Ok(Request::Keyframe),
+        "stats" => Ok(Request::Stats),
+        "subscribe-stats" => {
+            let ms = integer("interval_ms")?.unwrap_or(STATS_INTERVAL_DEFAULT.as_millis() as i64);
+            let (min, max) = (
+                STATS_INTERVAL_MIN.as_millis() as i64,
+                STATS_INTERVAL_MAX.as_millis() as i64,
+            );
+            if !(min..=max).contains(&ms) {
+                return Err(RequestError::new(
+                    "out-of-range",
+                    format!("interval_ms must be within {min}..={max}, got {ms}"),
+                ));
+            }
+            Ok(Request::SubscribeStats {
+                interval: Duration::from_millis(ms as u64),
+            })
+        }
+        "unsubscribe-stats" => Ok(Request::UnsubscribeStats),
+        "controls" => Ok(Request::Controls),
+        "set-control" => {
+            let name = object
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    RequestError::new("bad-request", "set-control needs `name` (a string)")
+                })?
+                .to_string();
+            let value = integer("value")?.ok_or_else(|| {
+                RequestError::new("bad-request", "set-control needs `value` (an integer)")
+            })?;
+            Ok(Request::SetControl { name, value })
+        }
+        "snapshot" => {
+            let quality = integer("quality")?.unwrap_or(i64::from(snapshot::DEFAULT_QUALITY));
+            if !(1..=100).contains(&quality) {
+                return Err(RequestError::new(
+                    "out-of-range",
+                    format!("quality must be within 1..=100, got {quality}"),
+                ));
+            }
+            Ok(Request::Snapshot { quality })
+        }
+        other => Err(RequestError::new(
+            "unknown-type",
+            format!(
+                "unknown request type `{other}`; known: keyframe, stats, subscribe-stats, \
+                 unsubscribe-stats, controls, set-control, snapshot"
+            ),
+        )),
+    })();
+    (id, request)
+}
+
+/// The error reply for a request.
+pub fn error_reply(id: &Value, error: &RequestError) -> Value {
+    json!({"id": id, "type": "error", "code": error.code, "message": error.message})
+}
+
+/// The snapshot reply's header and chunk messages for `jpeg`.
+pub fn snapshot_messages(
+    id: &Value,
+    jpeg: &[u8],
+    width: u32,
+    height: u32,
+    captured_ms: u64,
+) -> Vec<Value> {
+    let chunks: Vec<&[u8]> = jpeg.chunks(CHUNK_BYTES).collect();
+    let mut messages = vec![json!({
+        "id": id,
+        "type": "snapshot",
+        "format": "image/jpeg",
+        "width": width,
+        "height": height,
+        "size": jpeg.len(),
+        "crc32": format!("{:08x}", crc32fast::hash(jpeg)),
+        "chunks": chunks.len(),
+        "captured_ms": captured_ms,
+    })];
+    let b64 = base64::engine::general_purpose::STANDARD;
+    for (index, chunk) in chunks.iter().enumerate() {
+        messages.push(json!({
+            "id": id,
+            "type": "snapshot-chunk",
+            "index": index,
+            "data": b64.encode(chunk),
+        }));
+    }
+    messages
+}
+
+/// CPU time of this process in seconds (user + system), from `/proc/self/stat`.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the state.
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks / hz as f64)
+}
+
+/// SoC temperature in °C, where the kernel reports one.
+fn soc_temperature() -> Option<f64> {
+    let text = std::fs::read_to_string("/sys/class/thermal/thermal_zone0/temp").ok()?;
+    let millis: f64 = text.trim().parse().ok()?;
+    Some(millis / 1000.0)
+}
+
+/// Round-trip time of the selected ICE candidate pair, in ms, once measured.
+async fn rtt_ms(pc: &Arc<dyn PeerConnection>) -> Option<f64> {
+    let report = pc
+        .get_stats(Instant::now(), webrtc::peer_connection::StatsSelector::None)
+        .await;
+    report
+        .candidate_pairs()
+        .filter(|p| p.nominated && p.current_round_trip_time > 0.0)
+        .map(|p| p.current_round_trip_time * 1000.0)
+        .next()
+}
+
+/// Figures between two stats messages: bitrate and CPU use are averaged over the interval.
+struct StatsSampler {
+    at: Instant,
+    bytes: u64,
+    cpu: Option<f64>,
+}
+
+impl StatsSampler {
+    fn new(counters: &SessionCounters) -> Self {
+        StatsSampler {
+            at: counters.started,
+            bytes: 0,
+            cpu: process_cpu_seconds(),
+        }
+    }
+
+    async fn sample(
+        &mut self,
+        hub: &Hub,
+        counters: &SessionCounters,
+        pc: &Arc<dyn PeerConnection>,
+    ) -> Value {
+        let now = Instant::now();
+        let seconds = now.duration_since(self.at).as_secs_f64().max(1e-3);
+        let bytes = counters.bytes.load(Ordering::Relaxed);
+        let cpu = process_cpu_seconds();
+        let cpu_percent = cpu
+            .zip(self.cpu)
+            .map(|(now, before)| ((now - before) / seconds * 1000.0).round() / 10.0);
+        let bitrate_kbps = ((bytes - self.bytes) as f64 * 8.0 / seconds / 1000.0).round();
+        *self = StatsSampler {
+            at: now,
+            bytes,
+            cpu,
+        };
+        json!({
+            "type": "stats",
+            "session_seconds": (counters.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+            "bitrate_kbps": bitrate_kbps,
+            "frames_sent": counters.frames.load(Ordering::Relaxed),
+            "keyframes_sent": counters.keyframes.load(Ordering::Relaxed),
+            "bytes_sent": bytes,
+            "rtt_ms": rtt_ms(pc).await,
+            "cpu_percent": cpu_percent,
+            "temperature_c": soc_temperature(),
+            "viewers": hub.subscribers(),
+        })
+    }
+}
+
+/// What the channel task needs from the session.
+#[derive(Clone)]
+pub struct ControlContext {
+    pub hub: Hub,
+    pub counters: Arc<SessionCounters>,
+    pub pc: Arc<dyn PeerConnection>,
+}
+
+async fn send(channel: &Arc<dyn DataChannel>, message: &Value) -> bool {
+    match channel.send_text(&message.to_string()).await {
+        Ok(()) => true,
+        Err(err) => {
+            debug!("data channel send: {err}");
+            false
+        }
+    }
+}
+
+/// Serve one `spyglass` channel until it closes.
+pub async fn serve(channel: Arc<dyn DataChannel>, ctx: ControlContext) {
+    let mut sampler = StatsSampler::new(&ctx.counters);
+    let mut push: Option<tokio::time::Interval> = None;
+    loop {
+        let event = tokio::select! {
+            event = channel.poll() => event,
+            _ = async { match push.as_mut() { Some(i) => { i.tick().await; } None => std::future::pending().await } } => {
+                let stats = sampler.sample(&ctx.hub, &ctx.counters, &ctx.pc).await;
+                if !send(&channel, &stats).await { return; }
+                continue;
+            }
+        };
+        let message = match event {
+            Some(DataChannelEvent::OnMessage(m)) => m,
+            Some(DataChannelEvent::OnClose) | None => return,
+            Some(_) => continue,
+        };
+        let (id, request) = parse(&message.data);
+        let replies = match request {
+            Ok(request) => handle(&ctx, &mut sampler, &mut push, &id, request).await,
+            Err(err) => vec![error_reply(&id, &err)],
+        };
+        for reply in replies {
+            if !send(&channel, &reply).await {
+                return;
+            }
+        }
+    }
+}
+
+async fn handle(
+    ctx: &ControlContext,
+    sampler: &mut StatsSampler,
+    push: &mut Option<tokio::time::Interval>,
+    id: &Value,
+    request: Request,
+) -> Vec<Value> {
+    let failed = |code: &'static str, message: String| {
+        vec![error_reply(id, &RequestError { code, message })]
+    };
+    match request {
+        Request::Keyframe => {
+            ctx.hub.request_keyframe(KeyframeReason::Loss);
+            vec![json!({"id": id, "type": "keyframe", "requested": true, "note": SHARED_NOTE})]
+        }
+        Request::Stats => {
+            let mut stats = sampler.sample(&ctx.hub, &ctx.counters, &ctx.pc).await;
+            stats["id"] = id.clone();
+            vec![stats]
+        }
+        Request::SubscribeStats { interval } => {
+            // The first push comes one interval from now.
+            let start = tokio::time::Instant::now() + interval;
+            let mut ticks = tokio::time::interval_at(start, interval);
+            // A slow channel gets fewer pushes, never a burst of them.
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            *push = Some(ticks);
+            vec![
+                json!({"id": id, "type": "subscribe-stats", "interval_ms": interval.as_millis() as u64}),
+            ]
+        }
+        Request::UnsubscribeStats => {
+            *push = None;
+            vec![json!({"id": id, "type": "unsubscribe-stats"})]
+        }
+        Request::Controls => {
+            let controls = ctx.hub.controls().clone();
+            match tokio::task::spawn_blocking(move || controls.list()).await {
+                Ok(Ok(list)) => {
+                    vec![json!({"id": id, "type": "controls", "controls": list, "shared": true})]
+                }
+                Ok(Err(err)) => failed("control-failed", err.to_string()),
+                Err(err) => failed("internal", format!("listing controls: {err}")),
+            }
+        }
+        Request::SetControl { name, value } => {
+            let controls = ctx.hub.controls().clone();
+            let set = tokio::task::spawn_blocking(move || controls.set(&name, value)).await;
+            match set {
+                Ok(Ok(control)) => vec![json!({
+                    "id": id, "type": "set-control", "control": control,
+                    "shared": true, "note": SHARED_NOTE,
+                })],
+                Ok(Err(err @ crate::video::controls::ControlError::Unknown { .. })) => {
+                    failed("unknown-control", err.to_string())
+                }
+                Ok(Err(err @ crate::video::controls::ControlError::OutOfRange { .. })) => {
+                    failed("out-of-range", err.to_string())
+                }
+                Ok(Err(err)) => failed("control-failed", err.to_string()),
+                Err(err) => failed("internal", format!("setting a control: {err}")),
+            }
+        }
+        Request::Snapshot { quality } => {
+            let Some(frame) = ctx.hub.latest_frame() else {
+                return failed("no-frame", "no frame captured yet; try again".into());
+            };
+            let encoded = tokio::task::spawn_blocking(move || {
+                snapshot::jpeg(&frame, quality).map(|jpeg| (jpeg, frame))
+            })
+            .await;
+            match encoded {
+                Ok(Ok((jpeg, frame))) => {
+                    let captured_ms = frame
+                        .captured_at
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    snapshot_messages(id, &jpeg, frame.width, frame.height, captured_ms)
+                }
+                Ok(Err(err)) => failed("snapshot-failed", err.to_string()),
+                Err(err) => failed("internal", format!("snapshot: {err}")),
+            }
+        }
+    }
+}
+
+/// Drain a channel this device does not serve, so its events do not pile up.
+pub async fn ignore(channel: Arc<dyn DataChannel>) {
+    while let Some(event) = channel.poll().await {
+        if let DataChannelEvent::OnClose = event {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_and_bad_ones_name_the_problem() {
+        let (id, r) = parse(br#"{"id":7,"type":"set-control","name":"brightness","value":140}"#);
+        assert_eq!(id, json!(7));
+        assert_eq!(
+            r,
+            Ok(Request::SetControl {
+                name: "brightness".into(),
+                value: 140
+            })
+        );
+        assert_eq!(
+            parse(br#"{"type":"subscribe-stats"}"#),
+            (
+                Value::Null,
+                Ok(Request::SubscribeStats {
+                    interval: STATS_INTERVAL_DEFAULT
+                })
+            )
+        );
+        let (id, r) = parse(br#"{"id":"a","type":"zoom"}"#);
+        assert_eq!(id, json!("a"));
+        assert_eq!(r.unwrap_err().code, "unknown-type");
+        let (_, r) = parse(br#"{"id":1,"type":"snapshot","quality":500}"#);
+        assert_eq!(
+            r.unwrap_err().message,
+            "quality must be within 1..=100, got 500"
+        );
+        let (_, r) = parse(br#"{"id":1,"type":"set-control","name":"brightness","value":"hi"}"#);
+        assert_eq!(r.unwrap_err().code, "bad-value");
+        assert_eq!(parse(b"not json").1.unwrap_err().code, "bad-json");
+        assert_eq!(parse(b"[1]").1.unwrap_err().code, "bad-json");
+        assert_eq!(parse(&[b' '; 5000]).1.unwrap_err().code, "too-large");
+    }
+
+    #[test]
+    fn snapshots_are_chunked_with_size_and_checksum() {
+        let jpeg: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        let messages = snapshot_messages(&json!(3), &jpeg, 320, 240, 0);
+        assert_eq!(messages.len(), 4);
+        assert_eq!(messages[0]["size"], 40_000);
+        assert_eq!(messages[0]["chunks"], 3);
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let joined: Vec<u8> = messages[1..]
+            .iter()
+            .flat_map(|m| b64.decode(m["data"].as_str().unwrap()).unwrap())
+            .collect();
+        assert_eq!(joined, jpeg);
+        assert_eq!(
+            messages[0]["crc32"],
+            format!("{:08x}", crc32fast::hash(&jpeg))
+        );
+        assert!(messages.iter().all(|m| m.to_string().len() < 64 * 1024));
+    }
+}
