@@ -423,6 +423,9 @@ pub async fn recvonly_offer(
     if with_candidates {
         sdp
     } else {
-        sdp.split("\r\n").filter(|l| !l.starts_with("a=candidate")).collect::<Vec<_>>().join("\r\n")
+        sdp.split("\r\n")
+            .filter(|l| !l.starts_with("a=candidate"))
+            .collect::<Vec<_>>()
+            .join("\r\n")
     }
 }
