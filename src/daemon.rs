@@ -88,6 +88,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut first_online = true;
+    let mut notifier = crate::service::Notifier::from_env();
+    notifier.tick(Instant::now(), hub.heartbeat_age());
     let mut video_state = hub.state();
     loop {
         tokio::select! {
@@ -101,8 +103,15 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                     }
                     let action = core.status_action();
                     exec.run(vec![action]).await;
+                    notifier.ready();
+                    notifier.status("online");
                 }
-                Some(MqttEvent::Disconnected(why)) => warn!("broker connection lost: {why}"),
+                Some(MqttEvent::Disconnected(why)) => {
+                    warn!("broker connection lost: {why}");
+                    if !first_online {
+                        notifier.status("broker connection lost; reconnecting");
+                    }
+                }
                 Some(MqttEvent::Message { topic, payload }) => {
                     let actions = core.on_message(Instant::now(), &topic, &payload);
                     exec.run(actions).await;
@@ -157,12 +166,14 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 let actions = core.on_tick(Instant::now());
                 exec.run(actions).await;
+                notifier.tick(Instant::now(), hub.heartbeat_age());
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
     }
     info!("stopping");
+    notifier.stopping();
     for handle in exec.sessions.values() {
         handle.close();
     }

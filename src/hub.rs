@@ -26,6 +26,8 @@ const REOPEN_DELAY_MIN: Duration = Duration::from_millis(250);
 const REOPEN_DELAY_MAX: Duration = Duration::from_secs(1);
 /// A source that delivers nothing for this long has stalled: it is closed and reopened.
 const STALL_AFTER: Duration = Duration::from_secs(2);
+/// The hub thread beats at least this often while it is healthy, idle or not (see [`Hub::heartbeat_age`]).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
 /// What the video pipeline is doing, for the status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,6 +115,16 @@ struct Inner {
     keyframes: Mutex<KeyframeGate>,
     counters: HubCounters,
     state: tokio::sync::watch::Sender<VideoState>,
+    /// When the hub thread last showed it is alive: milliseconds since `epoch`.
+    heartbeat_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Inner {
+    fn beat(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.heartbeat_ms.store(ms, Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -144,6 +156,8 @@ impl Hub {
             keyframes: Mutex::new(KeyframeGate::default()),
             counters: HubCounters::default(),
             state: tokio::sync::watch::channel(VideoState::Idle).0,
+            heartbeat_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
         });
         let worker = Arc::clone(&inner);
         thread::Builder::new()
@@ -185,6 +199,15 @@ impl Hub {
 
     pub fn subscribers(&self) -> usize {
         lock(&self.inner.viewers).viewers
+    }
+
+    /// How long ago the hub thread last showed it is alive. It beats at least every second
+    /// while it waits for viewers, runs the pipeline (including a stalled source, which it
+    /// detects and reopens) or waits to retry; an encoder or source open that hangs stops the
+    /// beats. The daemon feeds the systemd watchdog only while this is fresh.
+    pub fn heartbeat_age(&self) -> Duration {
+        let now = self.inner.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.inner.heartbeat_ms.load(Ordering::Relaxed)))
     }
 
     /// Stop the pipeline thread (at process exit).
@@ -243,10 +266,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn supervise(inner: &Inner) {
     let mut delay = REOPEN_DELAY_MIN;
     loop {
+        inner.beat();
         {
             let mut c = lock(&inner.viewers);
             while c.viewers == 0 && !c.shutdown {
-                c = inner.wake.wait(c).unwrap_or_else(|p| p.into_inner());
+                c = inner
+                    .wake
+                    .wait_timeout(c, HEARTBEAT_EVERY)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                inner.beat();
             }
             if c.shutdown {
                 return;
@@ -264,6 +293,8 @@ fn supervise(inner: &Inner) {
                     delay = REOPEN_DELAY_MIN;
                 }
                 // Wait before retrying, but wake early if everyone left or we are shutting down.
+                // (The delay is at most REOPEN_DELAY_MAX, one heartbeat interval.)
+                inner.beat();
                 let c = lock(&inner.viewers);
                 let (c, _) = inner
                     .wake
@@ -326,6 +357,7 @@ fn run_pipeline(inner: &Inner) -> Result<(), (PipelineError, bool)> {
     let mut last_frame = Instant::now();
     let result = (|| {
         while wanted(inner) {
+            inner.beat();
             let Some(item) = mailbox.take(Duration::from_millis(100)) else {
                 if last_frame.elapsed() >= STALL_AFTER {
                     return Err(PipelineError::Stalled(format.description.clone()));
