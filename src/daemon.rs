@@ -15,13 +15,16 @@ use crate::mqtt::{self, Mqtt, MqttEvent, MqttSettings};
 use crate::peer::session::{self, AnswerError, SessionEvent, SessionHandle};
 use crate::peer::{PeerFactory, PeerSettings};
 use crate::signaling::protocol::{
-    AudioStatus, ErrorCode, IceCandidateMsg, MediaState, Status, Topics, VIDEO_CODEC_H264, VideoStatus,
-    offline_status_json,
+    AudioStatus, ErrorCode, IceCandidateMsg, MediaState, Status, Topics, VIDEO_CODEC_H264,
+    VideoStatus, offline_status_json,
 };
 use crate::signaling::sessions::{Action, Limits, PeerEvent, SessionKey, Signaling};
 use crate::web::{self, WebSettings};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// On SIGTERM, how long to wait for the sessions to close before going offline anyway.
+const SHUTDOWN_SESSION_WAIT: Duration = Duration::from_millis(800);
 
 /// Run until SIGINT or SIGTERM.
 pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
@@ -176,6 +179,26 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     notifier.stopping();
     for handle in exec.sessions.values() {
         handle.close();
+    }
+    // Let the sessions close their peer connections (the viewers get DTLS close_notify), but
+    // never for long: SIGTERM must end the process within 2 s.
+    let closing = exec.sessions.len();
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_SESSION_WAIT;
+    while !exec.sessions.is_empty() {
+        match tokio::time::timeout_at(deadline, session_rx.recv()).await {
+            Ok(Some((key, SessionEvent::Closed(_) | SessionEvent::Failed(_)))) => {
+                exec.sessions.remove(&key);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    if closing > 0 {
+        info!(
+            closed = closing - exec.sessions.len(),
+            of = closing,
+            "sessions closed"
+        );
     }
     hub.shutdown();
     if let Some(audio) = &audio {

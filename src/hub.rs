@@ -470,6 +470,53 @@ impl Mailbox {
 mod tests {
     use super::*;
 
+    /// The heartbeat that feeds the systemd watchdog: it keeps coming while the hub thread
+    /// waits for viewers, and stops when the pipeline hangs (here: a source open that never
+    /// returns, like a wedged camera driver).
+    #[test]
+    fn the_heartbeat_stops_when_the_pipeline_hangs() {
+        let (release, hang) = std::sync::mpsc::channel::<()>();
+        let hang = Mutex::new(hang);
+        let hub = Hub::with_opener(
+            Box::new(move || {
+                let _ = lock(&hang).recv();
+                Err(VideoError::NotFound {
+                    device: "released".into(),
+                })
+            }),
+            500,
+        );
+        // Idle: the beat keeps coming (at least once a second) long after the hub started.
+        thread::sleep(Duration::from_millis(2500));
+        let idle_age = hub.heartbeat_age();
+        assert!(
+            idle_age < crate::service::HEARTBEAT_STALE,
+            "idle heartbeat age {idle_age:?}"
+        );
+
+        let subscription = hub.subscribe();
+        let start = Instant::now();
+        while hub.heartbeat_age() < Duration::from_secs(3) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the heartbeat never stopped"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        // The source comes back (fails, here): the thread beats again.
+        release.send(()).unwrap();
+        drop(subscription);
+        let start = Instant::now();
+        while hub.heartbeat_age() >= Duration::from_secs(3) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the heartbeat never resumed"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        hub.shutdown();
+    }
+
     #[test]
     fn join_requests_are_served_at_the_next_frame() {
         let t0 = Instant::now();

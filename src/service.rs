@@ -42,7 +42,8 @@ impl Notifier {
         send(&[NotifyState::Status(text)]);
     }
 
-    /// Called often (every daemon tick): pings the watchdog at half its period while the
+    /// Called often (every daemon tick, 500 ms): pings the watchdog every quarter of its period
+    /// (or every tick, if that is shorter) while the
     /// media path's heartbeat is fresh. The daemon loop itself must be running to call this, so a
     /// stuck loop starves the watchdog too.
     pub fn tick(&mut self, now: Instant, heartbeat_age: Duration) {
@@ -60,7 +61,7 @@ impl Notifier {
         self.starved = false;
         if self
             .last_ping
-            .is_none_or(|last| now.duration_since(last) >= period / 2)
+            .is_none_or(|last| now.duration_since(last) >= period / 4)
         {
             self.last_ping = Some(now);
             send(&[NotifyState::Watchdog]);
