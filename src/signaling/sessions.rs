@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use super::protocol::{
-    AudioStatus, ErrorCode, ErrorMsg, IceCandidateMsg, MediaState, SessionDescriptionMsg, Status,
-    TopicKind, Topics, parse_candidate, parse_offer,
+    AudioStatus, ErrorCode, ErrorMsg, IceCandidateMsg, MediaState, SessionDescriptionMsg, Status, TopicKind,
+    Topics, parse_candidate, parse_offer,
 };
 
 /// The rate limit remembers at most this many CIDs; beyond, CIDs with no recent offer are forgotten.
