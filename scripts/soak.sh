@@ -7,19 +7,22 @@
 #     glass-to-glass latency median of the last minute may exceed the first minute's by at most
 #     SOAK_MAX_DRIFT_MS (default 20).
 # Everything runs on 127.0.0.1 with a private Mosquitto; processes are ended by PID.
-# Usage: scripts/soak.sh TARGET_DIR   (after `cargo build --release`)
+# Usage: scripts/soak.sh TARGET_DIR   (after `cargo build --release`; SOAK_PROFILE=debug uses the
+# debug build instead, for a quick check of the script itself)
 set -euo pipefail
 target=${1:?usage: scripts/soak.sh TARGET_DIR}
 cd "$(dirname "$0")/.."
 sessions=${SOAK_SESSIONS:-1000} parallel=${SOAK_PARALLEL:-20} minutes=${SOAK_MINUTES:-10}
 max_drift=${SOAK_MAX_DRIFT_MS:-20} size=${SOAK_SIZE:-640x480} fps=${SOAK_FPS:-30}
-bin=$target/release/spyglass
+profile=${SOAK_PROFILE:-release}
+bin=$target/$profile/spyglass
+release_flag=$([ "$profile" = release ] && echo --release || true)
 fail() { echo "soak: FAIL: $*" >&2; exit 1; }
 
-echo "== leaks: $sessions sessions one after another, $parallel at once (release build)"
+echo "== leaks: $sessions sessions one after another, $parallel at once ($profile build)"
 leak_log=$(mktemp)
 SPYGLASS_SOAK_SESSIONS=$sessions SPYGLASS_SOAK_PARALLEL=$parallel \
-  ${CARGO:-cargo} test --release --test reliability many_sessions_leak_nothing -- --nocapture 2>&1 \
+  ${CARGO:-cargo} test $release_flag --test reliability many_sessions_leak_nothing -- --nocapture 2>&1 \
   | tee "$leak_log" | grep -E '^sessions:|^test |panicked|RSS grew|descriptors back' || true
 grep -q '^test many_sessions_leak_nothing ... ok' "$leak_log" || { tail -40 "$leak_log"; fail "leak test"; }
 rm -f "$leak_log"
