@@ -180,7 +180,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     for handle in exec.sessions.values() {
         handle.close();
     }
-    // Let the sessions close their peer connections (the viewers get DTLS close_notify), but
+    // Let the sessions close their peer connections (ICE and DTLS shut down), but
     // never for long: SIGTERM must end the process within 2 s.
     let closing = exec.sessions.len();
     let deadline = tokio::time::Instant::now() + SHUTDOWN_SESSION_WAIT;
