@@ -18,7 +18,8 @@ use spyglass::signaling::sessions::{Action, Limits, PeerEvent, SessionKey, Signa
 
 const UID: &str = "fuzz/cam";
 const CIDS: [&str; 4] = ["alice", "bob", "carol-1", "d_2"];
-const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\n";
+const OFFER: &str =
+    "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\n";
 
 #[derive(Debug, Arbitrary)]
 enum Payload {
@@ -32,12 +33,26 @@ enum Payload {
 #[derive(Debug, Arbitrary)]
 enum Op {
     /// A message on `{uid}/{kind}/{cid}` for a known CID.
-    Message { kind: u8, cid: u8, payload: Payload },
+    Message {
+        kind: u8,
+        cid: u8,
+        payload: Payload,
+    },
     /// A message on any topic at all.
-    RawTopic { topic: String, payload: Vec<u8> },
+    RawTopic {
+        topic: String,
+        payload: Vec<u8>,
+    },
     /// A session of a known CID reports something (for its current or a stale generation).
-    Peer { cid: u8, stale: bool, event: u8, text: String },
-    Tick { ms: u16 },
+    Peer {
+        cid: u8,
+        stale: bool,
+        event: u8,
+        text: String,
+    },
+    Tick {
+        ms: u16,
+    },
     Video(u8),
     Status,
 }
@@ -91,16 +106,28 @@ fuzz_target!(|ops: Vec<Op>| {
                 core.on_message(now, &topic, &payload)
             }
             Op::RawTopic { topic, payload } => core.on_message(now, &topic, &payload),
-            Op::Peer { cid, stale, event, text } => {
+            Op::Peer {
+                cid,
+                stale,
+                event,
+                text,
+            } => {
                 let cid = CIDS[cid as usize % CIDS.len()];
                 let generation = started.get(cid).copied().unwrap_or(0);
                 let key = SessionKey {
                     cid: cid.to_string(),
-                    generation: if stale { generation.wrapping_sub(1) } else { generation },
+                    generation: if stale {
+                        generation.wrapping_sub(1)
+                    } else {
+                        generation
+                    },
                 };
                 let event = match event % 6 {
                     0 => PeerEvent::Answered(text),
-                    1 => PeerEvent::Failed { code: ErrorCode::Internal, message: text },
+                    1 => PeerEvent::Failed {
+                        code: ErrorCode::Internal,
+                        message: text,
+                    },
                     2 => PeerEvent::LocalCandidate(Some(IceCandidateMsg {
                         candidate: format!("candidate:{text}"),
                         sdp_mid: None,
@@ -128,9 +155,16 @@ fuzz_target!(|ops: Vec<Op>| {
         for action in actions {
             match action {
                 Action::Start { key, .. } => {
-                    assert!(validate_cid(&key.cid).is_ok(), "started a session for {:?}", key.cid);
+                    assert!(
+                        validate_cid(&key.cid).is_ok(),
+                        "started a session for {:?}",
+                        key.cid
+                    );
                     let previous = started.insert(key.cid.clone(), key.generation);
-                    assert!(previous.is_none_or(|g| g < key.generation), "generations go up");
+                    assert!(
+                        previous.is_none_or(|g| g < key.generation),
+                        "generations go up"
+                    );
                 }
                 Action::Candidate { key, .. } => {
                     assert!(
@@ -146,10 +180,17 @@ fuzz_target!(|ops: Vec<Op>| {
                     );
                 }
                 Action::Publish { topic, .. } => {
-                    assert!(topic.starts_with(UID), "published outside the device: {topic}");
+                    assert!(
+                        topic.starts_with(UID),
+                        "published outside the device: {topic}"
+                    );
                 }
             }
         }
-        assert!(core.viewers() <= max, "{} viewers, at most {max}", core.viewers());
+        assert!(
+            core.viewers() <= max,
+            "{} viewers, at most {max}",
+            core.viewers()
+        );
     }
 });

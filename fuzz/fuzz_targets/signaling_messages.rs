@@ -15,11 +15,17 @@ fuzz_target!(|data: &[u8]| {
         let _ = p::validate_cid(topic);
         let _ = p::validate_uid(topic);
         if let Some((_, Some(cid))) = p::parse_topic("fuzz/cam", topic) {
-            assert!(p::validate_cid(cid).is_ok(), "parse_topic let a bad CID through: {cid:?}");
+            assert!(
+                p::validate_cid(cid).is_ok(),
+                "parse_topic let a bad CID through: {cid:?}"
+            );
         }
         if let Ok(topics) = p::Topics::new(topic) {
             let offer = topics.offer("viewer1");
-            assert!(matches!(topics.parse(&offer), Some((_, Some("viewer1")))), "{offer}");
+            assert!(
+                matches!(topics.parse(&offer), Some((_, Some("viewer1")))),
+                "{offer}"
+            );
         }
     }
     if let Ok(sdp) = p::parse_offer(payload) {
