@@ -121,3 +121,20 @@ test: test-emulated
 # Hardware in the loop, on a Pi or any Linux box with a USB webcam: see docs/HARDWARE.md.
 hil: release
 	tests/hil.sh $(TARGET_DIR)/release/spyglass
+
+# --- Long runs (issue 5), not part of `make test` ---
+.PHONY: fuzz soak deps-fuzz
+
+# cargo-fuzz on stable Rust (RUSTC_BOOTSTRAP=1); libFuzzer's sanitizer runtime comes with clang.
+deps-fuzz: deps
+	$(call apt_install,libclang-rt-14-dev)
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+
+# Every fuzz target for FUZZ_SECONDS (default 60) each: executions and crashes per target.
+fuzz: deps-fuzz
+	FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) scripts/fuzz.sh
+
+# 1000 sessions one after another and 20 at once (leaks), then a SOAK_MINUTES (default 10)
+# stream measuring latency drift; release build. SOAK_SESSIONS, SOAK_PARALLEL scale it.
+soak: release
+	scripts/soak.sh $(TARGET_DIR)

@@ -23,6 +23,9 @@ use crate::web::{self, WebSettings};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// On SIGTERM, how long to wait for the sessions to close before going offline anyway.
+const SHUTDOWN_SESSION_WAIT: Duration = Duration::from_millis(800);
+
 /// Run until SIGINT or SIGTERM.
 pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -89,6 +92,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut first_online = true;
+    let mut notifier = crate::service::Notifier::from_env();
+    notifier.tick(Instant::now(), hub.heartbeat_age());
     let mut video_state = hub.state();
     loop {
         tokio::select! {
@@ -102,8 +107,15 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                     }
                     let action = core.status_action();
                     exec.run(vec![action]).await;
+                    notifier.ready();
+                    notifier.status("online");
                 }
-                Some(MqttEvent::Disconnected(why)) => warn!("broker connection lost: {why}"),
+                Some(MqttEvent::Disconnected(why)) => {
+                    warn!("broker connection lost: {why}");
+                    if !first_online {
+                        notifier.status("broker connection lost; reconnecting");
+                    }
+                }
                 Some(MqttEvent::Message { topic, payload }) => {
                     let actions = core.on_message(Instant::now(), &topic, &payload);
                     exec.run(actions).await;
@@ -158,14 +170,36 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 let actions = core.on_tick(Instant::now());
                 exec.run(actions).await;
+                notifier.tick(Instant::now(), hub.heartbeat_age());
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
         }
     }
     info!("stopping");
+    notifier.stopping();
     for handle in exec.sessions.values() {
         handle.close();
+    }
+    // Let the sessions close their peer connections (ICE and DTLS shut down), but
+    // never for long: SIGTERM must end the process within 2 s.
+    let closing = exec.sessions.len();
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_SESSION_WAIT;
+    while !exec.sessions.is_empty() {
+        match tokio::time::timeout_at(deadline, session_rx.recv()).await {
+            Ok(Some((key, SessionEvent::Closed(_) | SessionEvent::Failed(_)))) => {
+                exec.sessions.remove(&key);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    if closing > 0 {
+        info!(
+            closed = closing - exec.sessions.len(),
+            of = closing,
+            "sessions closed"
+        );
     }
     hub.shutdown();
     if let Some(audio) = &audio {

@@ -27,6 +27,8 @@ const REOPEN_DELAY_MIN: Duration = Duration::from_millis(250);
 const REOPEN_DELAY_MAX: Duration = Duration::from_secs(1);
 /// A source that delivers nothing for this long has stalled: it is closed and reopened.
 const STALL_AFTER: Duration = Duration::from_secs(2);
+/// The hub thread beats at least this often while it is healthy, idle or not (see [`Hub::heartbeat_age`]).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 
 /// What the video pipeline is doing, for the status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,6 +120,16 @@ struct Inner {
     controls: Controls,
     /// The newest raw frame that was encoded, for snapshots; `None` while idle.
     latest: Mutex<Option<Arc<Frame>>>,
+    /// When the hub thread last showed it is alive: milliseconds since `epoch`.
+    heartbeat_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl Inner {
+    fn beat(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.heartbeat_ms.store(ms, Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -162,6 +174,8 @@ impl Hub {
             state: tokio::sync::watch::channel(VideoState::Idle).0,
             controls,
             latest: Mutex::new(None),
+            heartbeat_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
         });
         let worker = Arc::clone(&inner);
         thread::Builder::new()
@@ -213,6 +227,15 @@ impl Hub {
 
     pub fn subscribers(&self) -> usize {
         lock(&self.inner.viewers).viewers
+    }
+
+    /// How long ago the hub thread last showed it is alive. It beats at least every second
+    /// while it waits for viewers, runs the pipeline (including a stalled source, which it
+    /// detects and reopens) or waits to retry; an encoder or source open that hangs stops the
+    /// beats. The daemon feeds the systemd watchdog only while this is fresh.
+    pub fn heartbeat_age(&self) -> Duration {
+        let now = self.inner.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.inner.heartbeat_ms.load(Ordering::Relaxed)))
     }
 
     /// Stop the pipeline thread (at process exit).
@@ -271,10 +294,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn supervise(inner: &Inner) {
     let mut delay = REOPEN_DELAY_MIN;
     loop {
+        inner.beat();
         {
             let mut c = lock(&inner.viewers);
             while c.viewers == 0 && !c.shutdown {
-                c = inner.wake.wait(c).unwrap_or_else(|p| p.into_inner());
+                c = inner
+                    .wake
+                    .wait_timeout(c, HEARTBEAT_EVERY)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+                inner.beat();
             }
             if c.shutdown {
                 return;
@@ -292,6 +321,8 @@ fn supervise(inner: &Inner) {
                     delay = REOPEN_DELAY_MIN;
                 }
                 // Wait before retrying, but wake early if everyone left or we are shutting down.
+                // (The delay is at most REOPEN_DELAY_MAX, one heartbeat interval.)
+                inner.beat();
                 let c = lock(&inner.viewers);
                 let (c, _) = inner
                     .wake
@@ -354,6 +385,7 @@ fn run_pipeline(inner: &Inner) -> Result<(), (PipelineError, bool)> {
     let mut last_frame = Instant::now();
     let result = (|| {
         while wanted(inner) {
+            inner.beat();
             let Some(item) = mailbox.take(Duration::from_millis(100)) else {
                 if last_frame.elapsed() >= STALL_AFTER {
                     return Err(PipelineError::Stalled(format.description.clone()));
@@ -467,6 +499,53 @@ impl Mailbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The heartbeat that feeds the systemd watchdog: it keeps coming while the hub thread
+    /// waits for viewers, and stops when the pipeline hangs (here: a source open that never
+    /// returns, like a wedged camera driver).
+    #[test]
+    fn the_heartbeat_stops_when_the_pipeline_hangs() {
+        let (release, hang) = std::sync::mpsc::channel::<()>();
+        let hang = Mutex::new(hang);
+        let hub = Hub::with_opener(
+            Box::new(move || {
+                let _ = lock(&hang).recv();
+                Err(VideoError::NotFound {
+                    device: "released".into(),
+                })
+            }),
+            500,
+        );
+        // Idle: the beat keeps coming (at least once a second) long after the hub started.
+        thread::sleep(Duration::from_millis(2500));
+        let idle_age = hub.heartbeat_age();
+        assert!(
+            idle_age < crate::service::HEARTBEAT_STALE,
+            "idle heartbeat age {idle_age:?}"
+        );
+
+        let subscription = hub.subscribe();
+        let start = Instant::now();
+        while hub.heartbeat_age() < Duration::from_secs(3) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the heartbeat never stopped"
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+        // The source comes back (fails, here): the thread beats again.
+        release.send(()).unwrap();
+        drop(subscription);
+        let start = Instant::now();
+        while hub.heartbeat_age() >= Duration::from_secs(3) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "the heartbeat never resumed"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        hub.shutdown();
+    }
 
     #[test]
     fn join_requests_are_served_at_the_next_frame() {

@@ -10,6 +10,7 @@ pub mod mqtt;
 pub mod pattern;
 pub mod peer;
 pub mod selftest;
+pub mod service;
 pub mod signaling;
 pub mod video;
 pub mod view;

@@ -39,7 +39,8 @@ new=${upgrade_to:-$upgrade}
 echo "== install $(basename "$upgrade")"
 dpkg -i "$upgrade" >/dev/null
 /usr/bin/spyglass --version
-getent passwd spyglass >/dev/null || fail "no spyglass system user after install"
+unit=$(ls /usr/lib/systemd/system/spyglass.service /lib/systemd/system/spyglass.service 2>/dev/null | head -1)
+grep -qx 'DynamicUser=yes' "$unit" && grep -qx 'Type=notify' "$unit" || fail "$unit: not a Type=notify DynamicUser=yes service"
 [ -f /etc/spyglass/spyglass.toml ] || fail "no /etc/spyglass/spyglass.toml after install"
 # The installed binary works (its libraries are there), and the unit parses where systemd is.
 /usr/bin/spyglass selftest --video test --size 320x240 --seconds 1 >/dev/null || fail "installed binary's selftest failed"

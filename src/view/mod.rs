@@ -75,6 +75,38 @@ impl ViewOptions {
     }
 }
 
+/// Median latency at the start and at the end of a session. The window is one minute, or a
+/// third of the session when that is shorter (sessions under 3 s get none).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LatencyDrift {
+    pub window_s: f64,
+    pub first_median_ms: f64,
+    pub last_median_ms: f64,
+    /// `last_median_ms - first_median_ms`.
+    pub drift_ms: f64,
+}
+
+impl LatencyDrift {
+    /// `samples`: (seconds since the first frame, latency ms), in order.
+    pub fn of(samples: &[(f64, f64)]) -> Option<LatencyDrift> {
+        let end = samples.last()?.0;
+        let window = (end / 3.0).min(60.0);
+        if window < 1.0 {
+            return None;
+        }
+        let first: Vec<f64> = samples.iter().filter(|s| s.0 < window).map(|s| s.1).collect();
+        let last: Vec<f64> = samples.iter().filter(|s| s.0 > end - window).map(|s| s.1).collect();
+        let first = Spread::of(&first)?.median;
+        let last = Spread::of(&last)?.median;
+        Some(LatencyDrift {
+            window_s: window,
+            first_median_ms: first,
+            last_median_ms: last,
+            drift_ms: last - first,
+        })
+    }
+}
+
 /// Summary of a distribution of milliseconds.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Spread {
@@ -115,6 +147,8 @@ pub struct ViewReport {
     pub first_frame_ms: Option<f64>,
     /// Capture (from the test pattern) → decoded here, per frame.
     pub latency_ms: Option<Spread>,
+    /// Latency creep over the session: median of the first window against the last.
+    pub latency_drift: Option<LatencyDrift>,
     /// Frames whose test-pattern code was read.
     pub stamped_frames: u64,
     pub first_counter: Option<u32>,
@@ -170,6 +204,13 @@ impl std::fmt::Display for ViewReport {
                 f,
                 "latency (test pattern): - (no test pattern in the picture)"
             )?,
+        }
+        if let Some(d) = &self.latency_drift {
+            writeln!(
+                f,
+                "latency drift: {:+.0} ms (median {:.0} ms in the first {:.0} s, {:.0} ms in the last)",
+                d.drift_ms, d.first_median_ms, d.window_s, d.last_median_ms
+            )?;
         }
         if let (Some(a), Some(b)) = (self.first_counter, self.last_counter) {
             writeln!(
@@ -343,6 +384,8 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
 
     let (decoded_tx, mut decoded_rx) = mpsc::unbounded_channel::<Decoded>();
     let mut latencies: Vec<f64> = Vec::new();
+    // (seconds since the first frame, latency): for the drift.
+    let mut latencies_at: Vec<(f64, f64)> = Vec::new();
     let heard = Arc::new(std::sync::Mutex::new(audio::Received::default()));
     let mut audio_task: Option<tokio::task::JoinHandle<()>> = None;
     // Per wall-clock second: the first flash frame's latency.
@@ -459,6 +502,9 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
                     let low = decoded_ms & pattern::CAPTURED_MS_MASK;
                     let latency = low.wrapping_sub(captured) as i64 as f64;
                     latencies.push(latency);
+                    if let Some(first) = first_frame_at {
+                        latencies_at.push((now.duration_since(first).as_secs_f64(), latency));
+                    }
                     if d.flash == Some(true) {
                         flashes.entry(captured / 1000).or_insert(latency);
                     }
@@ -485,6 +531,7 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
     };
 
     report.latency_ms = Spread::of(&latencies);
+    report.latency_drift = LatencyDrift::of(&latencies_at);
     let _ = pc.close().await;
     if let Some(task) = audio_task {
         task.abort();
@@ -615,5 +662,27 @@ fn decode_loop(
             Ok(None) => {}
             Err(err) => debug!("decode error: {err}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod drift_tests {
+    use super::LatencyDrift;
+
+    #[test]
+    fn drift_compares_the_first_and_last_window() {
+        // 10 minutes at 10 samples a second; latency creeps from 50 to 80 ms.
+        let samples: Vec<(f64, f64)> = (0..6000)
+            .map(|i| (f64::from(i) / 10.0, 50.0 + 30.0 * f64::from(i) / 6000.0))
+            .collect();
+        let d = LatencyDrift::of(&samples).unwrap();
+        assert_eq!(d.window_s, 60.0);
+        assert!((d.first_median_ms - 51.5).abs() < 0.1, "{d:?}");
+        assert!((d.last_median_ms - 78.5).abs() < 0.1, "{d:?}");
+        assert!((d.drift_ms - 27.0).abs() < 0.1, "{d:?}");
+        // Short sessions: a third of the session; under 3 s none.
+        assert_eq!(LatencyDrift::of(&samples[..300]).unwrap().window_s, 29.9 / 3.0);
+        assert!(LatencyDrift::of(&samples[..20]).is_none());
+        assert!(LatencyDrift::of(&[]).is_none());
     }
 }
