@@ -362,6 +362,8 @@ async fn the_daemon_streams_under_memory_deny_write_execute() {
         bind: vec!["127.0.0.1".parse().unwrap()],
         mdns: false,
         stop: None,
+        data_channel: None,
+        transport: Default::default(),
     })
     .await;
     let _ = child.kill();

@@ -94,8 +94,16 @@ impl LatencyDrift {
         if window < 1.0 {
             return None;
         }
-        let first: Vec<f64> = samples.iter().filter(|s| s.0 < window).map(|s| s.1).collect();
-        let last: Vec<f64> = samples.iter().filter(|s| s.0 > end - window).map(|s| s.1).collect();
+        let first: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.0 < window)
+            .map(|s| s.1)
+            .collect();
+        let last: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.0 > end - window)
+            .map(|s| s.1)
+            .collect();
         let first = Spread::of(&first)?.median;
         let last = Spread::of(&last)?.median;
         Some(LatencyDrift {
@@ -681,7 +689,10 @@ mod drift_tests {
         assert!((d.last_median_ms - 78.5).abs() < 0.1, "{d:?}");
         assert!((d.drift_ms - 27.0).abs() < 0.1, "{d:?}");
         // Short sessions: a third of the session; under 3 s none.
-        assert_eq!(LatencyDrift::of(&samples[..300]).unwrap().window_s, 29.9 / 3.0);
+        assert_eq!(
+            LatencyDrift::of(&samples[..300]).unwrap().window_s,
+            29.9 / 3.0
+        );
         assert!(LatencyDrift::of(&samples[..20]).is_none());
         assert!(LatencyDrift::of(&[]).is_none());
     }
