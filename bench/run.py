@@ -444,10 +444,16 @@ def main():
     ap.add_argument("--settle", type=float, default=3)
     ap.add_argument("--encode-seconds", type=int, default=5)
     ap.add_argument("--skip", default="", help="comma list: criterion,encode,view,chromium,daemon")
+    ap.add_argument("--merge", default=None,
+                    help="bench.json of an earlier run: its figures fill in the skipped parts")
     args = ap.parse_args()
     args.bin = os.path.abspath(args.bin)
     skip = set(filter(None, args.skip.split(",")))
     res = {"load_start": loadavg()}
+    if args.merge:
+        old = json.load(open(args.merge))
+        old["stages"] = {tuple(k.split("/")): v for k, v in old.get("stages", {}).items()}
+        res = old | res
     tmp = tempfile.mkdtemp(prefix="spyglass-bench-")
     if "criterion" not in skip:
         criterion_stages(args, res)

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use rtc::rtp::codec::h264::H264Payloader;
-use rtc::rtp::packetizer::new_packetizer;
+use rtc::rtp::packetizer::{Packetizer, new_packetizer};
 use rtc::rtp::sequence::new_random_sequencer;
 use spyglass::encode::{EncoderSettings, H264Encoder};
 use spyglass::video::convert::{Layout, MjpegDecoder, nv12_to_i420, yuyv_to_i420};
