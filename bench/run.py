@@ -194,15 +194,16 @@ def target_dir():
     return json.loads(out)["target_directory"]
 
 
-def criterion_stages(args, res):
-    log("criterion micro-benchmarks (cargo bench --bench pipeline)")
-    subprocess.run([cargo(), "bench", "--bench", "pipeline"], cwd=REPO, check=True,
-                   stdout=sys.stderr)
+def criterion_stages(args, res, run=True):
+    if run:
+        log("criterion micro-benchmarks (cargo bench --bench pipeline)")
+        subprocess.run([cargo(), "bench", "--bench", "pipeline"], cwd=REPO, check=True,
+                       stdout=sys.stderr)
     base = os.path.join(target_dir(), "criterion")
     stages = {}
     for stage in ["yuyv_to_i420", "nv12_to_i420", "mjpeg_to_i420", "h264_encode", "h264_packetize"]:
         for size in SIZES:
-            path = os.path.join(base, stage, size, "new", "estimates.json")
+            path = os.path.join(base, f"{stage}_{size}", "new", "estimates.json")
             try:
                 est = json.load(open(path))
                 stages[(stage, size)] = est["median"]["point_estimate"] / 1e6  # ms
@@ -455,8 +456,8 @@ def main():
         old["stages"] = {tuple(k.split("/")): v for k, v in old.get("stages", {}).items()}
         res = old | res
     tmp = tempfile.mkdtemp(prefix="spyglass-bench-")
-    if "criterion" not in skip:
-        criterion_stages(args, res)
+    # Criterion's estimates of an earlier run are read even when the benchmark is skipped.
+    criterion_stages(args, res, run="criterion" not in skip)
     if "encode" not in skip:
         raw_encode(args, res)
     if "daemon" not in skip:
@@ -474,6 +475,7 @@ def main():
     md = table(args, res)
     print(md)
     out = args.out or os.path.join(target_dir(), "bench.md")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         f.write(md)
     with open(os.path.splitext(out)[0] + ".json", "w") as f:
