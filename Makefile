@@ -53,6 +53,12 @@ web: deps web/node_modules/.package-lock.json
 demo: release
 	scripts/demo.sh
 
+# Benchmarks (issue 7): one Markdown table on stdout and in $(TARGET_DIR)/bench.md (raw figures in
+# bench.json beside it). Benchmarks, not tests: nothing here fails on a time. ~10 minutes.
+.PHONY: bench
+bench: release
+	python3 bench/run.py --bin $(TARGET_DIR)/release/spyglass --out $(TARGET_DIR)/bench.md
+
 clean:
 	$(CARGO) clean
 

@@ -41,7 +41,7 @@ use super::sdp::{OfferVideo, offer_has_audio, offer_video};
 use super::{PeerFactory, h264_codecs, opus_codec};
 use crate::audio::CHUNK_DURATION;
 use crate::audio::hub::AudioHub;
-use crate::hub::{Hub, KeyframeReason};
+use crate::hub::{Hub, KeyframeReason, Subscription};
 use crate::signaling::SessionKey;
 
 /// Why an offer could not be answered.
@@ -365,6 +365,10 @@ async fn run(
     };
     debug!(cid = %key.cid, ms = started.elapsed().as_millis() as u64, "answer ready");
     emit(SessionEvent::Answered(answer_sdp));
+    // Start the video pipeline now, while ICE and DTLS run, so that a cold start (opening the
+    // source, creating the encoder, the first frame) is over by the time the viewer connects.
+    // Held until the viewer's own feed exists; an unconnected session ends at --peer-timeout.
+    let mut warm_up = Some(hub.subscribe());
 
     let mut media: Vec<JoinHandle<()>> = Vec::new();
     let mut channels: Vec<JoinHandle<()>> = Vec::new();
@@ -419,8 +423,10 @@ async fn run(
                         emit(SessionEvent::Connected);
                         // Video waits for audio only when this viewer gets both.
                         let sync = audio.clone().filter(|_| session.audio.is_some());
+                        let feed = hub.subscribe();
+                        drop(warm_up.take());
                         media.push(tokio::spawn(stream_video(
-                            hub.clone(),
+                            feed,
                             Arc::clone(&session.track),
                             session.ssrc,
                             session.payload_type,
@@ -462,14 +468,13 @@ async fn run(
 /// Send the hub's frames to this viewer until the task is aborted. With `sync`, each frame is
 /// held until it is as old as the audio hub's packets are when they are sent.
 async fn stream_video(
-    hub: Hub,
+    mut feed: Subscription,
     track: Arc<TrackLocalStaticSample>,
     ssrc: u32,
     payload_type: u8,
     sync: Option<AudioHub>,
     counters: Arc<SessionCounters>,
 ) {
-    let mut feed = hub.subscribe();
     let mut previous: Option<Instant> = None;
     while let Some(frame) = feed.recv().await {
         if let Some(audio) = &sync {
