@@ -11,7 +11,10 @@ use spyglass::encode::{EncoderSettings, H264Encoder};
 use spyglass::video::{VideoSource, VideoSpec, test_pattern::TestPattern};
 
 fn thread_cpu_ms() -> f64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 / 1e6
@@ -19,7 +22,10 @@ fn thread_cpu_ms() -> f64 {
 
 fn main() {
     // `cargo bench` passes `--bench`; ignore flags.
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let seconds: u32 = args.first().and_then(|s| s.parse().ok()).unwrap_or(5);
     let mut sizes: Vec<(u32, u32)> = args
         .iter()
@@ -32,14 +38,29 @@ fn main() {
     }
     let fps = 30;
     for (w, h) in sizes {
-        let mut source = TestPattern::new(&VideoSpec { source: "test".into(), width: w, height: h, fps });
-        let frames: Vec<_> = (0..seconds * fps).map(|_| source.next_frame().expect("test pattern")).collect();
-        let mut encoder = H264Encoder::new(EncoderSettings { width: w, height: h, fps, bitrate_kbps: 2000 })
-            .expect("openh264 encoder");
+        let mut source = TestPattern::new(&VideoSpec {
+            source: "test".into(),
+            width: w,
+            height: h,
+            fps,
+        });
+        let frames: Vec<_> = (0..seconds * fps)
+            .map(|_| source.next_frame().expect("test pattern"))
+            .collect();
+        let mut encoder = H264Encoder::new(EncoderSettings {
+            width: w,
+            height: h,
+            fps,
+            bitrate_kbps: 2000,
+        })
+        .expect("openh264 encoder");
         let (cpu, wall) = (thread_cpu_ms(), Instant::now());
         let mut bytes = 0;
         for f in &frames {
-            bytes += encoder.encode(f, false).expect("encode").map_or(0, |e| e.data.len());
+            bytes += encoder
+                .encode(f, false)
+                .expect("encode")
+                .map_or(0, |e| e.data.len());
         }
         let cpu = thread_cpu_ms() - cpu;
         let wall = wall.elapsed().as_secs_f64() * 1e3;

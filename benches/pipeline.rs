@@ -47,7 +47,14 @@ fn scale(src: &[u8], sw: usize, sh: usize, dw: usize, dh: usize, unit: usize) ->
 
 fn yuyv(w: u32, h: u32) -> Vec<u8> {
     let (w, h) = (w as usize, h as usize);
-    scale(&fixture("testsrc2_320x240.yuyv"), SRC_W / 2, SRC_H, w / 2, h, 4)
+    scale(
+        &fixture("testsrc2_320x240.yuyv"),
+        SRC_W / 2,
+        SRC_H,
+        w / 2,
+        h,
+        4,
+    )
 }
 
 fn nv12(w: u32, h: u32) -> Vec<u8> {
@@ -64,7 +71,12 @@ fn nv12(w: u32, h: u32) -> Vec<u8> {
 fn mjpeg(w: u32, h: u32) -> Vec<u8> {
     let mut i420 = Vec::new();
     MjpegDecoder::new()
-        .decode(&fixture("testsrc2_320x240_422.jpg"), SRC_W as u32, SRC_H as u32, &mut i420)
+        .decode(
+            &fixture("testsrc2_320x240_422.jpg"),
+            SRC_W as u32,
+            SRC_H as u32,
+            &mut i420,
+        )
         .expect("sample JPEG decodes");
     let (y, chroma) = i420.split_at(SRC_W * SRC_H);
     let (u, v) = chroma.split_at(SRC_W * SRC_H / 4);
@@ -93,7 +105,9 @@ fn pattern_frames(w: u32, h: u32) -> Vec<Frame> {
         height: h,
         fps: FPS,
     });
-    (0..FPS).map(|_| source.next_frame().expect("test pattern")).collect()
+    (0..FPS)
+        .map(|_| source.next_frame().expect("test pattern"))
+        .collect()
 }
 
 fn encoder(w: u32, h: u32) -> H264Encoder {
@@ -137,7 +151,9 @@ fn stages(c: &mut Criterion) {
         let mut encoded: Vec<Bytes> = Vec::new();
         c.bench_function(&format!("h264_encode/{size}"), |b| {
             b.iter(|| {
-                let f = enc.encode(black_box(&frames[i % frames.len()]), false).unwrap();
+                let f = enc
+                    .encode(black_box(&frames[i % frames.len()]), false)
+                    .unwrap();
                 i += 1;
                 if encoded.len() < frames.len() {
                     encoded.extend(f.map(|f| f.data));
@@ -168,7 +184,9 @@ fn stages(c: &mut Criterion) {
             b.iter(|| {
                 let au = &encoded[1 + j % (encoded.len() - 1)];
                 j += 1;
-                packetizer.packetize(Instant::now(), black_box(au), 3000).unwrap()
+                packetizer
+                    .packetize(Instant::now(), black_box(au), 3000)
+                    .unwrap()
             })
         });
     }
