@@ -73,6 +73,47 @@ fn feed_fifo(fifo: PathBuf, stop: Arc<AtomicBool>) {
 
 /// An ALSA configuration (`~/.asoundrc`) with a capture PCM `name` whose samples come from
 /// `fifo`: the `file` plugin over the `null` device.
+/// A capture device `spyglass_mic` made of ALSA's `file` plugin reading a FIFO that a thread
+/// fills with the test tone in real time, in a temporary HOME. Dropping it stops the feeder.
+struct FifoMic {
+    home: PathBuf,
+    stop: Arc<AtomicBool>,
+    feeder: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FifoMic {
+    fn start(tag: &str) -> FifoMic {
+        let home = temp_dir(tag);
+        let fifo = home.join("mic.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        write_asoundrc(&home, "spyglass_mic", &fifo);
+        let stop = Arc::new(AtomicBool::new(false));
+        let feeder = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || feed_fifo(fifo, stop))
+        };
+        FifoMic {
+            home,
+            stop,
+            feeder: Some(feeder),
+        }
+    }
+}
+
+impl Drop for FifoMic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(feeder) = self.feeder.take() {
+            let _ = feeder.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
 fn write_asoundrc(home: &Path, name: &str, fifo: &Path) {
     std::fs::write(
         home.join(".asoundrc"),
@@ -86,19 +127,8 @@ fn write_asoundrc(home: &Path, name: &str, fifo: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tone_captured_through_libasound_reaches_the_viewer_as_opus() {
-    let home = temp_dir("alsa-home");
-    let fifo = home.join("mic.fifo");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    write_asoundrc(&home, "spyglass_mic", &fifo);
-    let stop = Arc::new(AtomicBool::new(false));
-    let feeder = {
-        let (fifo, stop) = (fifo.clone(), Arc::clone(&stop));
-        std::thread::spawn(move || feed_fifo(fifo, stop))
-    };
+    let mic = FifoMic::start("alsa-home");
+    let home = mic.home.clone();
 
     let broker = Broker::start();
     let home_str = home.to_str().unwrap();
@@ -117,9 +147,7 @@ async fn a_tone_captured_through_libasound_reaches_the_viewer_as_opus() {
     let report = spyglass::view::run(view_options(&broker, &daemon, 120))
         .await
         .unwrap();
-    stop.store(true, Ordering::Relaxed);
-    let _ = feeder.join();
-    let _ = std::fs::remove_dir_all(&home);
+    drop(mic);
 
     assert_eq!(report.frames, 120, "video goes on with audio: {report:?}");
     assert!(
@@ -274,19 +302,8 @@ async fn an_audio_m_line_gets_opus_when_audio_runs_and_is_inactive_otherwise() {
 /// not there fails the run.
 #[test]
 fn selftest_captures_through_libasound_and_finds_the_tone() {
-    let home = temp_dir("alsa-selftest");
-    let fifo = home.join("mic.fifo");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    write_asoundrc(&home, "spyglass_mic", &fifo);
-    let stop = Arc::new(AtomicBool::new(false));
-    let feeder = {
-        let (fifo, stop) = (fifo.clone(), Arc::clone(&stop));
-        std::thread::spawn(move || feed_fifo(fifo, stop))
-    };
+    let mic = FifoMic::start("alsa-selftest");
+    let home = mic.home.clone();
     let selftest = |expect: &str| {
         std::process::Command::new(env!("CARGO_BIN_EXE_spyglass"))
             .args([
@@ -311,9 +328,7 @@ fn selftest_captures_through_libasound_and_finds_the_tone() {
     };
     let found = selftest("660");
     let missing = selftest("1000");
-    stop.store(true, Ordering::Relaxed);
-    let _ = feeder.join();
-    let _ = std::fs::remove_dir_all(&home);
+    drop(mic);
 
     let text = String::from_utf8_lossy(&found.stdout);
     assert!(
