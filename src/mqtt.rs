@@ -15,7 +15,7 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, LastWill, Packet};
 use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
-use rumqttc::{TlsConfiguration, Transport};
+use rumqttc::{NetworkOptions, TlsConfiguration, Transport};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::mpsc;
@@ -228,6 +228,11 @@ pub fn connect(settings: MqttSettings) -> anyhow::Result<MqttConnection> {
     options.set_keep_alive(Duration::from_secs(15));
     options.set_clean_start(true);
     options.set_max_packet_size(Some(MAX_INCOMING_BYTES));
+    // Signaling is small messages answered at once: with Nagle's algorithm a publish can wait
+    // for the broker's delayed ACK (~40 ms) before it leaves.
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    options.set_network_options(network);
     if let Some(user) = &settings.username {
         options.set_credentials(user.clone(), settings.password.clone().unwrap_or_default());
     }
@@ -252,6 +257,7 @@ pub fn connect(settings: MqttSettings) -> anyhow::Result<MqttConnection> {
     let sender = client.clone();
     tokio::spawn(async move {
         while let Some((topic, payload, retain)) = pending.recv().await {
+            tracing::trace!(topic, "publishing");
             if let Err(err) = sender
                 .publish(topic.clone(), QoS::AtLeastOnce, retain, payload)
                 .await
@@ -294,6 +300,7 @@ async fn drive(
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+                tracing::trace!(topic, "message received");
                 let event = MqttEvent::Message {
                     topic,
                     payload: publish.payload,

@@ -25,6 +25,14 @@ use webrtc::peer_connection::{
 pub const ICE_DISCONNECTED_AFTER: std::time::Duration = std::time::Duration::from_secs(4);
 /// Disconnected for this much longer: "failed", and the session ends.
 pub const ICE_FAILED_AFTER: std::time::Duration = std::time::Duration::from_secs(6);
+/// ICE check pacing while connecting (webrtc's default is 200 ms). It also bounds how long the
+/// DTLS ClientHello waits: webrtc 0.21 queues it when ICE selects a pair and sends it on the
+/// next timer tick, so at 200 ms the handshake started ~150 ms late (docs/PERFORMANCE.md).
+pub const ICE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// Binding requests per candidate pair before it fails: 70 x 20 ms keeps webrtc's default
+/// window of 1.4 s (7 x 200 ms), so slow networks connect as before.
+pub const ICE_MAX_BINDING_REQUESTS: u16 = 70;
 
 /// Network settings shared by every peer connection.
 #[derive(Debug, Clone, Default)]
@@ -137,6 +145,7 @@ impl PeerFactory {
             // A viewer that vanishes (tab closed, network gone) frees its place after ~10 s
             // instead of the default 30 s: 4 s without consent is "disconnected", 6 s more "failed".
             .with_ice_timeouts(Some(ICE_DISCONNECTED_AFTER), Some(ICE_FAILED_AFTER), None)
+            .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_MAX_BINDING_REQUESTS))
             .build();
         let config = RTCConfigurationBuilder::new()
             .with_ice_servers(self.settings.ice_servers.clone())

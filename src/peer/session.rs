@@ -40,7 +40,7 @@ use super::control::{self, ControlContext, SessionCounters};
 use super::sdp::{OfferVideo, offer_has_audio, offer_video};
 use super::{PeerFactory, h264_codecs, opus_codec};
 use crate::audio::CHUNK_DURATION;
-use crate::audio::hub::AudioHub;
+use crate::audio::hub::{AudioHub, AudioSubscription};
 use crate::hub::{Hub, KeyframeReason, Subscription};
 use crate::signaling::SessionKey;
 
@@ -369,6 +369,12 @@ async fn run(
     // source, creating the encoder, the first frame) is over by the time the viewer connects.
     // Held until the viewer's own feed exists; an unconnected session ends at --peer-timeout.
     let mut warm_up = Some(hub.subscribe());
+    // The same for audio when this viewer gets it: Chromium holds video back until it can play
+    // audio in sync, so a cold audio start would delay the first picture too.
+    let mut audio_warm_up = audio
+        .as_ref()
+        .filter(|_| session.audio.is_some())
+        .map(AudioHub::subscribe);
 
     let mut media: Vec<JoinHandle<()>> = Vec::new();
     let mut channels: Vec<JoinHandle<()>> = Vec::new();
@@ -434,8 +440,10 @@ async fn run(
                             Arc::clone(&counters),
                         )));
                         if let (Some(hub), Some(send)) = (&audio, &session.audio) {
+                            let feed = hub.subscribe();
+                            drop(audio_warm_up.take());
                             media.push(tokio::spawn(stream_audio(
-                                hub.clone(),
+                                feed,
                                 Arc::clone(&send.track),
                                 send.ssrc,
                                 send.payload_type,
@@ -517,12 +525,11 @@ async fn stream_video(
 /// advances the RTP clock by 20 ms; a gap in capture (an overrun, or packets this viewer lost to
 /// lag) advances it by the gap as well, so RTP time keeps following the capture clock.
 async fn stream_audio(
-    hub: AudioHub,
+    mut feed: AudioSubscription,
     track: Arc<TrackLocalStaticSample>,
     ssrc: u32,
     payload_type: u8,
 ) {
-    let mut feed = hub.subscribe();
     let mut previous: Option<Instant> = None;
     while let Some(packet) = feed.recv().await {
         let gap = previous
