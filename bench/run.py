@@ -201,7 +201,7 @@ def criterion_stages(args, res, run=True):
                        stdout=sys.stderr)
     base = os.path.join(target_dir(), "criterion")
     stages = {}
-    for stage in ["yuyv_to_i420", "nv12_to_i420", "mjpeg_to_i420", "h264_encode", "h264_packetize"]:
+    for stage in ["yuyv_to_i420", "nv12_to_i420", "mjpeg_to_i420", "h264_encode", "h264_packetize", "srtp_protect"]:
         for size in SIZES:
             path = os.path.join(base, f"{stage}_{size}", "new", "estimates.json")
             try:
@@ -322,6 +322,9 @@ def chromium(args, res):
             figures["first_frame_ms"] = nums[:2]
         elif line.startswith("glass-to-glass") and len(nums) >= 2:
             figures["latency_ms"] = nums[:2]
+        elif line.startswith("offer -> ") and len(nums) >= 2:
+            # Per-stage times: "offer -> answer   median 58 ms, p95 72 ms" etc.
+            figures.setdefault("stages", {})[line.split()[2]] = nums[:2]
     if not figures:
         res["chromium_error"] = (p.stderr or p.stdout)[-500:]
     res["chromium"] = figures
@@ -362,7 +365,8 @@ def table(args, res):
              ("nv12_to_i420", "NV12 → I420, ms/frame"),
              ("mjpeg_to_i420", "MJPEG decode → I420, ms/frame"),
              ("h264_encode", "openh264 encode, ms/frame"),
-             ("h264_packetize", "H.264 packetize (RTP, MTU 1200), ms/frame")]
+             ("h264_packetize", "H.264 packetize (RTP, MTU 1200), ms/frame"),
+             ("srtp_protect", "SRTP protect (AES-128-GCM), per viewer, ms/frame")]
     for key, label in names:
         L.append(f"| {label} | " + " | ".join(fmt(st.get((key, s)), 3) for s in SIZES) + " | | |")
     L.append("| raw encode CPU, ms/frame (thread CPU clock) | "
@@ -388,6 +392,12 @@ def table(args, res):
     L.append(f"| offer → first frame, Chromium, median / p95 ({args.sessions} sessions) | "
              + (f"{ff[0]:.0f} / {ff[1]:.0f} ms" if ff else "n/a " + res.get("chromium_error", "")[:80])
              + f" | median ≤ 250 ms | {verdict(None if not ff else ff[0] <= 250)} |")
+    stage_names = {"answer": "answer arrives", "ice": "ICE connected", "dtls": "DTLS connected",
+                   "frame": "first frame shown"}
+    for stage, label in stage_names.items():
+        v = ch.get("stages", {}).get(stage)
+        if v:
+            L.append(f"| Chromium stage: offer → {label}, median / p95 | {v[0]:.0f} / {v[1]:.0f} ms | | |")
     lat = ch.get("latency_ms")
     L.append("| glass-to-glass, Chromium, median / p95 (per-session medians) | "
              + (f"{lat[0]:.0f} / {lat[1]:.0f} ms" if lat else "n/a")

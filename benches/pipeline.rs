@@ -1,7 +1,8 @@
 //! Per-frame cost of each stage of the video path (issue 7), at 640x480, 1280x720 and 1920x1080:
 //! colour conversion (YUYV, NV12 → I420) and MJPEG decoding on pictures made from the real sample
 //! frames in `tests/data/` (scaled up, nearest neighbour), openh264 encoding of the test pattern at
-//! the daemon's settings, and H.264 packetizing with the payloader WebRTC uses.
+//! the daemon's settings, H.264 packetizing with the payloader WebRTC uses, and SRTP protection
+//! of those packets (AES-128-GCM, the profile Chromium negotiates), which each viewer pays.
 //!
 //! `cargo bench --bench pipeline` (or `make bench`, which also reads criterion's estimates into
 //! its table). Measurement time is kept short so the whole suite runs in about two minutes.
@@ -14,6 +15,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use rtc::rtp::codec::h264::H264Payloader;
 use rtc::rtp::packetizer::{Packetizer, new_packetizer};
 use rtc::rtp::sequence::new_random_sequencer;
+use rtc::shared::marshal::Marshal;
+use rtc::srtp::context::Context as SrtpContext;
+use rtc::srtp::protection_profile::ProtectionProfile;
 use spyglass::encode::{EncoderSettings, H264Encoder};
 use spyglass::video::convert::{Layout, MjpegDecoder, nv12_to_i420, yuyv_to_i420};
 use spyglass::video::{Frame, VideoSource, VideoSpec, test_pattern::TestPattern};
@@ -189,7 +193,46 @@ fn stages(c: &mut Criterion) {
                     .unwrap()
             })
         });
+
+        // Protect (SRTP) one access unit's packets, as each viewer's session does before sending.
+        let packets: Vec<Vec<Vec<u8>>> = encoded[1..]
+            .iter()
+            .map(|au| {
+                packetizer
+                    .packetize(Instant::now(), au, 3000)
+                    .unwrap()
+                    .iter()
+                    .map(|p| p.marshal().unwrap().to_vec())
+                    .collect()
+            })
+            .collect();
+        let mut srtp = srtp_context();
+        let mut k = 0;
+        c.bench_function(&format!("srtp_protect/{size}"), |b| {
+            b.iter(|| {
+                let au = &packets[k % packets.len()];
+                k += 1;
+                for packet in au {
+                    black_box(srtp.encrypt_rtp(black_box(packet)).unwrap());
+                }
+            })
+        });
     }
+}
+
+/// An SRTP sender context with the profile Chromium chooses and a fixed test key.
+fn srtp_context() -> SrtpContext {
+    let profile = ProtectionProfile::AeadAes128Gcm;
+    let provider = rtc::crypto::default_provider().expect("a crypto provider");
+    SrtpContext::new(
+        &vec![7; profile.key_len()],
+        &vec![9; profile.salt_len()],
+        profile,
+        None,
+        None,
+        provider.crypto(),
+    )
+    .expect("SRTP context")
 }
 
 criterion_group! {

@@ -19,7 +19,9 @@ const view = {
   devices: new Map(), // uid -> online status object
   session: null,
   sessions: 0, // sessions started since the page loaded
-  metrics: { firstFrameMs: [], latencyMs: [] },
+  // firstFrameMs: offer -> first frame per session; stages: per session, ms after the offer at
+  // which the answer arrived, ICE and DTLS connected and the first frame was shown.
+  metrics: { firstFrameMs: [], latencyMs: [], stages: [] },
   lastCode: null, // { frame, captureMs, latencyMs } from the newest decoded frame
   pc: null,
 };
@@ -239,6 +241,7 @@ async function startSession(uid, status) {
     answered: false,
     offerAt: 0,
     firstFrame: false,
+    stages: {},
     stream: new MediaStream(),
     disconnectTimer: 0,
   };
@@ -274,9 +277,13 @@ async function startSession(uid, status) {
     const c = event.candidate;
     publish(session.topics.ice, c && c.candidate ? c.toJSON() : { candidate: '' });
   };
+  pc.oniceconnectionstatechange = () => {
+    if (pc.iceConnectionState === 'connected') mark(session, 'ice');
+  };
   pc.onconnectionstatechange = () => {
     if (view.session !== session) return;
     const s = pc.connectionState;
+    if (s === 'connected') mark(session, 'connected');
     clearTimeout(session.disconnectTimer);
     if (s === 'failed' || s === 'closed') {
       restartSession(session, `The connection to ${uid} was lost; reconnecting…`);
@@ -300,8 +307,15 @@ async function onSessionMessage(session, kind, payload) {
   if (!message) return;
   if (kind === 'answer' && message.type === 'answer' && !session.answered) {
     session.answered = true;
+    mark(session, 'answer');
     try {
       await session.pc.setRemoteDescription({ type: 'answer', sdp: message.sdp });
+      const dtls = session.pc.getTransceivers()[0]?.receiver.transport;
+      if (dtls) {
+        dtls.addEventListener('statechange', () => {
+          if (dtls.state === 'connected') mark(session, 'dtls');
+        });
+      }
       for (const c of session.remoteCandidates) await addCandidate(session, c);
       session.remoteCandidates = [];
     } catch (err) {
@@ -318,6 +332,13 @@ async function onSessionMessage(session, kind, payload) {
     } else {
       failSession(session, `Camera ${session.uid} refused: ${text} (${message.code})`);
     }
+  }
+}
+
+/** Notes the time (ms after the offer) at which a session first reached a stage. */
+function mark(session, stage) {
+  if (session.offerAt && !(stage in session.stages)) {
+    session.stages[stage] = Math.round(performance.now() - session.offerAt);
   }
 }
 
@@ -374,6 +395,8 @@ function onVideoFrame(_now, meta) {
     session.firstFrame = true;
     const ms = Math.round(performance.now() - session.offerAt);
     view.metrics.firstFrameMs.push(ms);
+    session.stages.frame = ms;
+    view.metrics.stages.push(session.stages);
     console.log(`spyglass: first frame ${ms} ms after the offer`);
     setState('live', `Live: ${session.uid}`);
   }

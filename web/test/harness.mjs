@@ -145,7 +145,7 @@ export class Spyglass {
     const log = openSync(this.logFile, 'w');
     this.child = spawn(spyglassBin(), this.args, {
       stdio: ['ignore', 'ignore', log],
-      env: { ...process.env, RUST_LOG: 'spyglass=debug,info' },
+      env: { ...process.env, RUST_LOG: process.env.SPYGLASS_LOG ?? 'spyglass=debug,info' },
     });
     await waitForPort(this.httpPort);
   }

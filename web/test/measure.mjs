@@ -10,6 +10,7 @@ const daemon = await Spyglass.start(broker, { size });
 const browser = await launchBrowser();
 const first = [];
 const latency = [];
+const stages = {};
 const q = (v, p) => [...v].sort((a, b) => a - b)[Math.round((v.length - 1) * p)];
 try {
   for (let i = 0; i < n; i++) {
@@ -19,12 +20,17 @@ try {
     const m = await until('30 latency readings', () =>
       page.evaluate(() => (window.spyglass.metrics.latencyMs.length >= 30 ? window.spyglass.metrics : null)));
     first.push(m.firstFrameMs[0]);
+    for (const [stage, ms] of Object.entries(m.stages[0] ?? {})) (stages[stage] ??= []).push(ms);
     latency.push(q(m.latencyMs, 0.5));
     await page.close();
     await sleep(300);
   }
   console.log(`Chromium, ${size}, ${n} sessions:`);
   console.log(`offer -> first frame     median ${q(first, 0.5)} ms, p95 ${q(first, 0.95)} ms`);
+  for (const stage of ['answer', 'ice', 'dtls', 'connected', 'frame']) {
+    const v = stages[stage] ?? [];
+    if (v.length) console.log(`offer -> ${stage.padEnd(18)} median ${q(v, 0.5)} ms, p95 ${q(v, 0.95)} ms`);
+  }
   console.log(`glass-to-glass latency   median ${q(latency, 0.5)} ms, p95 ${q(latency, 0.95)} ms (per-session medians)`);
 } finally {
   await browser.close();

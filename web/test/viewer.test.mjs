@@ -110,6 +110,13 @@ test('the page served by spyglass lists the device and plays it', async (t) => {
   console.log(line);
   assert.equal(metrics.firstFrameMs.length, 1);
   assert.ok(metrics.firstFrameMs[0] > 0);
+  // The stages of that session, in the order they must happen (docs/PERFORMANCE.md splits the
+  // time to the first frame by them).
+  const st = metrics.stages[0];
+  t.diagnostic(`stages: ${JSON.stringify(st)}`);
+  for (const stage of ['answer', 'ice', 'dtls', 'frame']) assert.ok(stage in st, `stage ${stage} noted: ${JSON.stringify(st)}`);
+  assert.ok(st.answer <= st.ice && st.ice <= st.dtls && st.dtls <= st.frame, `stages in order: ${JSON.stringify(st)}`);
+  assert.equal(st.frame, metrics.firstFrameMs[0]);
   // Single readings mix Chromium's monotonic clock (presentationTime) with the wall clock the
   // device stamps, and can be a few ms off either way on a loaded machine: judge the median.
   const median = sorted[Math.floor(sorted.length / 2)];
