@@ -199,6 +199,7 @@ impl Hub {
             rx,
             inner: Arc::clone(&self.inner),
             waiting_for_keyframe: true,
+            max_backlog_age: None,
         }
     }
 
@@ -250,9 +251,20 @@ pub struct Subscription {
     rx: broadcast::Receiver<Arc<EncodedFrame>>,
     inner: Arc<Inner>,
     waiting_for_keyframe: bool,
+    /// See [`Subscription::resume`].
+    max_backlog_age: Option<Duration>,
 }
 
 impl Subscription {
+    /// Start from the frames this subscription has buffered since it was made (its first
+    /// keyframe and those after it), so that a viewer gets its first picture without waiting for
+    /// a new keyframe to be captured and encoded; unless that keyframe is older than `max_age`,
+    /// in which case a fresh one is requested and the backlog skipped.
+    pub fn resume(mut self, max_age: Duration) -> Self {
+        self.max_backlog_age = Some(max_age);
+        self
+    }
+
     /// The next frame this viewer can decode. Frames before the first keyframe, and after a lag
     /// until the next keyframe, are skipped (a keyframe is requested at once). `None` when the
     /// hub has shut down.
@@ -261,6 +273,17 @@ impl Subscription {
             match self.rx.recv().await {
                 Ok(frame) => {
                     if self.waiting_for_keyframe && !frame.keyframe {
+                        continue;
+                    }
+                    if let Some(max_age) = self.max_backlog_age.take()
+                        && frame.instant.elapsed() > max_age
+                    {
+                        debug!(
+                            age_ms = frame.instant.elapsed().as_millis() as u64,
+                            "backlog too old; waiting for a fresh keyframe"
+                        );
+                        self.waiting_for_keyframe = true;
+                        lock(&self.inner.keyframes).request(KeyframeReason::Join);
                         continue;
                     }
                     self.waiting_for_keyframe = false;
@@ -544,6 +567,72 @@ mod tests {
             );
             thread::sleep(Duration::from_millis(50));
         }
+        hub.shutdown();
+    }
+
+    fn pattern_hub() -> Hub {
+        Hub::new(
+            VideoSpec {
+                source: "test".into(),
+                width: 320,
+                height: 240,
+                fps: 30,
+            },
+            500,
+        )
+    }
+
+    fn recv(subscription: &mut Subscription) -> Arc<EncodedFrame> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(10), subscription.recv()).await
+            })
+            .expect("a frame within 10 s")
+            .expect("the hub is running")
+    }
+
+    /// A subscription held since the answer hands its buffered keyframe to the viewer at once.
+    #[test]
+    fn a_resumed_subscription_starts_with_its_buffered_keyframe() {
+        let hub = pattern_hub();
+        let warm = hub.subscribe();
+        while hub.counters().keyframes.load(Ordering::Relaxed) == 0 {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let handed_over = Instant::now();
+        let mut feed = warm.resume(Duration::from_secs(5));
+        let first = recv(&mut feed);
+        assert!(first.keyframe);
+        assert!(
+            first.instant < handed_over,
+            "the buffered keyframe, not a new one"
+        );
+        assert_eq!(hub.counters().keyframes.load(Ordering::Relaxed), 1);
+        hub.shutdown();
+    }
+
+    /// An old backlog is skipped: the viewer starts at a fresh keyframe instead.
+    #[test]
+    fn a_resumed_subscription_skips_an_old_backlog() {
+        let hub = pattern_hub();
+        let warm = hub.subscribe();
+        while hub.counters().keyframes.load(Ordering::Relaxed) == 0 {
+            thread::sleep(Duration::from_millis(5));
+        }
+        thread::sleep(Duration::from_millis(150));
+        let handed_over = Instant::now();
+        let mut feed = warm.resume(Duration::from_millis(50));
+        let first = recv(&mut feed);
+        assert!(first.keyframe);
+        assert!(
+            first.instant > handed_over,
+            "a keyframe captured after the hand-over"
+        );
+        assert_eq!(hub.counters().keyframes.load(Ordering::Relaxed), 2);
         hub.shutdown();
     }
 

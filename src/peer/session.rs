@@ -93,6 +93,9 @@ impl SessionHandle {
 
 /// How often a connected session checks whether the viewer closed DTLS.
 const DTLS_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// A viewer that connects starts with the frames buffered since its answer (no wait for a new
+/// keyframe) when their keyframe is at most this old; an older backlog would only add delay.
+const MAX_BACKLOG_AGE: Duration = Duration::from_millis(100);
 
 /// Start a session that answers `offer_sdp`. Events go to `events`.
 pub fn start(
@@ -429,8 +432,12 @@ async fn run(
                         emit(SessionEvent::Connected);
                         // Video waits for audio only when this viewer gets both.
                         let sync = audio.clone().filter(|_| session.audio.is_some());
-                        let feed = hub.subscribe();
-                        drop(warm_up.take());
+                        // The warm-up subscription has buffered the stream since the answer:
+                        // its keyframe, if recent, is this viewer's first picture.
+                        let feed = match warm_up.take() {
+                            Some(warm) => warm.resume(MAX_BACKLOG_AGE),
+                            None => hub.subscribe(),
+                        };
                         media.push(tokio::spawn(stream_video(
                             feed,
                             Arc::clone(&session.track),
