@@ -27,6 +27,11 @@ use crate::config::{BrokerScheme, BrokerUrl, MqttTls};
 /// Largest message we let the broker send us. Larger than any limit the application applies,
 /// so that the application sees an oversized message and can answer it with an error.
 const MAX_INCOMING_BYTES: u32 = 1024 * 1024;
+/// Most QoS 1 publishes in flight (sent, not yet acknowledged) at once; the broker's Receive
+/// Maximum lowers it further (Mosquitto's default is 20). rumqttc keeps one slot per possible
+/// packet id, ~216 bytes each, written at start: without a limit that is 65536 slots, 14 MB of
+/// the daemon's memory before anything happens. Publishes beyond it wait in the outbox.
+const MAX_INFLIGHT: u16 = 128;
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -233,6 +238,7 @@ pub fn connect(settings: MqttSettings) -> anyhow::Result<MqttConnection> {
     let mut network = NetworkOptions::new();
     network.set_tcp_nodelay(true);
     options.set_network_options(network);
+    options.set_outgoing_inflight_upper_limit(MAX_INFLIGHT);
     if let Some(user) = &settings.username {
         options.set_credentials(user.clone(), settings.password.clone().unwrap_or_default());
     }
