@@ -92,24 +92,21 @@ impl TestPattern {
     pub(crate) fn draw(&self, index: u64) -> Vec<u8> {
         let (w, h) = (self.format.width as usize, self.format.height as usize);
         let (cw, ch) = (w / 2, h / 2);
-        let mut data = vec![0u8; Frame::i420_len(self.format.width, self.format.height)];
-        let (y, chroma) = data.split_at_mut(w * h);
-        let (u, v) = chroma.split_at_mut(cw * ch);
-
         // Scroll left by an even number of pixels per frame, so chroma moves by whole samples.
         let step = (w / 160).max(1) * 2;
         let offset = (index as usize % w) * step % w;
-        for (row, dst) in y.chunks_exact_mut(w).enumerate() {
-            dst.copy_from_slice(&self.tile_y[row * 2 * w + offset..][..w]);
+        // Built row by row from the tiles, without zeroing the buffer first.
+        let mut data = Vec::with_capacity(Frame::i420_len(self.format.width, self.format.height));
+        for row in 0..h {
+            data.extend_from_slice(&self.tile_y[row * 2 * w + offset..][..w]);
         }
-        for (row, (du, dv)) in u
-            .chunks_exact_mut(cw)
-            .zip(v.chunks_exact_mut(cw))
-            .enumerate()
-        {
-            du.copy_from_slice(&self.tile_u[row * w + offset / 2..][..cw]);
-            dv.copy_from_slice(&self.tile_v[row * w + offset / 2..][..cw]);
+        for tile in [&self.tile_u, &self.tile_v] {
+            for row in 0..ch {
+                data.extend_from_slice(&tile[row * w + offset / 2..][..cw]);
+            }
         }
+        let (y, chroma) = data.split_at_mut(w * h);
+        let (u, v) = chroma.split_at_mut(cw * ch);
 
         // A box bouncing off the edges, changing colour every 30 pictures, with a darker core.
         let size = (w.min(h) / 5).max(4) & !1;
