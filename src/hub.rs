@@ -595,18 +595,26 @@ mod tests {
             .expect("the hub is running")
     }
 
-    /// A subscription held since the answer hands its buffered keyframe to the viewer at once.
-    #[test]
-    fn a_resumed_subscription_starts_with_its_buffered_keyframe() {
+    /// Subscribe, wait for the first keyframe and then `wait`, and resume with `max_age`: the
+    /// hub, the first frame the resumed subscription gives (a keyframe) and the hand-over time.
+    fn resume_after(wait: Duration, max_age: Duration) -> (Hub, Arc<EncodedFrame>, Instant) {
         let hub = pattern_hub();
         let warm = hub.subscribe();
         while hub.counters().keyframes.load(Ordering::Relaxed) == 0 {
             thread::sleep(Duration::from_millis(5));
         }
+        thread::sleep(wait);
         let handed_over = Instant::now();
-        let mut feed = warm.resume(Duration::from_secs(5));
+        let mut feed = warm.resume(max_age);
         let first = recv(&mut feed);
         assert!(first.keyframe);
+        (hub, first, handed_over)
+    }
+
+    /// A subscription held since the answer hands its buffered keyframe to the viewer at once.
+    #[test]
+    fn a_resumed_subscription_starts_with_its_buffered_keyframe() {
+        let (hub, first, handed_over) = resume_after(Duration::ZERO, Duration::from_secs(5));
         assert!(
             first.instant < handed_over,
             "the buffered keyframe, not a new one"
@@ -618,16 +626,8 @@ mod tests {
     /// An old backlog is skipped: the viewer starts at a fresh keyframe instead.
     #[test]
     fn a_resumed_subscription_skips_an_old_backlog() {
-        let hub = pattern_hub();
-        let warm = hub.subscribe();
-        while hub.counters().keyframes.load(Ordering::Relaxed) == 0 {
-            thread::sleep(Duration::from_millis(5));
-        }
-        thread::sleep(Duration::from_millis(150));
-        let handed_over = Instant::now();
-        let mut feed = warm.resume(Duration::from_millis(50));
-        let first = recv(&mut feed);
-        assert!(first.keyframe);
+        let (hub, first, handed_over) =
+            resume_after(Duration::from_millis(150), Duration::from_millis(50));
         assert!(
             first.instant > handed_over,
             "a keyframe captured after the hand-over"
