@@ -115,7 +115,11 @@ test('the page served by spyglass lists the device and plays it', async (t) => {
   const st = metrics.stages[0];
   t.diagnostic(`stages: ${JSON.stringify(st)}`);
   for (const stage of ['answer', 'ice', 'dtls', 'frame']) assert.ok(stage in st, `stage ${stage} noted: ${JSON.stringify(st)}`);
-  assert.ok(st.answer <= st.ice && st.ice <= st.dtls && st.dtls <= st.frame, `stages in order: ${JSON.stringify(st)}`);
+  // ICE and DTLS events come through different paths in Chromium: only their order against the
+  // answer and the first frame is certain.
+  for (const stage of ['ice', 'dtls']) {
+    assert.ok(st.answer <= st[stage] && st[stage] <= st.frame, `${stage} between answer and frame: ${JSON.stringify(st)}`);
+  }
   assert.equal(st.frame, metrics.firstFrameMs[0]);
   // Single readings mix Chromium's monotonic clock (presentationTime) with the wall clock the
   // device stamps, and can be a few ms off either way on a loaded machine: judge the median.
