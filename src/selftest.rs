@@ -597,19 +597,6 @@ fn audio_stage(config: &SelftestConfig) -> Result<(AudioReport, Vec<String>), Se
     Ok((a, failures))
 }
 
-/// Power of `freq` in `samples` (Goertzel filter), normalised by the length.
-fn goertzel(samples: &[i16], freq: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / f64::from(SAMPLE_RATE);
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &x in samples {
-        let s0 = f64::from(x) + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    (s1 * s1 + s2 * s2 - coeff * s1 * s2) / samples.len().max(1) as f64
-}
-
 /// Level, strongest frequency (50 Hz steps up to 8 kHz), and the expected tone's margin.
 fn analyse_sound(a: &mut AudioReport, mono: &[i16]) {
     if mono.is_empty() {
@@ -621,14 +608,14 @@ fn analyse_sound(a: &mut AudioReport, mono: &[i16]) {
     a.level_dbfs = 20.0 * rms.max(1e-9).log10();
     let probes: Vec<(u32, f64)> = (1..=160)
         .map(|k| k * 50)
-        .map(|hz| (hz, goertzel(mono, f64::from(hz))))
+        .map(|hz| (hz, audio::tone_power(mono, f64::from(hz))))
         .collect();
     a.dominant_hz = probes
         .iter()
         .max_by(|x, y| x.1.total_cmp(&y.1))
         .map_or(0, |p| p.0);
     if let Some(hz) = a.expected_tone_hz {
-        let at = goertzel(mono, f64::from(hz));
+        let at = audio::tone_power(mono, f64::from(hz));
         // Others: probes at least 100 Hz away, so the tone's own main lobe is not one of them.
         let other = probes
             .iter()

@@ -11,25 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
+use spyglass::audio::tone_power;
 use support::*;
 
 /// The tone the fake microphone hears.
 const MIC_HZ: f64 = 660.0;
 const MIC_AMPLITUDE: f64 = 8000.0;
 const RATE: f64 = 48000.0;
-
-/// Power of `freq` in `samples` (Goertzel filter), normalised by the length.
-fn goertzel(samples: &[i16], freq: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / RATE;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &x in samples {
-        let s0 = f64::from(x) + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    (s1 * s1 + s2 * s2 - coeff * s1 * s2) / samples.len() as f64
-}
 
 /// Writes the tone into `fifo` in real time, 20 ms at a time, as a sound card would deliver it;
 /// reopens the FIFO whenever its reader (spyglass's ALSA source) closes it.
@@ -160,9 +148,9 @@ async fn a_tone_captured_through_libasound_reaches_the_viewer_as_opus() {
     // Skip the first half second (the decoder settling), then look for the tone.
     let pcm = &report.audio_pcm[24_000.min(report.audio_pcm.len())..];
     assert!(pcm.len() >= 48_000, "{} samples", pcm.len());
-    let tone = goertzel(pcm, MIC_HZ);
+    let tone = tone_power(pcm, MIC_HZ);
     for other in [440.0, 880.0, 1000.0, 1500.0] {
-        let ratio_db = 10.0 * (tone / goertzel(pcm, other)).log10();
+        let ratio_db = 10.0 * (tone / tone_power(pcm, other)).log10();
         assert!(
             ratio_db > 20.0,
             "{MIC_HZ} Hz should dominate {other} Hz, by {ratio_db:.1} dB"

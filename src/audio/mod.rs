@@ -20,6 +20,20 @@ pub const CHUNK_FRAMES: usize = 960;
 /// Duration of one chunk.
 pub const CHUNK_DURATION: Duration = Duration::from_millis(20);
 
+/// Power of `freq` Hz in mono `samples` at [`SAMPLE_RATE`] (Goertzel filter), normalised by the
+/// length: for checking which tone a recording holds.
+pub fn tone_power(samples: &[i16], freq: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq / f64::from(SAMPLE_RATE);
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &x in samples {
+        let s0 = f64::from(x) + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    (s1 * s1 + s2 * s2 - coeff * s1 * s2) / samples.len().max(1) as f64
+}
+
 /// One 20 ms piece of sound.
 #[derive(Debug, Clone)]
 pub struct AudioChunk {
