@@ -14,33 +14,23 @@
 //    offset = audio onset - video second start, per second, paired by nearest; positive means the
 //    sound comes late. The figure is printed; no bound is asserted beyond "measured".
 
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Broker, Spyglass, launchBrowser, sleep, until } from './harness.mjs';
+import { Broker, Spyglass, fileFixture, inboundStats, launchBrowser, sleep, until } from './harness.mjs';
 
-const cleanups = [];
-after(async () => {
-  for (const fn of cleanups.reverse()) await fn().catch(() => {});
-});
+const { cleanups } = fileFixture();
 
 /** Inbound audio stats of the page's current peer connection, or null. */
 async function audioStats(page) {
-  return page.evaluate(async () => {
-    const pc = window.spyglass && window.spyglass.pc;
-    if (!pc) return null;
-    let inbound = null;
-    (await pc.getStats()).forEach((s) => {
-      if (s.type === 'inbound-rtp' && s.kind === 'audio') inbound = s;
-    });
-    return inbound && {
-      packetsReceived: inbound.packetsReceived ?? 0,
-      totalAudioEnergy: inbound.totalAudioEnergy ?? 0,
-      totalSamplesReceived: inbound.totalSamplesReceived ?? 0,
-      audioLevel: inbound.audioLevel ?? 0,
-      jitterBufferDelay: inbound.jitterBufferDelay ?? 0,
-      jitterBufferEmittedCount: inbound.jitterBufferEmittedCount ?? 0,
-    };
-  });
+  const inbound = await inboundStats(page, 'audio');
+  return inbound && {
+    packetsReceived: inbound.packetsReceived ?? 0,
+    totalAudioEnergy: inbound.totalAudioEnergy ?? 0,
+    totalSamplesReceived: inbound.totalSamplesReceived ?? 0,
+    audioLevel: inbound.audioLevel ?? 0,
+    jitterBufferDelay: inbound.jitterBufferDelay ?? 0,
+    jitterBufferEmittedCount: inbound.jitterBufferEmittedCount ?? 0,
+  };
 }
 
 /** Mean jitter-buffer delay (ms) of the inbound audio and video streams: where the browser holds

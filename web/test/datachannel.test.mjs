@@ -1,23 +1,14 @@
 // The page's data channel controls, end to end: a real spyglass with the test pattern, its page in
 // headless Chromium, a private Mosquitto. Everything listens on 127.0.0.1.
 
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { Broker, Spyglass, launchBrowser, until, videoPixels } from './harness.mjs';
+import { Broker, Spyglass, fileFixture, until, videoPixels } from './harness.mjs';
 import { readCodeFromGreen } from './code-reader.mjs';
 
-let browser;
-const cleanups = [];
-
-before(async () => {
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  for (const fn of cleanups.reverse()) await fn().catch(() => {});
-  await browser?.close();
-});
+const fixture = fileFixture({ browser: true });
+const { cleanups } = fixture;
 
 const W = 352;
 const H = 288;
@@ -34,7 +25,7 @@ test('the snapshot button downloads a JPEG of the stream; the picture panel chan
   cleanups.push(() => broker.close());
   const daemon = await Spyglass.start(broker, { size: `${W}x${H}` });
   cleanups.push(() => daemon.close());
-  const page = await browser.context.newPage();
+  const page = await fixture.browser.context.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
   await page.goto(daemon.pageUrl);

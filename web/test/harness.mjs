@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join, dirname, resolve } from 'node:path';
 import net from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { before, after } from 'node:test';
 import { chromium } from 'playwright-core';
 
 export const webDir = resolve(dirname(fileURLToPath(import.meta.url)), '..');
@@ -194,24 +195,53 @@ export async function launchBrowser() {
   };
 }
 
-/** Inbound video stats of the page's current peer connection, or null. */
-export async function videoStats(page) {
-  return page.evaluate(async () => {
+/**
+ * For a test file: clean-ups that run (last first) after all its tests and, with
+ * `{ browser: true }`, one headless Chromium (`fixture.browser`) launched before them and closed
+ * after the clean-ups.
+ */
+export function fileFixture({ browser = false } = {}) {
+  const fixture = { cleanups: [], browser: null };
+  if (browser) {
+    before(async () => {
+      fixture.browser = await launchBrowser();
+    });
+  }
+  after(async () => {
+    for (const fn of fixture.cleanups.reverse()) await fn().catch(() => {});
+    await fixture.browser?.close();
+  });
+  return fixture;
+}
+
+/** The inbound-rtp stats of `kind` ('audio' or 'video') of the page's current peer connection, or null. */
+export async function inboundStats(page, kind) {
+  return page.evaluate(async (kind) => {
     const pc = window.spyglass && window.spyglass.pc;
     if (!pc) return null;
     let inbound = null;
     (await pc.getStats()).forEach((s) => {
-      if (s.type === 'inbound-rtp' && s.kind === 'video') inbound = s;
+      if (s.type === 'inbound-rtp' && s.kind === kind) inbound = s;
     });
+    return inbound;
+  }, kind);
+}
+
+/** Inbound video stats of the page's current peer connection, or null. */
+export async function videoStats(page) {
+  const inbound = await inboundStats(page, 'video');
+  if (!inbound) return null;
+  const v = await page.evaluate(() => {
     const v = document.getElementById('video');
-    return inbound && {
-      framesDecoded: inbound.framesDecoded ?? 0,
-      frameWidth: inbound.frameWidth,
-      frameHeight: inbound.frameHeight,
-      videoWidth: v.videoWidth,
-      videoHeight: v.videoHeight,
-    };
+    return { videoWidth: v.videoWidth, videoHeight: v.videoHeight };
   });
+  return {
+    framesDecoded: inbound.framesDecoded ?? 0,
+    frameWidth: inbound.frameWidth,
+    frameHeight: inbound.frameHeight,
+    videoWidth: v.videoWidth,
+    videoHeight: v.videoHeight,
+  };
 }
 
 /** The top-left `w` x `h` RGBA pixels of the video as the browser decoded them. */

@@ -1,28 +1,19 @@
 // End to end: the page served by a real spyglass, in real headless Chromium, against a private
 // Mosquitto. Everything listens on 127.0.0.1.
 
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { cpSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
-  Broker, Spyglass, distDir, launchBrowser, screenshotDir, sleep, until, videoPixels, videoStats,
+  Broker, Spyglass, distDir, fileFixture, screenshotDir, sleep, until, videoPixels, videoStats,
 } from './harness.mjs';
 import { readCodeFromGreen } from './code-reader.mjs';
 
-let browser;
-const cleanups = [];
-
-before(async () => {
-  browser = await launchBrowser();
-});
-
-after(async () => {
-  for (const fn of cleanups.reverse()) await fn().catch(() => {});
-  await browser?.close();
-});
+const fixture = fileFixture({ browser: true });
+const { cleanups } = fixture;
 
 async function startBroker() {
   const broker = await Broker.start();
@@ -39,7 +30,7 @@ async function startSpyglass(broker, options) {
 }
 
 async function openPage(url) {
-  const page = await browser.context.newPage();
+  const page = await fixture.browser.context.newPage();
   const requests = [];
   page.on('request', (r) => requests.push(r.url()));
   const errors = [];
