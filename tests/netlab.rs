@@ -7,6 +7,7 @@
 
 mod support;
 
+use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -332,6 +333,29 @@ fn a_host_moves_to_another_nat() {
     let back = lab.move_host("phone", "wifi");
     assert_eq!(back["nat_observed"], "cone");
     assert!(back["mapped"].as_str().unwrap().starts_with("10.100.1.2:"));
+
+    // A process started through the tool lives in the host's namespace, under its own PID.
+    let spawned = lab
+        .call(&["spawn", "phone", "--name", "sleeper", "--", "sleep", "600"])
+        .unwrap();
+    let pid = spawned["pid"].as_u64().unwrap();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
+    assert_eq!(comm.trim(), "sleep");
+    let own_ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap();
+    let phone_ns = std::fs::metadata(format!("/run/netns/{}", lab.ns("phone"))).unwrap();
+    assert_eq!(
+        own_ns.to_string_lossy(),
+        format!("net:[{}]", phone_ns.ino())
+    );
+    lab.call(&["kill", &pid.to_string()]).unwrap();
+    let running = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    });
+    assert!(!running, "the killed process {pid} still runs");
 }
 
 /// Run by `a_failing_test_leaves_nothing` in a child process: builds a network, starts a process

@@ -168,7 +168,7 @@ def cmd_check(a):
 
 def cmd_exec(a):
     ns = lab.ns_of(need(a.tag), a.node)
-    cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
+    cmd = a.cmd
     if not cmd:
         raise lab.LabError("exec: no command")
     os.execvp("ip", ["ip", "netns", "exec", ns] + cmd)
@@ -177,11 +177,16 @@ def cmd_exec(a):
 def cmd_spawn(a):
     state = need(a.tag)
     ns = lab.ns_of(state, a.node)
-    cmd = a.cmd[1:] if a.cmd[:1] == ["--"] else a.cmd
+    cmd = a.cmd
     if not cmd:
         raise lab.LabError("spawn: no command")
     log = a.log or os.path.join(state["state_dir"], f"spawn-{os.path.basename(cmd[0])}-{time.time_ns()}.log")
     pid, st = system.spawn(cmd, ns=ns, log=log)
+    time.sleep(0.1)
+    code = system.exit_code(pid)
+    if code:
+        with open(log, errors="replace") as f:
+            raise lab.LabError(f"{' '.join(cmd)} exited at once with status {code}: {f.read()[-500:].strip()}")
     state["procs"].append({"name": a.name or os.path.basename(cmd[0]), "pid": pid, "start_time": st, "node": a.node})
     lab.save(state)
     emit({"pid": pid, "log": log, "ns": ns})
@@ -360,7 +365,7 @@ def parser():
         if name == "spawn":
             s.add_argument("--log")
             s.add_argument("--name")
-        s.add_argument("cmd", nargs=argparse.REMAINDER)
+        s.add_argument("cmd", nargs="*")
         s.set_defaults(fn=fn)
     s = sub.add_parser("track")
     s.add_argument("tag")
@@ -417,7 +422,16 @@ def parser():
 
 
 def main(argv):
+    # The command of exec/spawn follows `--` and keeps its own options.
+    tail = None
+    if "--" in argv:
+        i = argv.index("--")
+        argv, tail = argv[:i], argv[i + 1 :]
     a = parser().parse_args(argv)
+    if tail is not None:
+        if a.command not in ("exec", "spawn"):
+            parser().error("`--` only comes before the command of exec or spawn")
+        a.cmd = a.cmd + tail
     try:
         return a.fn(a)
     except (lab.LabError, servers.ServerError, specmod.SpecError, system.SystemError_, json.JSONDecodeError, OSError) as e:

@@ -167,6 +167,14 @@ def spawn(args, ns=None, log=None, env=None, cwd=None):
 _children = []
 
 
+def exit_code(pid):
+    """The exit status of a process that spawn() started and that has ended, else None."""
+    for p in _children:
+        if p.pid == pid:
+            return p.poll()
+    return None
+
+
 def reap():
     for p in list(_children):
         if p.poll() is not None:
