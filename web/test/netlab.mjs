@@ -5,6 +5,7 @@
 // watchdog does it if the process is killed outright.
 
 import { execFileSync, spawn } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -115,13 +116,21 @@ export class Netlab {
 
   stats(site) { return this.call('stats', site); }
 
+  /** TURN credentials: the static user, or (auth "secret") time-limited TURN REST API ones. */
+  turnCredentials(name = 'netlab', ttlSeconds = 3600) {
+    const t = this.info.turn;
+    if (t.auth !== 'secret') return { username: t.username, credential: t.password };
+    const username = `${Math.floor(Date.now() / 1000) + ttlSeconds}:${name}`;
+    const credential = createHmac('sha1', t.secret).update(username).digest('base64');
+    return { username, credential };
+  }
+
   /** ICE servers for a browser in this network: STUN plus TURN over `transports`. */
   iceServers(transports = ['udp']) {
     const t = this.info.turn;
     const servers = [{ urls: t.stun_url }];
-    for (const kind of transports) {
-      servers.push({ urls: t.urls[kind], username: t.username, credential: t.password });
-    }
+    const credentials = this.turnCredentials();
+    for (const kind of transports) servers.push({ urls: t.urls[kind], ...credentials });
     return servers;
   }
 
