@@ -29,6 +29,8 @@ pub const DEFAULT_WIDTH: u32 = 1280;
 pub const DEFAULT_HEIGHT: u32 = 720;
 pub const DEFAULT_FPS: u32 = 30;
 pub const DEFAULT_BITRATE_KBPS: u32 = 2000;
+/// The lowest bitrate rate control takes the shared encoder to, kbit/s (never above the maximum).
+pub const DEFAULT_MIN_BITRATE_KBPS: u32 = 150;
 pub const DEFAULT_MAX_VIEWERS: u32 = 4;
 pub const DEFAULT_PEER_TIMEOUT_SECS: u32 = 30;
 pub const DEFAULT_VIEW_FRAMES: u32 = 30;
@@ -57,6 +59,8 @@ pub const FILE_KEYS: &[&str] = &[
     "size",
     "fps",
     "bitrate",
+    "min-bitrate",
+    "max-bitrate",
     "max-viewers",
     "peer-timeout",
     "stun",
@@ -101,7 +105,11 @@ pub struct DaemonConfig {
     pub video: VideoSpec,
     /// `--audio`: `auto`, `none`, `tone`, or an ALSA PCM name (resolved by `audio::resolve`).
     pub audio: String,
+    /// Where the shared encoder's bitrate starts (`--bitrate`), within the range below.
     pub bitrate_kbps: u32,
+    /// The range rate control keeps the shared encoder's bitrate in.
+    pub min_bitrate_kbps: u32,
+    pub max_bitrate_kbps: u32,
     pub max_viewers: u32,
     pub peer_timeout: Duration,
     /// `stun:` URLs.
@@ -163,6 +171,8 @@ impl fmt::Debug for DaemonConfig {
             .field("tls", &self.tls)
             .field("video", &self.video)
             .field("bitrate_kbps", &self.bitrate_kbps)
+            .field("min_bitrate_kbps", &self.min_bitrate_kbps)
+            .field("max_bitrate_kbps", &self.max_bitrate_kbps)
             .field("max_viewers", &self.max_viewers)
             .field("peer_timeout", &self.peer_timeout)
             .field("stun", &self.stun)
@@ -579,9 +589,20 @@ struct DaemonArgs {
     #[arg(long, value_name = "N", value_parser = parse_fps, help_heading = "Video")]
     fps: Option<u32>,
 
-    /// H.264 target bitrate in kbit/s, 50 to 50000. [default: 2000]
+    /// H.264 bitrate in kbit/s where rate control starts, 50 to 50000 (kept within
+    /// --min-bitrate..=--max-bitrate). [default: 2000]
     #[arg(long, value_name = "KBPS", value_parser = parse_bitrate, help_heading = "Video")]
     bitrate: Option<u32>,
+
+    /// The lowest bitrate rate control takes the shared encoder to when viewers' links are
+    /// poor, kbit/s, 50 to 50000. [default: 150, or --max-bitrate if lower]
+    #[arg(long, value_name = "KBPS", value_parser = parse_bitrate, help_heading = "Video")]
+    min_bitrate: Option<u32>,
+
+    /// The highest bitrate rate control gives the shared encoder when every viewer's link
+    /// carries it, kbit/s, 50 to 50000. [default: --bitrate]
+    #[arg(long, value_name = "KBPS", value_parser = parse_bitrate, help_heading = "Video")]
+    max_bitrate: Option<u32>,
 
     /// Most viewers served at once; further offers get a `busy` error. [default: 4]
     #[arg(long, value_name = "N", value_parser = parse_max_viewers, help_heading = "WebRTC")]
@@ -939,6 +960,8 @@ struct FileValues {
     size: Option<(u32, u32)>,
     fps: Option<u32>,
     bitrate: Option<u32>,
+    min_bitrate: Option<u32>,
+    max_bitrate: Option<u32>,
     max_viewers: Option<u32>,
     peer_timeout: Option<u32>,
     stun: Option<Vec<String>>,
@@ -1063,6 +1086,8 @@ fn parse_config_text(path: &Path, text: &str) -> Result<FileValues, ConfigError>
             }
             "fps" => file_int(value, FPS).map(|x| v.fps = Some(x)),
             "bitrate" => file_int(value, BITRATE).map(|x| v.bitrate = Some(x)),
+            "min-bitrate" => file_int(value, BITRATE).map(|x| v.min_bitrate = Some(x)),
+            "max-bitrate" => file_int(value, BITRATE).map(|x| v.max_bitrate = Some(x)),
             "max-viewers" => file_int(value, AT_LEAST_1).map(|x| v.max_viewers = Some(x)),
             "peer-timeout" => file_int(value, AT_LEAST_1).map(|x| v.peer_timeout = Some(x)),
             "stun" => file_list(value, "stun: URL strings", parse_stun).map(|x| v.stun = Some(x)),
@@ -1230,6 +1255,23 @@ fn resolve_daemon(args: DaemonArgs, env: &Env) -> Result<DaemonConfig, ConfigErr
         .peer_timeout
         .or(file.peer_timeout)
         .unwrap_or(DEFAULT_PEER_TIMEOUT_SECS);
+    let bitrate_kbps = args
+        .bitrate
+        .or(file.bitrate)
+        .unwrap_or(DEFAULT_BITRATE_KBPS);
+    let max_bitrate_kbps = args
+        .max_bitrate
+        .or(file.max_bitrate)
+        .unwrap_or(bitrate_kbps);
+    let min_bitrate_kbps = args
+        .min_bitrate
+        .or(file.min_bitrate)
+        .unwrap_or(DEFAULT_MIN_BITRATE_KBPS.min(max_bitrate_kbps));
+    if min_bitrate_kbps > max_bitrate_kbps {
+        return Err(ConfigError::Invalid(format!(
+            "--min-bitrate {min_bitrate_kbps} is above --max-bitrate {max_bitrate_kbps}"
+        )));
+    }
     Ok(DaemonConfig {
         id,
         mqtt,
@@ -1241,10 +1283,9 @@ fn resolve_daemon(args: DaemonArgs, env: &Env) -> Result<DaemonConfig, ConfigErr
             .audio
             .or(file.audio)
             .unwrap_or_else(|| DEFAULT_AUDIO.to_owned()),
-        bitrate_kbps: args
-            .bitrate
-            .or(file.bitrate)
-            .unwrap_or(DEFAULT_BITRATE_KBPS),
+        bitrate_kbps: bitrate_kbps.clamp(min_bitrate_kbps, max_bitrate_kbps),
+        min_bitrate_kbps,
+        max_bitrate_kbps,
         max_viewers: args
             .max_viewers
             .or(file.max_viewers)
@@ -1750,6 +1791,28 @@ mod tests {
     }
 
     // --- flags
+
+    #[test]
+    fn the_bitrate_range_defaults_to_the_bitrate_and_keeps_it_inside() {
+        let c = daemon(&[]).unwrap();
+        let range = |c: &DaemonConfig| (c.min_bitrate_kbps, c.bitrate_kbps, c.max_bitrate_kbps);
+        assert_eq!(range(&c), (150, 2000, 2000));
+        let c = daemon(&["--bitrate", "1500", "--max-bitrate", "2500"]).unwrap();
+        assert_eq!(range(&c), (150, 1500, 2500));
+        // The start is kept within the range.
+        let c = daemon(&["--max-bitrate", "800"]).unwrap();
+        assert_eq!(range(&c), (150, 800, 800));
+        // The default minimum is never above the maximum.
+        let c = daemon(&["--bitrate", "100", "--max-bitrate", "120"]).unwrap();
+        assert_eq!(range(&c), (120, 120, 120));
+        let err = daemon(&["--min-bitrate", "900", "--max-bitrate", "800"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--min-bitrate 900 is above --max-bitrate 800"),
+            "{err}"
+        );
+        assert!(daemon(&["--max-bitrate", "49"]).is_err());
+    }
 
     #[test]
     fn flags_set_every_option() {

@@ -14,6 +14,7 @@ use crate::hub::{Hub, VideoState};
 use crate::mqtt::{self, Mqtt, MqttEvent, MqttSettings};
 use crate::peer::session::{self, AnswerError, SessionEvent, SessionHandle};
 use crate::peer::{PeerFactory, PeerSettings};
+use crate::rate_control::{self, BitrateRange, RateControl};
 use crate::signaling::protocol::{
     AudioStatus, ErrorCode, IceCandidateMsg, MediaState, Status, Topics, VIDEO_CODEC_H264,
     VideoStatus, offline_status_json,
@@ -32,6 +33,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let topics = Topics::new(cfg.id.clone())?;
     let factory = PeerFactory::new(peer_settings(&cfg))?;
     let hub = Hub::new(cfg.video.clone(), cfg.bitrate_kbps);
+    // Every viewer's bandwidth estimate → one target for the shared encoder.
+    let rate = RateControl::new(bitrate_range(&cfg));
+    let _rate_task = tokio::spawn(follow_rate(rate.clone(), hub.clone()));
     let video = VideoStatus {
         state: MediaState::Idle,
         codec: VIDEO_CODEC_H264.to_string(),
@@ -86,6 +90,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         factory,
         hub: hub.clone(),
         audio: audio.clone(),
+        rate,
         session_tx,
         sessions: HashMap::new(),
     };
@@ -228,6 +233,27 @@ fn peer_settings(cfg: &DaemonConfig) -> PeerSettings {
         bind: cfg.rtc_bind.clone(),
         mdns: cfg.mdns,
         ice_servers,
+        rate: bitrate_range(cfg),
+    }
+}
+
+fn bitrate_range(cfg: &DaemonConfig) -> BitrateRange {
+    BitrateRange {
+        start_bps: u64::from(cfg.bitrate_kbps) * 1000,
+        min_bps: u64::from(cfg.min_bitrate_kbps) * 1000,
+        max_bps: u64::from(cfg.max_bitrate_kbps) * 1000,
+    }
+}
+
+/// Re-evaluate the shared encoder's target from the viewers' estimates, and hand it on.
+async fn follow_rate(rate: RateControl, hub: Hub) {
+    let mut tick = tokio::time::interval(rate_control::UPDATE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(bps) = rate.update(Instant::now()) {
+            hub.set_target_bitrate(bps);
+        }
     }
 }
 
@@ -237,6 +263,7 @@ struct Executor {
     factory: PeerFactory,
     hub: Hub,
     audio: Option<AudioHub>,
+    rate: RateControl,
     session_tx: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
     sessions: HashMap<SessionKey, SessionHandle>,
 }
@@ -255,6 +282,7 @@ impl Executor {
                         self.factory.clone(),
                         self.hub.clone(),
                         self.audio.clone(),
+                        self.rate.clone(),
                         key.clone(),
                         offer_sdp,
                         self.session_tx.clone(),

@@ -25,6 +25,12 @@ pub struct EncodedFrame {
     pub seq: u64,
     pub captured_at: SystemTime,
     pub instant: Instant,
+    /// The frame's temporal layer (0: the base layer, which every viewer gets). Always 0 while
+    /// the encoder makes a single layer.
+    pub temporal_id: u8,
+    /// The frame's RTP payloads, made once for every viewer by the first one that sends it
+    /// (`peer::packetize`).
+    pub rtp_payloads: std::sync::OnceLock<Vec<Bytes>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +59,10 @@ pub struct H264Encoder {
     encoder: Encoder,
     settings: EncoderSettings,
     seq: u64,
+    /// The bitrate the encoder aims at now, bits/s, and a new one to apply after the next frame
+    /// (openh264 takes options only once it is initialised, at its first frame).
+    bitrate_bps: u32,
+    pending_bitrate: Option<u32>,
 }
 
 impl H264Encoder {
@@ -76,7 +86,68 @@ impl H264Encoder {
             encoder,
             settings,
             seq: 0,
+            bitrate_bps: settings.bitrate_kbps.saturating_mul(1000),
+            pending_bitrate: None,
         })
+    }
+
+    /// Aim at `bps` from the next frame on (rate control).
+    pub fn set_bitrate(&mut self, bps: u32) {
+        if bps != self.bitrate_bps {
+            self.pending_bitrate = Some(bps);
+        }
+    }
+
+    /// The bitrate the encoder aims at, bits/s.
+    pub fn bitrate(&self) -> u32 {
+        self.bitrate_bps
+    }
+
+    /// Apply a pending bitrate through openh264's own options (the crate has no setter):
+    /// `ENCODER_OPTION_MAX_BITRATE` on spatial layer 0 (the crate set the maximum to the initial
+    /// bitrate, and openh264 refuses a target above it) and `ENCODER_OPTION_BITRATE`, in the
+    /// order that keeps the target at or below the maximum.
+    fn apply_bitrate(&mut self) {
+        use openh264_sys2::{
+            ENCODER_OPTION_BITRATE, ENCODER_OPTION_MAX_BITRATE, SBitrateInfo, SPATIAL_LAYER_0,
+            SPATIAL_LAYER_ALL,
+        };
+        let Some(bps) = self.pending_bitrate.take() else {
+            return;
+        };
+        let value = bps.min(i32::MAX as u32) as i32;
+        let mut max = SBitrateInfo {
+            iLayer: SPATIAL_LAYER_0,
+            iBitrate: value,
+        };
+        let mut target = SBitrateInfo {
+            iLayer: SPATIAL_LAYER_ALL,
+            iBitrate: value,
+        };
+        let raising = bps > self.bitrate_bps;
+        // SAFETY: the encoder is initialised (this runs after a frame was encoded), and both
+        // option structs outlive the calls, which only read them.
+        let (first, second) = unsafe {
+            let raw = self.encoder.raw_api();
+            let max = (&raw mut max).cast();
+            let target = (&raw mut target).cast();
+            if raising {
+                (
+                    raw.set_option(ENCODER_OPTION_MAX_BITRATE, max),
+                    raw.set_option(ENCODER_OPTION_BITRATE, target),
+                )
+            } else {
+                (
+                    raw.set_option(ENCODER_OPTION_BITRATE, target),
+                    raw.set_option(ENCODER_OPTION_MAX_BITRATE, max),
+                )
+            }
+        };
+        if first == 0 && second == 0 {
+            self.bitrate_bps = bps;
+        } else {
+            tracing::warn!(bps, first, second, "openh264 refused a new bitrate");
+        }
     }
 
     pub fn settings(&self) -> EncoderSettings {
@@ -108,6 +179,7 @@ impl H264Encoder {
         let keyframe = matches!(bitstream.frame_type(), FrameType::IDR | FrameType::I);
         let mut data = Vec::new();
         bitstream.write_vec(&mut data);
+        self.apply_bitrate();
         if data.is_empty() {
             return Ok(None);
         }
@@ -119,6 +191,8 @@ impl H264Encoder {
             seq,
             captured_at: frame.captured_at,
             instant: frame.instant,
+            temporal_id: 0,
+            rtp_payloads: std::sync::OnceLock::new(),
         }))
     }
 }

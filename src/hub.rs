@@ -110,6 +110,8 @@ pub type SourceOpener = Box<dyn Fn() -> Result<Box<dyn VideoSource>, VideoError>
 struct Inner {
     opener: SourceOpener,
     bitrate_kbps: u32,
+    /// The bitrate rate control wants from the encoder, bits/s (0: none yet, keep `bitrate_kbps`).
+    target_bps: AtomicU64,
     viewers: Mutex<Control>,
     wake: Condvar,
     frames: broadcast::Sender<Arc<EncodedFrame>>,
@@ -166,6 +168,7 @@ impl Hub {
         let inner = Arc::new(Inner {
             opener,
             bitrate_kbps,
+            target_bps: AtomicU64::new(0),
             viewers: Mutex::new(Control::default()),
             wake: Condvar::new(),
             frames,
@@ -201,6 +204,12 @@ impl Hub {
             waiting_for_keyframe: true,
             max_backlog_age: None,
         }
+    }
+
+    /// The bitrate the shared encoder should aim at from now on (rate control, from the viewers'
+    /// bandwidth estimates).
+    pub fn set_target_bitrate(&self, bps: u64) {
+        self.inner.target_bps.store(bps, Ordering::Relaxed);
     }
 
     pub fn request_keyframe(&self, reason: KeyframeReason) {
@@ -425,6 +434,10 @@ fn run_pipeline(inner: &Inner) -> Result<(), (PipelineError, bool)> {
                 .counters
                 .frames_captured
                 .fetch_add(1, Ordering::Relaxed);
+            let target = inner.target_bps.load(Ordering::Relaxed);
+            if target > 0 {
+                encoder.set_bitrate(target.min(u64::from(u32::MAX)) as u32);
+            }
             let force = lock(&inner.keyframes).should_force(Instant::now());
             if let Some(encoded) = encoder.encode(&frame, force)? {
                 lock(&inner.keyframes).encoded(Instant::now(), encoded.keyframe);

@@ -9,6 +9,7 @@ pub mod hub;
 pub mod mqtt;
 pub mod pattern;
 pub mod peer;
+pub mod rate_control;
 pub mod selftest;
 pub mod service;
 pub mod signaling;

@@ -16,6 +16,7 @@ use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::PeerConnection;
 
 use crate::hub::{Hub, KeyframeReason};
+use crate::rate_control::{RateControl, ViewerRate};
 use crate::video::snapshot;
 
 /// The label of the channel this module serves; channels with other labels are ignored.
@@ -284,12 +285,8 @@ impl StatsSampler {
         }
     }
 
-    async fn sample(
-        &mut self,
-        hub: &Hub,
-        counters: &SessionCounters,
-        pc: &Arc<dyn PeerConnection>,
-    ) -> Value {
+    async fn sample(&mut self, ctx: &ControlContext) -> Value {
+        let (hub, counters, pc) = (&ctx.hub, &ctx.counters, &ctx.pc);
         let now = Instant::now();
         let seconds = now.duration_since(self.at).as_secs_f64().max(1e-3);
         let bytes = counters.bytes.load(Ordering::Relaxed);
@@ -303,7 +300,7 @@ impl StatsSampler {
             bytes,
             cpu,
         };
-        json!({
+        let mut stats = json!({
             "type": "stats",
             "session_seconds": (counters.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
             "bitrate_kbps": bitrate_kbps,
@@ -314,7 +311,13 @@ impl StatsSampler {
             "cpu_percent": cpu_percent,
             "temperature_c": soc_temperature(),
             "viewers": hub.subscribers(),
-        })
+        });
+        if let (Some((viewer, rate)), Value::Object(map)) = (&ctx.viewer, &mut stats)
+            && let Value::Object(link) = link_stats(viewer, rate)
+        {
+            map.extend(link);
+        }
+        stats
     }
 }
 
@@ -324,6 +327,31 @@ pub struct ControlContext {
     pub hub: Hub,
     pub counters: Arc<SessionCounters>,
     pub pc: Arc<dyn PeerConnection>,
+    /// The viewer's link and layers, and the shared rate control (device sessions).
+    pub viewer: Option<(Arc<ViewerRate>, RateControl)>,
+}
+
+/// The stats about the viewer's link and the rate control: bandwidth estimate, the shared
+/// encoder's target, the temporal layers this viewer receives, loss, retransmissions, what it
+/// was not sent, and its stalls (docs/PROTOCOL.md, "Stats object").
+fn link_stats(viewer: &ViewerRate, rate: &RateControl) -> Value {
+    let link = viewer.link();
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    json!({
+        "estimate_kbps": link.estimate_bps() / 1000,
+        "target_kbps": rate.target_bps() / 1000,
+        "layer": viewer.layer(),
+        "layers": rate.layers(),
+        "loss_percent": (link.loss() * 1000.0).round() / 10.0,
+        "nacked_packets": n(&link.nacked_packets),
+        "retransmitted_packets": n(&link.retransmitted_packets),
+        "retransmitted_bytes": n(&link.retransmitted_bytes),
+        "frames_skipped": n(&viewer.frames_skipped),
+        "frames_held_back": n(&viewer.frames_held_back),
+        "stalls": n(&viewer.stalls),
+        "keyframes_requested": n(&viewer.keyframes_requested),
+        "pacer_ms": link.pacer_backlog().as_millis() as u64,
+    })
 }
 
 async fn send(channel: &Arc<dyn DataChannel>, message: &Value) -> bool {
@@ -344,7 +372,7 @@ pub async fn serve(channel: Arc<dyn DataChannel>, ctx: ControlContext) {
         let event = tokio::select! {
             event = channel.poll() => event,
             _ = async { match push.as_mut() { Some(i) => { i.tick().await; } None => std::future::pending().await } } => {
-                let stats = sampler.sample(&ctx.hub, &ctx.counters, &ctx.pc).await;
+                let stats = sampler.sample(&ctx).await;
                 if !send(&channel, &stats).await { return; }
                 continue;
             }
@@ -383,7 +411,7 @@ async fn handle(
             vec![json!({"id": id, "type": "keyframe", "requested": true, "note": SHARED_NOTE})]
         }
         Request::Stats => {
-            let mut stats = sampler.sample(&ctx.hub, &ctx.counters, &ctx.pc).await;
+            let mut stats = sampler.sample(ctx).await;
             stats["id"] = id.clone();
             vec![stats]
         }

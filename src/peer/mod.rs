@@ -1,8 +1,16 @@
 //! WebRTC peers: how every peer connection in spyglass is set up (codecs, interceptors, the DTLS
 //! certificate made once, bind addresses, mDNS), the device's per-viewer [`session`], and the
-//! offer checks in [`sdp`].
+//! offer checks in [`sdp`]. The device's connections run our own interceptor [`chain`]
+//! (bandwidth [`estimate`], [`pacer`], [`retransmit`]), which reports on each viewer's [`link`].
 
+pub mod chain;
 pub mod control;
+pub mod estimate;
+pub mod keyframes;
+pub mod link;
+pub mod pacer;
+pub mod packetize;
+pub mod retransmit;
 pub mod rtcp;
 pub mod sdp;
 pub mod session;
@@ -42,6 +50,8 @@ pub struct PeerSettings {
     /// Resolve remote `.local` candidates over multicast DNS.
     pub mdns: bool,
     pub ice_servers: Vec<RTCIceServer>,
+    /// Bitrates a device connection's bandwidth estimate starts at and stays within.
+    pub rate: crate::rate_control::BitrateRange,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +106,20 @@ pub fn opus_codec() -> RTCRtpCodecParameters {
     }
 }
 
+/// H.264 and Opus, as every peer connection here speaks them.
+fn media_engine() -> Result<MediaEngine, PeerError> {
+    let mut media = MediaEngine::default();
+    for codec in h264_codecs() {
+        media
+            .register_codec(codec, RtpCodecKind::Video)
+            .map_err(PeerError::Webrtc)?;
+    }
+    media
+        .register_codec(opus_codec(), RtpCodecKind::Audio)
+        .map_err(PeerError::Webrtc)?;
+    Ok(media)
+}
+
 impl PeerFactory {
     pub fn new(settings: PeerSettings) -> Result<Self, PeerError> {
         let provider = rtc::crypto::default_provider()
@@ -115,26 +139,42 @@ impl PeerFactory {
         &self.settings
     }
 
-    /// A new peer connection that speaks H.264 video and Opus audio and reports to `handler`.
+    /// A new peer connection that speaks H.264 video and Opus audio and reports to `handler`,
+    /// with webrtc's default interceptors: what a viewer (`spyglass view`) uses.
     pub async fn build(
         &self,
         handler: Arc<dyn PeerConnectionEventHandler>,
     ) -> Result<Arc<dyn PeerConnection>, PeerError> {
-        let mut media = MediaEngine::default();
-        for codec in h264_codecs() {
-            media
-                .register_codec(codec, RtpCodecKind::Video)
-                .map_err(PeerError::Webrtc)?;
-        }
-        media
-            .register_codec(opus_codec(), RtpCodecKind::Audio)
-            .map_err(PeerError::Webrtc)?;
+        let mut media = media_engine()?;
         let registry = register_default_interceptors(Registry::new(), &mut media)
             .map_err(PeerError::Webrtc)?
             .with(
                 Slot::from(14_000),
                 rtcp::KeyframeRequestForwarder::default(),
             );
+        self.connect(handler, media, registry).await
+    }
+
+    /// A device's peer connection to one viewer: our sender [`chain`] (congestion control,
+    /// pacing, bounded retransmission, RTX). Its [`link::Link`] tells how the viewer's link fares.
+    pub async fn build_sender(
+        &self,
+        handler: Arc<dyn PeerConnectionEventHandler>,
+    ) -> Result<(Arc<dyn PeerConnection>, Arc<link::Link>), PeerError> {
+        let mut media = media_engine()?;
+        chain::register(&mut media).map_err(PeerError::Webrtc)?;
+        let link = Arc::new(link::Link::new(self.settings.rate.start_bps));
+        let registry = chain::registry(&link, &self.settings.rate);
+        let pc = self.connect(handler, media, registry).await?;
+        Ok((pc, link))
+    }
+
+    async fn connect(
+        &self,
+        handler: Arc<dyn PeerConnectionEventHandler>,
+        media: MediaEngine,
+        registry: Registry,
+    ) -> Result<Arc<dyn PeerConnection>, PeerError> {
         let mdns = if self.settings.mdns {
             rtc::ice::mdns::MulticastDnsMode::QueryOnly
         } else {
