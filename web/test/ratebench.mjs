@@ -1,8 +1,8 @@
-// `make netbench`: the rate-control figures of issue 15 on impaired links, measured with real
+// `make netbench` (its rate-control half): the figures of issue 15 on impaired links, measured with real
 // Chromium viewers in netlab namespaces (web/test/impaired.mjs). A benchmark, not a test: it
 // prints figures and fails on nothing but a broken run.
 //
-//   node test/netbench.mjs [SCENARIO ...] [--seconds N] [--json FILE]
+//   node test/ratebench.mjs [SCENARIO ...] [--seconds N] [--json FILE]
 //
 // Scenarios: loss, cap, two, cut, uplink (default: all).
 
