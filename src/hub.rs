@@ -22,6 +22,12 @@ use crate::video::{self, Frame, VideoError, VideoSource, VideoSpec};
 const FANOUT_DEPTH: usize = 8;
 /// Requests from viewers that lost pictures are served at most this often.
 const MIN_LOSS_KEYFRAME_INTERVAL: Duration = Duration::from_millis(250);
+/// Keyframes viewers ask for on the data channel, from all viewers together: per second, and
+/// at once after a pause. Each costs every viewer a burst of bitrate.
+const ON_DEMAND_KEYFRAMES: (f64, u32) = (1.0, 2);
+/// Snapshots encoded at once on the whole device (each on a blocking thread, with a frame-sized
+/// buffer); more wait for a turn.
+pub const SNAPSHOT_WORKERS: usize = 2;
 /// Waits before reopening a source that failed: doubling from the first to the last.
 const REOPEN_DELAY_MIN: Duration = Duration::from_millis(250);
 const REOPEN_DELAY_MAX: Duration = Duration::from_secs(1);
@@ -123,6 +129,10 @@ struct Inner {
     /// When the hub thread last showed it is alive: milliseconds since `epoch`.
     heartbeat_ms: AtomicU64,
     epoch: Instant,
+    /// Keyframes asked for on the data channel, by everyone.
+    on_demand: Mutex<crate::rate::TokenBucket>,
+    /// Turns to encode a snapshot.
+    snapshot_workers: Arc<tokio::sync::Semaphore>,
 }
 
 impl Inner {
@@ -176,6 +186,11 @@ impl Hub {
             latest: Mutex::new(None),
             heartbeat_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            on_demand: Mutex::new(crate::rate::TokenBucket::new(
+                ON_DEMAND_KEYFRAMES.0,
+                ON_DEMAND_KEYFRAMES.1,
+            )),
+            snapshot_workers: Arc::new(tokio::sync::Semaphore::new(SNAPSHOT_WORKERS)),
         });
         let worker = Arc::clone(&inner);
         thread::Builder::new()
@@ -205,6 +220,24 @@ impl Hub {
 
     pub fn request_keyframe(&self, reason: KeyframeReason) {
         lock(&self.inner.keyframes).request(reason);
+    }
+
+    /// A keyframe a viewer asked for on the data channel: requested (coalesced like a loss) if
+    /// the device-wide budget allows, else how long until it would.
+    pub fn request_keyframe_on_demand(&self, now: Instant) -> Result<(), Duration> {
+        let mut budget = lock(&self.inner.on_demand);
+        if budget.try_take(now) {
+            drop(budget);
+            self.request_keyframe(KeyframeReason::Loss);
+            Ok(())
+        } else {
+            Err(budget.wait(now))
+        }
+    }
+
+    /// Turns to encode snapshots, shared by every viewer ([`SNAPSHOT_WORKERS`]).
+    pub fn snapshot_workers(&self) -> Arc<tokio::sync::Semaphore> {
+        Arc::clone(&self.inner.snapshot_workers)
     }
 
     /// Follows the pipeline's state.

@@ -8,6 +8,7 @@ pub mod encode;
 pub mod hub;
 pub mod mqtt;
 pub mod pattern;
+pub mod rate;
 pub mod peer;
 pub mod selftest;
 pub mod service;

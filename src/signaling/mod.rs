@@ -12,5 +12,5 @@ pub use protocol::{
     AudioStatus, CID_MAX_LEN, EARLY_CANDIDATE_HOLD, ErrorCode, ErrorMsg, IceCandidateMsg,
     MediaState, ProtocolError, SdpType, SessionDescriptionMsg, Status, TopicKind, Topics,
     VIDEO_CODEC_H264, VideoStatus, offline_status_json, parse_answer, parse_candidate, parse_error,
-    parse_offer, parse_status, parse_topic, validate_cid, validate_uid,
+    check_offer_sdp, parse_offer, parse_status, parse_topic, validate_cid, validate_uid,
 };
