@@ -391,6 +391,17 @@ async fn a_viewer_that_floods_snapshots_on_64_channels_changes_nothing_for_other
     }
     let flood_to = Instant::now();
     let rss_after = rss_kb(w.daemon.pid());
+    // What the device left open: it closes channels beyond its limit as they open, and those
+    // whose viewer takes no replies.
+    let mut still_open = 0;
+    for channel in &open {
+        if matches!(
+            channel.ready_state().await,
+            Ok(webrtc::data_channel::RTCDataChannelState::Open)
+        ) {
+            still_open += 1;
+        }
+    }
     // The victim is still served.
     let stats = w.ask(json!({"type": "stats"})).await;
     assert_eq!(stats["type"], "stats");
@@ -408,15 +419,15 @@ async fn a_viewer_that_floods_snapshots_on_64_channels_changes_nothing_for_other
     let quiet = rate(quiet_from, flood_from);
     let flooded = rate(flood_from, flood_to);
     eprintln!(
-        "snapshot flood: {} of 64 channels stayed open, {sent} requests sent ({refused} not \
-         taken by a full buffer); daemon RSS {rss_before} kB -> {rss_after} kB (+{} kB, limit \
+        "snapshot flood: {} of 64 channels opened, {still_open} still open after the flood; \
+         {sent} requests sent ({refused} not taken by a full buffer); daemon RSS {rss_before} kB -> {rss_after} kB (+{} kB, limit \
          51200 kB); other viewer {quiet:.1} fps before, {flooded:.1} fps during ({:.0} %, \
          limit >= 90 %)",
         open.len(),
         rss_after.saturating_sub(rss_before),
         flooded / quiet * 100.0
     );
-    assert!(open.len() <= 8, "{} channels open", open.len());
+    assert!(still_open <= 8, "{still_open} channels open");
     assert!(rss_after < rss_before + 50 * 1024, "RSS +{} kB", rss_after - rss_before);
     assert!(flooded >= 0.9 * quiet, "{quiet:.1} fps -> {flooded:.1} fps");
 }

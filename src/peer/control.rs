@@ -640,7 +640,7 @@ async fn handle(
             }
         }
         // Served by `snapshot` (it sends as it goes).
-        Request::Snapshot { .. } => vec![failed("internal", "snapshot routed wrongly".into())],
+        Request::Snapshot { .. } => failed("internal", "snapshot routed wrongly".into()),
     }
 }
 

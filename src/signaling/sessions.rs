@@ -90,6 +90,9 @@ pub struct Limits {
     /// At most this many offers per CID within `offer_window`; more get an error.
     pub max_offers: usize,
     pub offer_window: Duration,
+    /// Sessions started (offers taken, from all CIDs together): per second and burst. Each builds
+    /// a peer connection; more get an error.
+    pub session_starts: (f64, u32),
     /// Error replies about messages the device cannot use (not JSON, too large, not an offer,
     /// too many offers, bad candidates): per second and burst. Beyond, no reply.
     pub noise_replies: (f64, u32),
@@ -111,6 +114,7 @@ impl Default for Limits {
             max_message_bytes: 64 * 1024,
             max_offers: 5,
             offer_window: Duration::from_secs(10),
+            session_starts: (10.0, 20),
             noise_replies: (10.0, 20),
             refusal_replies: (20.0, 40),
         }
@@ -200,6 +204,7 @@ pub struct Signaling {
     /// Recent offers in arrival order, and how many of them each CID made (the rate limit).
     offer_log: VecDeque<(Instant, String)>,
     offer_counts: HashMap<String, usize>,
+    session_starts: TokenBucket,
     noise_replies: TokenBucket,
     refusal_replies: TokenBucket,
     /// Error replies left out by the two budgets.
@@ -212,6 +217,7 @@ impl Signaling {
     pub fn new(topics: Topics, limits: Limits, status: Status) -> Self {
         Signaling {
             topics,
+            session_starts: TokenBucket::new(limits.session_starts.0, limits.session_starts.1),
             noise_replies: TokenBucket::new(limits.noise_replies.0, limits.noise_replies.1),
             refusal_replies: TokenBucket::new(limits.refusal_replies.0, limits.refusal_replies.1),
             limits,
@@ -427,6 +433,20 @@ impl Signaling {
             let message = self.busy_message();
             return self
                 .error(now, Reply::Refusal, &cid, ErrorCode::Busy, message)
+                .into_iter()
+                .collect();
+        }
+        // Every session taken builds a peer connection: a device-wide budget, so that offers on
+        // ever new CIDs cannot keep it building and tearing them down.
+        if !self.session_starts.try_take(now) {
+            let wait = self.session_starts.wait(now);
+            let message = format!(
+                "too many offers: the device starts at most {} sessions per second; retry in {} ms",
+                self.limits.session_starts.0,
+                wait.as_millis().max(1)
+            );
+            return self
+                .error(now, Reply::Refusal, &cid, ErrorCode::BadRequest, message)
                 .into_iter()
                 .collect();
         }
@@ -689,6 +709,8 @@ mod tests {
             Limits {
                 max_viewers,
                 peer_timeout: Duration::from_secs(30),
+                // Most tests start sessions faster than a device would; one test checks this.
+                session_starts: (1e6, 1_000_000),
                 ..Limits::default()
             },
             Status::online("1.0", video, 0, max_viewers as u32),
@@ -1137,5 +1159,35 @@ mod tests {
             .filter(|a| matches!(a, Action::Candidate { .. }))
             .count();
         assert_eq!(delivered, 64);
+    }
+
+    #[test]
+    fn session_starts_are_limited_device_wide() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        m.limits.session_starts = Limits::default().session_starts;
+        m.session_starts = TokenBucket::new(10.0, 20);
+        let mut started_now = 0;
+        for i in 0..40 {
+            let actions = m.on_message(t0, &format!("home/cam/offer/c{i}"), OFFER);
+            if actions.iter().any(|a| matches!(a, Action::Start { .. })) {
+                started_now += 1;
+            } else {
+                let out = published(&actions);
+                assert_eq!(out[0].1["code"], "bad-request");
+                let message = out[0].1["message"].as_str().unwrap();
+                assert!(message.contains("at most 10 sessions per second"), "{message}");
+            }
+        }
+        assert_eq!(started_now, 20);
+        let later = t0 + Duration::from_secs(1);
+        let more = (40..80)
+            .filter(|i| {
+                m.on_message(later, &format!("home/cam/offer/c{i}"), OFFER)
+                    .iter()
+                    .any(|a| matches!(a, Action::Start { .. }))
+            })
+            .count();
+        assert_eq!(more, 10);
     }
 }
