@@ -1143,8 +1143,9 @@ fn parse_config_text(path: &Path, text: &str) -> Result<FileValues, ConfigError>
             "http" => {
                 file_str(value, "off or a string IP:PORT", parse_http).map(|x| v.http = Some(x))
             }
-            "http-max-connections" => file_int(value, HTTP_MAX_CONNECTIONS)
-                .map(|x| v.http_max_connections = Some(x)),
+            "http-max-connections" => {
+                file_int(value, HTTP_MAX_CONNECTIONS).map(|x| v.http_max_connections = Some(x))
+            }
             "web-broker-url" => file_str(value, "a ws:// or wss:// URL", parse_web_broker_url)
                 .map(|x| v.web_broker_url = Some(x)),
             "web-root" => {

@@ -23,6 +23,11 @@ use crate::web::{self, WebSettings};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Threads the async runtime may start for blocking work (file reads for the viewer page,
+/// viewers' snapshot and control requests, which also wait for the hub's request workers);
+/// more work waits for one. Keeps the thread count well under the unit's `TasksMax=128`.
+pub const MAX_BLOCKING_THREADS: usize = 32;
+
 /// On SIGTERM, how long to wait for the sessions to close before going offline anyway.
 const SHUTDOWN_SESSION_WAIT: Duration = Duration::from_millis(800);
 

@@ -25,9 +25,9 @@ const MIN_LOSS_KEYFRAME_INTERVAL: Duration = Duration::from_millis(250);
 /// Keyframes viewers ask for on the data channel, from all viewers together: per second, and
 /// at once after a pause. Each costs every viewer a burst of bitrate.
 const ON_DEMAND_KEYFRAMES: (f64, u32) = (1.0, 2);
-/// Snapshots encoded at once on the whole device (each on a blocking thread, with a frame-sized
-/// buffer); more wait for a turn.
-pub const SNAPSHOT_WORKERS: usize = 2;
+/// Viewers' blocking requests served at once on the whole device (snapshot encodes, each with a
+/// frame-sized buffer; control listings and changes, V4L2 ioctls); more wait for a turn.
+pub const REQUEST_WORKERS: usize = 2;
 /// Waits before reopening a source that failed: doubling from the first to the last.
 const REOPEN_DELAY_MIN: Duration = Duration::from_millis(250);
 const REOPEN_DELAY_MAX: Duration = Duration::from_secs(1);
@@ -131,8 +131,8 @@ struct Inner {
     epoch: Instant,
     /// Keyframes asked for on the data channel, by everyone.
     on_demand: Mutex<crate::rate::TokenBucket>,
-    /// Turns to encode a snapshot.
-    snapshot_workers: Arc<tokio::sync::Semaphore>,
+    /// Turns for viewers' blocking requests.
+    request_workers: Arc<tokio::sync::Semaphore>,
 }
 
 impl Inner {
@@ -190,7 +190,7 @@ impl Hub {
                 ON_DEMAND_KEYFRAMES.0,
                 ON_DEMAND_KEYFRAMES.1,
             )),
-            snapshot_workers: Arc::new(tokio::sync::Semaphore::new(SNAPSHOT_WORKERS)),
+            request_workers: Arc::new(tokio::sync::Semaphore::new(REQUEST_WORKERS)),
         });
         let worker = Arc::clone(&inner);
         thread::Builder::new()
@@ -235,9 +235,10 @@ impl Hub {
         }
     }
 
-    /// Turns to encode snapshots, shared by every viewer ([`SNAPSHOT_WORKERS`]).
-    pub fn snapshot_workers(&self) -> Arc<tokio::sync::Semaphore> {
-        Arc::clone(&self.inner.snapshot_workers)
+    /// Turns for viewers' blocking requests (snapshots, controls), shared by every viewer
+    /// ([`REQUEST_WORKERS`]).
+    pub fn request_workers(&self) -> Arc<tokio::sync::Semaphore> {
+        Arc::clone(&self.inner.request_workers)
     }
 
     /// Follows the pipeline's state.

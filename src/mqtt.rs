@@ -408,7 +408,11 @@ async fn drive(
                     // when ours is random (so that whoever learnt it cannot do it again).
                     warn!(
                         "the broker gave this client id to another connection; reconnecting{}",
-                        if matches!(client_id, ClientId::Random { .. }) { " with a new one" } else { "" }
+                        if matches!(client_id, ClientId::Random { .. }) {
+                            " with a new one"
+                        } else {
+                            ""
+                        }
                     );
                     delay = Duration::ZERO;
                 }

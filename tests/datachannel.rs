@@ -391,6 +391,11 @@ async fn a_viewer_that_floods_snapshots_on_64_channels_changes_nothing_for_other
     }
     let flood_to = Instant::now();
     let rss_after = rss_kb(w.daemon.pid());
+    let threads = std::fs::read_to_string(format!("/proc/{}/status", w.daemon.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:").map(|t| t.trim().to_string()))
+        .unwrap_or_default();
     // What the device left open: it closes channels beyond its limit as they open, and those
     // whose viewer takes no replies.
     let mut still_open = 0;
@@ -422,12 +427,16 @@ async fn a_viewer_that_floods_snapshots_on_64_channels_changes_nothing_for_other
         "snapshot flood: {} of 64 channels opened, {still_open} still open after the flood; \
          {sent} requests sent ({refused} not taken by a full buffer); daemon RSS {rss_before} kB -> {rss_after} kB (+{} kB, limit \
          51200 kB); other viewer {quiet:.1} fps before, {flooded:.1} fps during ({:.0} %, \
-         limit >= 90 %)",
+         limit >= 90 %); daemon threads {threads}",
         open.len(),
         rss_after.saturating_sub(rss_before),
         flooded / quiet * 100.0
     );
     assert!(still_open <= 8, "{still_open} channels open");
-    assert!(rss_after < rss_before + 50 * 1024, "RSS +{} kB", rss_after - rss_before);
+    assert!(
+        rss_after < rss_before + 50 * 1024,
+        "RSS +{} kB",
+        rss_after - rss_before
+    );
     assert!(flooded >= 0.9 * quiet, "{quiet:.1} fps -> {flooded:.1} fps");
 }

@@ -56,7 +56,11 @@ async fn idle_connections_are_capped_and_closed_and_viewers_and_the_page_still_w
     let dir = temp_dir("http-limits");
     let root = dir.join("web");
     std::fs::create_dir_all(&root).unwrap();
-    std::fs::write(root.join("index.html"), "<!doctype html><title>spyglass</title>page\n").unwrap();
+    std::fs::write(
+        root.join("index.html"),
+        "<!doctype html><title>spyglass</title>page\n",
+    )
+    .unwrap();
     let http_port = free_port();
     let id = format!("test/http-{}", rand::random::<u32>());
     let log_path = dir.join("spyglass.log");
@@ -64,7 +68,14 @@ async fn idle_connections_are_capped_and_closed_and_viewers_and_the_page_still_w
     command
         .args(["--id", &id, "--mqtt", &broker.url(), "--video", "test"])
         .args(["--size", "320x240", "--bitrate", "600"])
-        .args(["--rtc-bind", "127.0.0.1", "--mdns", "off", "--audio", "none"])
+        .args([
+            "--rtc-bind",
+            "127.0.0.1",
+            "--mdns",
+            "off",
+            "--audio",
+            "none",
+        ])
         .args(["--http", &format!("127.0.0.1:{http_port}")])
         .arg("--web-root")
         .arg(&root)
@@ -93,7 +104,7 @@ async fn idle_connections_are_capped_and_closed_and_viewers_and_the_page_still_w
     };
     {
         let topic = format!("{id}/status");
-        let mut watcher = TestClient::connect(&broker, &[topic.clone()]).await;
+        let mut watcher = TestClient::connect(&broker, std::slice::from_ref(&topic)).await;
         watcher
             .wait_json(&topic, Duration::from_secs(20), |v| v["online"] == true)
             .await;
@@ -116,9 +127,14 @@ async fn idle_connections_are_capped_and_closed_and_viewers_and_the_page_still_w
             idle.push(Some(s));
         }
         let fds_during = open_fds(pid);
+        let threads = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:").map(|t| t.trim().to_string()))
+            .unwrap_or_default();
         eprintln!(
             "{IDLE_CONNECTIONS} idle connections opened in {} ms; daemon descriptors {fds_before} -> \
-             {fds_during}",
+             {fds_during}, threads {threads}",
             opened.elapsed().as_millis()
         );
 

@@ -753,11 +753,12 @@ fn logged_client_id(log: &str) -> Option<String> {
     };
     plain
         .lines()
+        .rev()
         .filter(|l| l.contains("MQTT connected"))
         .filter_map(|l| l.split("client_id=").nth(1))
         .filter_map(|rest| rest.split_whitespace().next())
         .map(str::to_string)
-        .last()
+        .next()
 }
 
 /// Issue 12, item 5: a viewer with broker credentials connects with the device's client id —
@@ -843,12 +844,17 @@ async fn a_viewer_that_takes_the_device_client_id_does_not_knock_it_off() {
     );
     let report = watch(20).await.unwrap();
     assert_streamed(&report, 20);
-    eprintln!("a viewer connected as {guessed:?}: the device stayed online and answered the next offer");
+    eprintln!(
+        "a viewer connected as {guessed:?}: the device stayed online and answered the next offer"
+    );
     drop(intruder);
 
     // 2. The real client id, as if the viewer had learnt it (from the daemon's log here).
     let real = logged_client_id(&daemon.log()).expect("the daemon logs its client id");
-    assert!(real.starts_with(&guessed) && real.len() == guessed.len() + 17, "{real}");
+    assert!(
+        real.starts_with(&guessed) && real.len() == guessed.len() + 17,
+        "{real}"
+    );
     let took_over = std::time::Instant::now();
     let _intruder = raw_connect(broker.port, &real, Some(("viewer", "viewer-secret")))
         .await
@@ -956,14 +962,17 @@ async fn the_security_md_device_example_runs_as_a_transient_user_with_its_creden
     mode(&bin, 0o755);
 
     let config_for = |password_path: &str| {
-        toml.replace("mqtts://broker.lan:8883", &format!("mqtts://127.0.0.1:{tls_port}"))
-            .replace(
-                &format!("/run/credentials/spyglass.service/{name}"),
-                password_path,
-            )
-            .replace("/etc/spyglass/", &format!("{}/", etc.display()))
-            .replace("garage/cam1", &uid)
-            .replace("cam-garage-cam1", &device_user)
+        toml.replace(
+            "mqtts://broker.lan:8883",
+            &format!("mqtts://127.0.0.1:{tls_port}"),
+        )
+        .replace(
+            &format!("/run/credentials/spyglass.service/{name}"),
+            password_path,
+        )
+        .replace("/etc/spyglass/", &format!("{}/", etc.display()))
+        .replace("garage/cam1", &uid)
+        .replace("cam-garage-cam1", &device_user)
     };
     let run_as_nobody = |config: &str, tag: &str| {
         let file = root.join(format!("{tag}.toml"));
@@ -974,7 +983,14 @@ async fn the_security_md_device_example_runs_as_a_transient_user_with_its_creden
         command
             .arg("--config")
             .arg(&file)
-            .args(["--video", "test", "--size", "320x240", "--rtc-bind", "127.0.0.1"])
+            .args([
+                "--video",
+                "test",
+                "--size",
+                "320x240",
+                "--rtc-bind",
+                "127.0.0.1",
+            ])
             .args(["--mdns", "off", "--http", "off", "--audio", "none"])
             .env("RUST_LOG", "spyglass=debug,info")
             .stdout(std::process::Stdio::null())
@@ -998,8 +1014,15 @@ async fn the_security_md_device_example_runs_as_a_transient_user_with_its_creden
     let (mut direct, log) = run_as_nobody(&config_for(source_file.to_str().unwrap()), "direct");
     let status = tokio::task::block_in_place(|| direct.wait()).unwrap();
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    eprintln!("as nobody, reading {}: {status:?}: {}", source_file.display(), text.trim());
-    assert!(!status.success() && text.contains("Permission denied"), "{text}");
+    eprintln!(
+        "as nobody, reading {}: {status:?}: {}",
+        source_file.display(),
+        text.trim()
+    );
+    assert!(
+        !status.success() && text.contains("Permission denied"),
+        "{text}"
+    );
 
     // With the credential, as the document says, it comes online and serves a viewer.
     let credential = creds.join(name);

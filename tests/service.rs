@@ -456,7 +456,10 @@ async fn secret_files_readable_by_others_are_warned_about() {
         eprintln!("mode {mode:03o}: {warning:?}");
         assert_eq!(warning.is_some(), warned, "{log}");
         if let Some(w) = warning {
-            assert!(w.contains(password.to_str().unwrap()) && w.contains("644"), "{w}");
+            assert!(
+                w.contains(password.to_str().unwrap()) && w.contains("644"),
+                "{w}"
+            );
         }
     }
     let _ = std::fs::remove_dir_all(dir);

@@ -68,7 +68,9 @@ async fn a_flood_of_early_candidates_is_held_within_bounds() {
                 r#"{{"candidate":"candidate:{n} 1 udp 1 127.0.0.1 {} typ host {padding}","sdpMid":"0"}}"#,
                 1000 + n
             );
-            client.publish(&format!("{uid}/ice/flood{cid}"), payload).await;
+            client
+                .publish(&format!("{uid}/ice/flood{cid}"), payload)
+                .await;
         }
     }
     // Candidates that are held: under the 512-byte limit.
@@ -79,14 +81,20 @@ async fn a_flood_of_early_candidates_is_held_within_bounds() {
                 r#"{{"candidate":"candidate:{n} 1 udp 1 127.0.0.1 {} typ host {filler}","sdpMid":"0"}}"#,
                 1000 + n
             );
-            client.publish(&format!("{uid}/ice/held{cid}"), payload).await;
+            client
+                .publish(&format!("{uid}/ice/held{cid}"), payload)
+                .await;
         }
     }
     // A round trip through the daemon: once it answers this, it has read the flood.
     let mut probe = TestClient::connect(&broker, &[format!("{uid}/error/probe")]).await;
     probe.publish(&format!("{uid}/offer/probe"), "nope").await;
     probe
-        .wait_json(&format!("{uid}/error/probe"), Duration::from_secs(60), |_| true)
+        .wait_json(
+            &format!("{uid}/error/probe"),
+            Duration::from_secs(60),
+            |_| true,
+        )
         .await;
     let after = rss_kb(daemon.pid());
     eprintln!(
@@ -129,7 +137,12 @@ async fn offers_that_never_connect_hold_no_place_and_the_status_tells_the_truth(
         async move {
             for topic in topics {
                 client
-                    .publish(topic, rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, msg.clone())
+                    .publish(
+                        topic,
+                        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                        false,
+                        msg.clone(),
+                    )
                     .await
                     .unwrap();
             }
@@ -154,7 +167,10 @@ async fn offers_that_never_connect_hold_no_place_and_the_status_tells_the_truth(
         }
         // The status says there is room...
         let status = current_status(&broker, &status_topic).await;
-        assert_eq!((&status["viewers"], &status["max_viewers"]), (&0.into(), &1.into()));
+        assert_eq!(
+            (&status["viewers"], &status["max_viewers"]),
+            (&0.into(), &1.into())
+        );
         // ...and a viewer is let in at once.
         let report = spyglass::view::run(view_options(&broker, &daemon, 10))
             .await
@@ -172,18 +188,30 @@ async fn offers_that_never_connect_hold_no_place_and_the_status_tells_the_truth(
     // the last viewer leaves: the status says when its place is free.)
     let deadline = Instant::now() + Duration::from_secs(20);
     while current_status(&broker, &status_topic).await["viewers"] != 0 {
-        assert!(Instant::now() < deadline, "the last viewer never left the status");
+        assert!(
+            Instant::now() < deadline,
+            "the last viewer never left the status"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (viewer, stop) = watch_until_stopped(&broker, &daemon);
     let deadline = Instant::now() + Duration::from_secs(20);
     while current_status(&broker, &status_topic).await["viewers"] != 1 {
-        assert!(Instant::now() < deadline, "the viewer never showed in the status");
+        assert!(
+            Instant::now() < deadline,
+            "the viewer never showed in the status"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    client.publish(&format!("{uid}/offer/late"), msg.clone()).await;
+    client
+        .publish(&format!("{uid}/offer/late"), msg.clone())
+        .await;
     let refusal = client
-        .wait_json(&format!("{uid}/error/late"), Duration::from_secs(10), |_| true)
+        .wait_json(
+            &format!("{uid}/error/late"),
+            Duration::from_secs(10),
+            |_| true,
+        )
         .await;
     assert_eq!(refusal["code"], "busy", "{refusal}");
     stop.notify_one();

@@ -225,7 +225,14 @@ async fn a_session_that_never_connects_is_reaped_after_the_peer_timeout() {
     let broker = Broker::start();
     let daemon = Daemon::start(
         &broker,
-        &["--max-viewers", "1", "--max-connecting", "1", "--peer-timeout", "2"],
+        &[
+            "--max-viewers",
+            "1",
+            "--max-connecting",
+            "1",
+            "--peer-timeout",
+            "2",
+        ],
     );
     wait_online(&broker, &daemon).await;
     let ghost_answer = format!("{}/answer/ghost", daemon.id);
@@ -269,11 +276,9 @@ async fn a_session_that_never_connects_is_reaped_after_the_peer_timeout() {
         .await;
     // After the peer timeout the daemon closes that one too, and a real viewer streams.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !daemon
-        .log()
-        .lines()
-        .any(|l| l.contains("session did not connect within the peer timeout") && l.contains("other"))
-    {
+    while !daemon.log().lines().any(|l| {
+        l.contains("session did not connect within the peer timeout") && l.contains("other")
+    }) {
         assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -8,8 +8,8 @@
 //! Bounds (docs/SECURITY.md): [`MAX_CHANNELS`] channels per viewer; [`SEND_BUFFER_BYTES`] sent
 //! and not yet acknowledged per channel, and a reply the viewer does not take within
 //! [`SEND_TIMEOUT`] closes the channel; per viewer ([`ViewerBudget`], over all its channels) one
-//! snapshot at a time and a rate for snapshots, control changes and keyframes; device-wide,
-//! the hub's snapshot workers and keyframe budget.
+//! snapshot at a time and a rate for snapshots, control requests and keyframes; device-wide,
+//! the hub's request workers and keyframe budget.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -49,8 +49,8 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// and never two at once.
 pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(2);
 pub const SNAPSHOT_BURST: u32 = 2;
-/// `set-control` requests per viewer: per second, and at once after a pause (each is a V4L2
-/// ioctl on a blocking thread).
+/// `controls` and `set-control` requests per viewer: per second, and at once after a pause
+/// (each is V4L2 ioctls on a blocking thread).
 pub const CONTROL_CHANGES: (f64, u32) = (10.0, 20);
 /// `keyframe` requests per viewer: at most one per this interval (and the hub's device-wide
 /// budget).
@@ -516,17 +516,22 @@ async fn snapshot(
     id: &Value,
     quality: i64,
 ) -> bool {
-    let failed = |code: &'static str, message: String| error_reply(id, &RequestError { code, message });
+    let failed =
+        |code: &'static str, message: String| error_reply(id, &RequestError { code, message });
     let under_way = match ctx.budget.start_snapshot(Instant::now()) {
         Ok(guard) => guard,
         Err(err) => return send(channel, &error_reply(id, &err)).await,
     };
     let Some(frame) = ctx.hub.latest_frame() else {
-        return send(channel, &failed("no-frame", "no frame captured yet; try again".into())).await;
+        return send(
+            channel,
+            &failed("no-frame", "no frame captured yet; try again".into()),
+        )
+        .await;
     };
     let replies = {
-        let Ok(_turn) = ctx.hub.snapshot_workers().acquire_owned().await else {
-            return send(channel, &failed("internal", "snapshot workers gone".into())).await;
+        let Ok(_turn) = ctx.hub.request_workers().acquire_owned().await else {
+            return send(channel, &failed("internal", "request workers gone".into())).await;
         };
         let encoded = tokio::task::spawn_blocking(move || {
             snapshot::jpeg(&frame, quality).map(|jpeg| (jpeg, frame))
@@ -576,7 +581,10 @@ async fn handle(
                 })
                 .and_then(|()| {
                     ctx.hub.request_keyframe_on_demand(now).map_err(|wait| {
-                        rate_limited("the device makes keyframes on demand this often at most", wait)
+                        rate_limited(
+                            "the device makes keyframes on demand this often at most",
+                            wait,
+                        )
                     })
                 });
             match allowed {
@@ -607,7 +615,16 @@ async fn handle(
             vec![json!({"id": id, "type": "unsubscribe-stats"})]
         }
         Request::Controls => {
+            if let Err(wait) = ctx.budget.take(Instant::now(), |b| &mut b.controls) {
+                let (per_second, burst) = CONTROL_CHANGES;
+                let what =
+                    format!("at most {per_second} control requests per second ({burst} at once)");
+                return vec![error_reply(id, &rate_limited(&what, wait))];
+            }
             let controls = ctx.hub.controls().clone();
+            let Ok(_turn) = ctx.hub.request_workers().acquire_owned().await else {
+                return failed("internal", "request workers gone".into());
+            };
             match tokio::task::spawn_blocking(move || controls.list()).await {
                 Ok(Ok(list)) => {
                     vec![json!({"id": id, "type": "controls", "controls": list, "shared": true})]
@@ -619,10 +636,14 @@ async fn handle(
         Request::SetControl { name, value } => {
             if let Err(wait) = ctx.budget.take(Instant::now(), |b| &mut b.controls) {
                 let (per_second, burst) = CONTROL_CHANGES;
-                let what = format!("at most {per_second} control changes per second ({burst} at once)");
+                let what =
+                    format!("at most {per_second} control requests per second ({burst} at once)");
                 return vec![error_reply(id, &rate_limited(&what, wait))];
             }
             let controls = ctx.hub.controls().clone();
+            let Ok(_turn) = ctx.hub.request_workers().acquire_owned().await else {
+                return failed("internal", "request workers gone".into());
+            };
             let set = tokio::task::spawn_blocking(move || controls.set(&name, value)).await;
             match set {
                 Ok(Ok(control)) => vec![json!({

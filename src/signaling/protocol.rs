@@ -1050,7 +1050,10 @@ mod tests {
             ),
         ];
         let long = format!(r#"{{"candidate":"candidate:{}"}}"#, "1".repeat(600));
-        let long_mid = format!(r#"{{"candidate":"candidate:x","sdpMid":"{}"}}"#, "m".repeat(65));
+        let long_mid = format!(
+            r#"{{"candidate":"candidate:x","sdpMid":"{}"}}"#,
+            "m".repeat(65)
+        );
         let cases = [
             cases,
             &[
@@ -1083,7 +1086,10 @@ mod tests {
             (&good.replace("a=fingerprint", "a=fp"), "no a=fingerprint"),
         ] {
             let err = check_offer_sdp(sdp).unwrap_err().to_string();
-            assert!(err.starts_with("offer SDP is not a WebRTC offer: "), "{err}");
+            assert!(
+                err.starts_with("offer SDP is not a WebRTC offer: "),
+                "{err}"
+            );
             assert!(err.contains(want), "{sdp:?}: {err}");
         }
     }

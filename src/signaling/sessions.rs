@@ -410,7 +410,13 @@ impl Signaling {
             Ok(sdp) => sdp,
             Err(err) => {
                 return self
-                    .error(now, Reply::Noise, &cid, ErrorCode::BadRequest, err.to_string())
+                    .error(
+                        now,
+                        Reply::Noise,
+                        &cid,
+                        ErrorCode::BadRequest,
+                        err.to_string(),
+                    )
                     .into_iter()
                     .collect();
             }
@@ -476,7 +482,10 @@ impl Signaling {
             else {
                 break;
             };
-            debug!(cid = oldest, "connecting too long while others wait: closed");
+            debug!(
+                cid = oldest,
+                "connecting too long while others wait: closed"
+            );
             self.sessions.remove(&oldest);
             actions.push(Action::Close {
                 key: SessionKey {
@@ -526,7 +535,13 @@ impl Signaling {
             Ok(c) => c,
             Err(err) => {
                 return self
-                    .error(now, Reply::Noise, &cid, ErrorCode::BadRequest, err.to_string())
+                    .error(
+                        now,
+                        Reply::Noise,
+                        &cid,
+                        ErrorCode::BadRequest,
+                        err.to_string(),
+                    )
                     .into_iter()
                     .collect();
             }
@@ -554,9 +569,15 @@ impl Signaling {
         let full = held.count >= self.limits.max_held_candidates
             || held.bytes + cost > self.limits.max_held_bytes
             || (!held.by_cid.contains_key(&cid) && held.by_cid.len() >= self.limits.max_orphans)
-            || held.by_cid.get(&cid).is_some_and(|h| h.len() >= max_per_cid);
+            || held
+                .by_cid
+                .get(&cid)
+                .is_some_and(|h| h.len() >= max_per_cid);
         if full {
-            debug!(cid, "dropping early candidate: the device holds as many as it will");
+            debug!(
+                cid,
+                "dropping early candidate: the device holds as many as it will"
+            );
             return vec![];
         }
         held.by_cid.entry(cid).or_default().push((now, candidate));
@@ -1042,7 +1063,11 @@ mod tests {
         m.on_peer_event(t0, &b, PeerEvent::Answered("v=0".into()));
         m.on_peer_event(t0, &b, PeerEvent::Connected);
         for cid in ["d", "e", "f"] {
-            started(&m.on_message(t0 + Duration::from_secs(4), &format!("home/cam/offer/{cid}"), OFFER));
+            started(&m.on_message(
+                t0 + Duration::from_secs(4),
+                &format!("home/cam/offer/{cid}"),
+                OFFER,
+            ));
         }
         assert_eq!((m.viewers(), m.connecting()), (1, 2));
     }
@@ -1068,7 +1093,11 @@ mod tests {
         let mut m = machine(4);
         let began = Instant::now();
         for i in 0..50_000u32 {
-            let actions = m.on_message(t0, &format!("home/cam/offer/x{i}"), br#"{"type":"offer","sdp":"x"}"#);
+            let actions = m.on_message(
+                t0,
+                &format!("home/cam/offer/x{i}"),
+                br#"{"type":"offer","sdp":"x"}"#,
+            );
             assert!(!actions.iter().any(|a| matches!(a, Action::Start { .. })));
         }
         // Well-formed ones on distinct CIDs: each takes a connecting place, the oldest gives way.
@@ -1095,7 +1124,10 @@ mod tests {
         for i in 0..1000u32 {
             let out = m.on_message(t0, &format!("home/cam/offer/bad{i}"), b"nope");
             errors += out.len();
-            assert!(out.iter().all(|a| matches!(a, Action::Publish { lossy: true, .. })));
+            assert!(
+                out.iter()
+                    .all(|a| matches!(a, Action::Publish { lossy: true, .. }))
+            );
         }
         assert_eq!(errors, 20, "the noise budget's burst");
         assert_eq!(m.replies_suppressed(), 980);
@@ -1117,7 +1149,10 @@ mod tests {
         let key = started(&m.on_message(later, "home/cam/offer/v1", OFFER));
         let actions = m.on_peer_event(later, &key, PeerEvent::Answered("v=0".into()));
         assert!(matches!(&actions[0], Action::Publish { lossy: false, .. }));
-        assert!(matches!(m.status_action(), Action::Publish { lossy: false, .. }));
+        assert!(matches!(
+            m.status_action(),
+            Action::Publish { lossy: false, .. }
+        ));
     }
 
     #[test]
@@ -1137,16 +1172,26 @@ mod tests {
             }
         }
         let (count, bytes) = m.held_candidates();
-        eprintln!("held after 64 CIDs x 64 candidates of ~450 bytes: {count} candidates, {bytes} bytes");
+        eprintln!(
+            "held after 64 CIDs x 64 candidates of ~450 bytes: {count} candidates, {bytes} bytes"
+        );
         assert!(count <= 1024 && bytes <= 256 * 1024, "{count} {bytes}");
         // A candidate over the length limit is refused with an error, not held.
         let huge = format!(r#"{{"candidate":"candidate:{}"}}"#, "1".repeat(60_000));
-        let out = published(&m.on_message(t0 + Duration::from_secs(6), "home/cam/ice/new", huge.as_bytes()));
+        let out = published(&m.on_message(
+            t0 + Duration::from_secs(6),
+            "home/cam/ice/new",
+            huge.as_bytes(),
+        ));
         assert_eq!(out[0].1["code"], "bad-request");
         // After the hold time everything is let go, and holding works again.
         m.on_tick(t0 + Duration::from_secs(6));
         assert_eq!(m.held_candidates(), (0, 0));
-        m.on_message(t0 + Duration::from_secs(6), "home/cam/ice/new", &candidate(1));
+        m.on_message(
+            t0 + Duration::from_secs(6),
+            "home/cam/ice/new",
+            &candidate(1),
+        );
         assert_eq!(m.held_candidates().0, 1);
         // Before the answer, a session holds at most 64 too.
         let key = started(&m.on_message(t0 + Duration::from_secs(6), "home/cam/offer/v", OFFER));
@@ -1176,7 +1221,10 @@ mod tests {
                 let out = published(&actions);
                 assert_eq!(out[0].1["code"], "bad-request");
                 let message = out[0].1["message"].as_str().unwrap();
-                assert!(message.contains("at most 10 sessions per second"), "{message}");
+                assert!(
+                    message.contains("at most 10 sessions per second"),
+                    "{message}"
+                );
             }
         }
         assert_eq!(started_now, 20);
