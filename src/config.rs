@@ -1735,6 +1735,62 @@ mod tests {
         (scratch, path, result)
     }
 
+    // --- the limits of issue 12
+
+    #[test]
+    fn limit_settings_from_flags_and_file_with_defaults_and_ranges() {
+        let c = daemon(&[]).unwrap();
+        assert_eq!(c.max_connecting, DEFAULT_MAX_CONNECTING);
+        assert_eq!(c.http_max_connections, DEFAULT_HTTP_MAX_CONNECTIONS);
+        assert_eq!(c.mqtt_client_id, None);
+        let c = daemon(&[
+            "--max-connecting",
+            "3",
+            "--http-max-connections",
+            "16",
+            "--mqtt-client-id",
+            "thing-garage",
+        ])
+        .unwrap();
+        assert_eq!((c.max_connecting, c.http_max_connections), (3, 16));
+        assert_eq!(c.mqtt_client_id.as_deref(), Some("thing-garage"));
+        let (_s, _p, c) = with_file(
+            "max-connecting = 2\nhttp-max-connections = 8\nmqtt-client-id = \"cam\"\n",
+            &["--max-connecting", "5"],
+        );
+        let c = c.unwrap();
+        assert_eq!((c.max_connecting, c.http_max_connections), (5, 8));
+        assert_eq!(c.mqtt_client_id.as_deref(), Some("cam"));
+        for (args, want) in [
+            (&["--max-connecting", "0"][..], "from 1 to 256"),
+            (&["--http-max-connections", "2"][..], "from 4 to 4096"),
+            (&["--mqtt-client-id", "has space"][..], "printable ASCII"),
+        ] {
+            let e = usage_error(daemon(args)).to_string();
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn secret_files_readable_by_others_are_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let scratch = Scratch::new();
+        let password = scratch.file("password", "pw\n");
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = daemon(&[
+            "--mqtt-username",
+            "u",
+            "--mqtt-password-file",
+            password.to_str().unwrap(),
+        ])
+        .unwrap();
+        let warnings = c.exposed_secrets();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("MQTT password") && warnings[0].contains("644"));
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(c.exposed_secrets().is_empty());
+    }
+
     // --- defaults and help
 
     #[test]
