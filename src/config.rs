@@ -124,7 +124,7 @@ pub struct DaemonConfig {
     pub mdns: bool,
     /// Where the viewer page's HTTP server listens; `None` is `--http off`.
     pub http: Option<SocketAddr>,
-    /// Open HTTP connections at most; beyond, the one idle longest is closed.
+    /// Open HTTP connections at most; beyond, the oldest idle one is closed.
     pub http_max_connections: u32,
     /// The broker's WebSocket URL for browsers (`ws://` or `wss://`); `None` lets the page use its
     /// own host name with [`crate::web::DEFAULT_BROKER_WS_PORT`].
@@ -653,7 +653,7 @@ struct DaemonArgs {
     #[arg(long, value_name = "ADDR|off", value_parser = parse_http, help_heading = "Web page")]
     http: Option<HttpBind>,
 
-    /// Most open connections to the viewer page's HTTP server; beyond, the one idle longest is
+    /// Most open connections to the viewer page's HTTP server; beyond, the oldest idle one is
     /// closed. Idle connections are closed after 10 s in any case. [default: 64]
     #[arg(long, value_name = "N", value_parser = parse_http_max_connections, help_heading = "Web page")]
     http_max_connections: Option<u32>,

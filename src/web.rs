@@ -5,9 +5,9 @@
 //! and paths that name no file get 404. Only GET and HEAD are answered.
 //!
 //! Connections are bounded (docs/SECURITY.md): at most `max_connections` are open, and a new one
-//! beyond closes the one idle longest (or, if none is idle, the oldest); a connection that sends
-//! no complete request head within [`IDLE_TIMEOUT`] (a new one, or a kept-alive one between
-//! requests) is closed; request heads are at most [`MAX_HEAD_BYTES`].
+//! beyond closes the oldest idle one (no request in progress; if none is idle, the oldest); a
+//! connection that sends no complete request head within [`IDLE_TIMEOUT`] (a new one, or a
+//! kept-alive one between requests) is closed; request heads are at most [`MAX_HEAD_BYTES`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -125,7 +125,7 @@ impl Connections {
         }
     }
 
-    /// Register connection `id`; when that makes one too many, the one idle longest (or the
+    /// Register connection `id`; when that makes one too many, the oldest idle one (or the
     /// oldest, if none is idle) is told to close and no longer counted.
     fn admit(&self, id: u64) -> (Arc<AtomicUsize>, Arc<Notify>) {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
