@@ -508,7 +508,7 @@ async fn send_all(channel: &Arc<dyn DataChannel>, replies: &[Value]) -> bool {
     true
 }
 
-/// Serve a snapshot request: within the viewer's budget, on one of the hub's snapshot workers,
+/// Serve a snapshot request: within the viewer's budget, on one of the hub's request workers,
 /// and counted as under way until its last chunk is sent.
 async fn snapshot(
     ctx: &ControlContext,
