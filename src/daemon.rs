@@ -10,7 +10,6 @@ use webrtc::peer_connection::{RTCIceCandidateInit, RTCIceServer};
 
 use crate::audio::hub::AudioHub;
 use crate::config::DaemonConfig;
-use crate::hub::{Hub, VideoState};
 use crate::mqtt::{self, Mqtt, MqttEvent, MqttSettings};
 use crate::peer::session::{self, AnswerError, SessionEvent, SessionHandle};
 use crate::peer::{PeerFactory, PeerSettings};
@@ -19,6 +18,7 @@ use crate::signaling::protocol::{
     VideoStatus, offline_status_json,
 };
 use crate::signaling::sessions::{Action, Limits, PeerEvent, SessionKey, Signaling};
+use crate::video::hub::{Hub, VideoState};
 use crate::web::{self, WebSettings};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -4,8 +4,6 @@
 pub mod audio;
 pub mod config;
 pub mod daemon;
-pub mod encode;
-pub mod hub;
 pub mod mqtt;
 pub mod pattern;
 pub mod peer;

@@ -587,7 +587,7 @@ mod tests {
         use openh264::formats::{YUVBuffer, YUVSource};
 
         let spec = VideoSpec {
-            source: "test".into(),
+            source: "test".parse().unwrap(),
             width,
             height,
             fps: 30,

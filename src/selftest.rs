@@ -25,10 +25,12 @@ use rtc::rtp::packetizer::{Packetizer, new_packetizer};
 use rtc::rtp::sequence::new_random_sequencer;
 use serde::Serialize;
 
-use crate::audio::{self, CHUNK_FRAMES, SAMPLE_RATE};
+use crate::audio::{self, AudioSetting, CHUNK_FRAMES, SAMPLE_RATE};
 use crate::config::SelftestConfig;
-use crate::encode::{EncoderSettings, H264Encoder, nal_types};
 use crate::pattern;
+use crate::video::encode;
+use crate::video::h264::{nal_types, profile_level};
+use crate::video::v4l2::{self, V4l2Source};
 use crate::video::{self, VideoSource};
 use crate::view::assemble::Assembler;
 
@@ -92,6 +94,8 @@ pub struct VideoReport {
     pub width: u32,
     pub height: u32,
     pub fps: u32,
+    /// The source's frames carry the test pattern's code, so their counters are checked.
+    pub stamped: bool,
     /// H.264 profile and level from the SPS, e.g. `constrained baseline, level 3.1`.
     pub h264: String,
     pub bitrate_kbps: u32,
@@ -192,7 +196,7 @@ impl fmt::Display for Report {
             "pictures:         {} changed from the one before, {} of the wrong size",
             v.changed, v.wrong_size
         )?;
-        if v.source.starts_with("test") {
+        if v.stamped {
             writeln!(
                 f,
                 "test pattern:     {} counters read, {} out of order, first {}, last {}",
@@ -261,7 +265,7 @@ pub enum SelftestError {
     #[error("video source: {0}")]
     Video(#[from] video::VideoError),
     #[error("{0}")]
-    Encode(#[from] crate::encode::EncodeError),
+    Encode(#[from] crate::video::encode::EncodeError),
     #[error("RTP packetizer: {0}")]
     Packetize(String),
     #[error("H.264 decoder: {0}")]
@@ -286,7 +290,8 @@ pub fn run(config: &SelftestConfig) -> Result<Report, SelftestError> {
     // The audio stage runs beside the video stage (both mostly wait for their source's clock),
     // as in the daemon.
     std::thread::scope(|scope| {
-        let audio = (config.audio != "none").then(|| scope.spawn(|| audio_stage(config)));
+        let audio =
+            (config.audio != AudioSetting::None).then(|| scope.spawn(|| audio_stage(config)));
         video_stage(config, &mut report)?;
         if let Some(audio) = audio {
             let (a, failures) = audio.join().expect("the audio stage panicked")?;
@@ -302,40 +307,34 @@ pub fn run(config: &SelftestConfig) -> Result<Report, SelftestError> {
 
 fn open_video(config: &SelftestConfig) -> Result<Box<dyn VideoSource>, SelftestError> {
     let spec = &config.video;
-    Ok(match (spec.source.as_str(), config.pixel_format) {
-        ("test", Some(fourcc)) => {
-            return Err(SelftestError::Video(video::VideoError::Failed {
-                device: "test".into(),
-                message: format!(
-                    "--pixel-format {fourcc} applies to V4L2 devices, not the test pattern"
-                ),
-            }));
-        }
-        (path, Some(fourcc)) if path != "test" => Box::new(
-            video::v4l2::V4l2Source::open_with_format(path, spec, Some(fourcc))?,
-        ),
-        _ => video::open(spec)?,
-    })
+    match config.pixel_format {
+        None => Ok(video::open(spec)?),
+        Some(fourcc) if spec.source.is(&v4l2::BACKEND) => Ok(Box::new(
+            V4l2Source::open_with_format(spec.source.as_str(), spec, Some(fourcc))?,
+        )),
+        Some(fourcc) => Err(SelftestError::Video(video::VideoError::Failed {
+            device: spec.source.to_string(),
+            message: format!(
+                "--pixel-format {fourcc} applies to V4L2 devices, not the test pattern"
+            ),
+        })),
+    }
 }
 
 /// Capture → encode → packetize → depacketize → decode, frame by frame, then the checks.
 fn video_stage(config: &SelftestConfig, report: &mut Report) -> Result<(), SelftestError> {
     let mut source = open_video(config)?;
     let format = source.format().clone();
-    let is_pattern = config.video.source == "test";
+    let is_pattern = config.video.source.backend().stamped;
     let v = &mut report.video;
     v.source = format.description.clone();
+    v.stamped = is_pattern;
     v.width = format.width;
     v.height = format.height;
     v.fps = format.fps;
     v.bitrate_kbps = config.bitrate_kbps;
 
-    let mut encoder = H264Encoder::new(EncoderSettings {
-        width: format.width,
-        height: format.height,
-        fps: format.fps.max(1),
-        bitrate_kbps: config.bitrate_kbps,
-    })?;
+    let mut encoder = encode::open(&format, config.bitrate_kbps)?;
     let mut packetizer = new_packetizer(
         Instant::now(),
         MTU,
@@ -510,7 +509,7 @@ fn audio_stage(config: &SelftestConfig) -> Result<(AudioReport, Vec<String>), Se
     let Some(plan) = audio::resolve(&config.audio)? else {
         return Ok((a, failures));
     };
-    let mut source = audio::open(&plan.source, plan.channels)?;
+    let mut source = plan.source.open(plan.channels)?;
     let channels = source.channels();
     a.source = source.description().to_string();
     a.channels = channels;
@@ -679,18 +678,9 @@ fn check_audio(a: &AudioReport, chunks: u64, failures: &mut Vec<String>) {
 
 /// Profile and level from the first SPS in an Annex-B access unit.
 fn describe_sps(annexb: &[u8]) -> String {
-    let types = nal_types(annexb);
-    let Some(start) = annexb
-        .windows(4)
-        .position(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 7)
-    else {
-        return format!("keyframe without SPS (NAL types {types:?})");
+    let Some([profile, constraints, level]) = profile_level(annexb) else {
+        return format!("keyframe without SPS (NAL types {:?})", nal_types(annexb));
     };
-    let sps = &annexb[start + 4..];
-    if sps.len() < 3 {
-        return "truncated SPS".into();
-    }
-    let (profile, constraints, level) = (sps[0], sps[1], sps[2]);
     let name = match (profile, constraints & 0x40 != 0) {
         (66, true) => "constrained baseline".to_string(),
         (66, false) => "baseline".to_string(),
@@ -713,13 +703,13 @@ mod tests {
     fn config(width: u32, height: u32) -> SelftestConfig {
         SelftestConfig {
             video: VideoSpec {
-                source: "test".into(),
+                source: "test".parse().unwrap(),
                 width,
                 height,
                 fps: 30,
             },
             pixel_format: None,
-            audio: "none".into(),
+            audio: AudioSetting::None,
             expect_tone_hz: None,
             seconds: 1,
             bitrate_kbps: 500,
@@ -756,7 +746,7 @@ mod tests {
     #[test]
     fn tone_passes_the_audio_stage() {
         let mut c = config(320, 240);
-        c.audio = "tone".into();
+        c.audio = "tone".parse().unwrap();
         c.expect_tone_hz = Some(1000);
         let report = run(&c).unwrap();
         assert!(report.passed, "{report}");
@@ -771,7 +761,7 @@ mod tests {
     #[test]
     fn a_tone_that_is_not_there_fails() {
         let mut c = config(320, 240);
-        c.audio = "tone".into();
+        c.audio = "tone".parse().unwrap();
         c.expect_tone_hz = Some(440);
         let report = run(&c).unwrap();
         assert!(!report.passed);

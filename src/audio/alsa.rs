@@ -12,7 +12,16 @@ use alsa::pcm::{Access, Format, HwParams, PCM};
 use alsa::{Direction, ValueOr};
 use tracing::{debug, info, warn};
 
-use super::{AudioChunk, AudioError, AudioSource, CHUNK_FRAMES, SAMPLE_RATE};
+use super::{AudioChunk, AudioError, AudioSource, Backend, CHUNK_FRAMES, SAMPLE_RATE};
+
+/// The row in [`super::SOURCES`]: any other `--audio` value is an ALSA PCM name.
+pub static BACKEND: Backend = Backend {
+    usage: "an ALSA PCM name such as hw:1,0",
+    claims: |name| !name.is_empty() && !name.chars().any(|c| c.is_whitespace() || c.is_control()),
+    probe,
+    open: |name, channels| Ok(Box::new(AlsaSource::open(name, channels)?)),
+    tone_hz: None,
+};
 
 pub struct AlsaSource {
     pcm: PCM,

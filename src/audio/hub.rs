@@ -78,8 +78,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl AudioHub {
     /// A hub over the source the plan names.
     pub fn new(plan: AudioPlan) -> AudioHub {
-        let (source, channels) = (plan.source.clone(), plan.channels);
-        AudioHub::with_opener(Box::new(move || super::open(&source, channels)), channels)
+        let AudioPlan { source, channels } = plan;
+        AudioHub::with_opener(Box::new(move || source.open(channels)), channels)
     }
 
     pub fn with_opener(opener: AudioOpener, channels: u16) -> AudioHub {

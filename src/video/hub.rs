@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 use tracing::{debug, info, warn};
 
-use crate::encode::{EncodedFrame, EncoderSettings, H264Encoder};
+pub use crate::video::SourceOpener;
 use crate::video::controls::Controls;
-use crate::video::{self, Frame, VideoError, VideoSource, VideoSpec};
+use crate::video::encode::{self, EncodedFrame};
+use crate::video::{Frame, VideoError, VideoSource, VideoSpec};
 
 /// How many encoded frames a viewer may lag behind before it loses the oldest.
 const FANOUT_DEPTH: usize = 8;
@@ -104,9 +105,6 @@ pub struct HubCounters {
     pub raw_frames_dropped: AtomicU64,
 }
 
-/// Opens the source each time the pipeline starts.
-pub type SourceOpener = Box<dyn Fn() -> Result<Box<dyn VideoSource>, VideoError> + Send + Sync>;
-
 struct Inner {
     opener: SourceOpener,
     bitrate_kbps: u32,
@@ -147,17 +145,12 @@ pub struct Hub {
 impl Hub {
     /// A hub over the source that `spec` names.
     pub fn new(spec: VideoSpec, bitrate_kbps: u32) -> Hub {
-        let controls = Controls::for_spec(&spec);
-        let source_controls = controls.clone();
-        Hub::with_controls(
-            Box::new(move || video::open_with(&spec, &source_controls)),
-            bitrate_kbps,
-            controls,
-        )
+        let (controls, opener) = spec.prepare();
+        Hub::with_controls(opener, bitrate_kbps, controls)
     }
 
     pub fn with_opener(opener: SourceOpener, bitrate_kbps: u32) -> Hub {
-        Hub::with_controls(opener, bitrate_kbps, Controls::None)
+        Hub::with_controls(opener, bitrate_kbps, Controls::none())
     }
 
     /// A hub whose source follows `controls` (the opener must give them to the source).
@@ -370,7 +363,7 @@ enum PipelineError {
     #[error(transparent)]
     Video(#[from] VideoError),
     #[error(transparent)]
-    Encode(#[from] crate::encode::EncodeError),
+    Encode(#[from] crate::video::encode::EncodeError),
     #[error("{0}: no frame for {secs} s, the source stalled", secs = STALL_AFTER.as_secs())]
     Stalled(String),
 }
@@ -385,13 +378,7 @@ fn run_pipeline(inner: &Inner) -> Result<(), (PipelineError, bool)> {
         .counters
         .pipeline_starts
         .fetch_add(1, Ordering::Relaxed);
-    let mut encoder = H264Encoder::new(EncoderSettings {
-        width: format.width,
-        height: format.height,
-        fps: format.fps,
-        bitrate_kbps: inner.bitrate_kbps,
-    })
-    .map_err(|e| (e.into(), false))?;
+    let mut encoder = encode::open(&format, inner.bitrate_kbps).map_err(|e| (e.into(), false))?;
 
     let mailbox = Arc::new(Mailbox::default());
     let stop = Arc::new(AtomicBool::new(false));
@@ -573,7 +560,7 @@ mod tests {
     fn pattern_hub() -> Hub {
         Hub::new(
             VideoSpec {
-                source: "test".into(),
+                source: "test".parse().unwrap(),
                 width: 320,
                 height: 240,
                 fps: 30,
