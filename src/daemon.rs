@@ -31,7 +31,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let started = Instant::now();
     let topics = Topics::new(cfg.id.clone())?;
     let factory = PeerFactory::new(peer_settings(&cfg))?;
-    let hub = Hub::new(cfg.video.clone(), cfg.bitrate_kbps);
+    let hub = Hub::new(cfg.video.clone(), cfg.bitrate_kbps)?;
     let video = VideoStatus {
         state: MediaState::Idle,
         codec: VIDEO_CODEC_H264.to_string(),
@@ -40,7 +40,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         fps: cfg.video.fps,
     };
     // A named microphone that does not open is an error; `auto` without one is video only.
-    let audio = crate::audio::resolve(&cfg.audio)?.map(AudioHub::new);
+    let audio = crate::audio::resolve(&cfg.audio)?
+        .map(AudioHub::new)
+        .transpose()?;
     let audio_status = audio.as_ref().map(|a| AudioStatus {
         codec: "opus".to_string(),
         channels: u32::from(a.channels()),

@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod mqtt;
 pub mod pattern;
 pub mod peer;
+pub mod pipeline;
 pub mod selftest;
 pub mod service;
 pub mod signaling;

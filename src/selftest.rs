@@ -25,6 +25,7 @@ use rtc::rtp::packetizer::{Packetizer, new_packetizer};
 use rtc::rtp::sequence::new_random_sequencer;
 use serde::Serialize;
 
+use crate::audio::encode::OpusEncoder;
 use crate::audio::{self, AudioSetting, CHUNK_FRAMES, SAMPLE_RATE};
 use crate::config::SelftestConfig;
 use crate::pattern;
@@ -514,11 +515,8 @@ fn audio_stage(config: &SelftestConfig) -> Result<(AudioReport, Vec<String>), Se
     a.source = source.description().to_string();
     a.channels = channels;
     a.expected_tone_hz = config.expect_tone_hz;
-    let (mut encoder, _lookahead) = audio::hub::new_encoder(channels)?;
-    a.bitrate_kbps = match encoder.get_bitrate()? {
-        opus::Bitrate::Bits(b) => (b / 1000) as u32,
-        _ => 0,
-    };
+    let mut encoder = OpusEncoder::new(channels)?;
+    a.bitrate_kbps = encoder.bitrate_kbps()?;
     let mut decoder = opus::Decoder::new(
         SAMPLE_RATE,
         if channels == 1 {
@@ -538,7 +536,6 @@ fn audio_stage(config: &SelftestConfig) -> Result<(AudioReport, Vec<String>), Se
     );
     let mut depacketizer = OpusPacket;
     let ch = usize::from(channels);
-    let mut encoded = vec![0u8; 4000];
     let mut decoded = vec![0i16; CHUNK_FRAMES * 6 * ch];
     let mut mono: Vec<i16> = Vec::new();
     let mut previous: Option<(u16, u32)> = None;
@@ -550,18 +547,14 @@ fn audio_stage(config: &SelftestConfig) -> Result<(AudioReport, Vec<String>), Se
         a.chunks += 1;
 
         let t = Instant::now();
-        let len = encoder.encode(&chunk.samples, &mut encoded)?;
+        let encoded = encoder.encode(&chunk)?;
         a.timings.encode.add(t.elapsed());
         a.encoded += 1;
-        a.encoded_bytes += len as u64;
+        a.encoded_bytes += encoded.data.len() as u64;
 
         let t = Instant::now();
         let packets = packetizer
-            .packetize(
-                Instant::now(),
-                &Bytes::copy_from_slice(&encoded[..len]),
-                CHUNK_FRAMES as u32,
-            )
+            .packetize(Instant::now(), &encoded.data, CHUNK_FRAMES as u32)
             .map_err(|e| SelftestError::Packetize(e.to_string()))?;
         a.timings.packetize.add(t.elapsed());
         a.rtp_packets += packets.len() as u64;

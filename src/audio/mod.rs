@@ -1,4 +1,4 @@
-//! Audio: where sound comes from ([`AudioSource`]), the Opus encoder, and the hub
+//! Audio: where sound comes from ([`AudioSource`]), the Opus encoder ([`encode`]), and the hub
 //! that shares one source and one encoder among every viewer that takes audio ([`hub`]).
 //!
 //! Every source yields [`AudioChunk`]s of exactly 20 ms at 48 kHz, interleaved signed 16-bit, with
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::warn;
 
 pub mod alsa;
+pub mod encode;
 pub mod hub;
 pub mod tone;
 

@@ -1,46 +1,41 @@
-//! The hub: one capture and one encoder per stream, shared by every viewer.
+//! The video hub: one source and one H.264 encoder per stream, shared by every viewer.
 //!
-//! Capture and encoding run only while at least one [`Subscription`] exists. A capture thread
-//! drops the oldest raw frame when the encoder is behind (a one-slot mailbox), and encoded frames
-//! fan out through a bounded broadcast channel that drops the oldest for a viewer that lags, so a
-//! slow viewer never delays the others or builds up latency. Keyframe requests from any viewer go
-//! through a [`KeyframeGate`] that coalesces bursts.
+//! It is the on-demand [`pipeline`](crate::pipeline) (capture only while someone watches, a slow
+//! viewer never delays the others, a failed or stalled source reopened with back-off, a
+//! heartbeat for the watchdog) with what video adds: keyframes when a viewer joins or loses
+//! pictures, coalesced by a [`KeyframeGate`]; the newest raw frame, for snapshots; the source's
+//! picture controls. A viewer's [`Subscription`] starts at a keyframe and skips to the next one
+//! after it lagged.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::broadcast;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-pub use crate::video::SourceOpener;
-use crate::video::controls::Controls;
-use crate::video::encode::{self, EncodedFrame};
-use crate::video::{Frame, VideoError, VideoSource, VideoSpec};
-
-/// How many encoded frames a viewer may lag behind before it loses the oldest.
-const FANOUT_DEPTH: usize = 8;
-/// Requests from viewers that lost pictures are served at most this often.
-const MIN_LOSS_KEYFRAME_INTERVAL: Duration = Duration::from_millis(250);
-/// Waits before reopening a source that failed: doubling from the first to the last.
-const REOPEN_DELAY_MIN: Duration = Duration::from_millis(250);
-const REOPEN_DELAY_MAX: Duration = Duration::from_secs(1);
-/// A source that delivers nothing for this long has stalled: it is closed and reopened.
-const STALL_AFTER: Duration = Duration::from_secs(2);
-/// The hub thread beats at least this often while it is healthy, idle or not (see [`Hub::heartbeat_age`]).
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+pub use super::SourceOpener;
+use super::controls::Controls;
+use super::encode::{self, EncodeError, EncodedFrame, Encoder};
+use super::{Frame, VideoError, VideoSpec};
+use crate::pipeline::{self, Media, Pipeline, Policy, Run, RunError};
 
 /// What the video pipeline is doing, for the status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VideoState {
-    /// Nobody watches: nothing is captured.
-    Idle,
-    /// Frames flow.
-    Live,
-    /// Capture failed; retrying. The text says why.
-    Lost(String),
-}
+pub use crate::pipeline::State as VideoState;
+
+/// Requests from viewers that lost pictures are served at most this often.
+const MIN_LOSS_KEYFRAME_INTERVAL: Duration = Duration::from_millis(250);
+
+const POLICY: Policy = Policy {
+    name: "capture",
+    item: "frame",
+    threads: ("hub", "capture"),
+    // How many encoded frames a viewer may lag behind before it loses the oldest.
+    fanout_depth: 8,
+    // A new raw frame replaces one the encoder has not taken yet.
+    queue_depth: 1,
+    reopen_delay: (Duration::from_millis(250), Duration::from_secs(1)),
+    stall_after: Duration::from_secs(2),
+};
 
 /// Why a keyframe is wanted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,154 +90,181 @@ impl KeyframeGate {
     }
 }
 
-/// Figures about the shared pipeline, for status, tests and benchmarks.
-#[derive(Debug, Default)]
-pub struct HubCounters {
-    pub pipeline_starts: AtomicU64,
-    pub frames_captured: AtomicU64,
-    pub frames_encoded: AtomicU64,
-    pub keyframes: AtomicU64,
-    pub raw_frames_dropped: AtomicU64,
+/// Why the video pipeline stopped delivering.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Video(#[from] VideoError),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
 }
 
-struct Inner {
+/// Video's half of the pipeline.
+pub struct Video {
     opener: SourceOpener,
     bitrate_kbps: u32,
-    viewers: Mutex<Control>,
-    wake: Condvar,
-    frames: broadcast::Sender<Arc<EncodedFrame>>,
     keyframes: Mutex<KeyframeGate>,
-    counters: HubCounters,
-    state: tokio::sync::watch::Sender<VideoState>,
+    /// Keyframes encoded, periodic ones included.
+    keyframes_encoded: AtomicU64,
     /// The source's picture controls.
     controls: Controls,
     /// The newest raw frame that was encoded, for snapshots; `None` while idle.
     latest: Mutex<Option<Arc<Frame>>>,
-    /// When the hub thread last showed it is alive: milliseconds since `epoch`.
-    heartbeat_ms: AtomicU64,
-    epoch: Instant,
 }
 
-impl Inner {
-    fn beat(&self) {
-        let ms = self.epoch.elapsed().as_millis() as u64;
-        self.heartbeat_ms.store(ms, Ordering::Relaxed);
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Media for Video {
+    type Raw = Frame;
+    type Out = EncodedFrame;
+    type Error = PipelineError;
+    type Encoder = Box<dyn Encoder>;
+
+    const POLICY: Policy = POLICY;
+
+    fn start(&self) -> Result<Run<Self>, PipelineError> {
+        let mut source = (self.opener)()?;
+        let format = source.format().clone();
+        let encoder = encode::open(&format, self.bitrate_kbps)?;
+        debug!(encoder = encoder.name(), "encoder open");
+        Ok(Run {
+            description: format.description,
+            capture: Box::new(move || Ok(source.next_frame()?)),
+            encoder,
+        })
+    }
+
+    fn encode(
+        &self,
+        encoder: &mut Box<dyn Encoder>,
+        frame: Frame,
+    ) -> Result<Option<EncodedFrame>, PipelineError> {
+        let force = lock(&self.keyframes).should_force(Instant::now());
+        let encoded = encoder.encode(&frame, force)?;
+        if let Some(encoded) = &encoded {
+            lock(&self.keyframes).encoded(Instant::now(), encoded.keyframe);
+            if encoded.keyframe {
+                self.keyframes_encoded.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        *lock(&self.latest) = Some(Arc::new(frame));
+        Ok(encoded)
+    }
+
+    fn stopped(&self) {
+        lock(&self.latest).take();
+    }
+
+    fn lost(&self, error: &RunError<PipelineError>, retry_in: Duration) {
+        warn!(
+            "video lost: {error}; retrying in {} ms",
+            retry_in.as_millis()
+        );
     }
 }
 
-#[derive(Default)]
-struct Control {
-    viewers: usize,
-    shutdown: bool,
-}
-
-/// Handle to the shared pipeline. Cloning is cheap.
+/// Handle to the shared video pipeline. Cloning is cheap.
 #[derive(Clone)]
 pub struct Hub {
-    inner: Arc<Inner>,
+    pipeline: Pipeline<Video>,
 }
 
 impl Hub {
     /// A hub over the source that `spec` names.
-    pub fn new(spec: VideoSpec, bitrate_kbps: u32) -> Hub {
+    pub fn new(spec: VideoSpec, bitrate_kbps: u32) -> std::io::Result<Hub> {
         let (controls, opener) = spec.prepare();
         Hub::with_controls(opener, bitrate_kbps, controls)
     }
 
-    pub fn with_opener(opener: SourceOpener, bitrate_kbps: u32) -> Hub {
+    /// A hub over the sources `opener` opens, without picture controls.
+    pub fn with_opener(opener: SourceOpener, bitrate_kbps: u32) -> std::io::Result<Hub> {
         Hub::with_controls(opener, bitrate_kbps, Controls::none())
     }
 
     /// A hub whose source follows `controls` (the opener must give them to the source).
-    pub fn with_controls(opener: SourceOpener, bitrate_kbps: u32, controls: Controls) -> Hub {
-        let (frames, _) = broadcast::channel(FANOUT_DEPTH);
-        let inner = Arc::new(Inner {
+    pub fn with_controls(
+        opener: SourceOpener,
+        bitrate_kbps: u32,
+        controls: Controls,
+    ) -> std::io::Result<Hub> {
+        let pipeline = Pipeline::start(Video {
             opener,
             bitrate_kbps,
-            viewers: Mutex::new(Control::default()),
-            wake: Condvar::new(),
-            frames,
             keyframes: Mutex::new(KeyframeGate::default()),
-            counters: HubCounters::default(),
-            state: tokio::sync::watch::channel(VideoState::Idle).0,
+            keyframes_encoded: AtomicU64::new(0),
             controls,
             latest: Mutex::new(None),
-            heartbeat_ms: AtomicU64::new(0),
-            epoch: Instant::now(),
-        });
-        let worker = Arc::clone(&inner);
-        thread::Builder::new()
-            .name("hub".into())
-            .spawn(move || supervise(&worker))
-            .expect("spawning the hub thread");
-        Hub { inner }
+        })?;
+        Ok(Hub { pipeline })
     }
 
     /// Start watching: the pipeline runs while any subscription exists, and the next frame
     /// is a keyframe.
     pub fn subscribe(&self) -> Subscription {
-        let rx = self.inner.frames.subscribe();
-        {
-            let mut c = lock(&self.inner.viewers);
-            c.viewers += 1;
-        }
-        self.inner.wake.notify_all();
+        let feed = self.pipeline.subscribe();
         self.request_keyframe(KeyframeReason::Join);
         Subscription {
-            rx,
-            inner: Arc::clone(&self.inner),
+            feed,
             waiting_for_keyframe: true,
             max_backlog_age: None,
         }
     }
 
     pub fn request_keyframe(&self, reason: KeyframeReason) {
-        lock(&self.inner.keyframes).request(reason);
+        lock(&self.pipeline.media().keyframes).request(reason);
     }
 
     /// Follows the pipeline's state.
     pub fn state(&self) -> tokio::sync::watch::Receiver<VideoState> {
-        self.inner.state.subscribe()
+        self.pipeline.state()
     }
 
-    pub fn counters(&self) -> &HubCounters {
-        &self.inner.counters
+    /// Frames captured and encoded, runs started, raw frames dropped.
+    pub fn counters(&self) -> &pipeline::Counters {
+        self.pipeline.counters()
+    }
+
+    /// Keyframes encoded so far, periodic ones included.
+    pub fn keyframes(&self) -> u64 {
+        self.pipeline
+            .media()
+            .keyframes_encoded
+            .load(Ordering::Relaxed)
     }
 
     /// The source's picture controls (changes apply to every viewer).
     pub fn controls(&self) -> &Controls {
-        &self.inner.controls
+        &self.pipeline.media().controls
     }
 
     /// The newest frame that was encoded, while the pipeline runs.
     pub fn latest_frame(&self) -> Option<Arc<Frame>> {
-        lock(&self.inner.latest).clone()
+        lock(&self.pipeline.media().latest).clone()
     }
 
     pub fn subscribers(&self) -> usize {
-        lock(&self.inner.viewers).viewers
+        self.pipeline.viewers()
     }
 
-    /// How long ago the hub thread last showed it is alive. It beats at least every second
-    /// while it waits for viewers, runs the pipeline (including a stalled source, which it
+    /// How long ago the hub's supervisor thread last showed it is alive. It beats at least every
+    /// second while it waits for viewers, runs the pipeline (including a stalled source, which it
     /// detects and reopens) or waits to retry; an encoder or source open that hangs stops the
     /// beats. The daemon feeds the systemd watchdog only while this is fresh.
     pub fn heartbeat_age(&self) -> Duration {
-        let now = self.inner.epoch.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.inner.heartbeat_ms.load(Ordering::Relaxed)))
+        self.pipeline.heartbeat_age()
     }
 
     /// Stop the pipeline thread (at process exit).
     pub fn shutdown(&self) {
-        lock(&self.inner.viewers).shutdown = true;
-        self.inner.wake.notify_all();
+        self.pipeline.shutdown();
     }
 }
 
 /// One viewer's feed of encoded frames.
 pub struct Subscription {
-    rx: broadcast::Receiver<Arc<EncodedFrame>>,
-    inner: Arc<Inner>,
+    feed: pipeline::Subscription<Video>,
     waiting_for_keyframe: bool,
     /// See [`Subscription::resume`].
     max_backlog_age: Option<Duration>,
@@ -263,7 +285,7 @@ impl Subscription {
     /// hub has shut down.
     pub async fn recv(&mut self) -> Option<Arc<EncodedFrame>> {
         loop {
-            match self.rx.recv().await {
+            match self.feed.recv().await? {
                 Ok(frame) => {
                     if self.waiting_for_keyframe && !frame.keyframe {
                         continue;
@@ -276,239 +298,30 @@ impl Subscription {
                             "backlog too old; waiting for a fresh keyframe"
                         );
                         self.waiting_for_keyframe = true;
-                        lock(&self.inner.keyframes).request(KeyframeReason::Join);
+                        self.request_keyframe(KeyframeReason::Join);
                         continue;
                     }
                     self.waiting_for_keyframe = false;
                     return Some(frame);
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    debug!(skipped = n, "viewer lagged; waiting for a keyframe");
+                Err(skipped) => {
+                    debug!(skipped, "viewer lagged; waiting for a keyframe");
                     self.waiting_for_keyframe = true;
-                    lock(&self.inner.keyframes).request(KeyframeReason::Loss);
+                    self.request_keyframe(KeyframeReason::Loss);
                 }
-                Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
     }
-}
 
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        let mut c = lock(&self.inner.viewers);
-        c.viewers = c.viewers.saturating_sub(1);
-        drop(c);
-        self.inner.wake.notify_all();
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// The hub thread: waits for viewers, runs the pipeline while there are any.
-fn supervise(inner: &Inner) {
-    let mut delay = REOPEN_DELAY_MIN;
-    loop {
-        inner.beat();
-        {
-            let mut c = lock(&inner.viewers);
-            while c.viewers == 0 && !c.shutdown {
-                c = inner
-                    .wake
-                    .wait_timeout(c, HEARTBEAT_EVERY)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-                inner.beat();
-            }
-            if c.shutdown {
-                return;
-            }
-        }
-        match run_pipeline(inner) {
-            Ok(()) => {
-                delay = REOPEN_DELAY_MIN;
-                inner.state.send_replace(VideoState::Idle);
-            }
-            Err((err, delivered)) => {
-                warn!("video lost: {err}; retrying in {} ms", delay.as_millis());
-                inner.state.send_replace(VideoState::Lost(err.to_string()));
-                if delivered {
-                    delay = REOPEN_DELAY_MIN;
-                }
-                // Wait before retrying, but wake early if everyone left or we are shutting down.
-                // (The delay is at most REOPEN_DELAY_MAX, one heartbeat interval.)
-                inner.beat();
-                let c = lock(&inner.viewers);
-                let (c, _) = inner
-                    .wake
-                    .wait_timeout_while(c, delay, |c| c.viewers > 0 && !c.shutdown)
-                    .unwrap_or_else(|p| p.into_inner());
-                if c.viewers == 0 {
-                    inner.state.send_replace(VideoState::Idle);
-                }
-                delay = (delay * 2).min(REOPEN_DELAY_MAX);
-            }
-        }
-    }
-}
-
-fn wanted(inner: &Inner) -> bool {
-    let c = lock(&inner.viewers);
-    c.viewers > 0 && !c.shutdown
-}
-
-#[derive(Debug, thiserror::Error)]
-enum PipelineError {
-    #[error(transparent)]
-    Video(#[from] VideoError),
-    #[error(transparent)]
-    Encode(#[from] crate::video::encode::EncodeError),
-    #[error("{0}: no frame for {secs} s, the source stalled", secs = STALL_AFTER.as_secs())]
-    Stalled(String),
-}
-
-/// Capture and encode until no viewer is left. Returns an error when the source or encoder
-/// fails, with whether any frame was delivered before it did.
-fn run_pipeline(inner: &Inner) -> Result<(), (PipelineError, bool)> {
-    let source = (inner.opener)().map_err(|e| (e.into(), false))?;
-    let format = source.format().clone();
-    info!("capture started: {}", format.description);
-    inner
-        .counters
-        .pipeline_starts
-        .fetch_add(1, Ordering::Relaxed);
-    let mut encoder = encode::open(&format, inner.bitrate_kbps).map_err(|e| (e.into(), false))?;
-
-    let mailbox = Arc::new(Mailbox::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let capture = {
-        let mailbox = Arc::clone(&mailbox);
-        let stop = Arc::clone(&stop);
-        thread::Builder::new()
-            .name("capture".into())
-            .spawn(move || capture_loop(source, &mailbox, &stop))
-            .expect("spawning the capture thread")
-    };
-
-    let mut delivered = false;
-    let mut last_frame = Instant::now();
-    let result = (|| {
-        while wanted(inner) {
-            inner.beat();
-            let Some(item) = mailbox.take(Duration::from_millis(100)) else {
-                if last_frame.elapsed() >= STALL_AFTER {
-                    return Err(PipelineError::Stalled(format.description.clone()));
-                }
-                continue;
-            };
-            let frame = item?;
-            last_frame = Instant::now();
-            if !delivered {
-                delivered = true;
-                inner.state.send_replace(VideoState::Live);
-            }
-            inner
-                .counters
-                .frames_captured
-                .fetch_add(1, Ordering::Relaxed);
-            let force = lock(&inner.keyframes).should_force(Instant::now());
-            if let Some(encoded) = encoder.encode(&frame, force)? {
-                lock(&inner.keyframes).encoded(Instant::now(), encoded.keyframe);
-                inner
-                    .counters
-                    .frames_encoded
-                    .fetch_add(1, Ordering::Relaxed);
-                if encoded.keyframe {
-                    inner.counters.keyframes.fetch_add(1, Ordering::Relaxed);
-                }
-                // No receivers is fine: viewers may be between frames of joining and leaving.
-                let _ = inner.frames.send(Arc::new(encoded));
-            }
-            *lock(&inner.latest) = Some(Arc::new(frame));
-        }
-        Ok(())
-    })();
-
-    stop.store(true, Ordering::Relaxed);
-    if matches!(result, Err(PipelineError::Stalled(_))) {
-        // The capture thread is stuck in the source; it ends (and closes the source) when the
-        // read returns. Waiting for it here would stall the retry.
-        drop(capture);
-    } else {
-        let _ = capture.join();
-    }
-    inner
-        .counters
-        .raw_frames_dropped
-        .fetch_add(mailbox.dropped(), Ordering::Relaxed);
-    info!("capture stopped: {}", format.description);
-    lock(&inner.latest).take();
-    drop(encoder);
-    release_freed_memory();
-    result.map_err(|e| (e, delivered))
-}
-
-/// Hand memory freed by a stopped pipeline (encoder buffers, frames) back to the system.
-/// glibc keeps freed memory in per-thread arenas; without this an idle daemon stays as large as
-/// its busiest moment.
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-fn capture_loop(mut source: Box<dyn VideoSource>, mailbox: &Mailbox, stop: &AtomicBool) {
-    while !stop.load(Ordering::Relaxed) {
-        let item = source.next_frame();
-        let failed = item.is_err();
-        mailbox.put(item);
-        if failed {
-            return;
-        }
-    }
-}
-
-/// A one-slot queue between capture and encoder: a new frame replaces an unread one.
-#[derive(Default)]
-struct Mailbox {
-    slot: Mutex<(Option<Result<Frame, VideoError>>, u64)>,
-    ready: Condvar,
-}
-
-impl Mailbox {
-    fn put(&self, item: Result<Frame, VideoError>) {
-        let mut slot = lock(&self.slot);
-        if matches!(slot.0, Some(Ok(_))) {
-            slot.1 += 1;
-        }
-        // An error is never overwritten by a later frame.
-        if !matches!(slot.0, Some(Err(_))) {
-            slot.0 = Some(item);
-        }
-        drop(slot);
-        self.ready.notify_one();
-    }
-
-    fn take(&self, timeout: Duration) -> Option<Result<Frame, VideoError>> {
-        let slot = lock(&self.slot);
-        let (mut slot, _) = self
-            .ready
-            .wait_timeout_while(slot, timeout, |s| s.0.is_none())
-            .unwrap_or_else(|p| p.into_inner());
-        slot.0.take()
-    }
-
-    fn dropped(&self) -> u64 {
-        lock(&self.slot).1
+    fn request_keyframe(&self, reason: KeyframeReason) {
+        lock(&self.feed.media().keyframes).request(reason);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::thread;
 
     /// The heartbeat that feeds the systemd watchdog: it keeps coming while the hub thread
     /// waits for viewers, and stops when the pipeline hangs (here: a source open that never
@@ -525,7 +338,8 @@ mod tests {
                 })
             }),
             500,
-        );
+        )
+        .unwrap();
         // Idle: the beat keeps coming (at least once a second) long after the hub started.
         thread::sleep(Duration::from_millis(2500));
         let idle_age = hub.heartbeat_age();
@@ -567,6 +381,7 @@ mod tests {
             },
             500,
         )
+        .unwrap()
     }
 
     fn recv(subscription: &mut Subscription) -> Arc<EncodedFrame> {
@@ -587,7 +402,7 @@ mod tests {
     fn resume_after(wait: Duration, max_age: Duration) -> (Hub, Arc<EncodedFrame>, Instant) {
         let hub = pattern_hub();
         let warm = hub.subscribe();
-        while hub.counters().keyframes.load(Ordering::Relaxed) == 0 {
+        while hub.keyframes() == 0 {
             thread::sleep(Duration::from_millis(5));
         }
         thread::sleep(wait);
@@ -606,7 +421,7 @@ mod tests {
             first.instant < handed_over,
             "the buffered keyframe, not a new one"
         );
-        assert_eq!(hub.counters().keyframes.load(Ordering::Relaxed), 1);
+        assert_eq!(hub.keyframes(), 1);
         hub.shutdown();
     }
 
@@ -619,8 +434,29 @@ mod tests {
             first.instant > handed_over,
             "a keyframe captured after the hand-over"
         );
-        assert_eq!(hub.counters().keyframes.load(Ordering::Relaxed), 2);
+        assert_eq!(hub.keyframes(), 2);
         hub.shutdown();
+    }
+
+    /// At shutdown every feed ends, and a subscription made after it ends at once.
+    #[test]
+    fn shutdown_ends_the_feeds() {
+        let hub = pattern_hub();
+        let mut feed = hub.subscribe();
+        recv(&mut feed);
+        hub.shutdown();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let ended = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                while feed.recv().await.is_some() {}
+                hub.subscribe().recv().await.is_none()
+            })
+            .await
+        });
+        assert_eq!(ended, Ok(true));
     }
 
     #[test]
@@ -661,24 +497,5 @@ mod tests {
         assert!(!gate.should_force(t0 + Duration::from_millis(100)));
         gate.encoded(t0 + Duration::from_millis(100), true);
         assert!(!gate.should_force(t0 + Duration::from_millis(400)));
-    }
-
-    #[test]
-    fn mailbox_keeps_only_the_newest_frame() {
-        let mb = Mailbox::default();
-        let frame = |w| Frame {
-            width: w,
-            height: 2,
-            data: vec![0; Frame::i420_len(w, 2)],
-            captured_at: std::time::SystemTime::now(),
-            instant: Instant::now(),
-        };
-        mb.put(Ok(frame(2)));
-        mb.put(Ok(frame(4)));
-        mb.put(Ok(frame(6)));
-        let got = mb.take(Duration::from_millis(1)).unwrap().unwrap();
-        assert_eq!(got.width, 6);
-        assert_eq!(mb.dropped(), 2);
-        assert!(mb.take(Duration::from_millis(1)).is_none());
     }
 }
