@@ -7,14 +7,12 @@
 //! `--mqtt-password-file` or `SPYGLASS_MQTT_PASSWORD`, the TURN password from
 //! `--turn-password-file`, and the config types redact them in their `Debug` output.
 
-use std::collections::hash_map::RandomState;
 use std::ffi::OsString;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -1406,15 +1404,9 @@ fn read_secret(path: &Path, what: &'static str) -> Result<String, ConfigError> {
     Ok(text)
 }
 
-/// `view-` and 16 hex digits, from the standard library's randomly seeded hasher.
+/// `view-` and 16 random hex digits.
 fn random_cid() -> String {
-    let mut hasher = RandomState::new().build_hasher();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    hasher.write_u128(nanos);
-    hasher.write_u32(std::process::id());
-    format!("view-{:016x}", hasher.finish())
+    format!("view-{:016x}", rand::random::<u64>())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1534,31 +1526,27 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
     use clap::error::ErrorKind;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A scratch directory removed on drop.
-    struct Scratch(PathBuf);
+    /// A scratch directory, removed on drop: its path, and the directory.
+    struct Scratch(
+        PathBuf,
+        #[expect(dead_code, reason = "held for its drop, which removes the directory")]
+        tempfile::TempDir,
+    );
 
     impl Scratch {
         fn new() -> Self {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let dir =
-                std::env::temp_dir().join(format!("spyglass-config-{}-{n}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            Scratch(dir)
+            let dir = tempfile::Builder::new()
+                .prefix("spyglass-config-")
+                .tempdir()
+                .unwrap();
+            Scratch(dir.path().to_path_buf(), dir)
         }
 
         fn file(&self, name: &str, contents: &str) -> PathBuf {
             let path = self.0.join(name);
             std::fs::write(&path, contents).unwrap();
             path
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 

@@ -275,6 +275,8 @@ pub enum SelftestError {
     Audio(#[from] audio::AudioError),
     #[error("Opus: {0}")]
     Opus(#[from] opus::Error),
+    #[error("the {0} stage panicked")]
+    Panicked(&'static str),
 }
 
 /// Run every stage and check the result.
@@ -295,7 +297,9 @@ pub fn run(config: &SelftestConfig) -> Result<Report, SelftestError> {
             (config.audio != AudioSetting::None).then(|| scope.spawn(|| audio_stage(config)));
         video_stage(config, &mut report)?;
         if let Some(audio) = audio {
-            let (a, failures) = audio.join().expect("the audio stage panicked")?;
+            let (a, failures) = audio
+                .join()
+                .map_err(|_| SelftestError::Panicked("audio"))??;
             report.audio = a;
             report.failures.extend(failures);
         }
