@@ -23,7 +23,6 @@ use crate::video::{self, VideoSpec};
 pub const DEFAULT_MQTT_HOST: &str = "127.0.0.1";
 pub const DEFAULT_MQTT_PORT: u16 = 1883;
 pub const DEFAULT_VIDEO: &str = video::DEFAULT_SOURCE;
-pub const DEFAULT_AUDIO: &str = "auto";
 pub const DEFAULT_WIDTH: u32 = 1280;
 pub const DEFAULT_HEIGHT: u32 = 720;
 pub const DEFAULT_FPS: u32 = 30;
@@ -1491,16 +1490,7 @@ fn parse_selftest_seconds(s: &str) -> Result<u32, String> {
 }
 
 fn parse_pixel_format(s: &str) -> Result<crate::video::negotiate::FourCc, String> {
-    let upper = s.to_ascii_uppercase();
-    let fourcc = match <[u8; 4]>::try_from(upper.as_bytes()) {
-        Ok(code) => crate::video::negotiate::FourCc::from_bytes(code),
-        Err(_) => crate::video::negotiate::FourCc::Other(*b"????"),
-    };
-    if fourcc.is_supported() {
-        Ok(fourcc)
-    } else {
-        Err(format!("expected YUYV, NV12, YU12 or MJPG, got {s:?}"))
-    }
+    crate::video::negotiate::FourCc::parse_supported(s)
 }
 
 fn resolve_selftest(args: SelftestArgs) -> SelftestConfig {
