@@ -1,6 +1,6 @@
 //! The on-demand pipeline: one source and one encoder, run while anyone watches, their output
-//! shared by every viewer. The video hub ([`crate::video::hub`]) and the audio hub
-//! ([`crate::audio::hub`]) are both this pipeline; each says through [`Media`] how a run opens
+//! shared by every viewer. The video hub (`video::hub`) and the audio hub
+//! (`audio::hub`) are both this pipeline; each says through [`Media`] how a run opens
 //! and how it encodes what it captures.
 //!
 //! A supervisor thread waits for the first [`Subscription`], opens the source and the encoder,

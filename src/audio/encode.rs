@@ -5,7 +5,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 
-use super::{AudioChunk, CHUNK_FRAMES, SAMPLE_RATE, alsa::remix};
+use super::{AudioChunk, CHUNK_FRAMES, SAMPLE_RATE, remix};
 
 /// Opus bitrate per channel.
 const BITRATE_PER_CHANNEL: i32 = 32_000;
