@@ -75,16 +75,34 @@ impl fmt::Display for StageTime {
     }
 }
 
-/// Per-stage timings of the video path.
+/// Per-stage timings of one path, per video frame or per 20 ms audio chunk.
 #[derive(Debug, Default, Clone, Serialize)]
-pub struct VideoTimings {
-    /// Waiting for and converting the next picture (paced by the source: a camera's clock or
-    /// the test pattern's timer, so this is mostly waiting).
+pub struct Timings {
+    /// Waiting for the next picture or chunk, and converting a picture: paced by the source (a
+    /// camera's or a sound card's clock, the test pattern's or the tone's timer), so this is
+    /// mostly waiting.
     pub capture: StageTime,
     pub encode: StageTime,
     pub packetize: StageTime,
     pub depacketize: StageTime,
     pub decode: StageTime,
+}
+
+impl Timings {
+    /// One line per stage, each after its label.
+    fn write(&self, f: &mut fmt::Formatter<'_>, labels: [&str; 5]) -> fmt::Result {
+        let stages = [
+            &self.capture,
+            &self.encode,
+            &self.packetize,
+            &self.depacketize,
+            &self.decode,
+        ];
+        for (label, stage) in labels.iter().zip(stages) {
+            writeln!(f, "{label}{stage}")?;
+        }
+        Ok(())
+    }
 }
 
 /// What the video stage saw.
@@ -118,18 +136,7 @@ pub struct VideoReport {
     pub stamps_out_of_order: u64,
     pub first_stamp: Option<u32>,
     pub last_stamp: Option<u32>,
-    pub timings: VideoTimings,
-}
-
-/// Per-stage timings of the audio path, per 20 ms chunk.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct AudioTimings {
-    /// Waiting for the next 20 ms (paced by the sound card's or the tone's clock).
-    pub capture: StageTime,
-    pub encode: StageTime,
-    pub packetize: StageTime,
-    pub depacketize: StageTime,
-    pub decode: StageTime,
+    pub timings: Timings,
 }
 
 /// What the audio stage saw.
@@ -155,7 +162,7 @@ pub struct AudioReport {
     pub expected_tone_hz: Option<u32>,
     /// Power at the expected tone over the strongest other probed frequency, dB.
     pub tone_margin_db: Option<f64>,
-    pub timings: AudioTimings,
+    pub timings: Timings,
 }
 
 /// The self-test's one report.
@@ -207,12 +214,16 @@ impl fmt::Display for Report {
                 v.last_stamp.map_or("-".into(), |n| n.to_string())
             )?;
         }
-        let t = &v.timings;
-        writeln!(f, "capture:          {}", t.capture)?;
-        writeln!(f, "encode:           {}", t.encode)?;
-        writeln!(f, "packetize:        {}", t.packetize)?;
-        writeln!(f, "depacketize:      {}", t.depacketize)?;
-        writeln!(f, "decode:           {}", t.decode)?;
+        v.timings.write(
+            f,
+            [
+                "capture:          ",
+                "encode:           ",
+                "packetize:        ",
+                "depacketize:      ",
+                "decode:           ",
+            ],
+        )?;
         let a = &self.audio;
         writeln!(f, "audio source:     {}", a.source)?;
         if a.source != "none" {
@@ -241,12 +252,16 @@ impl fmt::Display for Report {
                 "audio sound:      level {:.1} dBFS, strongest at {} Hz{tone}",
                 a.level_dbfs, a.dominant_hz
             )?;
-            let t = &a.timings;
-            writeln!(f, "audio capture:    {}", t.capture)?;
-            writeln!(f, "audio encode:     {}", t.encode)?;
-            writeln!(f, "audio packetize:  {}", t.packetize)?;
-            writeln!(f, "audio depacketize: {}", t.depacketize)?;
-            writeln!(f, "audio decode:     {}", t.decode)?;
+            a.timings.write(
+                f,
+                [
+                    "audio capture:    ",
+                    "audio encode:     ",
+                    "audio packetize:  ",
+                    "audio depacketize: ",
+                    "audio decode:     ",
+                ],
+            )?;
         }
         writeln!(f, "wall time:        {:.0} ms", self.wall_ms)?;
         for failure in &self.failures {

@@ -153,12 +153,6 @@ impl AudioHub {
         self.pipeline.counters().produced.load(Ordering::Relaxed)
     }
 
-    /// How long ago the hub's supervisor thread last showed it is alive (see
-    /// [`crate::pipeline`]).
-    pub fn heartbeat_age(&self) -> Duration {
-        self.pipeline.heartbeat_age()
-    }
-
     /// Stop the hub thread (at process exit).
     pub fn shutdown(&self) {
         self.pipeline.shutdown();
