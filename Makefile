@@ -10,6 +10,9 @@ APT_PACKAGES += openssl
 # The viewer page's browser tests drive Debian's Chromium; node and npm build the page (Debian's
 # nodejs/npm only where no node is installed already).
 APT_PACKAGES += chromium $(if $(shell command -v node),,nodejs) $(if $(shell command -v npm),,npm)
+# Standards counterparts the browser tests start (issue 17): Janus as the SFU behind the tests'
+# WHIP front-end (web/test/standards/), djpeg to decode Home Assistant camera snapshots.
+APT_PACKAGES += janus libjpeg-turbo-progs
 CARGO ?= cargo
 # Where cargo puts its builds (.ci/run moves it out of the tree); the browser tests need the binary.
 TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
