@@ -1,6 +1,6 @@
 // A real SFU for the tests: Debian's Janus (1.1.2) as a private process on 127.0.0.1, with only
-// the VideoRoom plugin and the HTTP transport, and a client for Janus's HTTP API
-// (https://janus.conf.meetecho.com/docs/rest.html).
+// the VideoRoom plugin (and VideoCall when asked) and the HTTP transport, and a client for
+// Janus's HTTP API (https://janus.conf.meetecho.com/docs/rest.html).
 //
 // Why the HTTP API and not the `janode` npm package: janode 1.8 pulls in `unix-dgram`, a native
 // addon built with node-gyp at `npm ci`, and `make web` (which every user building the viewer
@@ -44,8 +44,9 @@ export class JanusError extends Error {
 
 export class Janus {
   /**
-   * Start a private Janus. Options: `debugLevel` (0-7, default 4), `sessionTimeout` (s, 60).
-   * Resolves once its HTTP API answers `info`.
+   * Start a private Janus. Options: `plugins` (default ['videoroom']; 'videocall' too for
+   * whep-endpoint.mjs), `debugLevel` (0-7, default 4), `sessionTimeout` (s, 60). Resolves once its
+   * HTTP API answers `info`.
    */
   static async start(options = {}) {
     const j = new Janus();
@@ -58,7 +59,9 @@ export class Janus {
       mkdirSync(dirs[d]);
     }
     // Only what the tests use: Janus loads every library in these folders.
-    symlinkSync(`${lib}/plugins/libjanus_videoroom.so`, join(dirs.plugins, 'libjanus_videoroom.so'));
+    for (const p of options.plugins ?? ['videoroom']) {
+      symlinkSync(`${lib}/plugins/libjanus_${p}.so`, join(dirs.plugins, `libjanus_${p}.so`));
+    }
     symlinkSync(`${lib}/transports/libjanus_http.so`, join(dirs.transports, 'libjanus_http.so'));
     j.shim = join(j.dir, 'loopback-ifaddrs.so');
     execFileSync('cc', ['-shared', '-fPIC', '-O2', '-Wall', '-o', j.shim, join(here, 'loopback-ifaddrs.c')]);

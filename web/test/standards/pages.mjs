@@ -13,8 +13,68 @@ import { ensureRoom } from './janus.mjs';
 const BLANK = '<!doctype html><meta charset="utf-8"><title>standards peer</title>' +
   '<video id="video" autoplay muted playsinline></video>';
 
-/** The colours of the publisher's picture: left half, right half (RGB). */
+/** The colours of the sending pages' picture: left half, right half (RGB). */
 export const PICTURE = { left: [230, 30, 30], right: [30, 30, 230] };
+
+// /picture.js, for the pages that send: a MediaStream with a canvas video track (left half
+// PICTURE.left, right half PICTURE.right, a white square moving along the bottom, 30 fps) and a
+// 440 Hz WebAudio tone.
+const PICTURE_JS = `
+export function pictureStream(width, height) {
+  const canvas = document.createElement('canvas');
+  canvas.width = width;
+  canvas.height = height;
+  document.body.append(canvas);
+  const ctx = canvas.getContext('2d');
+  let n = 0;
+  const draw = () => {
+    ctx.fillStyle = 'rgb(${PICTURE.left})';
+    ctx.fillRect(0, 0, width / 2, height);
+    ctx.fillStyle = 'rgb(${PICTURE.right})';
+    ctx.fillRect(width / 2, 0, width / 2, height);
+    ctx.fillStyle = '#fff';
+    ctx.fillRect((n * 4) % width, height - 16, 16, 16);
+    n++;
+  };
+  draw();
+  setInterval(draw, 33);
+  const stream = canvas.captureStream(30);
+  const audio = new AudioContext();
+  const osc = audio.createOscillator();
+  osc.frequency.value = 440;
+  const dest = audio.createMediaStreamDestination();
+  osc.connect(dest);
+  osc.start();
+  stream.addTrack(dest.stream.getAudioTracks()[0]);
+  return stream;
+}
+`;
+
+// /exchanges.js: record every fetch() of the page (the WHIP/WHEP clients' HTTP exchanges) as
+// { method, url, at (wall clock, ms), status, location, link, etag, content-type } or { error }.
+const EXCHANGES_JS = `
+export function recordExchanges() {
+  const exchanges = [];
+  const fetch0 = window.fetch.bind(window);
+  window.fetch = async (u, init = {}) => {
+    const x = { method: init.method ?? 'GET', url: String(u), at: Date.now() };
+    exchanges.push(x);
+    try {
+      const r = await fetch0(u, init);
+      x.status = r.status;
+      for (const h of ['location', 'link', 'etag', 'content-type']) {
+        const v = r.headers.get(h);
+        if (v !== null) x[h] = v;
+      }
+      return r;
+    } catch (e) {
+      x.error = String(e.message ?? e);
+      throw e;
+    }
+  };
+  return exchanges;
+}
+`;
 
 /** Serves /blank.html, /whip.js and /whep.js (the whip-whep package) on 127.0.0.1. */
 export class PageServer {
@@ -25,6 +85,8 @@ export class PageServer {
       '/blank.html': ['text/html', BLANK],
       '/whip.js': ['text/javascript', readFileSync(join(lib, 'whip.js'), 'utf8')],
       '/whep.js': ['text/javascript', readFileSync(join(lib, 'whep.js'), 'utf8')],
+      '/picture.js': ['text/javascript', PICTURE_JS],
+      '/exchanges.js': ['text/javascript', EXCHANGES_JS],
     };
     s.server = http.createServer((req, res) => {
       const f = files[new URL(req.url, 'http://x').pathname];
@@ -51,52 +113,19 @@ export class PageServer {
 }
 
 /**
- * Publish from Chromium to a WHIP endpoint with whip-whep's WHIPClient: a `width`x`height`
- * canvas (left half PICTURE.left, right half PICTURE.right, a moving bar below) at 30 fps and a
- * 440 Hz tone. Returns `{ page, postAt, stop() }`: `postAt` is the wall-clock time (ms) of the
- * client's POST. Throws the client's error when the endpoint refuses.
+ * Publish from Chromium to a WHIP endpoint with whip-whep's WHIPClient: /picture.js's stream
+ * (`width`x`height` canvas and a tone). Returns `{ page, postAt, exchanges(),
+ * connectionState(), stop() }`: `postAt` is the wall-clock time (ms) of the client's POST.
+ * Throws the client's error when the endpoint refuses.
  */
 export async function publishWhip(context, pages, { url, token, width = 320, height = 240 }) {
   const page = await context.newPage();
   await page.goto(pages.blank);
-  const result = await page.evaluate(async ({ url, token, width, height, picture, lib }) => {
-    const { WHIPClient } = await import(lib);
-    window.exchanges = [];
-    const fetch0 = window.fetch.bind(window);
-    window.fetch = async (u, init = {}) => {
-      const x = { method: init.method ?? 'GET', url: String(u), at: Date.now() };
-      window.exchanges.push(x);
-      const r = await fetch0(u, init);
-      x.status = r.status;
-      x.location = r.headers.get('location');
-      return r;
-    };
-    const canvas = document.createElement('canvas');
-    canvas.width = width;
-    canvas.height = height;
-    document.body.append(canvas);
-    const ctx = canvas.getContext('2d');
-    let n = 0;
-    const draw = () => {
-      ctx.fillStyle = `rgb(${picture.left})`;
-      ctx.fillRect(0, 0, width / 2, height);
-      ctx.fillStyle = `rgb(${picture.right})`;
-      ctx.fillRect(width / 2, 0, width / 2, height);
-      ctx.fillStyle = '#fff';
-      ctx.fillRect((n * 4) % width, height - 16, 16, 16);
-      n++;
-    };
-    draw();
-    window.drawTimer = setInterval(draw, 33);
-    const stream = canvas.captureStream(30);
-    const audio = new AudioContext();
-    const osc = audio.createOscillator();
-    osc.frequency.value = 440;
-    const dest = audio.createMediaStreamDestination();
-    osc.connect(dest);
-    osc.start();
-    stream.addTrack(dest.stream.getAudioTracks()[0]);
-
+  const result = await page.evaluate(async ({ url, token, width, height, origin }) => {
+    const { WHIPClient } = await import(`${origin}/whip.js`);
+    window.exchanges = (await import(`${origin}/exchanges.js`)).recordExchanges();
+    const { pictureStream } = await import(`${origin}/picture.js`);
+    const stream = pictureStream(width, height);
     const pc = new RTCPeerConnection();
     for (const track of stream.getTracks()) pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
     window.pc = pc;
@@ -108,7 +137,7 @@ export async function publishWhip(context, pages, { url, token, width = 320, hei
     }
     const post = window.exchanges.find((x) => x.method === 'POST');
     return { postAt: post.at };
-  }, { url, token, width, height, picture: { left: PICTURE.left.join(','), right: PICTURE.right.join(',') }, lib: `${pages.origin}/whip.js` });
+  }, { url, token, width, height, origin: pages.origin });
   if (result.error) {
     await page.close();
     throw new Error(result.error);
