@@ -1,8 +1,11 @@
 //! Shared harness for the integration tests: a private Mosquitto broker on a free loopback port,
 //! a real spyglass daemon process, an MQTT client for the test itself, and the in-process
 //! headless viewer. Everything binds to 127.0.0.1; processes are ended by PID on drop.
+//! `netlab` builds namespace networks (NAT, TURN, shaped links) for the field tests.
 
 #![allow(dead_code)]
+
+pub mod netlab;
 
 use std::io::Read;
 use std::net::TcpListener;
