@@ -170,8 +170,8 @@ export class Spyglass {
   }
 }
 
-/** Headless Chromium from Debian with a fresh profile; `extraArgs` are added to its flags. */
-export async function launchBrowser({ extraArgs = [] } = {}) {
+/** Headless Chromium from Debian with a fresh profile. */
+export async function launchBrowser() {
   const profile = mkdtempSync(join(tmpdir(), 'spyglass-web-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
@@ -183,7 +183,6 @@ export async function launchBrowser({ extraArgs = [] } = {}) {
       // Loopback ICE candidates, so media stays on 127.0.0.1.
       '--allow-loopback-in-peer-connection',
       '--autoplay-policy=no-user-gesture-required',
-      ...extraArgs,
     ],
   });
   return {
