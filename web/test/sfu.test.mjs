@@ -72,6 +72,21 @@ test('Chromium publishes over WHIP into Janus; two Chromium subscribers decode i
   assert.ok(session.trickled + session.dropped.length > 0, 'the PATCH bodies carried candidates');
   assert.ok(session.dropped.every((c) => !/ 127\.0\.0\.1 /.test(c)), `dropped: ${session.dropped}`);
 
+  // PATCH rules on the live session: ICE restarts are refused (422), a stale ETag is 412, a wrong
+  // content type 415, the token is checked; none of them disturbs the session.
+  const resource = new URL(post.location, whip.origin).href;
+  const patch = (headers, body = 'a=end-of-candidates\r\n') => fetch(resource, {
+    method: 'PATCH', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/trickle-ice-sdpfrag', ...headers }, body,
+  }).then((r) => r.status);
+  assert.equal(await patch({ 'if-match': '*' }, 'a=ice-ufrag:new1\r\na=ice-pwd:newnewnewnewnewnewnewnew\r\n'), 422);
+  assert.equal(await patch({ 'if-match': '"0000000000000000"' }), 412);
+  assert.equal(await patch({ 'content-type': 'text/plain' }), 415);
+  assert.equal(await patch({ authorization: 'Bearer nope' }), 401);
+  assert.equal(await patch({ 'if-match': session.etag }), 204);
+  assert.equal(await publisher.connectionState(), 'connected');
+  const again = await subscribers[0].stats();
+  await until('frames still decoded', async () => (await subscribers[0].stats()).framesDecoded > again.framesDecoded);
+
   // DELETE ends the publication: the session is gone and Janus no longer lists the feed.
   await publisher.stop();
   assert.equal(whip.sessions.size, 0);
