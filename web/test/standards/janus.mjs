@@ -199,15 +199,26 @@ export class JanusSession extends EventEmitter {
     return json;
   }
 
-  /** The long-poll loop: each event goes to the waiter of its transaction or to its handle. */
+  /**
+   * The long-poll loop: each event goes to the waiter of its transaction or to its handle. It
+   * ends when the session is destroyed, or when Janus stays unreachable for 2 s (stopped), so a
+   * test that failed before destroying a session does not keep node running.
+   */
   async poll() {
+    let failures = 0;
     while (!this.closed) {
       let events;
       try {
         const r = await fetch(`${this.url}?maxev=10&rid=${Date.now()}`, { signal: this.abort.signal });
         events = await r.json();
+        failures = 0;
       } catch {
         if (this.closed) return;
+        if (++failures > 20) {
+          this.closed = true;
+          this.emit('gone');
+          return;
+        }
         await sleep(100);
         continue;
       }
