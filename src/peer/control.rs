@@ -21,8 +21,8 @@ use tracing::debug;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::PeerConnection;
 
-use crate::hub::Hub;
 use crate::rate::TokenBucket;
+use crate::video::hub::Hub;
 use crate::video::snapshot;
 
 /// The label of the channel this module serves; channels with other labels are ignored.
