@@ -16,7 +16,7 @@ use bytes::Bytes;
 use rtc::rtp::codec::h264::H264Payloader;
 use rtc::rtp::packetizer::Payloader;
 
-use crate::encode::EncodedFrame;
+use crate::video::encode::EncodedFrame;
 
 /// RTP packets are at most this many bytes before SRTP and header extensions (webrtc's own
 /// `TrackLocalStaticSample` uses the same).
