@@ -144,3 +144,76 @@ impl Interceptor for LinkPacer {
         self.inner.unbind_remote_stream(info);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::interceptor::AttributedPacket;
+    use rtc::shared::TransportContext;
+    use std::time::Duration;
+
+    fn tagged(now: Instant, packet: Packet) -> TaggedPacket {
+        TaggedPacket {
+            now,
+            transport: TransportContext::default(),
+            message: AttributedPacket::new(packet),
+        }
+    }
+
+    fn rtp(seq: u16) -> Packet {
+        Packet::Rtp(rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                sequence_number: seq,
+                ..Default::default()
+            },
+            payload: bytes::Bytes::from(vec![0; 1238]),
+        })
+    }
+
+    #[test]
+    fn paces_at_a_multiple_of_the_estimate_and_publishes_its_backlog() {
+        let link = Arc::new(Link::new(1_000_000));
+        let mut pacer = LinkPacer::new(Arc::clone(&link), 1_000_000.0);
+        let t0 = Instant::now();
+        // 100 packets of 1250 bytes: 1 Mbit.
+        for seq in 0..100 {
+            pacer.handle_write(tagged(t0, rtp(seq))).unwrap();
+        }
+        // 1 Mbit at 2.5 Mbit/s.
+        let backlog = link.pacer_backlog();
+        assert!(
+            (Duration::from_millis(390)..=Duration::from_millis(410)).contains(&backlog),
+            "{backlog:?}"
+        );
+        // The estimate falls to 400 kbit/s: the pacer now releases 1 Mbit/s.
+        let mut feedback = tagged(t0, Packet::Rtcp(vec![]));
+        feedback.message.add(Attribute::TargetBitrateChanged {
+            bits_per_second: 400_000.0,
+        });
+        pacer.handle_read(feedback).unwrap();
+        assert_eq!(pacer.inner.pacer().target_bitrate(), 1_000_000.0);
+        let backlog = link.pacer_backlog();
+        assert!(
+            (Duration::from_millis(990)..=Duration::from_millis(1010)).contains(&backlog),
+            "{backlog:?}"
+        );
+        // Half a second later about half has gone out, and the backlog says so.
+        let mut sent = 0;
+        let mut at = t0;
+        while at < t0 + Duration::from_millis(500) {
+            at += Duration::from_millis(5);
+            pacer.handle_timeout(at).unwrap();
+            while let Some(p) = pacer.poll_write() {
+                assert!(matches!(p.message.packet, Packet::Rtp(_)));
+                sent += 1;
+            }
+        }
+        assert!((45..=56).contains(&sent), "{sent} packets in 500 ms");
+        let left = link.pacer_backlog();
+        assert!(
+            (Duration::from_millis(440)..=Duration::from_millis(560)).contains(&left),
+            "{left:?}"
+        );
+    }
+}

@@ -387,3 +387,245 @@ impl Interceptor for Retransmitter {
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_remote_stream(&mut self, _info: &StreamInfo) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::interceptor::RTCPFeedback;
+    use rtc::rtcp::transport_feedbacks::transport_layer_nack::NackPair;
+
+    const SSRC: u32 = 0x1111;
+    const RTX_SSRC: u32 = 0x2222;
+
+    fn responder(estimate_bps: u64, rtx: bool) -> (Retransmitter, Arc<Link>) {
+        let link = Arc::new(Link::new(estimate_bps));
+        let mut r = Retransmitter::new(Arc::clone(&link));
+        r.bind_local_stream(&StreamInfo {
+            ssrc: SSRC,
+            ssrc_rtx: rtx.then_some(RTX_SSRC),
+            payload_type: 108,
+            payload_type_rtx: rtx.then_some(109),
+            mime_type: "video/H264".into(),
+            rtcp_feedback: vec![RTCPFeedback {
+                typ: "nack".into(),
+                parameter: String::new(),
+            }],
+            ..Default::default()
+        });
+        (r, link)
+    }
+
+    fn tagged(now: Instant, packet: Packet) -> TaggedPacket {
+        TaggedPacket {
+            now,
+            transport: TransportContext::default(),
+            message: AttributedPacket::new(packet),
+        }
+    }
+
+    /// Send packets `seqs` at `at`, each with a 1000-byte payload (an ordinary slice).
+    fn send(r: &mut Retransmitter, at: Instant, seqs: std::ops::Range<u16>) {
+        for seq in seqs {
+            let packet = rtc::rtp::Packet {
+                header: rtc::rtp::header::Header {
+                    version: 2,
+                    ssrc: SSRC,
+                    payload_type: 108,
+                    sequence_number: seq,
+                    timestamp: 90 * u32::from(seq),
+                    ..Default::default()
+                },
+                payload: bytes::Bytes::from(vec![0x41; 1000]),
+            };
+            r.handle_write(tagged(at, Packet::Rtp(packet))).unwrap();
+        }
+        while r.poll_write().is_some() {}
+    }
+
+    fn send_keyframe(r: &mut Retransmitter, at: Instant, seq: u16) {
+        let packet = rtc::rtp::Packet {
+            header: rtc::rtp::header::Header {
+                version: 2,
+                ssrc: SSRC,
+                sequence_number: seq,
+                ..Default::default()
+            },
+            // STAP-A opening with an SPS.
+            payload: bytes::Bytes::from_static(&[24, 0, 4, 0x67, 0x42, 0xc0, 0x1f]),
+        };
+        r.handle_write(tagged(at, Packet::Rtp(packet))).unwrap();
+        while r.poll_write().is_some() {}
+    }
+
+    /// The viewer NACKs `seqs` at `at`; the retransmissions that come out.
+    fn nack(r: &mut Retransmitter, at: Instant, seqs: &[u16]) -> Vec<rtc::rtp::Packet> {
+        let nacks = seqs
+            .iter()
+            .map(|&packet_id| NackPair {
+                packet_id,
+                lost_packets: 0,
+            })
+            .collect();
+        let feedback = TransportLayerNack {
+            sender_ssrc: 1,
+            media_ssrc: SSRC,
+            nacks,
+        };
+        r.handle_read(tagged(at, Packet::Rtcp(vec![Box::new(feedback)])))
+            .unwrap();
+        while r.poll_read().is_some() {}
+        let mut out = Vec::new();
+        while let Some(p) = r.poll_write() {
+            assert!(p.message.has(&Attribute::Retransmission));
+            match p.message.packet {
+                Packet::Rtp(p) => out.push(p),
+                _ => panic!("a retransmission is RTP"),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_packet_is_resent_once_per_round_trip_and_at_most_max_resends_times() {
+        let (mut r, link) = responder(2_000_000, false);
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        send(&mut r, t0, 0..10);
+        assert_eq!(nack(&mut r, ms(50), &[3]).len(), 1);
+        // Asked again before a round trip (100 ms until measured): not resent.
+        assert!(nack(&mut r, ms(100), &[3]).is_empty());
+        assert_eq!(link.refused_too_soon.load(Ordering::Relaxed), 1);
+        assert_eq!(nack(&mut r, ms(160), &[3]).len(), 1);
+        assert_eq!(nack(&mut r, ms(270), &[3]).len(), 1);
+        // MAX_RESENDS reached: the loss cannot be repaired this way.
+        assert!(nack(&mut r, ms(380), &[3]).is_empty());
+        assert_eq!(link.refused_over_count.load(Ordering::Relaxed), 1);
+        assert_eq!(link.unrepairable.load(Ordering::Relaxed), 1);
+        assert_eq!(link.retransmitted_packets.load(Ordering::Relaxed), 3);
+        // A plain retransmission is the packet as it was.
+        let again = nack(&mut r, ms(400), &[4]);
+        assert_eq!(
+            (again[0].header.ssrc, again[0].header.sequence_number),
+            (SSRC, 4)
+        );
+    }
+
+    #[test]
+    fn retransmissions_never_take_more_than_their_share_of_the_estimate() {
+        // 200 kbit/s: the share is 50 kbit/s, 6250 bytes/s; the budget holds at most
+        // max(250 ms of it, 3600 bytes) = 3600 bytes.
+        let (mut r, link) = responder(200_000, false);
+        let t0 = Instant::now();
+        send(&mut r, t0, 0..400);
+        let mut resent_bytes = 0;
+        // The viewer asks for everything, ten times a second, for 4 seconds.
+        for step in 0..40u64 {
+            let seqs: Vec<u16> = (0..400).collect();
+            let at = t0 + Duration::from_millis(10 + step * 100);
+            resent_bytes += nack(&mut r, at, &seqs)
+                .iter()
+                .map(|p| p.payload.len() + 12)
+                .sum::<usize>();
+        }
+        let allowed = 3600.0 + 4.0 * 200_000.0 / 8.0 * RETRANSMIT_SHARE;
+        assert!(
+            resent_bytes as f64 <= allowed,
+            "{resent_bytes} bytes resent, at most {allowed}"
+        );
+        assert!(resent_bytes > 0);
+        assert!(link.refused_over_budget.load(Ordering::Relaxed) > 0);
+        assert_eq!(
+            link.retransmitted_bytes.load(Ordering::Relaxed),
+            resent_bytes as u64
+        );
+    }
+
+    #[test]
+    fn old_packets_and_packets_before_a_keyframe_are_not_resent() {
+        let (mut r, link) = responder(2_000_000, false);
+        let t0 = Instant::now();
+        send(&mut r, t0, 0..10);
+        // Older than MAX_AGE: unrepairable.
+        assert!(nack(&mut r, t0 + MAX_AGE + Duration::from_millis(1), &[2]).is_empty());
+        assert_eq!(link.refused_too_old.load(Ordering::Relaxed), 1);
+        assert_eq!(link.unrepairable.load(Ordering::Relaxed), 1);
+        // A packet we never kept (or long gone from the history): unrepairable.
+        assert!(nack(&mut r, t0, &[5000]).is_empty());
+        assert_eq!(link.unrepairable.load(Ordering::Relaxed), 2);
+        // Before the newest keyframe: the viewer can start again from it.
+        let t1 = t0 + Duration::from_millis(10);
+        send_keyframe(&mut r, t1, 10);
+        send(&mut r, t1, 11..14);
+        assert!(nack(&mut r, t1, &[9]).is_empty());
+        assert_eq!(link.refused_too_old.load(Ordering::Relaxed), 2);
+        assert_eq!(link.unrepairable.load(Ordering::Relaxed), 2);
+        assert_eq!(nack(&mut r, t1, &[10, 12]).len(), 2);
+    }
+
+    #[test]
+    fn with_rtx_a_repair_goes_on_its_own_ssrc_with_the_original_sequence_number() {
+        let (mut r, link) = responder(2_000_000, true);
+        assert_eq!(link.video_payload_type(), Some(108));
+        assert_eq!(link.rtx_payload_type(), Some(109));
+        let t0 = Instant::now();
+        send(&mut r, t0, 700..705);
+        let out = nack(&mut r, t0, &[701, 703]);
+        assert_eq!(out.len(), 2);
+        for (packet, original) in out.iter().zip([701u16, 703]) {
+            assert_eq!(
+                (packet.header.ssrc, packet.header.payload_type),
+                (RTX_SSRC, 109)
+            );
+            assert_eq!(&packet.payload[..2], &original.to_be_bytes());
+            assert_eq!(packet.payload.len(), 1002);
+            assert_eq!(packet.header.timestamp, 90 * u32::from(original));
+        }
+        assert_eq!(
+            out[1].header.sequence_number,
+            out[0].header.sequence_number.wrapping_add(1)
+        );
+    }
+
+    #[test]
+    fn the_round_trip_comes_from_sender_and_reception_reports() {
+        let (mut r, link) = responder(2_000_000, false);
+        let t0 = Instant::now();
+        let sr = SenderReport {
+            ssrc: SSRC,
+            ntp_time: 0x0001_2345_6789_0000,
+            ..Default::default()
+        };
+        r.handle_write(tagged(t0, Packet::Rtcp(vec![Box::new(sr)])))
+            .unwrap();
+        while r.poll_write().is_some() {}
+        // The viewer held the report for 0.5 s (32768/65536) and answers 580 ms after it left.
+        let rr = ReceiverReport {
+            ssrc: 1,
+            reports: vec![ReceptionReport {
+                ssrc: SSRC,
+                last_sender_report: 0x2345_6789,
+                delay: 32768,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        r.handle_read(tagged(
+            t0 + Duration::from_millis(580),
+            Packet::Rtcp(vec![Box::new(rr)]),
+        ))
+        .unwrap();
+        assert_eq!(link.rtt(), Some(Duration::from_millis(80)));
+    }
+
+    #[test]
+    fn keyframe_starts_are_recognised() {
+        assert!(starts_keyframe(&[0x65, 0x88]));
+        assert!(starts_keyframe(&[0x67, 0x42]));
+        assert!(starts_keyframe(&[24, 0, 4, 0x67]));
+        assert!(starts_keyframe(&[28, 0x85]));
+        assert!(!starts_keyframe(&[28, 0x05]), "a middle fragment");
+        assert!(!starts_keyframe(&[28, 0x81]), "a P slice");
+        assert!(!starts_keyframe(&[0x41]));
+        assert!(!starts_keyframe(&[]));
+    }
+}
