@@ -66,6 +66,13 @@ demo: release
 bench: release
 	python3 bench/run.py --bin $(TARGET_DIR)/release/spyglass --out $(TARGET_DIR)/bench.md
 
+# Figures on impaired links (issue 15): headless Chromium viewers in netlab namespaces behind
+# shaped links (loss, jitter, caps, a cut, a shared uplink) and the daemon's CPU with 10 viewers
+# against 1. A table on stdout and in $(TARGET_DIR)/ratebench.md. Needs root. ~12 minutes.
+.PHONY: netbench
+netbench: release
+	cd web && SPYGLASS_BIN="$(TARGET_DIR)/release/spyglass" node test/ratebench.mjs --out $(TARGET_DIR)/ratebench.md
+
 clean:
 	$(CARGO) clean
 
