@@ -77,7 +77,7 @@ export async function openViewer(lab, host, device) {
   const errors = [];
   page.on('pageerror', (e) => errors.push(String(e)));
   const url = `http://page.netlab/index.html?broker=${encodeURIComponent(lab.info.broker.ws_url)}` +
-    `&id=${encodeURIComponent(device.id)}&stats=1`;
+    `&id=${encodeURIComponent(device.id)}`;
   await page.goto(url);
   try {
     await until(`${host}: playing`, async () => (await page.evaluate(() => window.spyglass.state)) === 'live', 40000);
