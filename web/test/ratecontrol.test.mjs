@@ -132,6 +132,19 @@ test('on a shared 3 Mbit/s uplink a clean viewer keeps every layer beside a loss
     assert.ok(badStats.some((d) => d && d.layer < layers - 1), 'the lossy viewer is sent fewer layers');
     assert.ok(ca.fps > 1.5 * ba.fps, `clean ${ca.fps} fps against lossy ${ba.fps} fps`);
     assert.ok(ba.fps > 0, 'the lossy viewer keeps decoding');
+
+    // The stats overlay says so, with the device's figures for each viewer.
+    for (const [viewer, wanted] of [[clean, /layers +receiving 3 of 3\n/], [bad, /layers +receiving [12] of 3 \(fewer frames/]]) {
+      await viewer.page.keyboard.press('s');
+      const text = await until('the overlay with the link figures', async () => {
+        const t = await viewer.page.locator('#stats').textContent();
+        return /estimate \d+ kbit\/s/.test(t) ? t : null;
+      });
+      t.diagnostic(`${viewer.host} overlay:\n${text}`);
+      assert.match(text, wanted);
+      assert.match(text, /freezes +\d+ \(\d+\.\d s\)/);
+      assert.match(text, /encoder +\d+ kbit\/s shared target/);
+    }
   });
 });
 
