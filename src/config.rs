@@ -2877,6 +2877,231 @@ mod tests {
         }
     }
 
+    // --- every error text, as the user reads it (pinned before the module was reshaped)
+
+    /// What each bad command line or config file says, whole: flags (clap's rendering), config
+    /// file keys (wrong type and bad value), and the checks across options. `<DIR>` stands for
+    /// the scratch directory.
+    #[test]
+    fn error_texts_are_pinned() {
+        let scratch = Scratch::new();
+        let dir = scratch.0.to_str().unwrap().to_owned();
+        let (cert, key) = pem_pair(&scratch);
+        let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+        let empty = scratch.file("empty.pw", "\n");
+        let empty = empty.to_str().unwrap();
+        let missing = format!("{dir}/nope");
+        let mut out = String::new();
+        let mut record = |what: String, result: Result<Command, ConfigError>| {
+            let text = match result {
+                Ok(command) => format!("accepted: {command:?}"),
+                Err(e) => e.to_string(),
+            };
+            let text = format!("{what}\n=> {}\n", text.trim_end());
+            out += &text.replace(&dir, "<DIR>");
+        };
+        fn argv(args: &[&str]) -> Vec<String> {
+            std::iter::once("spyglass")
+                .chain(args.iter().copied())
+                .map(str::to_owned)
+                .collect()
+        }
+        let flags: &[&[&str]] = &[
+            &["--id", "cam+1"],
+            &["--id", ""],
+            &["--mqtt", "http://h"],
+            &["--mqtt", "ssl://h"],
+            &["--mqtt", "mqtts://h/x"],
+            &["--mqtt", "ws://h:8080/mqtt?x=1"],
+            &["--mqtt", "mqtt://h#f"],
+            &["--mqtt", "wss://u:p@h"],
+            &["--mqtt", "127.0.0.1:1883"],
+            &["--mqtt", "h:1883"],
+            &["--mqtt", "mqtt://"],
+            &["--mqtt", "mqtt://h:0"],
+            &["--mqtt", "mqtt://h:99999"],
+            &["--mqtt", "mqtt://h:x"],
+            &["--mqtt", "mqtt://h/topic"],
+            &["--mqtt", "mqtt://::1"],
+            &["--mqtt", "mqtt://[::1"],
+            &["--mqtt", "mqtt://[1.2.3.4]"],
+            &["--mqtt", "mqtt://[::1]x"],
+            &["--mqtt", "mqtt://h x"],
+            &["--mqtt", "mqtt://h!"],
+            &["--mqtt", "mqtt://bücher.de"],
+            &["--mqtt-username", ""],
+            &["--mqtt-password-file", ""],
+            &["--mqtt-ca", ""],
+            &["--mqtt-client-id", "has space"],
+            &["--mqtt-client-id", ""],
+            &["--video", "video0"],
+            &["--video", ""],
+            &["--size", "12x"],
+            &["--size", "1281x720"],
+            &["--size", "8x8"],
+            &["--fps", "0"],
+            &["--fps", "121"],
+            &["--fps", "abc"],
+            &["--fps", "-1"],
+            &["--bitrate", "49"],
+            &["--max-viewers", "0"],
+            &["--peer-timeout", "0"],
+            &["--max-connecting", "257"],
+            &["--http-max-connections", "2"],
+            &["--stun", "stun.lan"],
+            &["--stun", "stun:"],
+            &["--turn", "stun:t.lan"],
+            &["--rtc-bind", "eth0"],
+            &["--mdns", "maybe"],
+            &["--mdns", "true"],
+            &["--http", "8080"],
+            &["--http", "on"],
+            &["--http", "0.0.0.0:0"],
+            &["--web-broker-url", "mqtt://h:1883"],
+            &["--web-broker-url", "h:9001"],
+            &["--web-broker-url", "ws://"],
+            &["--web-broker-url", "ws://u:p@h:9001"],
+            &["--web-broker-url", "ws://h:99999"],
+            &["--web-broker-url", "ws://h:9001/?x=1"],
+            &["--web-broker-url", "ws://h /m"],
+            &["--web-broker-url", "ws://::1"],
+            &["--web-root", ""],
+            &["--log", "["],
+            &["--log", ""],
+            &["--audio", "two words"],
+            &["--audio", ""],
+            &["--frobnicate"],
+            &["--fps"],
+            &["--fps", "5", "devices"],
+            &["--turn", "turn:t.lan"],
+            &["--turn", "turn:t.lan", "--turn-username", "u"],
+            &["--web-root", &missing],
+            &["--mqtt-ca", cert],
+            &["--mqtt", "ws://b", "--mqtt-ca", cert],
+            &["--mqtt", "mqtts://b", "--mqtt-ca", &missing],
+            &["--mqtt", "mqtts://b", "--mqtt-ca", key],
+            &[
+                "--mqtt",
+                "mqtts://b",
+                "--mqtt-cert",
+                cert,
+                "--mqtt-key",
+                cert,
+            ],
+            &["--mqtt", "mqtts://b", "--mqtt-cert", cert],
+            &["--mqtt", "mqtts://b", "--mqtt-key", key],
+            &["--mqtt-username", "u", "--mqtt-password-file", &missing],
+            &["--mqtt-username", "u", "--mqtt-password-file", empty],
+            &["--mqtt-password-file", empty],
+            &["--turn-password-file", &missing],
+            &["view", "--id", "cam"],
+            &["view", "--mqtt", "mqtt://h"],
+            &["view", "--mqtt", "mqtt://h", "--id", "c", "--cid", "a/b"],
+            &["view", "--mqtt", "mqtt://h", "--id", "c", "--frames", "0"],
+            &["view", "--mqtt", "mqtt://h", "--id", "c", "--timeout", "0"],
+            &["view", "--mqtt", "mqtt://h", "--id", "c", "--mdns", "no"],
+            &["view", "--mqtt", "mqtt://h", "--id", "c", "--mqtt-ca", cert],
+            &["selftest", "--audio", "auto"],
+            &["selftest", "--expect-tone", "5"],
+            &["selftest", "--pixel-format", "RGB3"],
+            &["selftest", "--seconds", "0"],
+            &["selftest", "--video", "cam"],
+            &["selftest", "--size", "1x1"],
+        ];
+        for args in flags {
+            record(args.join(" "), load_with(argv(args), &env()));
+        }
+        for (hostname, password) in [("bad+host", None), ("h", Some("pw")), ("h", Some("\u{0}"))] {
+            let env = Env {
+                mqtt_password: password.map(Into::into),
+                hostname: hostname.into(),
+            };
+            record(
+                format!("(host name {hostname:?}, password from the environment {password:?})"),
+                load_with(argv(&[]), &env),
+            );
+        }
+        let file_cases = [
+            "foo = 1",
+            "config = \"x\"",
+            "fps = 30\nsize = 1280x720\n",
+            "fps = \"abc\"",
+            "fps = 0",
+            "fps = 2.5",
+            "fps = -1",
+            "fps = 1979-05-27",
+            "fps = [30]",
+            "bitrate = 10",
+            "max-viewers = 0",
+            "peer-timeout = true",
+            "max-connecting = {}",
+            "http-max-connections = \"x\"",
+            "size = \"12x\"",
+            "size = 1280",
+            "id = \"a+b\"",
+            "id = 5",
+            "mqtt = \"tls://h\"",
+            "mqtt = \"h:1883\"",
+            "[mqtt]\nhost = \"h\"",
+            "mqtt-username = \"\"",
+            "mqtt-username = 1",
+            "mqtt-password-file = 1",
+            "mqtt-ca = 1",
+            "mqtt-cert = \"\"",
+            "mqtt-key = []",
+            "mqtt-client-id = \"a b\"",
+            "mqtt-client-id = 7",
+            "video = \"cam\"",
+            "video = 0",
+            "stun = [\"stun:a\", \"b\"]",
+            "stun = [1]",
+            "stun = 1",
+            "turn = [\"stun:a\"]",
+            "turn-username = []",
+            "turn-password-file = \"\"",
+            "rtc-bind = [\"localhost\"]",
+            "rtc-bind = \"1.2.3\"",
+            "rtc-bind = 5",
+            "mdns = \"maybe\"",
+            "mdns = 1",
+            "http = 8080",
+            "http = \"nowhere\"",
+            "web-broker-url = \"http://h\"",
+            "web-broker-url = 1",
+            "web-root = []",
+            "log = \"[\"",
+            "log = 1",
+            "audio = \"\"",
+            "audio = 1",
+            "mqtt = \"mqtt://b\"\nmqtt-ca = \"CERT\"",
+            "mqtt = \"mqtts://b\"\nmqtt-ca = \"KEY\"",
+            "mqtt = \"mqtts://b\"\nmqtt-cert = \"CERT\"",
+            "turn = \"turn:t\"",
+        ];
+        for (n, text) in file_cases.iter().enumerate() {
+            let text = text.replace("CERT", cert).replace("KEY", key);
+            let path = scratch.file(&format!("{n}.toml"), &text);
+            record(
+                format!("file: {}", text.replace(&dir, "<DIR>").replace('\n', "\\n")),
+                load_with(argv(&["--config", path.to_str().unwrap()]), &env()),
+            );
+        }
+        record(
+            "--config <DIR>/nope".into(),
+            load_with(argv(&["--config", &missing]), &env()),
+        );
+        let want = include_str!("../tests/data/config-errors.txt");
+        if out != want {
+            let actual =
+                std::env::temp_dir().join(format!("config-errors.{}.txt", std::process::id()));
+            std::fs::write(&actual, &out).unwrap();
+            panic!(
+                "error texts changed: compare tests/data/config-errors.txt with {}",
+                actual.display()
+            );
+        }
+    }
+
     // --- the packaged default config file
 
     #[test]
