@@ -237,7 +237,7 @@ fn peer_settings(cfg: &DaemonConfig) -> PeerSettings {
         ice_servers.push(RTCIceServer {
             urls: cfg.turn.clone(),
             username: cfg.turn_username.clone().unwrap_or_default(),
-            credential: cfg.turn_password.clone().unwrap_or_default(),
+            credential: cfg.turn_password.as_deref().unwrap_or_default().to_owned(),
         });
     }
     PeerSettings {

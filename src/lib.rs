@@ -12,6 +12,7 @@ pub mod pattern;
 pub mod peer;
 pub mod pipeline;
 pub mod rate;
+pub mod secret;
 pub mod selftest;
 pub mod service;
 pub mod signaling;
