@@ -29,7 +29,7 @@ OPTIONS
 
 The guest command runs as /test/run under busybox sh with /test on PATH; its standard input
 is the host's `send` channel (`read -r line` waits for the host). Helpers in /test:
-`export FILE [NAME]` copies a file out through the console (the result's `files`),
+`copy-out FILE [NAME]` copies a file out through the console (the result's `files`),
 `feed-h264 DEVICE DIR FPS WIDTH HEIGHT` writes DIR/*.h264 access units to a v4l2loopback
 output device, one write per access unit, FPS a second, in a loop (README.md).
 
