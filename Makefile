@@ -125,15 +125,18 @@ deb-test: deb
 	tests/deb.sh $(TARGET_DIR)/deb $$(ls $(TARGET_DIR)/deb-upgrade/*.deb)
 
 # The emulated checks, part of `make test`: the ARM binaries under qemu-user, and an x86-64
-# board under qemu-system with real kernel camera and sound drivers.
+# board under qemu-system with real kernel camera, sound, loopback and M2M drivers and a network.
 test-emulated: test-qemu-user test-vm
 
 test-qemu-user: cross
 	tests/qemu-user.sh $(foreach t,$(CROSS_TRIPLES),$(TARGET_DIR)/$(t)/release/spyglass)
 
-test-vm: deps-emulated
+# The board (tests/vm/README.md): selftests on its drivers, then the daemon in it streaming over a
+# namespace network to `spyglass view` and Chromium. (tests/board.rs runs with the cargo tests.)
+test-vm: deps-emulated web
 	$(CARGO) build --bin spyglass
 	tests/vm/run.sh $(TARGET_DIR)/debug/spyglass
+	cd web && SPYGLASS_BIN="$(TARGET_DIR)/debug/spyglass" node --test test/vm/*.test.mjs
 
 test: test-emulated
 

@@ -103,7 +103,12 @@ fn loopback_h264_reads_back_intact_and_the_m2m_drivers_process_buffers() {
     // buffer's bytesused to sizeimage, so a reader's first buffer holds its access unit followed
     // by stale bytes (tests/vm/README.md).
     let frames = hdr_frames(&run.file("back.hdr")).unwrap();
-    assert_eq!(frames.len(), READ_FRAMES, "{}", run.section("loopback read"));
+    assert_eq!(
+        frames.len(),
+        READ_FRAMES,
+        "{}",
+        run.section("loopback read")
+    );
     assert!(
         clip.iter().any(|au| frames[0].starts_with(au)),
         "the first buffer does not start with an access unit of the clip"
@@ -111,9 +116,9 @@ fn loopback_h264_reads_back_intact_and_the_m2m_drivers_process_buffers() {
     let positions: Vec<usize> = frames[1..]
         .iter()
         .map(|f| {
-            clip.iter()
-                .position(|au| au == f)
-                .unwrap_or_else(|| panic!("a frame of {} bytes is no access unit of the clip", f.len()))
+            clip.iter().position(|au| au == f).unwrap_or_else(|| {
+                panic!("a frame of {} bytes is no access unit of the clip", f.len())
+            })
         })
         .collect();
     for pair in positions.windows(2) {
@@ -128,12 +133,16 @@ fn loopback_h264_reads_back_intact_and_the_m2m_drivers_process_buffers() {
         .iter()
         .filter(|f| nal_units(f).iter().any(|n| n.0 == 5))
         .collect();
-    assert!(idrs.len() >= 2, "{} IDR frames in {READ_FRAMES}", idrs.len());
+    assert!(
+        idrs.len() >= 2,
+        "{} IDR frames in {READ_FRAMES}",
+        idrs.len()
+    );
     for idr in idrs {
         let nals = nal_units(idr);
         assert!(nals.iter().any(|n| n.0 == 8), "IDR without PPS");
         assert!(
-            nals.iter().any(|n| *n == (7, Some(100))),
+            nals.contains(&(7, Some(100))),
             "IDR without a High-profile SPS: {nals:?}"
         );
     }
@@ -161,14 +170,23 @@ fn loopback_h264_reads_back_intact_and_the_m2m_drivers_process_buffers() {
         .collect();
     assert_eq!(first.len(), 4, "{stream}");
     assert!(first[0] > 120 && first[2] > 120, "luma {first:?}");
-    assert!(first[1].abs_diff(128) < 16 && first[3].abs_diff(128) < 16, "chroma {first:?}");
+    assert!(
+        first[1].abs_diff(128) < 16 && first[3].abs_diff(128) < 16,
+        "chroma {first:?}"
+    );
 
     // vicodec's stateful encoder: raw frames in (YU12 among 28 formats; 640x360 at least, it
     // clamps smaller sizes), FWHT out (vicodec's own codec, not H.264). Each compressed frame opens with its header: magic 'OOOO', 0xffffffff,
     // then big-endian version, width, height, ..., and the payload size at byte 40.
-    assert!(run.section("encoder info").contains("Video Memory-to-Memory"));
+    assert!(
+        run.section("encoder info")
+            .contains("Video Memory-to-Memory")
+    );
     let caps = run.section("encoder capture formats");
-    assert!(caps.contains("'FWHT'") && !caps.contains("'H264'"), "{caps}");
+    assert!(
+        caps.contains("'FWHT'") && !caps.contains("'H264'"),
+        "{caps}"
+    );
     assert!(run.section("encoder output formats").contains("'YU12'"));
     assert!(run.section("encoder stream").contains("rc 0"));
     let fwht = run.file("enc.fwht");
@@ -177,7 +195,11 @@ fn loopback_h264_reads_back_intact_and_the_m2m_drivers_process_buffers() {
     let mut count = 0;
     while pos < fwht.len() {
         assert!(pos + 44 <= fwht.len(), "truncated FWHT header at {pos}");
-        assert_eq!(&fwht[pos..pos + 8], b"OOOO\xff\xff\xff\xff", "FWHT magic at {pos}");
+        assert_eq!(
+            &fwht[pos..pos + 8],
+            b"OOOO\xff\xff\xff\xff",
+            "FWHT magic at {pos}"
+        );
         assert_eq!((be(pos + 12), be(pos + 16)), (640, 480), "FWHT size");
         pos += 44 + be(pos + 40);
         count += 1;

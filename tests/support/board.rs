@@ -100,7 +100,8 @@ impl BoardSpec {
 
     /// A program of this machine, found on PATH, as /test/NAME (with its libraries).
     pub fn with_program(mut self, name: &str) -> Self {
-        let path = which(name).unwrap_or_else(|| panic!("{name} not found: run make deps-emulated"));
+        let path =
+            which(name).unwrap_or_else(|| panic!("{name} not found: run make deps-emulated"));
         self.files.push((path, format!("/test/{name}")));
         self
     }
@@ -371,10 +372,32 @@ pub fn h264_clip(
     std::fs::create_dir_all(&units).unwrap();
     let clip = dir.join("clip.h264");
     let status = Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+        ])
         .arg(format!("testsrc2=size={width}x{height}:rate={fps}"))
-        .args(["-frames:v", &frames.to_string(), "-c:v", "libx264", "-preset", "veryfast"])
-        .args(["-tune", "zerolatency", "-profile:v", profile, "-pix_fmt", "yuv420p"])
+        .args([
+            "-frames:v",
+            &frames.to_string(),
+            "-c:v",
+            "libx264",
+            "-preset",
+            "veryfast",
+        ])
+        .args([
+            "-tune",
+            "zerolatency",
+            "-profile:v",
+            profile,
+            "-pix_fmt",
+            "yuv420p",
+        ])
         .args(["-g", &keyint.to_string(), "-bf", "0"])
         .args(["-x264-params", "repeat-headers=1", "-f", "h264"])
         .arg(&clip)
@@ -389,7 +412,11 @@ pub fn h264_clip(
         .arg(units.join("%04d.h264"))
         .status()
         .expect("ffmpeg");
-    assert!(status.success(), "ffmpeg could not split {}", clip.display());
+    assert!(
+        status.success(),
+        "ffmpeg could not split {}",
+        clip.display()
+    );
     units
 }
 

@@ -145,7 +145,7 @@ def uncompressed_kernel(path, kv):
         raise BoardError(f'{path}: no xz or gzip kernel inside')
 
     try:
-        return cached_build('vmlinux', kv, [path, __file__], build)
+        return cached_build('vmlinux', kv, [path], build)
     except BoardError as e:
         log(f'{e}: booting the compressed kernel')
         return path

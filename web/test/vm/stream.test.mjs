@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { Netlab } from '../netlab.mjs';
 import { Board, lanPlace } from '../board.mjs';
 import { execFileSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { distDir, screenshotDir, spyglassBin, until, videoStats } from '../harness.mjs';
 
@@ -140,6 +141,12 @@ test('the board streams vivid to spyglass view and to Chromium over a real netwo
     const result = board.wait(120);
     assert.equal(result.exit, 0, `daemon in the guest:\n${result.console.slice(-4000)}`);
     assert.match(result.console, /=== daemon exit 0/);
+    // Nothing of the board is left: its QEMU, its files (the tap goes with them).
+    const { qemu } = JSON.parse(readFileSync(join(board.info.state_dir, 'pids.json'), 'utf8'));
+    board.down();
+    assert.ok(!existsSync(board.info.state_dir), board.info.state_dir);
+    assert.ok(!existsSync(`/proc/${qemu}/cmdline`) || !readFileSync(`/proc/${qemu}/cmdline`, 'utf8').includes('qemu'),
+      `QEMU (pid ${qemu}) outlived its board`);
     console.log(`times: netlab+boot ${((bootedAt - started) / 1000).toFixed(1)} s, view ${((viewedAt - bootedAt) / 1000).toFixed(1)} s, ` +
       `Chromium ${((playedAt - viewedAt) / 1000).toFixed(1)} s, stop ${((Date.now() - playedAt) / 1000).toFixed(1)} s, ` +
       `guest total ${result.total_s} s`);
