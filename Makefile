@@ -144,6 +144,20 @@ test: test-emulated
 hil: release
 	tests/hil.sh $(TARGET_DIR)/release/spyglass
 
+# --- Dependency audit (issue 12), not part of `make test` ---
+.PHONY: audit
+
+# RustSec advisories for every crate in Cargo.lock (cargo-deny, installed if missing). The
+# advisory database comes from github.com: where it cannot be fetched, this says so and fails.
+audit:
+	@command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny --locked
+	@out=$$($(CARGO) deny check advisories 2>&1); rc=$$?; echo "$$out"; \
+	if [ $$rc -ne 0 ] && echo "$$out" | grep -q "failed to fetch advisory database"; then \
+	  echo "make audit: the RustSec advisory database could not be fetched (no access to github.com?):"; \
+	  echo "make audit: NOTHING WAS CHECKED. Run it where github.com is reachable; docs/SECURITY.md lists the crates."; \
+	  exit 2; \
+	fi; exit $$rc
+
 # --- Long runs (issue 5), not part of `make test` ---
 .PHONY: fuzz soak deps-fuzz
 
