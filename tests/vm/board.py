@@ -349,6 +349,9 @@ def prepare(args, tag, d):
     overlay.pack(os.path.join(d, 'overlay.cpio'))
     with open(initrd, 'wb') as out:
         for part in (base, os.path.join(d, 'overlay.cpio')):
+            # The kernel takes an uncompressed archive after a compressed one only at an offset
+            # that is a multiple of 4 ("invalid magic" otherwise); it skips zeros between them.
+            out.write(b'\0' * (-out.tell() % 4))
             with open(part, 'rb') as f:
                 shutil.copyfileobj(f, out)
     shutil.rmtree(overlay.root)
