@@ -1,18 +1,28 @@
-//! The emulated board's extra kernel drivers, for the sources and encoders to come (issue 16):
-//! a v4l2loopback device that delivers H.264 (fed in the guest with libx264 access units made
-//! with rpicam-vid's settings) reads back intact through the kernel's capture queue, and the
-//! kernel's memory-to-memory test drivers (vim2m, vicodec's stateful FWHT encoder) are there and
-//! process buffers. Real drivers, real kernel (Debian's, under QEMU: tests/vm/README.md).
+//! The emulated board (tests/vm/README.md) with a network and the kernel drivers for the sources
+//! and encoders to come (issue 16), in one boot of Debian's kernel under QEMU:
+//! - a v4l2loopback device that delivers H.264 (fed in the guest with libx264 access units made
+//!   with rpicam-vid's settings) reads back intact through the kernel's capture queue;
+//! - the kernel's memory-to-memory test drivers (vim2m, vicodec's stateful FWHT encoder) are
+//!   there and process buffers;
+//! - the daemon in the guest, a host on a netlab LAN, captures from vivid and `spyglass view`
+//!   outside the guest decodes its frames over that network.
+//! (web/test/vm/stream.test.mjs has Chromium watch the board.)
 
 mod support;
 
-use support::board::{Board, BoardSpec, access_units, h264_clip, hdr_frames};
+use std::time::Duration;
+
+use support::board::{Board, BoardNet, BoardSpec, access_units, h264_clip, hdr_frames};
+use support::netlab::Netlab;
 
 const CLIP_FRAMES: usize = 30;
 const READ_FRAMES: usize = 31;
 
-/// The guest's script: feed the loopback device, read it back, then exercise the M2M drivers.
-fn guest_script() -> String {
+const VIEW_FRAMES: u64 = 30;
+
+/// The guest's script: feed the loopback device, read it back, exercise the M2M drivers, then
+/// run the daemon on vivid until the host says stop.
+fn guest_script(id: &str, broker: &str, ip: &str) -> String {
     format!(
         r#"
 feed-h264 /dev/video10 /test/au 15 320 180 &
@@ -45,7 +55,15 @@ v4l2-ctl -d "$enc" --set-fmt-video-out=width=640,height=480,pixelformat=YU12 \
   --stream-mmap --stream-out-mmap --stream-count=10 --stream-to=/tmp/enc.fwht 2>&1
 echo "rc $?"
 copy-out /tmp/enc.fwht
-echo "=== end"
+NO_COLOR=1 spyglass --id {id} --mqtt {broker} --video /dev/video0 --size 320x180 --fps 15 \
+  --rtc-bind {ip} --mdns off --http off --audio none 2>/tmp/daemon.log &
+daemon=$!
+echo "=== ready"
+read -r line
+kill -TERM $daemon; wait $daemon; status=$?
+echo "=== daemon log"; tail -n 60 /tmp/daemon.log
+echo "=== daemon exit $status"
+exit $status
 "#
     )
 }
@@ -65,29 +83,105 @@ fn nal_units(au: &[u8]) -> Vec<(u8, Option<u8>)> {
 }
 
 #[test]
-fn loopback_h264_reads_back_intact_and_the_m2m_drivers_process_buffers() {
+fn the_board_streams_to_spyglass_view_and_its_loopback_and_m2m_drivers_work() {
     let dir = support::temp_dir("board-clip");
     let units = h264_clip(&dir, (320, 180), 15, CLIP_FRAMES as u32, "high", 15);
     let clip = access_units(&units);
     assert_eq!(clip.len(), CLIP_FRAMES);
 
+    let lab = Netlab::up_with(
+        serde_json::json!({"sites": [{"name": "lan", "nat": "cone"}], "turn": false}),
+        "basic",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let net = BoardNet::on_lan(&lab, "lan", 100);
+    let broker = lab.info["broker"]["url"].as_str().unwrap().to_string();
+    let id = format!("board-{}/cam", std::process::id());
     let spec = BoardSpec {
-        run: guest_script(),
+        run: guest_script(&id, &broker, &net.ip()),
+        net: Some(net),
         ..Default::default()
     }
+    .with_spyglass()
     .with_program("v4l2-ctl")
     .with_file(&units, "/test/au")
     // 8 buffers: a reader that is a little late still gets every access unit.
     .with_module("v4l2loopback video_nr=10 card_label=h264-camera max_buffers=8")
     .with_module("vim2m")
     .with_module("vicodec");
-    let run = Board::run(&spec).unwrap_or_else(|e| panic!("{e}"));
+    let mut board = Board::up(&spec).unwrap_or_else(|e| panic!("{e}"));
     let _ = std::fs::remove_dir_all(&dir);
+    println!("board: up after {} s", board.info["ready_s"]);
+
+    // The daemon in the guest reaches the broker through the LAN's router...
+    let online = lab
+        .command("lan", "mosquitto_sub")
+        .args([
+            "-h",
+            "10.0.0.1",
+            "-t",
+            &format!("{id}/status"),
+            "-C",
+            "1",
+            "-W",
+            "60",
+        ])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&online.stdout);
+    assert!(
+        status.contains(r#""online":true"#),
+        "status {status:?}\n{}",
+        board.console()
+    );
+    // ...and `spyglass view` in the LAN's host namespace decodes its frames, at its size.
+    let view = lab
+        .command("lan", support::spyglass_bin())
+        .args([
+            "view",
+            "--mqtt",
+            &broker,
+            "--id",
+            &id,
+            "--timeout",
+            "90",
+            "--mdns",
+            "off",
+        ])
+        .args([
+            "--frames",
+            &VIEW_FRAMES.to_string(),
+            "--rtc-bind",
+            &lab.ip("lan"),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&view.stderr);
+    assert!(
+        view.status.success(),
+        "spyglass view: {stderr}\n{}",
+        board.console()
+    );
+    let report: serde_json::Value = serde_json::from_slice(&view.stdout).unwrap();
+    println!("spyglass view: {report}");
+    assert_eq!(report["frames"], VIEW_FRAMES);
+    assert_eq!(
+        (report["width"].as_u64(), report["height"].as_u64()),
+        (Some(320), Some(180))
+    );
+    assert!(report["error"].is_null(), "{report}");
+
+    board.send("stop");
+    let run = board
+        .wait(Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{e}"));
     println!(
         "board: boot {:?} s, whole run {:?} s",
         run.boot_s, run.total_s
     );
     assert_eq!(run.exit, Some(0), "guest command failed:\n{}", run.console);
+    assert!(run.console.contains("=== daemon exit 0"), "{}", run.console);
 
     // The loopback device offers H.264 on its capture side, at the writer's size.
     let formats = run.section("loopback formats");

@@ -1,8 +1,9 @@
 // The emulated board streams for real (issue 16): Debian's kernel under QEMU, with the vivid
 // camera driver, runs the spyglass daemon as a host on a netlab LAN (a tap on the LAN's bridge);
-// outside the guest, in a namespace on the same LAN, `spyglass view` decodes its frames and
-// headless Chromium opens the daemon's viewer page and plays them. The whole path: kernel V4L2 driver -> capture -> openh264 ->
-// WebRTC -> a browser's decoder. Run by `make test-vm` (tests/vm/README.md).
+// outside the guest, in a namespace on the same LAN, headless Chromium opens the daemon's viewer
+// page and plays it. The whole path: kernel V4L2 driver -> capture -> openh264 -> WebRTC -> a
+// browser's decoder. (`spyglass view` watches the board in tests/board.rs.) Run by `make
+// test-vm` (tests/vm/README.md).
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -15,7 +16,6 @@ import { distDir, screenshotDir, spyglassBin, until, videoStats } from '../harne
 
 const WIDTH = 320;
 const HEIGHT = 180;
-const VIEW_FRAMES = 45;
 
 function which(program) {
   return execFileSync('sh', ['-c', `command -v ${program}`], { encoding: 'utf8' }).trim();
@@ -59,14 +59,13 @@ const EXPECTED_BARS = [
   [1, 1, 1], [1, 1, 0], [0, 1, 1], [0, 1, 0], [1, 0, 1], [1, 0, 0], [0, 0, 1], [0, 0, 0],
 ];
 
-test('the board streams vivid to spyglass view and to Chromium over a real network', async () => {
+test('the board streams vivid to Chromium over a real network', async () => {
   const started = Date.now();
   const lab = Netlab.up({ sites: [{ name: 'lan', nat: 'cone' }], turn: false }, { check: 'basic' });
   let board;
   let browser;
   try {
     const place = lanPlace(lab, 'lan', 100);
-    const viewer = lab.host('lan');
     const id = `board-${process.pid}/cam`;
     const broker = lab.info.broker;
     board = Board.up({
@@ -99,18 +98,6 @@ test('the board streams vivid to spyglass view and to Chromium over a real netwo
     assert.equal(online.code, 0, `no status from the board: ${online.stderr}\n${board.console()}`);
     assert.equal(JSON.parse(online.stdout).online, true, online.stdout);
 
-    // spyglass view, outside the guest: every frame decoded, at the camera's size.
-    const view = await runIn(lab, 'lan', spyglassBin(), [
-      'view', '--mqtt', broker.url, '--id', id, '--frames', String(VIEW_FRAMES), '--timeout', '90',
-      '--rtc-bind', viewer.ip, '--mdns', 'off', '--json',
-    ]);
-    assert.equal(view.code, 0, `spyglass view: ${view.stderr.slice(-3000)}`);
-    const report = JSON.parse(view.stdout);
-    console.log(`spyglass view: ${report.frames} frames ${report.width}x${report.height}, ` +
-      `connected after ${report.connected_ms?.toFixed(0)} ms, first frame after ${report.first_frame_ms?.toFixed(0)} ms`);
-    assert.equal(report.frames, VIEW_FRAMES);
-    assert.deepEqual([report.width, report.height], [WIDTH, HEIGHT]);
-    assert.equal(report.error, null);
     const viewedAt = Date.now();
 
     // Chromium, outside the guest: plays it, and its decoder shows vivid's colour bars.
@@ -147,7 +134,7 @@ test('the board streams vivid to spyglass view and to Chromium over a real netwo
     assert.ok(!existsSync(board.info.state_dir), board.info.state_dir);
     assert.ok(!existsSync(`/proc/${qemu}/cmdline`) || !readFileSync(`/proc/${qemu}/cmdline`, 'utf8').includes('qemu'),
       `QEMU (pid ${qemu}) outlived its board`);
-    console.log(`times: netlab+boot ${((bootedAt - started) / 1000).toFixed(1)} s, view ${((viewedAt - bootedAt) / 1000).toFixed(1)} s, ` +
+    console.log(`times: netlab+boot ${((bootedAt - started) / 1000).toFixed(1)} s, online ${((viewedAt - bootedAt) / 1000).toFixed(1)} s, ` +
       `Chromium ${((playedAt - viewedAt) / 1000).toFixed(1)} s, stop ${((Date.now() - playedAt) / 1000).toFixed(1)} s, ` +
       `guest total ${result.total_s} s`);
   } finally {
