@@ -6,7 +6,8 @@
 //!   there and process buffers;
 //! - the daemon in the guest, a host on a netlab LAN, captures from vivid and `spyglass view`
 //!   outside the guest decodes its frames over that network.
-//! (web/test/vm/stream.test.mjs has Chromium watch the board.)
+//!
+//! web/test/vm/stream.test.mjs has Chromium watch the board.
 
 mod support;
 
