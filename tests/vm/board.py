@@ -113,7 +113,12 @@ def cached_build(what, kv, inputs, build):
         tmp = f'{path}.tmp{os.getpid()}'
         try:
             build(tmp)
-            os.rename(tmp, path)
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                # Another run built it meanwhile (a directory cannot replace a full one).
+                if not os.path.exists(path):
+                    raise
         finally:
             if os.path.isdir(tmp):
                 shutil.rmtree(tmp, ignore_errors=True)
