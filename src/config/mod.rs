@@ -41,7 +41,6 @@ use std::path::PathBuf;
 pub use args::DaemonOptions;
 pub use file::file_keys;
 pub use resolve::{Command, DaemonConfig, SelftestConfig, ViewConfig, load};
-pub use values::PictureSize;
 
 pub const DEFAULT_VIDEO: &str = crate::video::DEFAULT_SOURCE;
 pub const DEFAULT_WIDTH: u32 = 1280;
