@@ -75,7 +75,7 @@ pub struct MqttSettings {
     pub password: Option<Secret>,
     /// Retained last will: topic and payload.
     pub will: Option<(String, Vec<u8>)>,
-    /// Filters subscribed (QoS 1, No-Local) after every connect.
+    /// Filters subscribed (QoS 0, No-Local) after every connect.
     pub subscriptions: Vec<String>,
     /// TCP, TLS or WebSocket, and the TLS files.
     pub transport: MqttTransport,
