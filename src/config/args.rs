@@ -59,11 +59,6 @@ const DEFAULT_SIZE: PictureSize = PictureSize {
     args_conflicts_with_subcommands = true
 )]
 pub(super) struct Cli {
-    /// Read options from this TOML file (keys are the long option names without `--`);
-    /// options given on the command line override it.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-
     #[command(subcommand)]
     pub command: Option<Sub>,
 
@@ -87,9 +82,10 @@ pub(super) enum Sub {
     Selftest(SelftestArgs),
 }
 
-/// The daemon's options, each a flag and a config file key (the flag's long name). After
-/// [`super::load`], every field holds what the user chose: the flag, else the file's key, else
-/// the default.
+/// The daemon's options, each a flag and a config file key (the flag's long name; `--config`
+/// itself is no key). After [`super::load`], every field holds what the user chose: the flag,
+/// else the file's key, else the default. A subcommand that works from the daemon's options
+/// flattens this struct too (`resolve::daemon_config`).
 ///
 /// `pub` fields are read as they are (`cfg.max_viewers`, through [`super::DaemonConfig`]'s
 /// `Deref`); `pub(super)` fields are inputs that `resolve` turns into something else (the device
@@ -99,6 +95,12 @@ pub(super) enum Sub {
 // flag's default.
 #[serde(default, deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DaemonOptions {
+    /// Read options from this TOML file (keys are the long option names without `--`);
+    /// options given on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub(super) config: Option<PathBuf>,
+
     /// Device id used in MQTT topics ({id}/offer/{cid}, {id}/status, ...). May contain `/`;
     /// never `+` or `#`. [default: the host name]
     #[arg(long, value_name = "UID", value_parser = DeviceId::parse)]

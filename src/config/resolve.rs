@@ -159,18 +159,30 @@ where
     let parsed =
         Cli::from_arg_matches(&matches).map_err(|e| ConfigError::Usage(e.format(&mut cli)))?;
     match parsed.command {
-        None => {
-            let (options, origins) = match &parsed.config {
-                None => (parsed.daemon, Origins::default()),
-                Some(path) => merge(&cli, &mut matches, path, file::read(path)?)
-                    .map_err(|e| ConfigError::Usage(e.format(&mut cli)))?,
-            };
-            resolve_daemon(options, &origins, parsed.config, env).map(Command::Daemon)
-        }
+        None => daemon_config(&mut cli, &mut matches, parsed.daemon, env).map(Command::Daemon),
         Some(Sub::Devices) => Ok(Command::Devices),
         Some(Sub::View(args)) => resolve_view(args, env).map(Command::View),
         Some(Sub::Selftest(args)) => Ok(Command::Selftest(resolve_selftest(args))),
     }
+}
+
+/// The daemon's configuration from [`DaemonOptions`] as clap parsed them, with the config file
+/// they name. `cli` and `matches` are those of the (sub)command that flattens the options.
+fn daemon_config(
+    cli: &mut clap::Command,
+    matches: &mut ArgMatches,
+    options: DaemonOptions,
+    env: &Env,
+) -> Result<DaemonConfig, ConfigError> {
+    let (mut options, origins) = match options.config.clone() {
+        None => (options, Origins::default()),
+        Some(path) => {
+            let file = file::read(&path)?;
+            merge(cli, matches, &path, file).map_err(|e| ConfigError::Usage(e.format(cli)))?
+        }
+    };
+    let config_file = options.config.take();
+    resolve_daemon(options, &origins, config_file, env)
 }
 
 /// Which options the config file gave, to name them in errors.
