@@ -293,20 +293,19 @@ impl RateControl {
             } else {
                 layering.fits_up_since = None;
             }
-            if layer != current {
-                if layering
+            if layer != current
+                && layering
                     .logged
                     .is_none_or(|t| now.saturating_duration_since(t) >= LOG_EVERY)
-                {
-                    layering.logged = Some(now);
-                    info!(
-                        cid = %viewer.cid,
-                        estimate_kbps = (estimate / 1000.0) as u64,
-                        target_kbps = (target / 1000.0) as u64,
-                        "viewer's link carries temporal layers 0..={layer} of {}",
-                        shares.len()
-                    );
-                }
+            {
+                layering.logged = Some(now);
+                info!(
+                    cid = %viewer.cid,
+                    estimate_kbps = (estimate / 1000.0) as u64,
+                    target_kbps = (target / 1000.0) as u64,
+                    "viewer's link carries temporal layers 0..={layer} of {}",
+                    shares.len()
+                );
             }
             viewer.layer.store(layer as u8, Ordering::Relaxed);
         }
