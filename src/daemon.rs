@@ -12,9 +12,9 @@ use crate::VERSION;
 use crate::audio::hub::AudioHub;
 use crate::config::DaemonConfig;
 use crate::mqtt::{self, Mqtt, MqttEvent, MqttSettings};
+use crate::peer::bitrate::{self, BitrateRange, RateControl};
 use crate::peer::session::{self, AnswerError, SessionEvent, SessionHandle};
 use crate::peer::{PeerFactory, PeerSettings};
-use crate::rate_control::{self, BitrateRange, RateControl};
 use crate::signaling::protocol::{
     AudioStatus, ErrorCode, IceCandidateMsg, MediaState, Status, Topics, VIDEO_CODEC_H264,
     VideoStatus, offline_status_json,
@@ -263,7 +263,7 @@ fn bitrate_range(cfg: &DaemonConfig) -> BitrateRange {
 
 /// Re-evaluate the shared encoder's target from the viewers' estimates, and hand it on.
 async fn follow_rate(rate: RateControl, hub: Hub) {
-    let mut tick = tokio::time::interval(rate_control::UPDATE_EVERY);
+    let mut tick = tokio::time::interval(bitrate::UPDATE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

@@ -12,7 +12,6 @@ pub mod pattern;
 pub mod peer;
 pub mod pipeline;
 pub mod rate;
-pub mod rate_control;
 pub mod secret;
 pub mod selftest;
 pub mod service;

@@ -27,12 +27,12 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use webrtc::peer_connection::MediaEngine;
 
+use super::bitrate::BitrateRange;
 use super::estimate::LinkEstimator;
 use super::link::Link;
 use super::pacer::LinkPacer;
 use super::retransmit::Retransmitter;
 use super::rtcp::KeyframeRequestForwarder;
-use crate::rate_control::BitrateRange;
 
 /// The RTX payload type we offer for each of our H.264 payload types (`apt`).
 pub const RTX_PAYLOAD_TYPES: [(u8, u8); 2] = [(102, 103), (127, 121)];

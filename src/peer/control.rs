@@ -21,8 +21,8 @@ use tracing::debug;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::PeerConnection;
 
+use super::bitrate::{RateControl, ViewerRate};
 use crate::rate::TokenBucket;
-use crate::rate_control::{RateControl, ViewerRate};
 use crate::video::hub::Hub;
 use crate::video::snapshot;
 

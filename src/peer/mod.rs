@@ -1,8 +1,10 @@
 //! WebRTC peers: how every peer connection in spyglass is set up (codecs, interceptors, the DTLS
 //! certificate made once, bind addresses, mDNS), the device's per-viewer [`session`], and the
 //! offer checks in [`sdp`]. The device's connections run our own interceptor [`chain`]
-//! (bandwidth [`estimate`], [`pacer`], [`retransmit`]), which reports on each viewer's [`link`].
+//! (bandwidth [`estimate`], [`pacer`], [`retransmit`]), which reports on each viewer's [`link`];
+//! [`bitrate`] turns every viewer's estimate into one target for the shared encoder.
 
+pub mod bitrate;
 pub mod chain;
 pub mod control;
 pub mod estimate;
@@ -51,7 +53,7 @@ pub struct PeerSettings {
     pub mdns: bool,
     pub ice_servers: Vec<RTCIceServer>,
     /// Bitrates a device connection's bandwidth estimate starts at and stays within.
-    pub rate: crate::rate_control::BitrateRange,
+    pub rate: crate::peer::bitrate::BitrateRange,
 }
 
 #[derive(Debug, thiserror::Error)]

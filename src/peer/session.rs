@@ -43,6 +43,7 @@ use webrtc::peer_connection::{
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
 };
 
+use super::bitrate::{RateControl, ViewerRate};
 use super::control::{self, ControlContext, SessionCounters};
 use super::keyframes::{Cause, KeyframePolicy};
 use super::link::Link;
@@ -51,7 +52,6 @@ use super::sdp::{OfferVideo, offer_has_audio, offer_video};
 use super::{PeerFactory, h264_codecs, opus_codec};
 use crate::audio::CHUNK_DURATION;
 use crate::audio::hub::{AudioHub, AudioSubscription};
-use crate::rate_control::{RateControl, ViewerRate};
 use crate::signaling::SessionKey;
 use crate::video::hub::{Hub, KeyframeReason, Subscription};
 

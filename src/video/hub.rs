@@ -235,7 +235,7 @@ impl Hub {
     }
 
     /// The bitrate the shared encoder aims at from its next frame on (rate control, from the
-    /// viewers' bandwidth estimates; [`crate::rate_control`]).
+    /// viewers' bandwidth estimates; [`crate::peer::bitrate`]).
     pub fn set_target_bitrate(&self, bps: u64) {
         self.pipeline
             .media()

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use crate::peer::link::Link;
+use super::link::Link;
 
 /// Temporal layers the encoder may make, at most (L1T3).
 pub const MAX_LAYERS: usize = 3;
