@@ -119,7 +119,8 @@ impl ViewerRate {
         &self.link
     }
 
-    /// The highest temporal layer this viewer is sent (0: the base layer only).
+    /// The highest temporal layer this viewer is sent (0: the base layer only; `MAX_LAYERS - 1`
+    /// also means "every layer the encoder makes").
     pub fn layer(&self) -> u8 {
         self.layer.load(Ordering::Relaxed)
     }
@@ -186,7 +187,8 @@ impl RateControl {
             link,
             cid: cid.to_owned(),
             active: AtomicBool::new(false),
-            layer: AtomicU8::new((state.layers - 1) as u8),
+            // Everything, until its link says otherwise.
+            layer: AtomicU8::new((MAX_LAYERS - 1) as u8),
             frames_skipped: AtomicU64::new(0),
             frames_held_back: AtomicU64::new(0),
             stalls: AtomicU64::new(0),
@@ -307,7 +309,14 @@ impl RateControl {
                     shares.len()
                 );
             }
-            viewer.layer.store(layer as u8, Ordering::Relaxed);
+            // The top layer is kept as "every layer", whatever the encoder makes now (it may
+            // make more later: a new viewer sees one layer until frames have been observed).
+            let stored = if layer + 1 == shares.len() {
+                MAX_LAYERS - 1
+            } else {
+                layer
+            };
+            viewer.layer.store(stored as u8, Ordering::Relaxed);
         }
 
         let due = match state.announced {
@@ -408,6 +417,23 @@ mod tests {
         let target = rate.update(t0 + Duration::from_secs(4)).unwrap();
         assert_eq!(target, 1_800_000);
         assert_eq!(good.layer(), 2);
+    }
+
+    #[test]
+    fn a_viewer_that_joins_before_the_layers_are_known_keeps_every_frame() {
+        let rate = RateControl::new(RANGE);
+        let v = rate.join_active(link(1_000_000));
+        // One layer seen so far.
+        rate.observe(0, 0, 5000);
+        let t0 = Instant::now();
+        rate.update(t0);
+        assert!(v.wants(2));
+        // Then the encoder's three layers show.
+        for seq in 1..100u64 {
+            rate.observe(seq, [0u8, 2, 1, 2][(seq % 4) as usize], 1000);
+        }
+        rate.update(t0 + Duration::from_millis(250));
+        assert!(v.wants(2), "the only viewer gets every layer at once");
     }
 
     #[test]

@@ -448,7 +448,7 @@ fn link_stats(viewer: &ViewerRate, rate: &RateControl) -> Value {
     json!({
         "estimate_kbps": link.estimate_bps() / 1000,
         "target_kbps": rate.target_bps() / 1000,
-        "layer": viewer.layer(),
+        "layer": usize::from(viewer.layer()).min(rate.layers().saturating_sub(1)),
         "layers": rate.layers(),
         "loss_percent": (link.loss() * 1000.0).round() / 10.0,
         "nacked_packets": n(&link.nacked_packets),
