@@ -164,7 +164,6 @@ impl BandwidthEstimator for LinkEstimator {
         if reports.is_empty() {
             return;
         }
-        self.link.feedback_arrived(now);
         self.inner.on_reports(now, reports);
         self.measure(now, reports);
         let delivered = self.delivered.rate_bits_per_second(now);

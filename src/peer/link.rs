@@ -7,14 +7,13 @@
 //! elsewhere, and nothing here is worth a lock.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
 /// The viewer's link as its transport sees it. One per peer connection, behind an `Arc`.
 #[derive(Debug)]
 pub struct Link {
-    epoch: Instant,
     /// The bandwidth estimate (after our corrections, see [`super::estimate`]), bits/s.
     estimate_bps: AtomicU64,
     /// The library estimator's own figure before our corrections, bits/s (for logs and stats).
@@ -28,8 +27,6 @@ pub struct Link {
     pacing_bps: AtomicU64,
     /// Packets the pacer refused because its queue was full.
     pacer_dropped: AtomicU64,
-    /// When transport feedback last arrived, ms since `epoch` (0: never).
-    feedback_ms: AtomicU64,
     /// Payload types the interceptors bound for the video stream (0: not bound yet), and the RTX
     /// payload type (0: no RTX negotiated).
     video_payload_type: AtomicU32,
@@ -55,7 +52,6 @@ impl Link {
     /// A link whose estimate starts at `start_bps`.
     pub fn new(start_bps: u64) -> Self {
         Link {
-            epoch: Instant::now(),
             estimate_bps: AtomicU64::new(start_bps),
             raw_estimate_bps: AtomicU64::new(start_bps),
             loss_ppm: AtomicU32::new(0),
@@ -63,7 +59,6 @@ impl Link {
             pacer_queued_bits: AtomicU64::new(0),
             pacing_bps: AtomicU64::new(start_bps),
             pacer_dropped: AtomicU64::new(0),
-            feedback_ms: AtomicU64::new(0),
             video_payload_type: AtomicU32::new(0),
             rtx_payload_type: AtomicU32::new(0),
             nacked_packets: AtomicU64::new(0),
@@ -134,22 +129,6 @@ impl Link {
     /// Packets the pacer refused because its queue was full.
     pub fn pacer_dropped(&self) -> u64 {
         self.pacer_dropped.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn feedback_arrived(&self, now: Instant) {
-        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64;
-        self.feedback_ms.store(ms.max(1), Ordering::Relaxed);
-    }
-
-    /// How long since transport feedback last arrived (`None`: none yet).
-    pub fn feedback_age(&self, now: Instant) -> Option<Duration> {
-        match self.feedback_ms.load(Ordering::Relaxed) {
-            0 => None,
-            ms => Some(
-                now.saturating_duration_since(self.epoch)
-                    .saturating_sub(Duration::from_millis(ms)),
-            ),
-        }
     }
 
     /// The payload type the interceptors bound for video, once the answer is set.

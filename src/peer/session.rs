@@ -522,7 +522,11 @@ async fn run(
                 Some(PeerNews::State(state @ (RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed))) => {
                     break format!("connection {state}");
                 }
-                Some(PeerNews::State(state)) => info!(cid = %key.cid, "connection {state}"),
+                Some(PeerNews::State(state @ RTCPeerConnectionState::Disconnected)) => {
+                    // ICE consent lapsed (a cut link): media keeps going, the session waits.
+                    info!(cid = %key.cid, "connection {state}");
+                }
+                Some(PeerNews::State(state)) => debug!(cid = %key.cid, "connection {state}"),
                 None => break "peer connection gone".to_string(),
             },
         }
