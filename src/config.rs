@@ -64,6 +64,7 @@ pub const FILE_KEYS: &[&str] = &[
     "turn-username",
     "turn-password-file",
     "rtc-bind",
+    "rtc-allow-loopback",
     "mdns",
     "http",
     "web-broker-url",
@@ -112,6 +113,8 @@ pub struct DaemonConfig {
     pub turn_password: Option<String>,
     /// Addresses WebRTC binds its UDP sockets to; empty means every interface.
     pub rtc_bind: Vec<IpAddr>,
+    /// Accept viewers' loopback ICE candidates (`crate::peer::candidates`).
+    pub rtc_allow_loopback: bool,
     pub mdns: bool,
     /// Where the viewer page's HTTP server listens; `None` is `--http off`.
     pub http: Option<SocketAddr>,
@@ -170,6 +173,7 @@ impl fmt::Debug for DaemonConfig {
             .field("turn_username", &self.turn_username)
             .field("turn_password", &redact(&self.turn_password))
             .field("rtc_bind", &self.rtc_bind)
+            .field("rtc_allow_loopback", &self.rtc_allow_loopback)
             .field("mdns", &self.mdns)
             .field("http", &self.http)
             .field("web_broker_url", &self.web_broker_url)
@@ -613,6 +617,13 @@ struct DaemonArgs {
     #[arg(long, value_name = "ADDR", value_parser = parse_ip, help_heading = "WebRTC")]
     rtc_bind: Vec<IpAddr>,
 
+    /// Accept viewers' loopback ICE candidates (127.0.0.0/8, ::1): on for a viewer on the device
+    /// itself, or tests on 127.0.0.1. Off, the device never sends to its own loopback on a
+    /// viewer's word. TCP, multicast, link-local and unspecified candidates are always refused
+    /// (docs/SECURITY.md). [default: off]
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off, help_heading = "WebRTC")]
+    rtc_allow_loopback: Option<bool>,
+
     /// Resolve viewers' mDNS (.local) ICE candidates: on or off. [default: on]
     #[arg(long, value_name = "on|off", value_parser = parse_on_off, help_heading = "WebRTC")]
     mdns: Option<bool>,
@@ -946,6 +957,7 @@ struct FileValues {
     turn_username: Option<String>,
     turn_password_file: Option<PathBuf>,
     rtc_bind: Option<Vec<IpAddr>>,
+    rtc_allow_loopback: Option<bool>,
     mdns: Option<bool>,
     http: Option<HttpBind>,
     web_broker_url: Option<String>,
@@ -1077,6 +1089,7 @@ fn parse_config_text(path: &Path, text: &str) -> Result<FileValues, ConfigError>
             "rtc-bind" => {
                 file_list(value, "IP address strings", parse_ip).map(|x| v.rtc_bind = Some(x))
             }
+            "rtc-allow-loopback" => file_on_off(value).map(|x| v.rtc_allow_loopback = Some(x)),
             "mdns" => file_on_off(value).map(|x| v.mdns = Some(x)),
             "http" => {
                 file_str(value, "off or a string IP:PORT", parse_http).map(|x| v.http = Some(x))
@@ -1255,6 +1268,10 @@ fn resolve_daemon(args: DaemonArgs, env: &Env) -> Result<DaemonConfig, ConfigErr
         turn_username,
         turn_password,
         rtc_bind,
+        rtc_allow_loopback: args
+            .rtc_allow_loopback
+            .or(file.rtc_allow_loopback)
+            .unwrap_or(false),
         mdns: args.mdns.or(file.mdns).unwrap_or(true),
         http,
         web_broker_url: args.web_broker_url.or(file.web_broker_url),
@@ -1654,6 +1671,7 @@ mod tests {
         assert!(c.stun.is_empty() && c.turn.is_empty() && c.rtc_bind.is_empty());
         assert_eq!((c.turn_username, c.turn_password), (None, None));
         assert!(c.mdns);
+        assert!(!c.rtc_allow_loopback);
         assert_eq!(c.log, None);
         assert_eq!(c.config_file, None);
     }
@@ -1788,6 +1806,8 @@ mod tests {
             "127.0.0.1",
             "--rtc-bind",
             "::1",
+            "--rtc-allow-loopback",
+            "on",
             "--mdns",
             "off",
             "--log",
@@ -1819,6 +1839,7 @@ mod tests {
                 "::1".parse().unwrap()
             ]
         );
+        assert!(c.rtc_allow_loopback);
         assert!(!c.mdns);
         assert_eq!(c.log.as_deref(), Some("spyglass=debug"));
     }
@@ -1862,6 +1883,7 @@ mod tests {
             (&["--turn", "stun:t.lan"], "turn:HOST[:PORT] or turns:"),
             (&["--rtc-bind", "eth0"], "IP address"),
             (&["--mdns", "maybe"], "on or off"),
+            (&["--rtc-allow-loopback", "yes"], "on or off"),
             (&["--mqtt-username", ""], "non-empty"),
         ];
         for (args, want) in cases {
@@ -2261,6 +2283,7 @@ mod tests {
             turn-username = "tu"
             turn-password-file = "{tpw}"
             rtc-bind = ["127.0.0.1"]
+            rtc-allow-loopback = true
             mdns = "off"
             log = "debug"
             "#,
@@ -2293,6 +2316,7 @@ mod tests {
             (Some("tu"), Some("tp"))
         );
         assert_eq!(c.rtc_bind, ["127.0.0.1".parse::<IpAddr>().unwrap()]);
+        assert!(c.rtc_allow_loopback);
         assert!(!c.mdns);
         assert_eq!(c.log.as_deref(), Some("debug"));
         assert_eq!(c.config_file.as_deref(), Some(path.as_path()));

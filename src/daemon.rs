@@ -12,6 +12,7 @@ use crate::audio::hub::AudioHub;
 use crate::config::DaemonConfig;
 use crate::hub::{Hub, VideoState};
 use crate::mqtt::{self, Mqtt, MqttEvent, MqttSettings};
+use crate::peer::candidates::RemotePolicy;
 use crate::peer::session::{self, AnswerError, SessionEvent, SessionHandle};
 use crate::peer::{PeerFactory, PeerSettings};
 use crate::signaling::protocol::{
@@ -130,7 +131,11 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                         let (code, message) = match err {
                             AnswerError::BadOffer(m) => (ErrorCode::BadRequest, m),
                             AnswerError::Unsupported(m) => (ErrorCode::Unsupported, m),
-                            AnswerError::Internal(m) => (ErrorCode::Internal, m),
+                            AnswerError::Internal(m) => {
+                                // The viewer only learns that it failed; the log says why.
+                                warn!(cid = %key.cid, "answering `internal`: {m}");
+                                (ErrorCode::Internal, m)
+                            }
                         };
                         PeerEvent::Failed { code, message }
                     }
@@ -170,6 +175,15 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 let actions = core.on_tick(Instant::now());
                 exec.run(actions).await;
+                // A session whose task died (a panic) never says so: count it out here.
+                for (key, handle) in session::take_unreported(&mut exec.sessions) {
+                    warn!(cid = %key.cid, "session task {}; counting the viewer out", handle.fault().await);
+                    let actions = core.on_peer_event(Instant::now(), &key, PeerEvent::Closed);
+                    exec.run(actions).await;
+                }
+                if let Err(err) = exec.factory.certificates().renew_if_due(std::time::SystemTime::now()) {
+                    warn!("renewing the DTLS certificate: {err}");
+                }
                 notifier.tick(Instant::now(), hub.heartbeat_age());
             }
             _ = tokio::signal::ctrl_c() => break,
@@ -228,6 +242,9 @@ fn peer_settings(cfg: &DaemonConfig) -> PeerSettings {
         bind: cfg.rtc_bind.clone(),
         mdns: cfg.mdns,
         ice_servers,
+        remote: RemotePolicy {
+            allow_loopback: cfg.rtc_allow_loopback,
+        },
     }
 }
 

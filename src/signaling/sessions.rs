@@ -67,7 +67,8 @@ pub struct Limits {
     pub peer_timeout: Duration,
     /// How long candidates that arrive before their offer are held.
     pub orphan_ttl: Duration,
-    /// At most this many held candidates per CID, and this many CIDs with held candidates.
+    /// At most this many held candidates per CID (before its offer, and while it is answered),
+    /// and this many CIDs with held candidates.
     pub max_orphans: usize,
     /// Largest message accepted.
     pub max_message_bytes: usize,
@@ -320,7 +321,10 @@ impl Signaling {
         };
         if let Some(slot) = self.sessions.get_mut(&cid) {
             if slot.phase == Phase::Answering {
-                slot.remote_pending.push(candidate);
+                // Held within the same bound as candidates before an offer.
+                if slot.remote_pending.len() < self.limits.max_orphans {
+                    slot.remote_pending.push(candidate);
+                }
                 return vec![];
             }
             let key = SessionKey {
@@ -586,6 +590,22 @@ mod tests {
         assert!(
             matches!(&actions[..], [Action::Candidate { key: k, candidate: Some(_) }] if *k == key)
         );
+    }
+
+    #[test]
+    fn candidates_held_while_answering_are_bounded() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        let key = started(&m.on_message(t0, "home/cam/offer/v1", OFFER));
+        for n in 0..1000 {
+            m.on_message(t0, "home/cam/ice/v1", &candidate(n));
+        }
+        let actions = m.on_peer_event(t0, &key, PeerEvent::Answered("v=0".into()));
+        let delivered = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Candidate { .. }))
+            .count();
+        assert_eq!(delivered, Limits::default().max_orphans);
     }
 
     #[test]
