@@ -177,11 +177,13 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 exec.run(actions).await;
                 // A session whose task died (a panic) never says so: count it out here.
                 for (key, handle) in session::take_unreported(&mut exec.sessions) {
-                    warn!(cid = %key.cid, "session task {}; counting the viewer out", handle.fault().await);
+                    let fault = handle.fault().await;
+                    warn!(cid = %key.cid, "session task {fault}; counting the viewer out");
                     let actions = core.on_peer_event(Instant::now(), &key, PeerEvent::Closed);
                     exec.run(actions).await;
                 }
-                if let Err(err) = exec.factory.certificates().renew_if_due(std::time::SystemTime::now()) {
+                let now = std::time::SystemTime::now();
+                if let Err(err) = exec.factory.certificates().renew_if_due(now) {
                     warn!("renewing the DTLS certificate: {err}");
                 }
                 notifier.tick(Instant::now(), hub.heartbeat_age());
@@ -197,6 +199,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     }
     // Let the sessions close their peer connections (ICE and DTLS shut down), but
     // never for long: SIGTERM must end the process within 2 s.
+    // A session whose task already died will not report its close: do not wait for it.
+    drop(session::take_unreported(&mut exec.sessions));
     let closing = exec.sessions.len();
     let deadline = tokio::time::Instant::now() + SHUTDOWN_SESSION_WAIT;
     while !exec.sessions.is_empty() {

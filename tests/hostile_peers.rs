@@ -102,7 +102,7 @@ async fn tcp_candidates_make_the_device_connect_nowhere() {
     };
     let closed: Vec<u16> = (0..16).map(|_| free_port()).collect();
     let tcp = |i: usize| {
-        let port = if i % 2 == 0 {
+        let port = if i.is_multiple_of(2) {
             open_port
         } else {
             closed[(i / 2) % closed.len()]
@@ -295,7 +295,7 @@ async fn trickling_100000_candidates_into_a_connected_session_costs_little_memor
     let cid = options.cid.clone();
     let viewer = tokio::spawn(spyglass::view::run(options));
     let status_topic = format!("{}/status", daemon.id);
-    let mut client = TestClient::connect(&broker, &[status_topic.clone()]).await;
+    let mut client = TestClient::connect(&broker, std::slice::from_ref(&status_topic)).await;
     client
         .wait_json(&status_topic, Duration::from_secs(15), |v| {
             v["viewers"] == 1
@@ -360,7 +360,7 @@ async fn a_viewer_killed_without_a_goodbye_is_counted_out_within_15_s() {
     let daemon = Daemon::start(&broker, &[]);
     wait_online(&broker, &daemon).await;
     let status_topic = format!("{}/status", daemon.id);
-    let mut watcher = TestClient::connect(&broker, &[status_topic.clone()]).await;
+    let mut watcher = TestClient::connect(&broker, std::slice::from_ref(&status_topic)).await;
     let mut view = std::process::Command::new(spyglass_bin())
         .args([
             "view",

@@ -274,13 +274,13 @@ pub fn split_offer(sdp: &str) -> (String, Vec<String>) {
     for line in sdp.split_inclusive('\n') {
         let bare = line.trim_end_matches(['\r', '\n']);
         in_media |= bare.starts_with("m=");
-        if let Some(value) = bare.strip_prefix("a=") {
-            if value.starts_with("candidate:") {
-                if in_media {
-                    candidates.push(value.to_string());
-                }
-                continue;
+        if let Some(value) = bare.strip_prefix("a=")
+            && value.starts_with("candidate:")
+        {
+            if in_media {
+                candidates.push(value.to_string());
             }
+            continue;
         }
         kept.push_str(line);
     }
