@@ -131,7 +131,11 @@ async fn tcp_candidates_make_the_device_connect_nowhere() {
         .unwrap();
     // The flooding session ends at its peer timeout and says what it refused.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !daemon.log().contains("remote candidates:") && Instant::now() < deadline {
+    let ended = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("remote candidates:") && l.contains(cid))
+    };
+    while !ended(&daemon.log()) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     stop.store(true, Ordering::Relaxed);

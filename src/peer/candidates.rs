@@ -6,11 +6,16 @@
 //!   TCP connection to every remote `tcptype passive` candidate it is given (no cap, no timeout):
 //!   a viewer could make the device connect anywhere and run it out of file descriptors.
 //! - **Addresses no viewer can have are refused**: unspecified (`0.0.0.0/8`, `::`), multicast,
-//!   broadcast (`255.255.255.255`), IPv4 class E (`240.0.0.0/4`), link-local (`169.254.0.0/16`,
-//!   `fe80::/10`), IPv4-mapped and IPv4-compatible IPv6 (`::ffff:0:0/96`, `::/96`), port 0, and
-//!   host names other than mDNS `.local` names (which webrtc resolves only with `--mdns on`).
-//!   Loopback (`127.0.0.0/8`, `::1`) is refused unless [`RemotePolicy::allow_loopback`] is set
-//!   (`--rtc-allow-loopback on`, for a viewer on the device itself and for tests).
+//!   broadcast (`255.255.255.255` and the broadcast addresses of the device's own networks), IPv4
+//!   class E (`240.0.0.0/4`), link-local (`169.254.0.0/16`, `fe80::/10`), IPv4-mapped and
+//!   IPv4-compatible IPv6 (`::ffff:0:0/96`, `::/96`), ports below 1024 (browsers and TURN servers
+//!   never use them; they are where the well-known services listen), and host names other than mDNS `.local` names (which
+//!   webrtc resolves only with `--mdns on`).
+//! - Loopback (`127.0.0.0/8`, `::1`) and the device's own addresses are refused unless
+//!   [`RemotePolicy::allow_loopback`] is set (`--rtc-allow-loopback on`, for tests on 127.0.0.1).
+//!   A viewer on the device itself connects either way: the device answers its checks and learns
+//!   its address as peer-reflexive.
+//! - Candidates for RTCP's component 2 are left out (RTP and RTCP share one transport).
 //! - **At most [`MAX_REMOTE_CANDIDATES`] remote candidates per session**, and no more than keep the
 //!   session within [`MAX_CANDIDATE_PAIRS`] candidate pairs (RFC 8445 §6.1.2.5): webrtc pairs every
 //!   remote candidate with every local candidate of the same address family and checks each pair.
@@ -21,6 +26,8 @@
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use rtc::shared::ifaces::{Kind, NextHop};
 
 use rtc::ice::candidate::{Candidate, unmarshal_candidate};
 use rtc::ice::network_type::NetworkType;
@@ -33,11 +40,40 @@ pub const MAX_REMOTE_CANDIDATES: usize = 20;
 /// Most candidate pairs per session, RFC 8445's default limit on a checklist (§6.1.2.5).
 pub const MAX_CANDIDATE_PAIRS: usize = 100;
 
+/// Lowest port a remote candidate may name.
+pub const MIN_REMOTE_PORT: u16 = 1024;
+
 /// Which remote addresses are acceptable.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RemotePolicy {
-    /// Accept loopback candidates (a viewer on the device itself; tests).
+    /// Accept loopback candidates and the device's own addresses (tests on 127.0.0.1).
     pub allow_loopback: bool,
+}
+
+/// The device's own addresses and its networks' broadcast addresses.
+#[derive(Debug, Clone, Default)]
+pub struct LocalAddresses {
+    pub own: HashSet<IpAddr>,
+    pub broadcast: HashSet<IpAddr>,
+}
+
+impl LocalAddresses {
+    /// This machine's, as its interfaces say now (none when they cannot be listed).
+    pub fn of_this_host() -> Self {
+        let mut local = LocalAddresses::default();
+        for interface in rtc::shared::ifaces::ifaces().unwrap_or_default() {
+            if !matches!(interface.kind, Kind::Ipv4 | Kind::Ipv6) {
+                continue;
+            }
+            if let Some(addr) = interface.addr {
+                local.own.insert(addr.ip());
+            }
+            if let Some(NextHop::Broadcast(addr)) = interface.hop {
+                local.broadcast.insert(addr.ip());
+            }
+        }
+        local
+    }
 }
 
 /// Why a remote candidate was not handed to the ICE agent.
@@ -49,8 +85,8 @@ pub enum Refusal {
     Tcp,
     #[error("{0} address")]
     Address(&'static str),
-    #[error("port 0")]
-    PortZero,
+    #[error("port below {MIN_REMOTE_PORT}")]
+    LowPort,
     #[error("host name that is not an mDNS .local name")]
     HostName,
     #[error("the session already has {MAX_REMOTE_CANDIDATES} remote candidates")]
@@ -71,6 +107,7 @@ enum Family {
 #[derive(Debug)]
 pub struct CandidateGate {
     policy: RemotePolicy,
+    local_addresses: LocalAddresses,
     /// Admitted candidates, by the fields webrtc compares to drop repeats.
     admitted: HashSet<String>,
     remote: [usize; 2],
@@ -86,11 +123,17 @@ pub struct CandidateGate {
 }
 
 impl CandidateGate {
-    /// A gate for a session whose peer connection uses `stun_servers` STUN and `turn_servers`
-    /// TURN URLs.
-    pub fn new(policy: RemotePolicy, stun_servers: usize, turn_servers: usize) -> Self {
+    /// A gate for a session on a device with `local_addresses` whose peer connection uses
+    /// `stun_servers` STUN and `turn_servers` TURN URLs.
+    pub fn new(
+        policy: RemotePolicy,
+        local_addresses: LocalAddresses,
+        stun_servers: usize,
+        turn_servers: usize,
+    ) -> Self {
         CandidateGate {
             policy,
+            local_addresses,
             admitted: HashSet::new(),
             remote: [0; 2],
             local: [HashSet::new(), HashSet::new()],
@@ -132,8 +175,8 @@ impl CandidateGate {
     }
 
     /// Decide about one remote candidate (`candidate:...` or the bare value). `Ok(true)`: hand it
-    /// to webrtc and it counts; `Ok(false)`: a repeat of one already handed in (harmless: webrtc
-    /// ignores repeats).
+    /// to webrtc and it counts; `Ok(false)`: harmless but not needed (a repeat of one already
+    /// handed in, or an RTCP component-2 candidate: RTP and RTCP share one transport).
     pub fn admit(&mut self, candidate: &str) -> Result<bool, Refusal> {
         let result = self.check(candidate);
         if result.is_err() {
@@ -147,6 +190,10 @@ impl CandidateGate {
         if c.network_type().is_tcp() {
             return Err(Refusal::Tcp);
         }
+        if c.component() != 1 {
+            // RTCP candidates of a peer that also offers rtcp-mux: not needed, not a threat.
+            return Ok(false);
+        }
         let family = if c.address().ends_with(".local") {
             // Resolved by webrtc when mDNS is on (always to IPv4), ignored when it is off.
             Family::V4
@@ -154,13 +201,20 @@ impl CandidateGate {
             if c.address().parse::<IpAddr>().is_err() {
                 return Err(Refusal::HostName);
             }
-            if let Some(kind) = refused_address(c.addr().ip(), self.policy) {
+            let ip = c.addr().ip();
+            if let Some(kind) = refused_address(ip, self.policy) {
                 return Err(Refusal::Address(kind));
+            }
+            if self.local_addresses.broadcast.contains(&ip) {
+                return Err(Refusal::Address("broadcast"));
+            }
+            if !self.policy.allow_loopback && self.local_addresses.own.contains(&ip) {
+                return Err(Refusal::Address("the device's own"));
             }
             family(&c).ok_or(Refusal::Unparsable)?
         };
-        if c.port() == 0 {
-            return Err(Refusal::PortZero);
+        if c.port() < MIN_REMOTE_PORT {
+            return Err(Refusal::LowPort);
         }
         let key = format!(
             "{}|{}|{}|{}|{}|{:?}",
@@ -304,7 +358,7 @@ mod tests {
 
     #[test]
     fn tcp_candidates_are_refused_whatever_their_address() {
-        let mut gate = CandidateGate::new(LOOPBACK, 0, 0);
+        let mut gate = CandidateGate::new(LOOPBACK, LocalAddresses::default(), 0, 0);
         for c in [
             "candidate:1 1 tcp 1 127.0.0.1 9 typ host tcptype passive",
             "candidate:2 1 TCP 1 192.168.1.2 443 typ host tcptype passive",
@@ -335,7 +389,7 @@ mod tests {
             "::127.0.0.1",
         ] {
             for policy in [OPEN, LOOPBACK] {
-                let mut gate = CandidateGate::new(policy, 0, 0);
+                let mut gate = CandidateGate::new(policy, LocalAddresses::default(), 0, 0);
                 assert!(
                     matches!(gate.admit(&udp(addr, 5000)), Err(Refusal::Address(_))),
                     "{addr}"
@@ -347,19 +401,19 @@ mod tests {
     #[test]
     fn loopback_is_refused_unless_allowed() {
         for addr in ["127.0.0.1", "127.9.9.9", "::1"] {
-            let mut gate = CandidateGate::new(OPEN, 0, 0);
+            let mut gate = CandidateGate::new(OPEN, LocalAddresses::default(), 0, 0);
             assert_eq!(
                 gate.admit(&udp(addr, 5000)),
                 Err(Refusal::Address("loopback"))
             );
-            let mut gate = CandidateGate::new(LOOPBACK, 0, 0);
+            let mut gate = CandidateGate::new(LOOPBACK, LocalAddresses::default(), 0, 0);
             assert_eq!(gate.admit(&udp(addr, 5000)), Ok(true), "{addr}");
         }
     }
 
     #[test]
     fn lan_public_relay_and_mdns_candidates_pass() {
-        let mut gate = CandidateGate::new(OPEN, 0, 0);
+        let mut gate = CandidateGate::new(OPEN, LocalAddresses::default(), 0, 0);
         for c in [
             udp("192.168.1.20", 50000),
             udp("10.1.2.3", 50000),
@@ -377,27 +431,64 @@ mod tests {
     }
 
     #[test]
-    fn junk_host_names_and_port_zero_are_refused() {
-        let mut gate = CandidateGate::new(OPEN, 0, 0);
+    fn junk_host_names_and_low_ports_are_refused_and_rtcp_components_left_out() {
+        let mut gate = CandidateGate::new(OPEN, LocalAddresses::default(), 0, 0);
         assert_eq!(gate.admit("candidate:garbage"), Err(Refusal::Unparsable));
         assert_eq!(
             gate.admit(&udp("attacker.example", 5000)),
             Err(Refusal::Unparsable),
             "webrtc itself rejects host names; so do we"
         );
-        assert_eq!(gate.admit(&udp("192.168.1.2", 0)), Err(Refusal::PortZero));
+        for port in [0, 53, 123, 1023] {
+            assert_eq!(gate.admit(&udp("192.168.1.2", port)), Err(Refusal::LowPort));
+        }
+        // RTCP component 2: not needed, not counted, not refused.
+        assert_eq!(
+            gate.admit("candidate:1 2 udp 2130706430 192.168.1.2 5001 typ host"),
+            Ok(false)
+        );
+        assert_eq!((gate.admitted(), gate.refused()), (0, 6));
+    }
+
+    #[test]
+    fn the_devices_own_addresses_and_broadcasts_are_refused() {
+        let local = LocalAddresses {
+            own: ["192.168.1.20".parse().unwrap(), "fd00::20".parse().unwrap()].into(),
+            broadcast: ["192.168.1.255".parse().unwrap()].into(),
+        };
+        let mut gate = CandidateGate::new(OPEN, local.clone(), 0, 0);
+        for addr in ["192.168.1.20", "fd00::20", "192.168.1.255"] {
+            assert!(
+                matches!(gate.admit(&udp(addr, 5000)), Err(Refusal::Address(_))),
+                "{addr}"
+            );
+        }
+        assert_eq!(gate.admit(&udp("192.168.1.21", 5000)), Ok(true));
+        // With loopback allowed (tests), the device's own addresses are too; broadcast never.
+        let mut gate = CandidateGate::new(LOOPBACK, local, 0, 0);
+        assert_eq!(gate.admit(&udp("192.168.1.20", 5000)), Ok(true));
+        assert!(gate.admit(&udp("192.168.1.255", 5000)).is_err());
+    }
+
+    #[test]
+    fn this_hosts_loopback_is_among_its_own_addresses() {
+        let local = LocalAddresses::of_this_host();
+        assert!(
+            local.own.contains(&"127.0.0.1".parse::<IpAddr>().unwrap()),
+            "{local:?}"
+        );
     }
 
     #[test]
     fn at_most_the_cap_of_remote_candidates_and_repeats_are_free() {
-        let mut gate = CandidateGate::new(LOOPBACK, 0, 0);
+        let mut gate = CandidateGate::new(LOOPBACK, LocalAddresses::default(), 0, 0);
         gate.note_local_sdp("a=candidate:1 1 udp 2130706431 127.0.0.1 40000 typ host\r\n");
-        for port in 1..=MAX_REMOTE_CANDIDATES as u16 {
+        for port in 40001..=40000 + MAX_REMOTE_CANDIDATES as u16 {
             assert_eq!(gate.admit(&udp("127.0.0.1", port)), Ok(true));
         }
         // A repeat of an admitted candidate is harmless (webrtc ignores it) and not counted.
-        assert_eq!(gate.admit(&udp("127.0.0.1", 1)), Ok(false));
-        assert_eq!(gate.admit(&udp("127.0.0.1", 999)), Err(Refusal::TooMany));
+        assert_eq!(gate.admit(&udp("127.0.0.1", 40001)), Ok(false));
+        assert_eq!(gate.admit(&udp("127.0.0.1", 50000)), Err(Refusal::TooMany));
         assert_eq!(gate.admitted(), MAX_REMOTE_CANDIDATES);
         assert_eq!(gate.max_pairs(), MAX_REMOTE_CANDIDATES);
     }
@@ -405,12 +496,12 @@ mod tests {
     #[test]
     fn pairs_stay_within_the_cap_with_many_local_candidates() {
         // Eight host candidates on IPv4 and one STUN server: 16 local candidates per remote one.
-        let mut gate = CandidateGate::new(OPEN, 1, 0);
+        let mut gate = CandidateGate::new(OPEN, LocalAddresses::default(), 1, 0);
         for i in 1..=8 {
             gate.note_local(&udp(&format!("192.168.{i}.2"), 40000));
         }
         let mut admitted = 0;
-        for port in 1..=50u16 {
+        for port in 40001..=40050u16 {
             if gate.admit(&udp("192.168.1.77", port)).is_ok() {
                 admitted += 1;
             }
@@ -418,7 +509,7 @@ mod tests {
         assert_eq!(admitted, MAX_CANDIDATE_PAIRS / 16);
         assert!(gate.max_pairs() <= MAX_CANDIDATE_PAIRS);
         // IPv6 candidates pair only with IPv6 local candidates (none: counted as one).
-        assert_eq!(gate.admit(&udp("2001:db8::1", 5)), Ok(true));
+        assert_eq!(gate.admit(&udp("2001:db8::1", 5000)), Ok(true));
         assert!(gate.max_pairs() <= MAX_CANDIDATE_PAIRS);
     }
 

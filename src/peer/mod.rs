@@ -12,6 +12,7 @@ pub mod session;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use rtc::ice::network_type::NetworkType;
 use rtc::interceptor::Slot;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
@@ -158,6 +159,9 @@ impl PeerFactory {
             // instead of the default 30 s: 4 s without consent is "disconnected", 6 s more "failed".
             .with_ice_timeouts(Some(ICE_DISCONNECTED_AFTER), Some(ICE_FAILED_AFTER), None)
             .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_MAX_BINDING_REQUESTS))
+            // UDP only: the agent neither gathers nor pairs TCP candidates (the session's gate
+            // keeps remote TCP candidates away from webrtc altogether, see `candidates`).
+            .with_network_types(vec![NetworkType::Udp4, NetworkType::Udp6])
             .build();
         let certificate = self
             .certificates

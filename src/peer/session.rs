@@ -36,7 +36,7 @@ use webrtc::peer_connection::{
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
 };
 
-use super::candidates::{self, CandidateGate};
+use super::candidates::{self, CandidateGate, LocalAddresses};
 use super::control::{self, ControlContext, SessionCounters};
 use super::sdp::{OfferVideo, offer_has_audio, offer_video};
 use super::{PeerFactory, h264_codecs, opus_codec};
@@ -499,7 +499,12 @@ async fn run(
         let _ = events.send((key.clone(), event));
     };
     let (stun, turn) = factory.settings().stun_and_turn_urls();
-    let mut gate = CandidateGate::new(factory.settings().remote, stun, turn);
+    let mut gate = CandidateGate::new(
+        factory.settings().remote,
+        LocalAddresses::of_this_host(),
+        stun,
+        turn,
+    );
     let (news_tx, mut news) = mpsc::unbounded_channel();
     let started = Instant::now();
     let answered = answer(
