@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
-use tracing::debug;
+use tracing::{debug, warn};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::PeerConnection;
 
@@ -375,6 +375,10 @@ async fn handle(
     request: Request,
 ) -> Vec<Value> {
     let failed = |code: &'static str, message: String| {
+        if code == "internal" {
+            // The viewer only learns that it failed; the log says why.
+            warn!("data channel request answered `internal`: {message}");
+        }
         vec![error_reply(id, &RequestError { code, message })]
     };
     match request {
