@@ -113,7 +113,8 @@ pub struct DaemonConfig {
     pub turn_password: Option<String>,
     /// Addresses WebRTC binds its UDP sockets to; empty means every interface.
     pub rtc_bind: Vec<IpAddr>,
-    /// Accept viewers' loopback ICE candidates (`crate::peer::candidates`).
+    /// Use viewers' ICE candidates naming loopback or this device's own addresses
+    /// (`crate::peer::candidates`).
     pub rtc_allow_loopback: bool,
     pub mdns: bool,
     /// Where the viewer page's HTTP server listens; `None` is `--http off`.
@@ -617,10 +618,11 @@ struct DaemonArgs {
     #[arg(long, value_name = "ADDR", value_parser = parse_ip, help_heading = "WebRTC")]
     rtc_bind: Vec<IpAddr>,
 
-    /// Accept viewers' loopback ICE candidates (127.0.0.0/8, ::1): on for a viewer on the device
-    /// itself, or tests on 127.0.0.1. Off, the device never sends to its own loopback on a
-    /// viewer's word. TCP, multicast, link-local and unspecified candidates are always refused
-    /// (docs/SECURITY.md). [default: off]
+    /// Use viewers' ICE candidates that name loopback (127.0.0.0/8, ::1) or this device's own
+    /// addresses: for tests on 127.0.0.1. Off, the device never sends to itself on a viewer's
+    /// word (a viewer on the device still connects). TCP, multicast, broadcast, link-local and
+    /// unspecified candidates and ports below 1024 are always refused (docs/SECURITY.md).
+    /// [default: off]
     #[arg(long, value_name = "on|off", value_parser = parse_on_off, help_heading = "WebRTC")]
     rtc_allow_loopback: Option<bool>,
 
