@@ -10,6 +10,13 @@ APT_PACKAGES += openssl
 # The viewer page's browser tests drive Debian's Chromium; node and npm build the page (Debian's
 # nodejs/npm only where no node is installed already).
 APT_PACKAGES += chromium $(if $(shell command -v node),,nodejs) $(if $(shell command -v npm),,npm)
+# The namespace test network (tests/netlab): iproute2 (ip, tc), nftables for the NAT routers,
+# coturn for STUN/TURN, ethtool (checksum/segmentation offloads off where the link emulator
+# reads frames), ping for the tests' own RTT check, python3 for the tool itself (stdlib only).
+APT_PACKAGES += iproute2 nftables coturn ethtool iputils-ping python3
+# Standards counterparts the browser tests start (issue 17): Janus as the SFU behind the tests'
+# WHIP front-end (web/test/standards/), djpeg to decode Home Assistant camera snapshots.
+APT_PACKAGES += janus libjpeg-turbo-progs
 CARGO ?= cargo
 # Where cargo puts its builds (.ci/run moves it out of the tree); the browser tests need the binary.
 TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')

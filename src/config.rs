@@ -7,24 +7,22 @@
 //! `--mqtt-password-file` or `SPYGLASS_MQTT_PASSWORD`, the TURN password from
 //! `--turn-password-file`, and the config types redact them in their `Debug` output.
 
-use std::collections::hash_map::RandomState;
 use std::ffi::OsString;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::audio::AudioSetting;
 use crate::signaling::protocol::{validate_cid, validate_uid};
-use crate::video::VideoSpec;
+use crate::video::{self, VideoSpec};
 
 pub const DEFAULT_MQTT_HOST: &str = "127.0.0.1";
 pub const DEFAULT_MQTT_PORT: u16 = 1883;
-pub const DEFAULT_VIDEO: &str = "/dev/video0";
-pub const DEFAULT_AUDIO: &str = "auto";
+pub const DEFAULT_VIDEO: &str = video::DEFAULT_SOURCE;
 pub const DEFAULT_WIDTH: u32 = 1280;
 pub const DEFAULT_HEIGHT: u32 = 720;
 pub const DEFAULT_FPS: u32 = 30;
@@ -101,7 +99,7 @@ pub struct DaemonConfig {
     pub tls: MqttTls,
     pub video: VideoSpec,
     /// `--audio`: `auto`, `none`, `tone`, or an ALSA PCM name (resolved by `audio::resolve`).
-    pub audio: String,
+    pub audio: AudioSetting,
     pub bitrate_kbps: u32,
     pub max_viewers: u32,
     pub peer_timeout: Duration,
@@ -574,7 +572,7 @@ struct DaemonArgs {
     /// (`test-faults:FILE` is a test pattern that fails on command, for testing).
     /// [default: /dev/video0]
     #[arg(long, value_name = "SRC", value_parser = parse_video, help_heading = "Video")]
-    video: Option<String>,
+    video: Option<video::Source>,
 
     /// Picture size WIDTHxHEIGHT; each even, from 16 to 4096. [default: 1280x720]
     #[arg(long, value_name = "WxH", value_parser = parse_size, help_heading = "Video")]
@@ -653,7 +651,7 @@ struct DaemonArgs {
     /// `none`, `tone` (a 1 kHz beep at every second, in step with the test pattern's flash), or
     /// an ALSA PCM name such as `default`, `hw:1,0` or `plughw:CARD=Device`. [default: auto]
     #[arg(long, value_name = "SRC", value_parser = parse_audio, help_heading = "Audio")]
-    audio: Option<String>,
+    audio: Option<AudioSetting>,
 }
 
 #[derive(Args, Debug)]
@@ -799,28 +797,12 @@ fn parse_path(s: &str) -> Result<PathBuf, String> {
     parse_nonempty(s).map(PathBuf::from)
 }
 
-fn parse_video(s: &str) -> Result<String, String> {
-    let fault_control = s.strip_prefix(crate::video::fault_injection::PREFIX);
-    if s == "test"
-        || (s.starts_with('/') && s.len() > 1)
-        || fault_control.is_some_and(|p| !p.is_empty())
-    {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "expected `test` or a V4L2 device path such as /dev/video0, got {s:?}"
-        ))
-    }
+fn parse_video(s: &str) -> Result<video::Source, String> {
+    s.parse()
 }
 
-fn parse_audio(s: &str) -> Result<String, String> {
-    if !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "expected auto, none, tone or an ALSA PCM name such as hw:1,0, got {s:?}"
-        ))
-    }
+fn parse_audio(s: &str) -> Result<AudioSetting, String> {
+    s.parse()
 }
 
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
@@ -948,7 +930,7 @@ struct FileValues {
     mqtt_ca: Option<PathBuf>,
     mqtt_cert: Option<PathBuf>,
     mqtt_key: Option<PathBuf>,
-    video: Option<String>,
+    video: Option<video::Source>,
     size: Option<(u32, u32)>,
     fps: Option<u32>,
     bitrate: Option<u32>,
@@ -965,7 +947,7 @@ struct FileValues {
     web_broker_url: Option<String>,
     web_root: Option<PathBuf>,
     log: Option<String>,
-    audio: Option<String>,
+    audio: Option<AudioSetting>,
 }
 
 /// How a TOML value reads in an error message.
@@ -1189,10 +1171,7 @@ fn resolve_daemon(args: DaemonArgs, env: &Env) -> Result<DaemonConfig, ConfigErr
         .or(file.size)
         .unwrap_or((DEFAULT_WIDTH, DEFAULT_HEIGHT));
     let video = VideoSpec {
-        source: args
-            .video
-            .or(file.video)
-            .unwrap_or_else(|| DEFAULT_VIDEO.to_owned()),
+        source: args.video.or(file.video).unwrap_or_default(),
         width,
         height,
         fps: args.fps.or(file.fps).unwrap_or(DEFAULT_FPS),
@@ -1252,10 +1231,7 @@ fn resolve_daemon(args: DaemonArgs, env: &Env) -> Result<DaemonConfig, ConfigErr
         password,
         tls,
         video,
-        audio: args
-            .audio
-            .or(file.audio)
-            .unwrap_or_else(|| DEFAULT_AUDIO.to_owned()),
+        audio: args.audio.or(file.audio).unwrap_or_default(),
         bitrate_kbps: args
             .bitrate
             .or(file.bitrate)
@@ -1446,15 +1422,9 @@ fn read_secret(path: &Path, what: &'static str) -> Result<String, ConfigError> {
     Ok(text)
 }
 
-/// `view-` and 16 hex digits, from the standard library's randomly seeded hasher.
+/// `view-` and 16 random hex digits.
 fn random_cid() -> String {
-    let mut hasher = RandomState::new().build_hasher();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    hasher.write_u128(nanos);
-    hasher.write_u32(std::process::id());
-    format!("view-{:016x}", hasher.finish())
+    format!("view-{:016x}", rand::random::<u64>())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1469,7 +1439,7 @@ pub struct SelftestConfig {
     /// Negotiate only this V4L2 pixel format (`--pixel-format`); `None` lets negotiation choose.
     pub pixel_format: Option<crate::video::negotiate::FourCc>,
     /// Audio source: `none`, `tone`, or an ALSA PCM name.
-    pub audio: String,
+    pub audio: AudioSetting,
     /// The audio must carry this frequency (Hz): 1000 for `tone`, `--expect-tone` for a device.
     pub expect_tone_hz: Option<u32>,
     pub seconds: u32,
@@ -1482,12 +1452,12 @@ pub struct SelftestConfig {
 struct SelftestArgs {
     /// Video source: `test` for the built-in test pattern, or a V4L2 device path.
     #[arg(long, value_name = "SRC", value_parser = parse_video, default_value = DEFAULT_VIDEO)]
-    video: String,
+    video: video::Source,
 
     /// Audio source: `none`, `tone` (the built-in 1 kHz beeps), or an ALSA PCM name such as
     /// `hw:1,0`: capture, Opus encode, packetize, depacketize, decode, check it is not silence.
     #[arg(long, value_name = "SRC", value_parser = parse_selftest_audio, default_value = "none")]
-    audio: String,
+    audio: AudioSetting,
 
     /// Check that the captured sound carries a tone of this frequency (Hz, 50 to 20000), e.g.
     /// one played into the device's other end. [default: 1000 for `tone`, no check for a device]
@@ -1520,13 +1490,13 @@ struct SelftestArgs {
     json: bool,
 }
 
-fn parse_selftest_audio(s: &str) -> Result<String, String> {
-    match s {
-        "auto" => Err(
+fn parse_selftest_audio(s: &str) -> Result<AudioSetting, String> {
+    match parse_audio(s)? {
+        AudioSetting::Auto => Err(
             "the self-test needs a named audio source: none, tone or an ALSA PCM name such as hw:1,0"
                 .to_owned(),
         ),
-        _ => parse_audio(s),
+        setting => Ok(setting),
     }
 }
 
@@ -1539,16 +1509,7 @@ fn parse_selftest_seconds(s: &str) -> Result<u32, String> {
 }
 
 fn parse_pixel_format(s: &str) -> Result<crate::video::negotiate::FourCc, String> {
-    let upper = s.to_ascii_uppercase();
-    let fourcc = match <[u8; 4]>::try_from(upper.as_bytes()) {
-        Ok(code) => crate::video::negotiate::FourCc::from_bytes(code),
-        Err(_) => crate::video::negotiate::FourCc::Other(*b"????"),
-    };
-    if fourcc.is_supported() {
-        Ok(fourcc)
-    } else {
-        Err(format!("expected YUYV, NV12, YU12 or MJPG, got {s:?}"))
-    }
+    crate::video::negotiate::FourCc::parse_supported(s)
 }
 
 fn resolve_selftest(args: SelftestArgs) -> SelftestConfig {
@@ -1561,9 +1522,7 @@ fn resolve_selftest(args: SelftestArgs) -> SelftestConfig {
             fps: args.fps,
         },
         pixel_format: args.pixel_format,
-        expect_tone_hz: args
-            .expect_tone
-            .or((args.audio == "tone").then_some(crate::audio::tone::BEEP_HZ as u32)),
+        expect_tone_hz: args.expect_tone.or(args.audio.tone_hz()),
         audio: args.audio,
         seconds: args.seconds,
         bitrate_kbps: args.bitrate,
@@ -1576,31 +1535,27 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
     use clap::error::ErrorKind;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A scratch directory removed on drop.
-    struct Scratch(PathBuf);
+    /// A scratch directory, removed on drop: its path, and the directory.
+    struct Scratch(
+        PathBuf,
+        #[expect(dead_code, reason = "held for its drop, which removes the directory")]
+        tempfile::TempDir,
+    );
 
     impl Scratch {
         fn new() -> Self {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let dir =
-                std::env::temp_dir().join(format!("spyglass-config-{}-{n}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            Scratch(dir)
+            let dir = tempfile::Builder::new()
+                .prefix("spyglass-config-")
+                .tempdir()
+                .unwrap();
+            Scratch(dir.path().to_path_buf(), dir)
         }
 
         fn file(&self, name: &str, contents: &str) -> PathBuf {
             let path = self.0.join(name);
             std::fs::write(&path, contents).unwrap();
             path
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 
@@ -1661,7 +1616,7 @@ mod tests {
         assert_eq!(
             c.video,
             VideoSpec {
-                source: "/dev/video0".into(),
+                source: "/dev/video0".parse().unwrap(),
                 width: 1280,
                 height: 720,
                 fps: 30
@@ -1822,7 +1777,7 @@ mod tests {
         assert_eq!(
             c.video,
             VideoSpec {
-                source: "test".into(),
+                source: "test".parse().unwrap(),
                 width: 640,
                 height: 480,
                 fps: 15
@@ -2303,7 +2258,7 @@ mod tests {
         assert_eq!(
             c.video,
             VideoSpec {
-                source: "test".into(),
+                source: "test".parse().unwrap(),
                 width: 640,
                 height: 360,
                 fps: 25

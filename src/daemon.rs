@@ -10,7 +10,6 @@ use webrtc::peer_connection::{RTCIceCandidateInit, RTCIceServer};
 
 use crate::audio::hub::AudioHub;
 use crate::config::DaemonConfig;
-use crate::hub::{Hub, VideoState};
 use crate::mqtt::{self, Mqtt, MqttEvent, MqttSettings};
 use crate::peer::candidates::RemotePolicy;
 use crate::peer::session::{self, AnswerError, SessionEvent, SessionHandle};
@@ -20,6 +19,7 @@ use crate::signaling::protocol::{
     VideoStatus, offline_status_json,
 };
 use crate::signaling::sessions::{Action, Limits, PeerEvent, SessionKey, Signaling};
+use crate::video::hub::{Hub, VideoState};
 use crate::web::{self, WebSettings};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -32,7 +32,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let started = Instant::now();
     let topics = Topics::new(cfg.id.clone())?;
     let factory = PeerFactory::new(peer_settings(&cfg))?;
-    let hub = Hub::new(cfg.video.clone(), cfg.bitrate_kbps);
+    let hub = Hub::new(cfg.video.clone(), cfg.bitrate_kbps)?;
     let video = VideoStatus {
         state: MediaState::Idle,
         codec: VIDEO_CODEC_H264.to_string(),
@@ -41,7 +41,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         fps: cfg.video.fps,
     };
     // A named microphone that does not open is an error; `auto` without one is video only.
-    let audio = crate::audio::resolve(&cfg.audio)?.map(AudioHub::new);
+    let audio = crate::audio::resolve(&cfg.audio)?
+        .map(AudioHub::new)
+        .transpose()?;
     let audio_status = audio.as_ref().map(|a| AudioStatus {
         codec: "opus".to_string(),
         channels: u32::from(a.channels()),

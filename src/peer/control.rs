@@ -15,7 +15,7 @@ use tracing::{debug, warn};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::PeerConnection;
 
-use crate::hub::{Hub, KeyframeReason};
+use crate::video::hub::{Hub, KeyframeReason};
 use crate::video::snapshot;
 
 /// The label of the channel this module serves; channels with other labels are ignored.

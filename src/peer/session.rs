@@ -42,8 +42,8 @@ use super::sdp::{OfferVideo, offer_has_audio, offer_video};
 use super::{PeerFactory, h264_codecs, opus_codec};
 use crate::audio::CHUNK_DURATION;
 use crate::audio::hub::{AudioHub, AudioSubscription};
-use crate::hub::{Hub, KeyframeReason, Subscription};
 use crate::signaling::SessionKey;
+use crate::video::hub::{Hub, KeyframeReason, Subscription};
 
 /// Why an offer could not be answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
