@@ -11,7 +11,9 @@
 //! is sent as long after its capture as audio is (audio waits for its 20 ms packet to fill).
 //!
 //! A session runs as its own task. It reports to the signaling loop through [`SessionEvent`]s
-//! tagged with its [`SessionKey`], and takes commands through its [`SessionHandle`].
+//! tagged with its [`SessionKey`], and takes commands through its [`SessionHandle`], which also
+//! tells its owner when the task ended without its final event (a panic). The viewer's remote
+//! candidates reach webrtc only through the session's [`CandidateGate`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
