@@ -309,7 +309,10 @@ pub fn parse(message: &[u8]) -> (Value, Result<Request, RequestError>) {
 pub fn error_reply(id: &Value, error: &RequestError) -> Value {
     if error.code == "internal" {
         // The viewer only learns that it failed; the log says why.
-        warn!("data channel request answered `internal`: {}", error.message);
+        warn!(
+            "data channel request answered `internal`: {}",
+            error.message
+        );
     }
     json!({"id": id, "type": "error", "code": error.code, "message": error.message})
 }
