@@ -137,7 +137,8 @@ class Daemon:
         self.proc = subprocess.Popen(
             [args.bin, "--id", uid, "--mqtt", broker.url, "--video", "test", "--size", size,
              "--fps", str(FPS), "--bitrate", "2000", "--max-viewers", "20", "--rtc-bind",
-             "127.0.0.1", "--mdns", "off", "--http", "off", "--audio", "none", "--log", "info"],
+             "127.0.0.1", "--rtc-allow-loopback", "on", "--mdns", "off", "--http", "off",
+             "--audio", "none", "--log", "info"],
             stdout=self.log, stderr=self.log)
         t, _ = self.watch.wait(lambda s: s.get("online") is True, 10)
         if t is None:

@@ -12,6 +12,7 @@ use crate::VERSION;
 use crate::audio::hub::AudioHub;
 use crate::config::DaemonConfig;
 use crate::mqtt::{self, Mqtt, MqttEvent, MqttSettings};
+use crate::peer::candidates::RemotePolicy;
 use crate::peer::session::{self, AnswerError, SessionEvent, SessionHandle};
 use crate::peer::{PeerFactory, PeerSettings};
 use crate::signaling::protocol::{
@@ -146,7 +147,11 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                         let (code, message) = match err {
                             AnswerError::BadOffer(m) => (ErrorCode::BadRequest, m),
                             AnswerError::Unsupported(m) => (ErrorCode::Unsupported, m),
-                            AnswerError::Internal(m) => (ErrorCode::Internal, m),
+                            AnswerError::Internal(m) => {
+                                // The viewer only learns that it failed; the log says why.
+                                warn!(cid = %key.cid, "answering `internal`: {m}");
+                                (ErrorCode::Internal, m)
+                            }
                         };
                         PeerEvent::Failed { code, message }
                     }
@@ -186,6 +191,17 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 let actions = core.on_tick(Instant::now());
                 exec.run(actions).await;
+                // A session whose task died (a panic) never says so: count it out here.
+                for (key, handle) in session::take_unreported(&mut exec.sessions) {
+                    let fault = handle.fault().await;
+                    warn!(cid = %key.cid, "session task {fault}; counting the viewer out");
+                    let actions = core.on_peer_event(Instant::now(), &key, PeerEvent::Closed);
+                    exec.run(actions).await;
+                }
+                let now = std::time::SystemTime::now();
+                if let Err(err) = exec.factory.certificates().renew_if_due(now) {
+                    warn!("renewing the DTLS certificate: {err}");
+                }
                 notifier.tick(Instant::now(), hub.heartbeat_age());
             }
             _ = tokio::signal::ctrl_c() => break,
@@ -199,6 +215,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     }
     // Let the sessions close their peer connections (ICE and DTLS shut down), but
     // never for long: SIGTERM must end the process within 2 s.
+    // A session whose task already died will not report its close: do not wait for it.
+    drop(session::take_unreported(&mut exec.sessions));
     let closing = exec.sessions.len();
     let deadline = tokio::time::Instant::now() + SHUTDOWN_SESSION_WAIT;
     while !exec.sessions.is_empty() {
@@ -244,6 +262,9 @@ fn peer_settings(cfg: &DaemonConfig) -> PeerSettings {
         bind: cfg.rtc_bind.clone(),
         mdns: cfg.mdns,
         ice_servers,
+        remote: RemotePolicy {
+            allow_loopback: cfg.rtc_allow_loopback,
+        },
     }
 }
 

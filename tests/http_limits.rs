@@ -71,6 +71,8 @@ async fn idle_connections_are_capped_and_closed_and_viewers_and_the_page_still_w
         .args([
             "--rtc-bind",
             "127.0.0.1",
+            "--rtc-allow-loopback",
+            "on",
             "--mdns",
             "off",
             "--audio",

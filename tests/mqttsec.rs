@@ -995,6 +995,8 @@ async fn the_security_md_device_example_runs_as_a_transient_user_with_its_creden
                 "320x240",
                 "--rtc-bind",
                 "127.0.0.1",
+                "--rtc-allow-loopback",
+                "on",
             ])
             .args(["--mdns", "off", "--http", "off", "--audio", "none"])
             .env("RUST_LOG", "spyglass=debug,info")

@@ -323,6 +323,8 @@ async fn the_daemon_streams_under_memory_deny_write_execute() {
         .args([
             "--rtc-bind",
             "127.0.0.1",
+            "--rtc-allow-loopback",
+            "on",
             "--mdns",
             "off",
             "--http",

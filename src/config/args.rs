@@ -215,6 +215,14 @@ pub struct DaemonOptions {
     #[serde(deserialize_with = "Ip::file")]
     pub rtc_bind: Vec<IpAddr>,
 
+    /// Use viewers' ICE candidates that name loopback (127.0.0.0/8, ::1) or this device's own
+    /// addresses: for tests on 127.0.0.1. Off, the device never sends to itself on a viewer's
+    /// word (a viewer on the device still connects). TCP, multicast, broadcast, link-local and
+    /// unspecified candidates and ports below 1024 are always refused (docs/SECURITY.md).
+    #[arg(long, value_name = "on|off", value_parser = OnOff::parse, action = ArgAction::Set, default_value = "off", help_heading = "WebRTC")]
+    #[serde(deserialize_with = "OnOff::file")]
+    pub rtc_allow_loopback: bool,
+
     /// Resolve viewers' mDNS (.local) ICE candidates: on or off.
     #[arg(long, value_name = "on|off", value_parser = OnOff::parse, action = ArgAction::Set, default_value = "on", help_heading = "WebRTC")]
     #[serde(deserialize_with = "OnOff::file")]

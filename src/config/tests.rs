@@ -166,6 +166,7 @@ fn defaults() {
         (None, None)
     );
     assert!(c.mdns);
+    assert!(!c.rtc_allow_loopback);
     assert_eq!(c.log, None);
     assert_eq!(c.config_file, None);
 }
@@ -300,6 +301,8 @@ fn flags_set_every_option() {
         "127.0.0.1",
         "--rtc-bind",
         "::1",
+        "--rtc-allow-loopback",
+        "on",
         "--mdns",
         "off",
         "--log",
@@ -331,6 +334,7 @@ fn flags_set_every_option() {
             "::1".parse().unwrap()
         ]
     );
+    assert!(c.rtc_allow_loopback);
     assert!(!c.mdns);
     assert_eq!(c.log.as_deref(), Some("spyglass=debug"));
 }
@@ -374,6 +378,7 @@ fn bad_flag_values_are_rejected() {
         (&["--turn", "stun:t.lan"], "turn:HOST[:PORT] or turns:"),
         (&["--rtc-bind", "eth0"], "IP address"),
         (&["--mdns", "maybe"], "on or off"),
+        (&["--rtc-allow-loopback", "yes"], "on or off"),
         (&["--mqtt-username", ""], "non-empty"),
     ];
     for (args, want) in cases {
@@ -687,6 +692,7 @@ fn file_sets_every_key() {
         turn-username = "tu"
         turn-password-file = "{tpw}"
         rtc-bind = ["127.0.0.1"]
+        rtc-allow-loopback = true
         mdns = "off"
         log = "debug"
         "#,
@@ -719,6 +725,7 @@ fn file_sets_every_key() {
         (Some("tu"), Some("tp"))
     );
     assert_eq!(c.rtc_bind, ["127.0.0.1".parse::<IpAddr>().unwrap()]);
+    assert!(c.rtc_allow_loopback);
     assert!(!c.mdns);
     assert_eq!(c.log.as_deref(), Some("debug"));
     assert_eq!(c.config_file.as_deref(), Some(path.as_path()));

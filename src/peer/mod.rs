@@ -1,7 +1,9 @@
 //! WebRTC peers: how every peer connection in spyglass is set up (codecs, interceptors, the DTLS
-//! certificate made once, bind addresses, mDNS), the device's per-viewer [`session`], and the
-//! offer checks in [`sdp`].
+//! [`certificate`], bind addresses, mDNS), the device's per-viewer [`session`], the offer checks
+//! in [`sdp`], and which remote candidates reach the ICE agent ([`candidates`]).
 
+pub mod candidates;
+pub mod certificate;
 pub mod control;
 pub mod rtcp;
 pub mod sdp;
@@ -10,13 +12,12 @@ pub mod session;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use rtc::crypto::SignatureScheme;
+use rtc::ice::network_type::NetworkType;
 use rtc::interceptor::Slot;
-use rtc::peer_connection::certificate::CertificateParams;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
 use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind};
 use webrtc::peer_connection::{
-    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCCertificate,
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
     RTCConfigurationBuilder, RTCIceServer, Registry, SettingEngineBuilder,
     register_default_interceptors,
 };
@@ -42,6 +43,18 @@ pub struct PeerSettings {
     /// Resolve remote `.local` candidates over multicast DNS.
     pub mdns: bool,
     pub ice_servers: Vec<RTCIceServer>,
+    /// Which remote candidates a device session accepts (see [`candidates`]).
+    pub remote: candidates::RemotePolicy,
+}
+
+impl PeerSettings {
+    /// STUN and TURN URLs configured: each may add local candidates to pair with.
+    pub fn stun_and_turn_urls(&self) -> (usize, usize) {
+        let urls = || self.ice_servers.iter().flat_map(|s| s.urls.iter());
+        let stun = urls().filter(|u| u.starts_with("stun")).count();
+        let turn = urls().filter(|u| u.starts_with("turn")).count();
+        (stun, turn)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,11 +65,11 @@ pub enum PeerError {
     Setup(String),
 }
 
-/// Builds peer connections. Holds the DTLS certificate, made once at start.
+/// Builds peer connections. Holds the DTLS certificate, renewed before it expires.
 #[derive(Clone)]
 pub struct PeerFactory {
     settings: Arc<PeerSettings>,
-    certificate: RTCCertificate,
+    certificates: Arc<certificate::CertificateStore>,
 }
 
 /// The H.264 variants we send: constrained baseline and baseline, packetization-mode 1 (both are
@@ -98,21 +111,21 @@ pub fn opus_codec() -> RTCRtpCodecParameters {
 
 impl PeerFactory {
     pub fn new(settings: PeerSettings) -> Result<Self, PeerError> {
-        let provider = rtc::crypto::default_provider()
-            .map_err(|e| PeerError::Setup(format!("crypto provider: {e}")))?;
-        let params = CertificateParams::new(vec!["spyglass".to_owned()])
-            .map_err(|e| PeerError::Setup(format!("certificate parameters: {e}")))?;
-        let certificate =
-            RTCCertificate::generate(provider.crypto(), SignatureScheme::EcdsaP256Sha256, params)
-                .map_err(|e| PeerError::Setup(format!("DTLS certificate: {e}")))?;
+        let certificates = certificate::CertificateStore::new(std::time::SystemTime::now())
+            .map_err(|e| PeerError::Setup(e.to_string()))?;
         Ok(PeerFactory {
             settings: Arc::new(settings),
-            certificate,
+            certificates: Arc::new(certificates),
         })
     }
 
     pub fn settings(&self) -> &PeerSettings {
         &self.settings
+    }
+
+    /// The DTLS certificates in use (renewed on demand).
+    pub fn certificates(&self) -> &certificate::CertificateStore {
+        &self.certificates
     }
 
     /// A new peer connection that speaks H.264 video and Opus audio and reports to `handler`.
@@ -146,10 +159,17 @@ impl PeerFactory {
             // instead of the default 30 s: 4 s without consent is "disconnected", 6 s more "failed".
             .with_ice_timeouts(Some(ICE_DISCONNECTED_AFTER), Some(ICE_FAILED_AFTER), None)
             .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_MAX_BINDING_REQUESTS))
+            // UDP only: the agent neither gathers nor pairs TCP candidates (the session's gate
+            // keeps remote TCP candidates away from webrtc altogether, see `candidates`).
+            .with_network_types(vec![NetworkType::Udp4, NetworkType::Udp6])
             .build();
+        let certificate = self
+            .certificates
+            .certificate(std::time::SystemTime::now())
+            .map_err(|e| PeerError::Setup(e.to_string()))?;
         let config = RTCConfigurationBuilder::new()
             .with_ice_servers(self.settings.ice_servers.clone())
-            .with_certificates(vec![self.certificate.clone()])
+            .with_certificates(vec![certificate])
             .build();
         let udp_addrs: Vec<String> = if self.settings.bind.is_empty() {
             vec!["0.0.0.0:0".to_string()]

@@ -11,10 +11,12 @@
 //! is sent as long after its capture as audio is (audio waits for its 20 ms packet to fill).
 //!
 //! A session runs as its own task. It reports to the signaling loop through [`SessionEvent`]s
-//! tagged with its [`SessionKey`], and takes commands through its [`SessionHandle`].
+//! tagged with its [`SessionKey`], and takes commands through its [`SessionHandle`], which also
+//! tells its owner when the task ended without its final event (a panic). The viewer's remote
+//! candidates reach webrtc only through the session's [`CandidateGate`].
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rtc::media::Sample;
@@ -36,6 +38,7 @@ use webrtc::peer_connection::{
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
 };
 
+use super::candidates::{self, CandidateGate, LocalAddresses};
 use super::control::{self, ControlContext, SessionCounters};
 use super::sdp::{OfferVideo, offer_has_audio, offer_video};
 use super::{PeerFactory, h264_codecs, opus_codec};
@@ -75,20 +78,79 @@ enum Command {
     Close,
 }
 
+/// Remote candidates waiting for the session to take them; more are dropped (a viewer that
+/// floods its session with candidates gets no more than [`candidates::MAX_REMOTE_CANDIDATES`]
+/// of them used anyway).
+pub const MAX_QUEUED_CANDIDATES: usize = 64;
+
 /// Commands to a running session. Dropping the handle closes the session.
 pub struct SessionHandle {
     commands: mpsc::UnboundedSender<Command>,
+    /// Candidates sent to the session and not yet taken by it.
+    queued: Arc<AtomicUsize>,
+    /// Dropping candidates (logged once per run of drops).
+    dropping: AtomicBool,
+    task: JoinHandle<()>,
+    /// Set when the session has sent its final event (`Failed` or `Closed`).
+    reported: Arc<AtomicBool>,
 }
 
 impl SessionHandle {
     /// A remote candidate from the viewer (`None`: end of candidates).
     pub fn add_candidate(&self, candidate: Option<RTCIceCandidateInit>) {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED_CANDIDATES {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            if !self.dropping.swap(true, Ordering::Relaxed) {
+                debug!(
+                    "remote candidates dropped: {MAX_QUEUED_CANDIDATES} already wait for the session"
+                );
+            }
+            return;
+        }
+        self.dropping.store(false, Ordering::Relaxed);
         let _ = self.commands.send(Command::AddCandidate(candidate));
     }
 
     pub fn close(&self) {
         let _ = self.commands.send(Command::Close);
     }
+
+    /// The session's task is over without having sent its final event: it panicked (or was
+    /// cancelled). Nothing more will come from it; its owner must count it out.
+    pub fn ended_unreported(&self) -> bool {
+        self.task.is_finished() && !self.reported.load(Ordering::Acquire)
+    }
+
+    /// Why the task ended, for the log (once [`Self::ended_unreported`] says it did).
+    pub async fn fault(self) -> String {
+        match self.task.await {
+            Ok(()) => "ended without a final event".to_string(),
+            Err(err) if err.is_panic() => {
+                let panic = err.into_panic();
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-text payload".to_string());
+                format!("panicked: {message}")
+            }
+            Err(err) => format!("cancelled: {err}"),
+        }
+    }
+}
+
+/// The sessions whose tasks ended without reporting, taken out of `sessions`.
+pub fn take_unreported<K: Clone + Eq + std::hash::Hash>(
+    sessions: &mut std::collections::HashMap<K, SessionHandle>,
+) -> Vec<(K, SessionHandle)> {
+    let dead: Vec<K> = sessions
+        .iter()
+        .filter(|(_, handle)| handle.ended_unreported())
+        .map(|(key, _)| key.clone())
+        .collect();
+    dead.into_iter()
+        .filter_map(|key| sessions.remove(&key).map(|handle| (key, handle)))
+        .collect()
 }
 
 /// How often a connected session checks whether the viewer closed DTLS.
@@ -107,8 +169,43 @@ pub fn start(
     events: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
 ) -> SessionHandle {
     let (commands, command_rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(factory, hub, audio, key, offer_sdp, events, command_rx));
-    SessionHandle { commands }
+    let queued = Arc::new(AtomicUsize::new(0));
+    let session = run(
+        factory,
+        hub,
+        audio,
+        key.clone(),
+        offer_sdp,
+        events.clone(),
+        command_rx,
+        Arc::clone(&queued),
+    );
+    let (task, reported) = spawn_supervised(key, events, session);
+    SessionHandle {
+        commands,
+        queued,
+        dropping: AtomicBool::new(false),
+        task,
+        reported,
+    }
+}
+
+/// Run a session's future as a task that sends the final event the future returns and then marks
+/// it sent; a task that ends otherwise (a panic) leaves the mark unset, which its owner sees
+/// through [`SessionHandle::ended_unreported`].
+fn spawn_supervised(
+    key: SessionKey,
+    events: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
+    session: impl std::future::Future<Output = SessionEvent> + Send + 'static,
+) -> (JoinHandle<()>, Arc<AtomicBool>) {
+    let reported = Arc::new(AtomicBool::new(false));
+    let mark = Arc::clone(&reported);
+    let task = tokio::spawn(async move {
+        let last = session.await;
+        mark.store(true, Ordering::Release);
+        let _ = events.send((key, last));
+    });
+    (task, reported)
 }
 
 /// Peer connection callbacks, forwarded into the session task.
@@ -173,12 +270,44 @@ fn sendonly() -> Option<RTCRtpTransceiverInit> {
     })
 }
 
+/// Refusals logged one by one per session; the rest are only counted (a flood stays out of the log).
+const LOGGED_REFUSALS: usize = 5;
+
+/// Hand one remote candidate to webrtc if the session's gate admits it.
+async fn hand_in(
+    pc: &Arc<dyn PeerConnection>,
+    gate: &mut CandidateGate,
+    cid: &str,
+    candidate: RTCIceCandidateInit,
+) {
+    if !candidate.candidate.is_empty() {
+        match gate.admit(&candidate.candidate) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(refusal) => {
+                if gate.refused() <= LOGGED_REFUSALS {
+                    let shown: String = candidate.candidate.chars().take(120).collect();
+                    debug!(cid, candidate = %shown, "remote candidate refused: {refusal}");
+                }
+                return;
+            }
+        }
+    }
+    if let Err(err) = pc.add_ice_candidate(candidate).await {
+        debug!(cid, "remote candidate not added: {err}");
+    }
+}
+
 async fn answer(
     factory: &PeerFactory,
     with_audio: bool,
     offer_sdp: String,
     news: mpsc::UnboundedSender<PeerNews>,
+    gate: &mut CandidateGate,
+    cid: &str,
 ) -> Result<(Answered, String), AnswerError> {
+    // The offer's candidates go in after the answer exists, through the gate like trickled ones.
+    let (offer_sdp, offered) = candidates::split_offer(&offer_sdp);
     let video = offer_video(&offer_sdp);
     let with_audio = with_audio && offer_has_audio(&offer_sdp);
     let offer = RTCSessionDescription::offer(offer_sdp)
@@ -316,6 +445,16 @@ async fn answer(
         let local = pc.local_description().await.ok_or_else(|| {
             AnswerError::Internal("answer missing after set_local_description".into())
         })?;
+        gate.note_local_sdp(&local.sdp);
+        for candidate in offered {
+            let init = RTCIceCandidateInit {
+                candidate,
+                sdp_mid: Some(mid.clone()),
+                sdp_mline_index: Some(0),
+                ..Default::default()
+            };
+            hand_in(&pc, gate, cid, init).await;
+        }
         Ok((payload_type, mid, dtls, audio_pt, local.sdp))
     }
     .await;
@@ -345,6 +484,9 @@ async fn answer(
     }
 }
 
+/// The session, from offer to end; returns its final event (`Failed` or `Closed`), which
+/// [`spawn_supervised`] sends.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     factory: PeerFactory,
     hub: Hub,
@@ -353,18 +495,32 @@ async fn run(
     offer_sdp: String,
     events: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
     mut commands: mpsc::UnboundedReceiver<Command>,
-) {
+    queued: Arc<AtomicUsize>,
+) -> SessionEvent {
     let emit = |event: SessionEvent| {
         let _ = events.send((key.clone(), event));
     };
+    let (stun, turn) = factory.settings().stun_and_turn_urls();
+    let mut gate = CandidateGate::new(
+        factory.settings().remote,
+        LocalAddresses::of_this_host(),
+        stun,
+        turn,
+    );
     let (news_tx, mut news) = mpsc::unbounded_channel();
     let started = Instant::now();
-    let (session, answer_sdp) = match answer(&factory, audio.is_some(), offer_sdp, news_tx).await {
+    let answered = answer(
+        &factory,
+        audio.is_some(),
+        offer_sdp,
+        news_tx,
+        &mut gate,
+        &key.cid,
+    )
+    .await;
+    let (session, answer_sdp) = match answered {
         Ok(ok) => ok,
-        Err(err) => {
-            emit(SessionEvent::Failed(err));
-            return;
-        }
+        Err(err) => return SessionEvent::Failed(err),
     };
     debug!(cid = %key.cid, ms = started.elapsed().as_millis() as u64, "answer ready");
     emit(SessionEvent::Answered(answer_sdp));
@@ -396,18 +552,18 @@ async fn run(
             }
             command = commands.recv() => match command {
                 Some(Command::AddCandidate(candidate)) => {
+                    queued.fetch_sub(1, Ordering::AcqRel);
                     let init = candidate.unwrap_or_else(|| RTCIceCandidateInit {
                         candidate: String::new(),
                         ..Default::default()
                     });
-                    if let Err(err) = session.pc.add_ice_candidate(init).await {
-                        debug!(cid = %key.cid, "remote candidate not added: {err}");
-                    }
+                    hand_in(&session.pc, &mut gate, &key.cid, init).await;
                 }
                 Some(Command::Close) | None => break "closed by the device".to_string(),
             },
             item = news.recv() => match item {
                 Some(PeerNews::Candidate(mut init)) => {
+                    gate.note_local(&init.candidate);
                     init.sdp_mid = Some(session.mid.clone());
                     init.sdp_mline_index = Some(0);
                     emit(SessionEvent::LocalCandidate(Some(init)));
@@ -483,8 +639,19 @@ async fn run(
     if let Err(err) = session.pc.close().await {
         debug!(cid = %key.cid, "closing peer connection: {err}");
     }
+    if gate.refused() > 0 {
+        info!(
+            cid = %key.cid,
+            admitted = gate.admitted(),
+            refused = gate.refused(),
+            "remote candidates: {} handed to ICE (at most {} pairs), {} refused",
+            gate.admitted(),
+            gate.max_pairs(),
+            gate.refused()
+        );
+    }
     info!(cid = %key.cid, "session ended: {reason}");
-    emit(SessionEvent::Closed(reason));
+    SessionEvent::Closed(reason)
 }
 
 /// Send the hub's frames to this viewer until the task is aborted. With `sync`, each frame is
@@ -572,5 +739,62 @@ async fn forward_keyframe_requests(hub: Hub, track: Arc<TrackLocalStaticSample>)
         if let TrackLocalEvent::OnRtcpPacket(_) = event {
             hub.request_keyframe(KeyframeReason::Loss);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn key(generation: u64) -> SessionKey {
+        SessionKey {
+            cid: "v1".into(),
+            generation,
+        }
+    }
+
+    fn handle(
+        events: &mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
+        generation: u64,
+        session: impl std::future::Future<Output = SessionEvent> + Send + 'static,
+    ) -> SessionHandle {
+        let (commands, _) = mpsc::unbounded_channel();
+        let (task, reported) = spawn_supervised(key(generation), events.clone(), session);
+        SessionHandle {
+            commands,
+            queued: Arc::new(AtomicUsize::new(0)),
+            dropping: AtomicBool::new(false),
+            task,
+            reported,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_task_that_panics_is_reported_dead() {
+        let (events, mut rx) = mpsc::unbounded_channel();
+        let mut sessions = HashMap::new();
+        sessions.insert(
+            key(1),
+            handle(&events, 1, async { panic!("a bug in a session") }),
+        );
+        sessions.insert(
+            key(2),
+            handle(&events, 2, async { SessionEvent::Closed("bye".into()) }),
+        );
+        sessions.insert(key(3), handle(&events, 3, std::future::pending()));
+        while !(sessions[&key(1)].task.is_finished() && sessions[&key(2)].task.is_finished()) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Only the one that died without its final event is taken out; the one that closed
+        // reported it, and the running one is left alone.
+        let mut dead = take_unreported(&mut sessions);
+        assert_eq!(dead.len(), 1);
+        let (dead_key, dead_handle) = dead.remove(0);
+        assert_eq!(dead_key, key(1));
+        assert_eq!(dead_handle.fault().await, "panicked: a bug in a session");
+        assert!(matches!(rx.recv().await, Some((k, SessionEvent::Closed(_))) if k == key(2)));
+        assert_eq!(sessions.len(), 2);
+        assert!(take_unreported(&mut sessions).is_empty());
     }
 }

@@ -79,7 +79,8 @@ pub struct Limits {
     pub peer_timeout: Duration,
     /// How long candidates that arrive before their offer are held.
     pub orphan_ttl: Duration,
-    /// At most this many held candidates per CID, and this many CIDs with held candidates.
+    /// At most this many held candidates per CID (before its offer, and while it is answered),
+    /// and this many CIDs with held candidates.
     pub max_orphans: usize,
     /// At most this many held candidates in all...
     pub max_held_candidates: usize,
@@ -842,6 +843,22 @@ mod tests {
         assert!(
             matches!(&actions[..], [Action::Candidate { key: k, candidate: Some(_) }] if *k == key)
         );
+    }
+
+    #[test]
+    fn candidates_held_while_answering_are_bounded() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        let key = started(&m.on_message(t0, "home/cam/offer/v1", OFFER));
+        for n in 0..1000 {
+            m.on_message(t0, "home/cam/ice/v1", &candidate(n));
+        }
+        let actions = m.on_peer_event(t0, &key, PeerEvent::Answered("v=0".into()));
+        let delivered = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Candidate { .. }))
+            .count();
+        assert_eq!(delivered, Limits::default().max_orphans);
     }
 
     #[test]

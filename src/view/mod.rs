@@ -339,6 +339,8 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
         bind: opts.bind.clone(),
         mdns: opts.mdns,
         ice_servers: vec![],
+        // The viewer trusts the device it asked for: no policy on the device's candidates.
+        remote: Default::default(),
     })
     .map_err(|e| ViewError::Setup(e.to_string()))?;
     let (news_tx, mut news) = mpsc::unbounded_channel();
