@@ -596,8 +596,9 @@ struct DaemonArgs {
     #[arg(long, value_name = "URL", value_parser = parse_stun, help_heading = "WebRTC")]
     stun: Vec<String>,
 
-    /// TURN server, turn:HOST[:PORT] or turns:HOST[:PORT]. Repeat for more. Needs
-    /// --turn-username and --turn-password-file. [default: none]
+    /// TURN server, turn:HOST[:PORT] (TURN over UDP: the device cannot use TURN over TCP or TLS;
+    /// viewers can). Repeat for more. Needs --turn-username and --turn-password-file. Each is
+    /// tested at start; one that fails is logged and left out until it works. [default: none]
     #[arg(long, value_name = "URL", value_parser = parse_turn, help_heading = "WebRTC")]
     turn: Vec<String>,
 
@@ -632,7 +633,10 @@ struct DaemonArgs {
     #[arg(long, value_name = "DIR", value_parser = parse_path, help_heading = "Web page")]
     web_root: Option<PathBuf>,
 
-    /// Log filter, e.g. `info` or `spyglass=debug,webrtc=warn`. [default: RUST_LOG, else info]
+    /// Log filter, e.g. `info` or `spyglass=debug,webrtc=warn`. Known noise of the WebRTC stack
+    /// (rtc_ice::agent, rtc_dtls::config, webrtc::peer_connection::driver warnings; TURN
+    /// CreatePermission 403s) stays out unless the filter names its target. [default: RUST_LOG,
+    /// else info]
     #[arg(long, value_name = "FILTER", value_parser = parse_log)]
     log: Option<String>,
 
@@ -847,8 +851,16 @@ fn parse_stun(s: &str) -> Result<String, String> {
     parse_ice_url(s, &["stun:"])
 }
 
+/// A TURN URL the device can use: TURN over UDP (`turns:` and `?transport=tcp` are refused
+/// with the reason, see [`crate::peer::relay`]).
 fn parse_turn(s: &str) -> Result<String, String> {
-    parse_ice_url(s, &["turn:", "turns:"])
+    let url = if s.starts_with("turns:") {
+        s.to_owned()
+    } else {
+        parse_ice_url(s, &["turn:"])?
+    };
+    crate::peer::relay::check_url(&url).map_err(|e| e.to_string())?;
+    Ok(url)
 }
 
 fn parse_ip(s: &str) -> Result<IpAddr, String> {
@@ -1779,7 +1791,7 @@ mod tests {
             "--stun",
             "stun:stun2.lan",
             "--turn",
-            "turns:turn.lan:5349",
+            "turn:turn.lan:5349",
             "--turn-username",
             "t",
             "--turn-password-file",
@@ -1809,7 +1821,7 @@ mod tests {
         assert_eq!((c.bitrate_kbps, c.max_viewers), (800, 2));
         assert_eq!(c.peer_timeout, Duration::from_secs(10));
         assert_eq!(c.stun, ["stun:stun.lan:3478", "stun:stun2.lan"]);
-        assert_eq!(c.turn, ["turns:turn.lan:5349"]);
+        assert_eq!(c.turn, ["turn:turn.lan:5349"]);
         assert_eq!(c.turn_username.as_deref(), Some("t"));
         assert_eq!(c.turn_password.as_deref(), Some("tpass"));
         assert_eq!(
@@ -1859,7 +1871,12 @@ mod tests {
             (&["--video", "video0"], "/dev/video0"),
             (&["--stun", "stun.lan"], "stun:HOST"),
             (&["--stun", "turn:t.lan"], "stun:HOST"),
-            (&["--turn", "stun:t.lan"], "turn:HOST[:PORT] or turns:"),
+            (&["--turn", "stun:t.lan"], "turn:HOST[:PORT]"),
+            (&["--turn", "turns:t.lan"], "TURN over UDP only"),
+            (
+                &["--turn", "turn:t.lan?transport=tcp"],
+                "TURN over UDP only",
+            ),
             (&["--rtc-bind", "eth0"], "IP address"),
             (&["--mdns", "maybe"], "on or off"),
             (&["--mqtt-username", ""], "non-empty"),
@@ -2370,7 +2387,8 @@ mod tests {
             ("video = \"cam\"", "video", "/dev/video0"),
             ("stun = [\"stun:a\", \"b\"]", "stun", "got \"b\""),
             ("stun = [1]", "stun", "got 1"),
-            ("turn = [\"stun:a\"]", "turn", "turns:"),
+            ("turn = [\"stun:a\"]", "turn", "turn:HOST"),
+            ("turn = [\"turns:a\"]", "turn", "over TCP or TLS"),
             ("turn-username = []", "turn-username", "got an array"),
             (
                 "turn-password-file = \"\"",

@@ -6,6 +6,7 @@ pub mod config;
 pub mod daemon;
 pub mod encode;
 pub mod hub;
+pub mod logging;
 pub mod mqtt;
 pub mod pattern;
 pub mod peer;

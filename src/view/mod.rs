@@ -338,6 +338,7 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
         bind: opts.bind.clone(),
         mdns: opts.mdns,
         ice_servers: vec![],
+        connect_timeout: opts.timeout,
     })
     .map_err(|e| ViewError::Setup(e.to_string()))?;
     let (news_tx, mut news) = mpsc::unbounded_channel();

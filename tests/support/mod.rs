@@ -405,6 +405,7 @@ pub async fn recvonly_offer(
         bind: vec!["127.0.0.1".parse().unwrap()],
         mdns: false,
         ice_servers: vec![],
+        ..Default::default()
     })
     .unwrap();
     let pc = factory.build(std::sync::Arc::new(Quiet)).await.unwrap();
