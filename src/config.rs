@@ -634,9 +634,9 @@ struct DaemonArgs {
     web_root: Option<PathBuf>,
 
     /// Log filter, e.g. `info` or `spyglass=debug,webrtc=warn`. Known noise of the WebRTC stack
-    /// (rtc_ice::agent, rtc_dtls::config, webrtc::peer_connection::driver warnings; TURN
-    /// CreatePermission 403s) stays out unless the filter names its target. [default: RUST_LOG,
-    /// else info]
+    /// (warnings of rtc_ice::agent, rtc_dtls::config, rtc_sctp::endpoint and
+    /// webrtc::peer_connection::driver; TURN CreatePermission 403s) stays out unless the filter
+    /// names its target. [default: RUST_LOG, else info]
     #[arg(long, value_name = "FILTER", value_parser = parse_log)]
     log: Option<String>,
 

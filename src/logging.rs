@@ -9,12 +9,15 @@
 //! | `rtc_ice::agent` | WARN | `pingAllCandidates called with no candidate pairs` | every check tick until the viewer's first usable candidate (hundreds per session); also "remote mDNS candidate added, but mDNS is disabled" and other peer-caused lines |
 //! | `rtc_dtls::config` | WARN | `conn.remote_addr is empty, please set explicitly server_name` | every session, as the DTLS client; no setting reaches it |
 //! | `webrtc::peer_connection::driver` | WARN | `None tcp/udp socket, drop the packet` | at the close of relayed sessions (its real failures are ERRORs) |
+//! | `rtc_sctp::endpoint` | WARN | `refusing first packet due to empty server_config` | sessions with a data channel: the device, as the DTLS client, opens the SCTP association itself and refuses the viewer's simultaneous INIT; the association is made either way |
 //! | `webrtc::peer_connection::transport::turn_relayer` | ERROR | `TURN permission request failed: CreatePermission error response (error 403: Forbidden IP)` | once per relay and private address of the viewer when the TURN server denies private peers (coturn's recommended hardening); the session works through the other addresses |
 //!
-//! The first three are raised to ERROR by target. The TURN line is dropped by its text only, so
+//! The first four are raised to ERROR by target. The TURN line is dropped by its text only, so
 //! that the same target's real failures (an allocation refused) stay visible; the device tests
 //! its TURN servers at start-up anyway ([`crate::peer::relay`]). A user filter that names one of
 //! these targets keeps its own level for it.
+
+use std::io::IsTerminal;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
@@ -23,10 +26,11 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, fmt};
 
 /// Targets whose warnings are known noise: raised to ERROR unless the user's filter names them.
-pub const QUIET_TARGETS: [&str; 3] = [
+pub const QUIET_TARGETS: [&str; 4] = [
     "rtc_ice::agent",
     "rtc_dtls::config",
     "webrtc::peer_connection::driver",
+    "rtc_sctp::endpoint",
 ];
 
 /// Where webrtc logs TURN permission failures.
@@ -51,18 +55,28 @@ pub fn directives(user: Option<&str>) -> String {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct QuietTurnPermissions;
 
-struct MessageText(String);
+/// An event's message and, for a `log` record (which reaches tracing through `tracing-log`
+/// with the target "log"), its own target.
+#[derive(Default)]
+struct MessageText {
+    message: String,
+    log_target: Option<String>,
+}
 
 impl Visit for MessageText {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            self.0 = format!("{value:?}");
+        match field.name() {
+            "message" => self.message = format!("{value:?}"),
+            "log.target" => self.log_target = Some(format!("{value:?}")),
+            _ => {}
         }
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.0 = value.to_owned();
+        match field.name() {
+            "message" => self.message = value.to_owned(),
+            "log.target" => self.log_target = Some(value.to_owned()),
+            _ => {}
         }
     }
 }
@@ -76,23 +90,31 @@ impl QuietTurnPermissions {
 
 impl<S: Subscriber> Layer<S> for QuietTurnPermissions {
     fn event_enabled(&self, event: &Event<'_>, _ctx: Context<'_, S>) -> bool {
-        if event.metadata().target() != TURN_RELAYER_TARGET {
+        let target = event.metadata().target();
+        if target != TURN_RELAYER_TARGET && target != "log" {
             return true;
         }
-        let mut text = MessageText(String::new());
+        let mut text = MessageText::default();
         event.record(&mut text);
-        Self::admits(TURN_RELAYER_TARGET, &text.0)
+        let target = text.log_target.as_deref().unwrap_or(target);
+        Self::admits(target, &text.message)
     }
 }
 
-/// Install the process's logger: `user` directives (or `info`) plus the quiet ones, to stderr.
+/// Install the process's logger: `user` directives (or `info`) plus the quiet ones, to stderr
+/// (coloured only on a terminal).
 pub fn init(user: Option<&str>) {
     let filter = EnvFilter::new(directives(user));
     let quiet_turn = !user.is_some_and(|u| u.contains(TURN_RELAYER_TARGET));
     tracing_subscriber::registry()
         .with(filter)
         .with(quiet_turn.then_some(QuietTurnPermissions))
-        .with(fmt::layer().with_writer(std::io::stderr))
+        .with(
+            fmt::layer()
+                .with_writer(std::io::stderr)
+                // Colours only on a terminal: not in journald or a log file.
+                .with_ansi(std::io::stderr().is_terminal()),
+        )
         .init();
 }
 
@@ -104,11 +126,13 @@ mod tests {
     fn noise_is_raised_unless_the_user_names_it() {
         assert_eq!(
             directives(None),
-            "info,rtc_ice::agent=error,rtc_dtls::config=error,webrtc::peer_connection::driver=error"
+            "info,rtc_ice::agent=error,rtc_dtls::config=error,webrtc::peer_connection::driver=error,\
+             rtc_sctp::endpoint=error"
         );
         assert_eq!(
             directives(Some("debug,rtc_ice::agent=trace")),
-            "debug,rtc_ice::agent=trace,rtc_dtls::config=error,webrtc::peer_connection::driver=error"
+            "debug,rtc_ice::agent=trace,rtc_dtls::config=error,webrtc::peer_connection::driver=error,\
+             rtc_sctp::endpoint=error"
         );
         assert!(directives(Some("  ")).starts_with("info,"));
     }

@@ -168,6 +168,33 @@ pub async fn ice_transport(pc: &dyn PeerConnection) -> Option<Arc<dyn IceTranspo
     Some(sctp.transport().ice_transport())
 }
 
+/// The selected pair's candidate kinds from the connection's stats (`"?"` for a candidate that
+/// has no stats entry).
+async fn selected_from_stats(pc: &dyn PeerConnection) -> Option<(String, String)> {
+    use webrtc::peer_connection::{RTCStatsReportEntry, StatsSelector};
+    let report = pc.get_stats(Instant::now(), StatsSelector::None).await;
+    let pair_id = report.transport()?.selected_candidate_pair_id.clone();
+    let pair = report
+        .candidate_pairs()
+        .find(|p| p.stats.id.to_string() == pair_id)?;
+    let kind = |prefix: &str, id: &str| {
+        [id.to_string(), format!("{prefix}{id}")]
+            .iter()
+            .find_map(|key| match report.get(key) {
+                Some(
+                    RTCStatsReportEntry::LocalCandidate(c)
+                    | RTCStatsReportEntry::RemoteCandidate(c),
+                ) => Some(format!("{}/{}", c.candidate_type, c.protocol)),
+                _ => None,
+            })
+            .unwrap_or_else(|| "?".to_string())
+    };
+    Some((
+        kind("RTCLocalIceCandidate_", &pair.local_candidate_id),
+        kind("RTCRemoteIceCandidate_", &pair.remote_candidate_id),
+    ))
+}
+
 /// Read the candidates the agent knows into `record`.
 async fn snapshot(pc: &dyn PeerConnection, record: &Connectivity) {
     if let Some(ice) = ice_transport(pc).await {
@@ -189,8 +216,17 @@ pub struct Watch {
     up: AtomicBool,
     /// Set while ICE is checking: the snapshot task runs.
     checking: Arc<AtomicBool>,
-    /// Gathering has been reported complete (by webrtc or by the deadline).
-    gathered: Arc<AtomicBool>,
+    /// Gathering of the current generation has been reported complete (by webrtc or by the
+    /// deadline), and whether the deadline did it.
+    gathering: Arc<Gathering>,
+}
+
+#[derive(Debug, Default)]
+struct Gathering {
+    /// Bumped at every offer: a deadline armed for an older one does nothing.
+    generation: std::sync::atomic::AtomicU64,
+    complete: AtomicBool,
+    ended_by_deadline: AtomicBool,
 }
 
 impl Watch {
@@ -206,7 +242,7 @@ impl Watch {
             pc: OnceLock::new(),
             up: AtomicBool::new(false),
             checking: Arc::new(AtomicBool::new(false)),
-            gathered: Arc::new(AtomicBool::new(false)),
+            gathering: Arc::default(),
         }
     }
 
@@ -241,15 +277,51 @@ impl Watch {
         });
     }
 
-    /// Gathering started: make sure it ends.
+    /// Read the selected pair into the record and the pace. The callbacks run on the driver
+    /// with no lock held, so reading the agent from them is safe.
+    async fn read_selected_pair(&self) {
+        let Some(pc) = self.pc() else { return };
+        snapshot(pc.as_ref(), &self.record).await;
+        match ice_transport(pc.as_ref()).await {
+            Some(ice) => match ice.get_selected_candidate_pair().await {
+                Ok(Some(pair)) => {
+                    self.record.select(pair.local(), pair.remote());
+                    self.pace.relayed(
+                        pair.local().typ == webrtc::peer_connection::RTCIceCandidateType::Relay,
+                    );
+                }
+                other => debug!("selected candidate pair not readable: {other:?}"),
+            },
+            // A receive-only connection (`spyglass view`) has no transport handle to read through:
+            // the stats have the pair, and the types of its candidates when registered there
+            // (webrtc registers no stats for the remote candidates of an SDP).
+            None => {
+                if let Some((local, remote)) = selected_from_stats(pc.as_ref()).await {
+                    self.record
+                        .with(|t| t.selected = Some((local.clone(), remote)));
+                    self.pace.relayed(local.starts_with("relay/"));
+                }
+            }
+        }
+    }
+
+    /// An offer was made or taken, so candidates are (re)gathered: make sure that ends. (webrtc
+    /// reports no "gathering" state change, so the signaling state marks the start.)
     fn arm_gathering_deadline(&self) {
+        let gathering = Arc::clone(&self.gathering);
+        let generation = gathering.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        gathering.complete.store(false, Ordering::Release);
+        gathering.ended_by_deadline.store(false, Ordering::Release);
         let inner = Arc::clone(&self.inner);
-        let gathered = Arc::clone(&self.gathered);
         let weak = self.pc.get().cloned();
         tokio::spawn(async move {
             tokio::time::sleep(GATHERING_DEADLINE).await;
             let alive = weak.as_ref().and_then(Weak::upgrade).is_some();
-            if alive && !gathered.swap(true, Ordering::AcqRel) {
+            if alive
+                && gathering.generation.load(Ordering::Acquire) == generation
+                && !gathering.complete.swap(true, Ordering::AcqRel)
+            {
+                gathering.ended_by_deadline.store(true, Ordering::Release);
                 debug!(
                     "local candidate gathering not complete after {GATHERING_DEADLINE:?} (a TURN server \
                      that does not answer?): ending it"
@@ -270,7 +342,7 @@ impl PeerConnectionEventHandler for Watch {
 
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         self.record.note_local(&event.candidate);
-        if self.gathered.load(Ordering::Acquire) {
+        if self.gathering.ended_by_deadline.load(Ordering::Acquire) {
             debug!(
                 candidate = %kind(&event.candidate),
                 "local candidate after the gathering deadline: not sent"
@@ -288,6 +360,12 @@ impl PeerConnectionEventHandler for Watch {
     }
 
     async fn on_signaling_state_change(&self, state: RTCSignalingState) {
+        if matches!(
+            state,
+            RTCSignalingState::HaveRemoteOffer | RTCSignalingState::HaveLocalOffer
+        ) {
+            self.arm_gathering_deadline();
+        }
         self.inner.on_signaling_state_change(state).await;
     }
 
@@ -302,18 +380,7 @@ impl PeerConnectionEventHandler for Watch {
                 self.pace
                     .ice_connected(now, self.up.load(Ordering::Acquire));
                 self.checking.store(false, Ordering::Release);
-                // The callback runs on the driver with no lock held: reading the agent is safe.
-                if let Some(pc) = self.pc() {
-                    snapshot(pc.as_ref(), &self.record).await;
-                    if let Some(ice) = ice_transport(pc.as_ref()).await
-                        && let Ok(Some(pair)) = ice.get_selected_candidate_pair().await
-                    {
-                        self.record.select(pair.local(), pair.remote());
-                        self.pace.relayed(
-                            pair.local().typ == webrtc::peer_connection::RTCIceCandidateType::Relay,
-                        );
-                    }
-                }
+                self.read_selected_pair().await;
             }
             RTCIceConnectionState::Failed | RTCIceConnectionState::Closed => {
                 self.checking.store(false, Ordering::Release);
@@ -325,17 +392,11 @@ impl PeerConnectionEventHandler for Watch {
     }
 
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
-        match state {
-            RTCIceGatheringState::Gathering => {
-                self.gathered.store(false, Ordering::Release);
-                self.arm_gathering_deadline();
-            }
-            RTCIceGatheringState::Complete => {
-                if self.gathered.swap(true, Ordering::AcqRel) {
-                    return;
-                }
-            }
-            _ => {}
+        if state == RTCIceGatheringState::Complete
+            && self.gathering.complete.swap(true, Ordering::AcqRel)
+        {
+            // Already reported (by the deadline).
+            return;
         }
         self.inner.on_ice_gathering_state_change(state).await;
     }
@@ -345,6 +406,11 @@ impl PeerConnectionEventHandler for Watch {
             RTCPeerConnectionState::Connected => {
                 self.up.store(true, Ordering::Release);
                 self.pace.connected(Instant::now());
+                if self.record.selected_kinds().is_none() {
+                    // A receive-only connection has no transport to read through until its
+                    // first track is negotiated in full.
+                    self.read_selected_pair().await;
+                }
             }
             RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
                 self.checking.store(false, Ordering::Release);

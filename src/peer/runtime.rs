@@ -304,6 +304,16 @@ mod tests {
         assert_eq!(pace.cap(t0 + Duration::from_secs(3600)), None);
     }
 
+    #[tokio::test]
+    async fn outgoing_tcp_is_refused() {
+        let runtime = WakeRuntime::new(Arc::default()).unwrap();
+        let refused = runtime
+            .connect_tcp(SocketAddr::from(([127, 0, 0, 1], 9)))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::PermissionDenied);
+    }
+
     #[test]
     fn an_ice_restart_of_a_connected_session_only_lingers() {
         let t0 = Instant::now();
