@@ -240,6 +240,7 @@ fn peer_settings(cfg: &DaemonConfig) -> PeerSettings {
         mdns: cfg.mdns,
         ice_servers,
         connect_timeout: cfg.peer_timeout,
+        check_interval: None,
     }
 }
 

@@ -114,6 +114,11 @@ impl Connectivity {
     /// Why no connection came about, for the log and the viewer: the candidate types tried on
     /// each side and, when neither side had a relay, that a TURN server is what is missing.
     pub fn failure(&self) -> String {
+        if let Some(pair) = self.selected_pair() {
+            return format!(
+                "ICE found a path ({pair}) but the secure connection (DTLS) was not made over it"
+            );
+        }
         let (local, remote) = self.tried();
         let list = |v: &[String]| {
             if v.is_empty() {
@@ -476,6 +481,7 @@ mod tests {
             &[candidate(RTCIceCandidateType::Host)],
         );
         assert!(!record.failure().contains("TURN"), "{}", record.failure());
+        assert!(record.failure().contains("candidates tried"));
         record.select(
             &candidate(RTCIceCandidateType::Relay),
             &candidate(RTCIceCandidateType::Prflx),
@@ -484,5 +490,6 @@ mod tests {
             record.selected_pair().as_deref(),
             Some("local=relay/udp remote=prflx/udp")
         );
+        assert!(record.failure().contains("DTLS"), "{}", record.failure());
     }
 }

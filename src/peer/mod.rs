@@ -47,7 +47,16 @@ pub struct PeerSettings {
     /// How long a connection may take to connect before ICE gives up (`--peer-timeout`; zero:
     /// 30 s).
     pub connect_timeout: Duration,
+    /// ICE check pacing while connecting; `None` is webrtc's default, 200 ms (RFC 8445-like
+    /// for the few pairs a session has). A controlling agent (`spyglass view`) also nominates only
+    /// on these ticks when a better pair is still being checked, so the viewer uses
+    /// [`VIEWER_CHECK_INTERVAL`].
+    pub check_interval: Option<Duration>,
 }
+
+/// ICE check pacing of `spyglass view` (RFC 8445's Ta); binding requests per pair are scaled to
+/// keep webrtc's 1.4 s per pair.
+pub const VIEWER_CHECK_INTERVAL: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -177,8 +186,9 @@ impl PeerFactory {
         let setting_engine = SettingEngineBuilder::new()
             .with_multicast_dns_mode(mdns)
             .with_ice_timeouts(Some(ICE_DISCONNECTED_AFTER), Some(failed_after), None)
-            // Check pacing stays webrtc's default (200 ms, 7 requests per pair): the driver wakes
-            // up at once when there is something to send (runtime::WakeRuntime).
+            // Check pacing is webrtc's default (200 ms, 7 requests per pair) unless the settings
+            // say otherwise: the driver wakes up at once when there is something to send
+            // (runtime::WakeRuntime), so the handshake no longer waits for a check tick.
             //
             // A controlling agent (`spyglass view`; the device answers, so it is controlled and
             // never nominates) nominates the best pair that works as soon as it works, instead of
@@ -187,6 +197,13 @@ impl PeerFactory {
             .with_srflx_acceptance_min_wait(nominate_at_once)
             .with_prflx_acceptance_min_wait(nominate_at_once)
             .with_relay_acceptance_min_wait(nominate_at_once)
+            .with_ice_connection_attempts(
+                self.settings.check_interval,
+                self.settings.check_interval.map(|i| {
+                    (Duration::from_millis(1400).as_millis() / i.as_millis().max(1)).clamp(1, 70)
+                        as u16
+                }),
+            )
             .build();
         let ice_servers = self.relays.usable(&self.settings.ice_servers);
         let turn = ice_servers

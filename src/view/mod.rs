@@ -345,6 +345,7 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
         mdns: opts.mdns,
         ice_servers: vec![],
         connect_timeout: opts.timeout,
+        check_interval: Some(crate::peer::VIEWER_CHECK_INTERVAL),
     })
     .map_err(|e| ViewError::Setup(e.to_string()))?;
     let (news_tx, mut news) = mpsc::unbounded_channel();

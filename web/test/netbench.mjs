@@ -5,7 +5,7 @@
 // frame over N sessions (median, p95), with Chromium's stages (answer, ICE, DTLS, frame).
 // A benchmark, not a test: nothing here fails on a time.
 //
-// Usage (from web/): node test/netbench.mjs [N] [--delay MS] [--case cone|relay]...
+// Usage (from web/): node test/netbench.mjs [N] [--delay MS] [--case cone|relay|relay2]...
 //   N: sessions per viewer and case (default 10); --delay: one-way delay added on each site's
 //   link (default 10 ms, so the relayed path's round trip grows by 4 x MS).
 // Binary: $SPYGLASS_BIN (the Makefile gives the release build) or cargo's debug build.
@@ -46,6 +46,22 @@ const CASES = {
     spec: { sites: [{ name: 'dev', nat: 'symmetric' }, { name: 'v1', nat: 'symmetric' }], turn: { auth: 'lt' } },
     device: (lab) => ['--stun', lab.info.turn.stun_url, '--turn', lab.info.turn.urls.udp,
       '--turn-username', lab.info.turn.username, '--turn-password-file', lab.passwordFile],
+    iceServers: (lab) => lab.iceServers(['udp']),
+    viewTurn: true,
+  },
+  // As `relay`, and the device's router passes no UDP between the device and the TURN server's
+  // relay ports, so the device cannot reach the viewer's relay directly and must send through its
+  // own: a relay/relay pair, the device's relayed path (its TURN client) carrying everything.
+  relay2: {
+    spec: { sites: [{ name: 'dev', nat: 'symmetric' }, { name: 'v1', nat: 'symmetric' }], turn: { auth: 'lt' } },
+    prepare: (lab) => {
+      for (const dir of ['daddr', 'saddr']) {
+        const port = dir === 'daddr' ? 'dport' : 'sport';
+        execFileSync('ip', ['netns', 'exec', lab.ns('dev-router'), 'nft', 'insert', 'rule', 'ip', 'netlab',
+          'forward', 'ip', dir, lab.info.turn.host, 'udp', port, '49152-65535', 'drop']);
+      }
+    },
+    device: (lab) => CASES.relay.device(lab),
     iceServers: (lab) => lab.iceServers(['udp']),
     viewTurn: true,
   },
@@ -179,6 +195,7 @@ for (const [name, c] of Object.entries(CASES)) {
   try {
     lab.passwordFile = join(lab.info.state_dir, 'turn-password');
     writeFileSync(lab.passwordFile, lab.info.turn.password, { mode: 0o600 });
+    c.prepare?.(lab);
     const daemon = await startDaemon(lab, c.device(lab));
 
     // spyglass view
