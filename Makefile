@@ -14,6 +14,9 @@ APT_PACKAGES += chromium $(if $(shell command -v node),,nodejs) $(if $(shell com
 # coturn for STUN/TURN, ethtool (checksum/segmentation offloads off where the link emulator
 # reads frames), ping for the tests' own RTT check, python3 for the tool itself (stdlib only).
 APT_PACKAGES += iproute2 nftables coturn ethtool iputils-ping python3
+# Standards counterparts the browser tests start (issue 17): Janus as the SFU behind the tests'
+# WHIP front-end (web/test/standards/), djpeg to decode Home Assistant camera snapshots.
+APT_PACKAGES += janus libjpeg-turbo-progs
 CARGO ?= cargo
 # Where cargo puts its builds (.ci/run moves it out of the tree); the browser tests need the binary.
 TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
@@ -138,6 +141,20 @@ test: test-emulated
 # Hardware in the loop, on a Pi or any Linux box with a USB webcam: see docs/HARDWARE.md.
 hil: release
 	tests/hil.sh $(TARGET_DIR)/release/spyglass
+
+# --- Dependency audit (issue 12), not part of `make test` ---
+.PHONY: audit
+
+# RustSec advisories for every crate in Cargo.lock (cargo-deny, installed if missing). The
+# advisory database comes from github.com: where it cannot be fetched, this says so and fails.
+audit:
+	@command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny --locked
+	@out=$$($(CARGO) deny check advisories 2>&1); rc=$$?; echo "$$out"; \
+	if [ $$rc -ne 0 ] && echo "$$out" | grep -q "failed to fetch advisory database"; then \
+	  echo "make audit: the RustSec advisory database could not be fetched (no access to github.com?):"; \
+	  echo "make audit: NOTHING WAS CHECKED. Run it where github.com is reachable; docs/SECURITY.md lists the crates."; \
+	  exit 2; \
+	fi; exit $$rc
 
 # --- Long runs (issue 5), not part of `make test` ---
 .PHONY: fuzz soak deps-fuzz

@@ -122,6 +122,13 @@ fn view(lab: &Netlab, host: &str, daemon: &FieldDaemon, frames: u32, timeout_s: 
     })
 }
 
+/// A secret file as the daemon wants it: readable by its owner only.
+fn write_secret(path: &std::path::Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
 fn up(spec: Value) -> Netlab {
     Netlab::up_with(spec, "basic").unwrap_or_else(|e| panic!("netlab up: {e}"))
 }
@@ -176,7 +183,7 @@ fn a_wrong_turn_password_is_found_at_start_and_sessions_go_on_without_it() {
     let turn = &lab.info["turn"];
     let dir = temp_dir("turnpw");
     let password = dir.join("turn-password");
-    std::fs::write(&password, "not-the-password\n").unwrap();
+    write_secret(&password, "not-the-password\n");
     let daemon = FieldDaemon::start(
         &lab,
         "dev",
@@ -220,7 +227,7 @@ fn a_healthy_session_through_nat_and_turn_logs_nothing_above_info() {
     let turn = &lab.info["turn"];
     let dir = temp_dir("turnpw");
     let password = dir.join("turn-password");
-    std::fs::write(&password, turn["password"].as_str().unwrap()).unwrap();
+    write_secret(&password, turn["password"].as_str().unwrap());
     let daemon = FieldDaemon::start(
         &lab,
         "dev",

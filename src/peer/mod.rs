@@ -236,6 +236,7 @@ impl PeerFactory {
             .with_handler(Arc::clone(&watch) as Arc<dyn PeerConnectionEventHandler>)
             .with_runtime(Arc::new(wake))
             .with_udp_addrs(udp_addrs)
+            .with_data_channel_send_buffer_limit(control::SEND_BUFFER_BYTES)
             .build()
             .await?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);

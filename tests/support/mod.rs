@@ -26,14 +26,14 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A new directory for one test, kept until its owner removes it (the broker and daemon
+/// harnesses on drop, the tests at their end).
 pub fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "spyglass-test-{tag}-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    tempfile::Builder::new()
+        .prefix(&format!("spyglass-test-{tag}-"))
+        .tempdir()
+        .unwrap()
+        .keep()
 }
 
 fn wait_for_port(port: u16, timeout: Duration) -> bool {
