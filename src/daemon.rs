@@ -41,8 +41,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let factory = PeerFactory::new(peer_settings(&cfg))?;
     // The device's TURN servers are tried now and, while they fail, again and again; new
     // sessions get only those that work.
+    let relay_servers = factory.clone();
     let _relay_watch = AbortOnDrop(tokio::spawn(crate::peer::relay::watch(
-        factory.settings().ice_servers.clone(),
+        move || relay_servers.settings().ice_servers.clone(),
         cfg.rtc_bind.first().copied(),
         std::sync::Arc::clone(factory.relays()),
     )));

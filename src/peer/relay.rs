@@ -140,25 +140,33 @@ impl RelayHealth {
     }
 }
 
-/// Test every TURN server in `servers` from `bind` (the first `--rtc-bind` address, or any),
-/// then keep testing the ones that fail, until the task is dropped. Results go to `health` and
-/// to the log (once per change).
-pub async fn watch(servers: Vec<RTCIceServer>, bind: Option<IpAddr>, health: Arc<RelayHealth>) {
-    let turn: Vec<(String, String, String)> = servers
-        .iter()
-        .flat_map(|s| {
-            s.urls
-                .iter()
-                .filter(|u| u.starts_with("turn"))
-                .map(|u| (u.clone(), s.username.clone(), s.credential.clone()))
-        })
-        .collect();
-    if turn.is_empty() {
+/// Test every TURN server that `servers` gives (called before each round, so that credentials
+/// made per use stay fresh) from `bind` (the first `--rtc-bind` address, or any), then keep
+/// testing the ones that fail, until the task is dropped. Results go to `health` and to the log
+/// (once per change).
+pub async fn watch(
+    servers: impl Fn() -> Vec<RTCIceServer>,
+    bind: Option<IpAddr>,
+    health: Arc<RelayHealth>,
+) {
+    let turn = || -> Vec<(String, String, String)> {
+        servers()
+            .iter()
+            .flat_map(|s| {
+                s.urls
+                    .iter()
+                    .filter(|u| u.starts_with("turn"))
+                    .map(|u| (u.clone(), s.username.clone(), s.credential.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    if turn().is_empty() {
         return;
     }
     let mut first = true;
     loop {
-        for (url, username, password) in &turn {
+        for (url, username, password) in &turn() {
             let result = allocate(url, username, password, bind).await;
             let ok = result.is_ok();
             let changed = health.set(url, ok);
