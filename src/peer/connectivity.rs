@@ -181,7 +181,7 @@ async fn selected_from_stats(pc: &dyn PeerConnection) -> Option<(String, String)
     let pair_id = report.transport()?.selected_candidate_pair_id.clone();
     let pair = report
         .candidate_pairs()
-        .find(|p| p.stats.id.to_string() == pair_id)?;
+        .find(|p| p.stats.id == pair_id)?;
     let kind = |prefix: &str, id: &str| {
         [id.to_string(), format!("{prefix}{id}")]
             .iter()
