@@ -102,7 +102,7 @@ impl<S: Subscriber> Layer<S> for QuietTurnPermissions {
 }
 
 /// Install the process's logger: `user` directives (or `info`) plus the quiet ones, to stderr
-/// (coloured only on a terminal).
+/// (coloured only on a terminal, unless NO_COLOR is set).
 pub fn init(user: Option<&str>) {
     let filter = EnvFilter::new(directives(user));
     let quiet_turn = !user.is_some_and(|u| u.contains(TURN_RELAYER_TARGET));
@@ -112,8 +112,11 @@ pub fn init(user: Option<&str>) {
         .with(
             fmt::layer()
                 .with_writer(std::io::stderr)
-                // Colours only on a terminal: not in journald or a log file.
-                .with_ansi(std::io::stderr().is_terminal()),
+                // Colours only on a terminal (not in journald or a log file), and not with
+                // NO_COLOR set.
+                .with_ansi(
+                    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+                ),
         )
         .init();
 }

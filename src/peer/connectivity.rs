@@ -179,9 +179,7 @@ async fn selected_from_stats(pc: &dyn PeerConnection) -> Option<(String, String)
     use webrtc::peer_connection::{RTCStatsReportEntry, StatsSelector};
     let report = pc.get_stats(Instant::now(), StatsSelector::None).await;
     let pair_id = report.transport()?.selected_candidate_pair_id.clone();
-    let pair = report
-        .candidate_pairs()
-        .find(|p| p.stats.id == pair_id)?;
+    let pair = report.candidate_pairs().find(|p| p.stats.id == pair_id)?;
     let kind = |prefix: &str, id: &str| {
         [id.to_string(), format!("{prefix}{id}")]
             .iter()
