@@ -385,6 +385,7 @@ async fn candidates_that_come_late_within_the_peer_timeout_still_connect() {
     let mut held_remote: Vec<RTCIceCandidateInit> = Vec::new();
     let mut released = false;
     let mut connected_after = None;
+    let mut connected_while_held = false;
     let mut packets = 0;
     let (rtp_tx, mut rtp_rx) = mpsc::unbounded_channel::<()>();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
@@ -455,6 +456,7 @@ async fn candidates_that_come_late_within_the_peer_timeout_still_connect() {
                 }
                 News::State(RTCPeerConnectionState::Connected) => {
                     connected_after = Some(offered.elapsed());
+                    connected_while_held |= !released;
                 }
                 News::State(RTCPeerConnectionState::Failed) => {
                     panic!("viewer's connection failed\n{}", daemon.log())
@@ -475,13 +477,12 @@ async fn candidates_that_come_late_within_the_peer_timeout_still_connect() {
         }
     }
     let _ = pc.close().await;
-    let connected_after = connected_after.expect("media without a connection?");
-    // Behaviour, not timing: it connected only once the candidates were given (and so after
-    // the 10 s at which webrtc's own timeouts used to give up).
-    assert!(released, "connected before the candidates were released");
+    // It connected, and only once the candidates were given: after the 10 s at which webrtc's own
+    // timeouts used to end the session.
+    assert!(connected_after.is_some(), "media without a connection?");
     assert!(
-        connected_after >= Duration::from_secs(12),
-        "{connected_after:?}"
+        released && !connected_while_held,
+        "connected before the candidates were released"
     );
     assert!(
         daemon.log().contains("viewer connected"),
