@@ -1,7 +1,7 @@
 //! WebRTC peers: how every peer connection in spyglass is set up (codecs, interceptors, the DTLS
-//! certificate made once, bind addresses, mDNS, ICE timing, its [`runtime`] and the
-//! [`connectivity`] watch), the device's per-viewer [`session`], the offer checks in [`sdp`], and
-//! the device's TURN servers ([`relay`]).
+//! certificate made once, bind addresses, mDNS, ICE timing, its [`runtime`] with the sockets'
+//! [`nomination`] shim, and the [`connectivity`] watch), the device's per-viewer [`session`], the
+//! offer checks in [`sdp`], and the device's TURN servers ([`relay`]).
 
 pub mod connectivity;
 pub mod control;
