@@ -111,6 +111,17 @@ impl RelayHealth {
         }
     }
 
+    fn is_failing(&self, url: &str) -> bool {
+        self.failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(url)
+    }
+
+    fn failing_count(&self) -> usize {
+        self.failing.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// `servers` without the TURN URLs that are failing (a server left with no URL is dropped).
     pub fn usable(&self, servers: &[RTCIceServer]) -> Vec<RTCIceServer> {
         let failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
@@ -167,6 +178,9 @@ pub async fn watch(
     let mut first = true;
     loop {
         for (url, username, password) in &turn() {
+            if !first && !health.is_failing(url) {
+                continue;
+            }
             let result = allocate(url, username, password, bind).await;
             let ok = result.is_ok();
             let changed = health.set(url, ok);
@@ -183,11 +197,11 @@ pub async fn watch(
             }
         }
         first = false;
-        tokio::time::sleep(RECHECK_INTERVAL).await;
-        if health.failing.lock().map(|f| f.is_empty()).unwrap_or(false) {
+        if health.failing_count() == 0 {
             // All work: nothing to re-test until the process restarts.
             return;
         }
+        tokio::time::sleep(RECHECK_INTERVAL).await;
     }
 }
 
