@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 use webrtc::peer_connection::{RTCIceCandidateInit, RTCIceServer};
 
+use crate::VERSION;
 use crate::audio::hub::AudioHub;
 use crate::config::DaemonConfig;
 use crate::mqtt::{self, Mqtt, MqttEvent, MqttSettings};
@@ -20,8 +21,6 @@ use crate::signaling::protocol::{
 use crate::signaling::sessions::{Action, Limits, PeerEvent, SessionKey, Signaling};
 use crate::video::hub::{Hub, VideoState};
 use crate::web::{self, WebSettings};
-
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Threads the async runtime may start for blocking work (file reads for the viewer page,
 /// viewers' snapshot and control requests, which also wait for the hub's request workers);
@@ -250,7 +249,7 @@ fn peer_settings(cfg: &DaemonConfig) -> PeerSettings {
         ice_servers.push(RTCIceServer {
             urls: cfg.turn.clone(),
             username: cfg.turn_username.clone().unwrap_or_default(),
-            credential: cfg.turn_password.clone().unwrap_or_default(),
+            credential: cfg.turn_password.as_deref().unwrap_or_default().to_owned(),
         });
     }
     PeerSettings {
