@@ -66,6 +66,13 @@ demo: release
 bench: release
 	python3 bench/run.py --bin $(TARGET_DIR)/release/spyglass --out $(TARGET_DIR)/bench.md
 
+# Issue 14: offer -> first frame through NATs and TURN on the namespace test network (root): each
+# case's selected candidate pair and the median of NETBENCH_SESSIONS (default 10) sessions, with
+# `spyglass view` and Chromium. A benchmark: nothing here fails on a time. ~3 minutes.
+.PHONY: netbench
+netbench: release
+	cd web && SPYGLASS_BIN="$(TARGET_DIR)/release/spyglass" node test/netbench.mjs $(or $(NETBENCH_SESSIONS),10)
+
 clean:
 	$(CARGO) clean
 

@@ -39,6 +39,14 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     }
     let topics = Topics::new(cfg.id.clone())?;
     let factory = PeerFactory::new(peer_settings(&cfg))?;
+    // The device's TURN servers are tried now and, while they fail, again and again; new
+    // sessions get only those that work.
+    let relay_servers = factory.clone();
+    let _relay_watch = AbortOnDrop(tokio::spawn(crate::peer::relay::watch(
+        move || relay_servers.settings().ice_servers.clone(),
+        cfg.rtc_bind.first().copied(),
+        std::sync::Arc::clone(factory.relays()),
+    )));
     let hub = Hub::new(cfg.video.clone(), cfg.bitrate_kbps)?;
     let video = VideoStatus {
         state: MediaState::Idle,
@@ -161,6 +169,10 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                         sdp_mline_index: init.sdp_mline_index,
                     })),
                     SessionEvent::Connected => PeerEvent::Connected,
+                    SessionEvent::Unreachable(message) => {
+                        exec.sessions.remove(&key);
+                        PeerEvent::Failed { code: ErrorCode::Unreachable, message }
+                    }
                     SessionEvent::Closed(_) => {
                         exec.sessions.remove(&key);
                         PeerEvent::Closed
@@ -265,6 +277,17 @@ fn peer_settings(cfg: &DaemonConfig) -> PeerSettings {
         remote: RemotePolicy {
             allow_loopback: cfg.rtc_allow_loopback,
         },
+        connect_timeout: cfg.peer_timeout,
+        check_interval: Some(crate::peer::ICE_CHECK_INTERVAL),
+    }
+}
+
+/// Aborts a background task when the daemon returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -7,6 +7,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod audio;
 pub mod config;
 pub mod daemon;
+pub mod logging;
 pub mod mqtt;
 pub mod pattern;
 pub mod peer;

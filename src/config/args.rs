@@ -194,8 +194,9 @@ pub struct DaemonOptions {
     #[serde(deserialize_with = "StunUrl::file")]
     pub stun: Vec<String>,
 
-    /// TURN server, turn:HOST[:PORT] or turns:HOST[:PORT]. Repeat for more. Needs
-    /// --turn-username and --turn-password-file. [default: none]
+    /// TURN server, turn:HOST[:PORT] (TURN over UDP: the device cannot use TURN over TCP or TLS;
+    /// viewers can). Repeat for more. Needs --turn-username and --turn-password-file. Each is
+    /// tested at start; one that fails is logged and left out until it works. [default: none]
     #[arg(long, value_name = "URL", value_parser = TurnUrl::parse, help_heading = "WebRTC")]
     #[serde(deserialize_with = "TurnUrl::file")]
     pub turn: Vec<String>,
@@ -251,7 +252,10 @@ pub struct DaemonOptions {
     #[serde(deserialize_with = "DirPath::file")]
     pub(super) web_root: Option<PathBuf>,
 
-    /// Log filter, e.g. `info` or `spyglass=debug,webrtc=warn`. [default: RUST_LOG, else info]
+    /// Log filter, e.g. `info` or `spyglass=debug,webrtc=warn`. Known noise of the WebRTC stack
+    /// (warnings of rtc_ice::agent, rtc_dtls::config, rtc_sctp::endpoint and
+    /// webrtc::peer_connection::driver; TURN CreatePermission 403s) stays out unless the filter
+    /// names its target. [default: RUST_LOG, else info]
     #[arg(long, value_name = "FILTER", value_parser = LogFilter::parse)]
     #[serde(deserialize_with = "LogFilter::file")]
     pub log: Option<String>,

@@ -292,7 +292,7 @@ fn flags_set_every_option() {
         "--stun",
         "stun:stun2.lan",
         "--turn",
-        "turns:turn.lan:5349",
+        "turn:turn.lan:5349",
         "--turn-username",
         "t",
         "--turn-password-file",
@@ -324,7 +324,7 @@ fn flags_set_every_option() {
     assert_eq!((c.bitrate_kbps, c.max_viewers), (800, 2));
     assert_eq!(c.peer_timeout, Duration::from_secs(10));
     assert_eq!(c.stun, ["stun:stun.lan:3478", "stun:stun2.lan"]);
-    assert_eq!(c.turn, ["turns:turn.lan:5349"]);
+    assert_eq!(c.turn, ["turn:turn.lan:5349"]);
     assert_eq!(c.turn_username.as_deref(), Some("t"));
     assert_eq!(c.turn_password.as_deref(), Some("tpass"));
     assert_eq!(
@@ -375,7 +375,12 @@ fn bad_flag_values_are_rejected() {
         (&["--video", "video0"], "/dev/video0"),
         (&["--stun", "stun.lan"], "stun:HOST"),
         (&["--stun", "turn:t.lan"], "stun:HOST"),
-        (&["--turn", "stun:t.lan"], "turn:HOST[:PORT] or turns:"),
+        (&["--turn", "stun:t.lan"], "turn:HOST[:PORT]"),
+        (&["--turn", "turns:t.lan"], "TURN over UDP only"),
+        (
+            &["--turn", "turn:t.lan?transport=tcp"],
+            "TURN over UDP only",
+        ),
         (&["--rtc-bind", "eth0"], "IP address"),
         (&["--mdns", "maybe"], "on or off"),
         (&["--rtc-allow-loopback", "yes"], "on or off"),
@@ -803,7 +808,8 @@ fn each_bad_file_value_names_key_and_file() {
         ("video = \"cam\"", "video", "/dev/video0"),
         ("stun = [\"stun:a\", \"b\"]", "stun", "got \"b\""),
         ("stun = [1]", "stun", "got 1"),
-        ("turn = [\"stun:a\"]", "turn", "turns:"),
+        ("turn = [\"stun:a\"]", "turn", "turn:HOST"),
+        ("turn = [\"turns:a\"]", "turn", "over TCP or TLS"),
         ("turn-username = []", "turn-username", "got an array"),
         (
             "turn-password-file = \"\"",

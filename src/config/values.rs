@@ -237,7 +237,7 @@ text_kinds! {
     /// A STUN server's URL (a config file key holds a list of them).
     StunUrl: String = "stun: URL strings", stun_url;
     /// A TURN server's URL (a config file key holds a list of them).
-    TurnUrl: String = "turn: or turns: URL strings", turn_url;
+    TurnUrl: String = "turn: URL strings", turn_url;
     /// An IP address (a config file key holds a list of them).
     Ip: IpAddr = "IP address strings", ip;
     /// Where an HTTP server listens, or `off` (`None`).
@@ -366,8 +366,16 @@ fn stun_url(s: &str) -> Result<String, String> {
     ice_url(s, &["stun:"])
 }
 
+/// A TURN URL the device can use: TURN over UDP (`turns:` and `?transport=tcp` are refused with
+/// the reason, see [`crate::peer::relay`]).
 fn turn_url(s: &str) -> Result<String, String> {
-    ice_url(s, &["turn:", "turns:"])
+    let url = if s.starts_with("turns:") {
+        s.to_owned()
+    } else {
+        ice_url(s, &["turn:"])?
+    };
+    crate::peer::relay::check_url(&url).map_err(|e| e.to_string())?;
+    Ok(url)
 }
 
 fn ice_url(s: &str, schemes: &[&str]) -> Result<String, String> {

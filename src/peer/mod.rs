@@ -1,16 +1,23 @@
 //! WebRTC peers: how every peer connection in spyglass is set up (codecs, interceptors, the DTLS
-//! [`certificate`], bind addresses, mDNS), the device's per-viewer [`session`], the offer checks
-//! in [`sdp`], and which remote candidates reach the ICE agent ([`candidates`]).
+//! certificate, renewed before it expires in [`certificate`], bind addresses, mDNS, ICE timing,
+//! its [`runtime`] with the sockets' [`nomination`] shim, and the [`connectivity`] watch), the
+//! device's per-viewer [`session`], the offer checks in [`sdp`], which remote candidates reach the
+//! ICE agent ([`candidates`]), and the device's TURN servers ([`relay`]).
 
 pub mod candidates;
 pub mod certificate;
+pub mod connectivity;
 pub mod control;
+pub mod nomination;
+pub mod relay;
 pub mod rtcp;
+pub mod runtime;
 pub mod sdp;
 pub mod session;
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use rtc::ice::network_type::NetworkType;
 use rtc::interceptor::Slot;
@@ -22,18 +29,14 @@ use webrtc::peer_connection::{
     register_default_interceptors,
 };
 
-/// No traffic from the peer for this long: the connection is "disconnected".
-pub const ICE_DISCONNECTED_AFTER: std::time::Duration = std::time::Duration::from_secs(4);
-/// Disconnected for this much longer: "failed", and the session ends.
-pub const ICE_FAILED_AFTER: std::time::Duration = std::time::Duration::from_secs(6);
-/// ICE check pacing while connecting (webrtc's default is 200 ms). It also bounds how long the
-/// DTLS ClientHello waits: webrtc 0.21 queues it when ICE selects a pair and sends it on the
-/// next timer tick, so at 200 ms the handshake started ~150 ms late (docs/PERFORMANCE.md).
-pub const ICE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
-
-/// Binding requests per candidate pair before it fails: 70 x 20 ms keeps webrtc's default
-/// window of 1.4 s (7 x 200 ms), so slow networks connect as before.
-pub const ICE_MAX_BINDING_REQUESTS: u16 = 70;
+/// No consent (STUN) from a connected peer for this long: the connection is "disconnected".
+pub const ICE_DISCONNECTED_AFTER: Duration = Duration::from_secs(4);
+/// Disconnected for this much longer: the viewer has vanished and its session ends (enforced by
+/// the session: webrtc's own "failed" timeout also bounds the wait for a first connection, which
+/// is `--peer-timeout`).
+pub const ICE_VANISHED_AFTER: Duration = Duration::from_secs(6);
+/// webrtc's "failed" timeout when the caller gives no connect timeout.
+const ICE_FAILED_DEFAULT: Duration = Duration::from_secs(26);
 
 /// Network settings shared by every peer connection.
 #[derive(Debug, Clone, Default)]
@@ -45,6 +48,14 @@ pub struct PeerSettings {
     pub ice_servers: Vec<RTCIceServer>,
     /// Which remote candidates a device session accepts (see [`candidates`]).
     pub remote: candidates::RemotePolicy,
+    /// How long a connection may take to connect before ICE gives up (`--peer-timeout`; zero:
+    /// 30 s).
+    pub connect_timeout: Duration,
+    /// ICE check pacing while connecting; `None` is webrtc's default, 200 ms (RFC 8445-like
+    /// for the few pairs a session has). A controlling agent (`spyglass view`) also nominates only
+    /// on these ticks when a better pair is still being checked, so the viewer uses
+    /// [`VIEWER_CHECK_INTERVAL`].
+    pub check_interval: Option<Duration>,
 }
 
 impl PeerSettings {
@@ -57,6 +68,17 @@ impl PeerSettings {
     }
 }
 
+/// ICE check pacing of the device: webrtc's default, one check per 200 ms (the driver wakes up
+/// at once when there is something to send, see [`runtime`], so nothing waits for a tick).
+pub const ICE_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+/// Binding requests per candidate pair at [`ICE_CHECK_INTERVAL`] (webrtc's default, 1.4 s per
+/// pair): a viewer's candidates cost the device at most this many requests each.
+pub const ICE_MAX_BINDING_REQUESTS: u16 = 7;
+
+/// ICE check pacing of `spyglass view` (RFC 8445's Ta); binding requests per pair are scaled to
+/// keep webrtc's 1.4 s per pair.
+pub const VIEWER_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
     #[error("WebRTC: {0}")]
@@ -65,11 +87,13 @@ pub enum PeerError {
     Setup(String),
 }
 
-/// Builds peer connections. Holds the DTLS certificate, renewed before it expires.
+/// Builds peer connections. Holds the DTLS certificate, renewed before it expires, and which of
+/// the TURN servers work.
 #[derive(Clone)]
 pub struct PeerFactory {
     settings: Arc<PeerSettings>,
     certificates: Arc<certificate::CertificateStore>,
+    relays: Arc<relay::RelayHealth>,
 }
 
 /// The H.264 variants we send: constrained baseline and baseline, packetization-mode 1 (both are
@@ -116,6 +140,7 @@ impl PeerFactory {
         Ok(PeerFactory {
             settings: Arc::new(settings),
             certificates: Arc::new(certificates),
+            relays: Arc::default(),
         })
     }
 
@@ -128,11 +153,24 @@ impl PeerFactory {
         &self.certificates
     }
 
+    /// Which TURN servers new connections get ([`relay::watch`] keeps it up to date).
+    pub fn relays(&self) -> &Arc<relay::RelayHealth> {
+        &self.relays
+    }
+
     /// A new peer connection that speaks H.264 video and Opus audio and reports to `handler`.
     pub async fn build(
         &self,
         handler: Arc<dyn PeerConnectionEventHandler>,
     ) -> Result<Arc<dyn PeerConnection>, PeerError> {
+        Ok(self.build_watched(handler).await?.0)
+    }
+
+    /// [`Self::build`], and the record of what its ICE agent tries and selects.
+    pub async fn build_watched(
+        &self,
+        handler: Arc<dyn PeerConnectionEventHandler>,
+    ) -> Result<(Arc<dyn PeerConnection>, Arc<connectivity::Connectivity>), PeerError> {
         let mut media = MediaEngine::default();
         for codec in h264_codecs() {
             media
@@ -153,12 +191,40 @@ impl PeerFactory {
         } else {
             rtc::ice::mdns::MulticastDnsMode::Disabled
         };
+        // webrtc's ICE agent fails a connection that has not connected `disconnected + failed`
+        // after it started checking (at the offer), and a connected one that lost consent for as
+        // long: so "failed" is what is left of the connect timeout, and a connected viewer that
+        // vanished is ended sooner by its session (ICE_VANISHED_AFTER).
+        let failed_after = if self.settings.connect_timeout.is_zero() {
+            ICE_FAILED_DEFAULT
+        } else {
+            self.settings
+                .connect_timeout
+                .saturating_sub(ICE_DISCONNECTED_AFTER)
+                .max(Duration::from_secs(1))
+        };
+        let nominate_at_once = Some(Duration::ZERO);
         let setting_engine = SettingEngineBuilder::new()
             .with_multicast_dns_mode(mdns)
-            // A viewer that vanishes (tab closed, network gone) frees its place after ~10 s
-            // instead of the default 30 s: 4 s without consent is "disconnected", 6 s more "failed".
-            .with_ice_timeouts(Some(ICE_DISCONNECTED_AFTER), Some(ICE_FAILED_AFTER), None)
-            .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_MAX_BINDING_REQUESTS))
+            .with_ice_timeouts(Some(ICE_DISCONNECTED_AFTER), Some(failed_after), None)
+            // Check pacing is webrtc's default (200 ms, 7 requests per pair) unless the settings
+            // say otherwise: the driver wakes up at once when there is something to send
+            // (runtime::WakeRuntime), so the handshake no longer waits for a check tick.
+            //
+            // A controlling agent (`spyglass view`; the device answers, so it is controlled and
+            // never nominates) nominates the best pair that works as soon as it works, instead of
+            // waiting 0.5 s for a server-reflexive, 1 s for a peer-reflexive and 2 s for a
+            // relayed pair in case a better one comes along (webrtc's defaults).
+            .with_srflx_acceptance_min_wait(nominate_at_once)
+            .with_prflx_acceptance_min_wait(nominate_at_once)
+            .with_relay_acceptance_min_wait(nominate_at_once)
+            .with_ice_connection_attempts(
+                self.settings.check_interval,
+                self.settings.check_interval.map(|i| {
+                    (Duration::from_millis(1400).as_millis() / i.as_millis().max(1)).clamp(1, 70)
+                        as u16
+                }),
+            )
             // UDP only: the agent neither gathers nor pairs TCP candidates (the session's gate
             // keeps remote TCP candidates away from webrtc altogether, see `candidates`).
             .with_network_types(vec![NetworkType::Udp4, NetworkType::Udp6])
@@ -167,8 +233,13 @@ impl PeerFactory {
             .certificates
             .certificate(std::time::SystemTime::now())
             .map_err(|e| PeerError::Setup(e.to_string()))?;
+        let ice_servers = self.relays.usable(&self.settings.ice_servers);
+        let turn = ice_servers
+            .iter()
+            .flat_map(|s| s.urls.iter())
+            .any(|u| u.starts_with("turn"));
         let config = RTCConfigurationBuilder::new()
-            .with_ice_servers(self.settings.ice_servers.clone())
+            .with_ice_servers(ice_servers)
             .with_certificates(vec![certificate])
             .build();
         let udp_addrs: Vec<String> = if self.settings.bind.is_empty() {
@@ -180,16 +251,24 @@ impl PeerFactory {
                 .map(|ip| std::net::SocketAddr::new(*ip, 0).to_string())
                 .collect()
         };
+        let pace = Arc::new(runtime::Pace::default());
+        let wake = runtime::WakeRuntime::new(Arc::clone(&pace))
+            .ok_or_else(|| PeerError::Setup("webrtc has no async runtime".into()))?;
+        let record = Arc::new(connectivity::Connectivity::new(turn));
+        let watch = Arc::new(connectivity::Watch::new(handler, pace, Arc::clone(&record)));
         let pc = PeerConnectionBuilder::new()
             .with_setting_engine(setting_engine)
             .with_configuration(config)
             .with_media_engine(media)
             .with_interceptor_registry(registry)
-            .with_handler(handler)
+            .with_handler(Arc::clone(&watch) as Arc<dyn PeerConnectionEventHandler>)
+            .with_runtime(Arc::new(wake))
             .with_udp_addrs(udp_addrs)
             .with_data_channel_send_buffer_limit(control::SEND_BUFFER_BYTES)
             .build()
             .await?;
-        Ok(Arc::new(pc))
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        watch.attach(&pc);
+        Ok((pc, record))
     }
 }

@@ -39,9 +39,10 @@ use webrtc::peer_connection::{
 };
 
 use super::candidates::{self, CandidateGate, LocalAddresses};
+use super::connectivity::Connectivity;
 use super::control::{self, ControlContext, SessionCounters};
 use super::sdp::{OfferVideo, offer_has_audio, offer_video};
-use super::{PeerFactory, h264_codecs, opus_codec};
+use super::{ICE_VANISHED_AFTER, PeerFactory, h264_codecs, opus_codec};
 use crate::audio::CHUNK_DURATION;
 use crate::audio::hub::{AudioHub, AudioSubscription};
 use crate::signaling::SessionKey;
@@ -69,6 +70,9 @@ pub enum SessionEvent {
     LocalCandidate(Option<RTCIceCandidateInit>),
     /// Media flows.
     Connected,
+    /// No connection came about within the connect timeout (or ICE failed before it): the
+    /// session has ended. The text says which candidate types were tried.
+    Unreachable(String),
     /// The session has ended (closed, failed, or told to close).
     Closed(String),
 }
@@ -246,6 +250,8 @@ impl PeerConnectionEventHandler for Forwarder {
 
 struct Answered {
     pc: Arc<dyn PeerConnection>,
+    /// What ICE tried and selected.
+    connectivity: Arc<Connectivity>,
     /// Watched for the viewer's DTLS close_notify: a viewer that closes its peer connection ends
     /// the session at once, instead of when ICE consent lapses.
     dtls: Option<Arc<dyn DtlsTransport>>,
@@ -324,8 +330,8 @@ async fn answer(
     }
     let internal =
         |what: &str, e: &dyn std::fmt::Display| AnswerError::Internal(format!("{what}: {e}"));
-    let pc = factory
-        .build(Arc::new(Forwarder(news)))
+    let (pc, connectivity) = factory
+        .build_watched(Arc::new(Forwarder(news)))
         .await
         .map_err(|e| internal("peer connection", &e))?;
     let ssrc: u32 = rand::random();
@@ -462,6 +468,7 @@ async fn answer(
         Ok((payload_type, mid, dtls, audio_pt, sdp)) => Ok((
             Answered {
                 pc,
+                connectivity,
                 dtls,
                 track,
                 ssrc,
@@ -540,8 +547,28 @@ async fn run(
     let counters = Arc::new(SessionCounters::default());
     let budget = Arc::new(control::ViewerBudget::default());
     let mut check = tokio::time::interval(DTLS_CHECK_INTERVAL);
+    // Until it connects, the session lives for the connect timeout (--peer-timeout), whatever
+    // ICE does meanwhile: candidates that arrive late within it still connect.
+    let connect_deadline = tokio::time::Instant::from_std(started + connect_timeout(&factory));
+    // Set while a connected viewer is unreachable (ICE consent lost): when it passes, the
+    // viewer has vanished.
+    let mut vanish_deadline: Option<tokio::time::Instant> = None;
+    let mut unreachable = false;
     let reason = loop {
         tokio::select! {
+            _ = tokio::time::sleep_until(connect_deadline), if media.is_empty() => {
+                unreachable = true;
+                break format!("no connection within {:?}", connect_timeout(&factory));
+            }
+            _ = async { match vanish_deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            } } => {
+                break format!(
+                    "the viewer vanished (unreachable for {} s)",
+                    (super::ICE_DISCONNECTED_AFTER + ICE_VANISHED_AFTER).as_secs()
+                );
+            }
             _ = check.tick(), if !media.is_empty() => {
                 if let Some(dtls) = &session.dtls {
                     let state = dtls.state().await;
@@ -590,8 +617,10 @@ async fn run(
                     });
                 }
                 Some(PeerNews::State(RTCPeerConnectionState::Connected)) => {
+                    vanish_deadline = None;
                     if media.is_empty() {
-                        info!(cid = %key.cid, ms = started.elapsed().as_millis() as u64, "viewer connected");
+                        let pair = session.connectivity.selected_pair().unwrap_or_default();
+                        info!(cid = %key.cid, ms = started.elapsed().as_millis() as u64, "viewer connected, selected pair {pair}");
                         emit(SessionEvent::Connected);
                         // Video waits for audio only when this viewer gets both.
                         let sync = audio.clone().filter(|_| session.audio.is_some());
@@ -626,7 +655,12 @@ async fn run(
                     }
                 }
                 Some(PeerNews::State(state @ (RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed))) => {
+                    unreachable = media.is_empty() && state == RTCPeerConnectionState::Failed;
                     break format!("connection {state}");
+                }
+                Some(PeerNews::State(RTCPeerConnectionState::Disconnected)) if !media.is_empty() => {
+                    debug!(cid = %key.cid, "viewer unreachable (no ICE consent)");
+                    vanish_deadline.get_or_insert(tokio::time::Instant::now() + ICE_VANISHED_AFTER);
                 }
                 Some(PeerNews::State(state)) => debug!(cid = %key.cid, "connection {state}"),
                 None => break "peer connection gone".to_string(),
@@ -650,8 +684,21 @@ async fn run(
             gate.refused()
         );
     }
+    if unreachable {
+        let why = session.connectivity.failure();
+        warn!(cid = %key.cid, "session failed: {reason}: {why}");
+        return SessionEvent::Unreachable(why);
+    }
     info!(cid = %key.cid, "session ended: {reason}");
     SessionEvent::Closed(reason)
+}
+
+/// How long a session may take to connect.
+fn connect_timeout(factory: &PeerFactory) -> Duration {
+    match factory.settings().connect_timeout {
+        d if d.is_zero() => Duration::from_secs(30),
+        d => d,
+    }
 }
 
 /// Send the hub's frames to this viewer until the task is aborted. With `sync`, each frame is

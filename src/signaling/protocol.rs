@@ -350,6 +350,10 @@ pub enum ErrorCode {
     Unsupported,
     /// Something failed inside the device.
     Internal,
+    /// No connection came about within the device's peer timeout: ICE found no working path
+    /// between the viewer and the device (typically both behind NATs that need a TURN relay).
+    /// The message lists the candidate types tried.
+    Unreachable,
 }
 
 impl ErrorCode {
@@ -359,6 +363,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad-request",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unreachable => "unreachable",
         }
     }
 
@@ -368,6 +373,7 @@ impl ErrorCode {
             ErrorCode::BadRequest,
             ErrorCode::Unsupported,
             ErrorCode::Internal,
+            ErrorCode::Unreachable,
         ]
         .into_iter()
         .find(|code| code.as_str() == s)
@@ -608,7 +614,7 @@ pub fn parse_error(payload: &[u8]) -> Result<ErrorMsg, ProtocolError> {
         bad_field(
             what,
             "code",
-            "one of \"busy\", \"bad-request\", \"unsupported\", \"internal\"",
+            "one of \"busy\", \"bad-request\", \"unsupported\", \"internal\", \"unreachable\"",
             &Value::String(code),
         )
     })?;
@@ -1103,6 +1109,7 @@ mod tests {
             (ErrorCode::BadRequest, "bad-request"),
             (ErrorCode::Unsupported, "unsupported"),
             (ErrorCode::Internal, "internal"),
+            (ErrorCode::Unreachable, "unreachable"),
         ];
         for (code, name) in codes {
             assert_eq!(code.as_str(), name);

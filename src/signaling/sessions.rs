@@ -20,6 +20,11 @@ const MAX_RATE_TRACKED: usize = 4096;
 /// What one held candidate costs beyond its strings (bookkeeping, allocation).
 const HELD_CANDIDATE_OVERHEAD: usize = 64;
 
+/// A session that has not connected ends itself at the peer timeout and says why (the
+/// `unreachable` error, with the candidate types it tried); one that has not done so this much
+/// later is closed here, with the same code.
+pub const REAP_GRACE: Duration = Duration::from_secs(2);
+
 /// Names one session: the viewer's CID and a generation that grows with every session, so that
 /// late events from a replaced session are recognised and ignored.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -682,11 +687,12 @@ impl Signaling {
         }
     }
 
-    /// Time passes: close sessions that did not connect in time, forget stale held candidates.
+    /// Time passes: close sessions that did not connect in time (the peer timeout and
+    /// [`REAP_GRACE`]), forget stale held candidates.
     pub fn on_tick(&mut self, now: Instant) -> Vec<Action> {
         self.held.expire(now, self.limits.orphan_ttl);
         self.forget_old_offers(now);
-        let timeout = self.limits.peer_timeout;
+        let timeout = self.limits.peer_timeout + REAP_GRACE;
         let expired: Vec<String> = self
             .sessions
             .iter()
@@ -699,6 +705,17 @@ impl Signaling {
         for cid in expired {
             if let Some(slot) = self.sessions.remove(&cid) {
                 debug!(cid, "session did not connect within the peer timeout");
+                let message = format!(
+                    "no connection within the peer timeout ({} s)",
+                    self.limits.peer_timeout.as_secs()
+                );
+                actions.extend(self.error(
+                    now,
+                    Reply::Refusal,
+                    &cid,
+                    ErrorCode::Unreachable,
+                    message,
+                ));
                 actions.push(Action::Close {
                     key: SessionKey {
                         cid,
@@ -980,11 +997,17 @@ mod tests {
         let fast = started(&m.on_message(t0, "home/cam/offer/fast", OFFER));
         m.on_peer_event(t0, &fast, PeerEvent::Answered("v=0".into()));
         m.on_peer_event(t0, &fast, PeerEvent::Connected);
-        assert!(m.on_tick(t0 + Duration::from_secs(29)).is_empty());
-        assert_eq!(
-            m.on_tick(t0 + Duration::from_secs(30)),
-            vec![Action::Close { key: slow }]
-        );
+        // The session ends itself at the peer timeout; this is the backstop.
+        assert!(m.on_tick(t0 + Duration::from_secs(30)).is_empty());
+        let actions = m.on_tick(t0 + Duration::from_secs(30) + REAP_GRACE);
+        assert_eq!(actions.len(), 2, "{actions:?}");
+        assert_eq!(actions[1], Action::Close { key: slow });
+        let Action::Publish { topic, payload, .. } = &actions[0] else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(topic, "home/cam/error/slow");
+        let error = crate::signaling::protocol::parse_error(payload).unwrap();
+        assert_eq!(error.code, ErrorCode::Unreachable);
         assert_eq!(m.sessions(), 1);
         assert_eq!(m.viewers(), 1);
     }

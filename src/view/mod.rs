@@ -154,6 +154,9 @@ pub struct ViewReport {
     pub connected_ms: Option<f64>,
     /// Offer published → first decoded frame.
     pub first_frame_ms: Option<f64>,
+    /// The candidate pair ICE selected, e.g. `local=host/udp remote=relay/udp` (this viewer's
+    /// candidate first).
+    pub pair: Option<String>,
     /// Capture (from the test pattern) → decoded here, per frame.
     pub latency_ms: Option<Spread>,
     /// Latency creep over the session: median of the first window against the last.
@@ -203,6 +206,9 @@ impl std::fmt::Display for ViewReport {
         writeln!(f, "answer after:     {}", ms(self.answer_ms))?;
         writeln!(f, "connected after:  {}", ms(self.connected_ms))?;
         writeln!(f, "first frame after: {}", ms(self.first_frame_ms))?;
+        if let Some(pair) = &self.pair {
+            writeln!(f, "candidate pair:   {pair}")?;
+        }
         match &self.latency_ms {
             Some(l) => writeln!(
                 f,
@@ -341,11 +347,13 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
         ice_servers: vec![],
         // The viewer trusts the device it asked for: no policy on the device's candidates.
         remote: Default::default(),
+        connect_timeout: opts.timeout,
+        check_interval: Some(crate::peer::VIEWER_CHECK_INTERVAL),
     })
     .map_err(|e| ViewError::Setup(e.to_string()))?;
     let (news_tx, mut news) = mpsc::unbounded_channel();
-    let pc = factory
-        .build(Arc::new(Forwarder(news_tx)))
+    let (pc, connectivity) = factory
+        .build_watched(Arc::new(Forwarder(news_tx)))
         .await
         .map_err(|e| ViewError::Setup(e.to_string()))?;
     let setup = async {
@@ -478,6 +486,7 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
                 }
                 Some(News::State(RTCPeerConnectionState::Connected)) => {
                     report.connected_ms = Some(ms_since_offer());
+                    report.pair = connectivity.selected_pair();
                 }
                 Some(News::State(state @ (RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed))) => {
                     break Err(format!("connection {state}"));

@@ -409,7 +409,7 @@ pub async fn recvonly_offer(
         bind: vec!["127.0.0.1".parse().unwrap()],
         mdns: false,
         ice_servers: vec![],
-        remote: Default::default(),
+        ..Default::default()
     })
     .unwrap();
     let pc = factory.build(std::sync::Arc::new(Quiet)).await.unwrap();
