@@ -5,7 +5,8 @@
 //! also a key of the TOML file (the long flag name without `--`); flags override the file, and both
 //! go through the same validators. Secrets never come from flags: the MQTT password comes from
 //! `--mqtt-password-file` or `SPYGLASS_MQTT_PASSWORD`, the TURN password from
-//! `--turn-password-file`, and the config types redact them in their `Debug` output.
+//! `--turn-password-file`, the TURN REST API secret from `--turn-secret-file`, and the config
+//! types redact them in their `Debug` output.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -65,6 +66,9 @@ pub const FILE_KEYS: &[&str] = &[
     "turn",
     "turn-username",
     "turn-password-file",
+    "turn-secret-file",
+    "viewer-turn",
+    "turn-credential-lifetime",
     "rtc-bind",
     "mdns",
     "http",
@@ -117,6 +121,16 @@ pub struct DaemonConfig {
     pub turn: Vec<String>,
     pub turn_username: Option<String>,
     pub turn_password: Option<String>,
+    /// coturn's `static-auth-secret` (`--turn-secret-file`): the device makes time-limited
+    /// credentials from it for its own TURN servers and for viewers (src/turn_rest.rs). Exclusive
+    /// with `turn_username`/`turn_password`.
+    pub turn_secret: Option<String>,
+    /// TURN URLs handed to viewers that ask, with credentials made from `turn_secret`
+    /// (`--viewer-turn`; the device's own `turn` URLs when none are given). Any transport:
+    /// `turn:…?transport=tcp` and `turns:` included.
+    pub viewer_turn: Vec<String>,
+    /// How long the credentials made from `turn_secret` are valid.
+    pub turn_credential_lifetime: Duration,
     /// Addresses WebRTC binds its UDP sockets to; empty means every interface.
     pub rtc_bind: Vec<IpAddr>,
     pub mdns: bool,
@@ -157,6 +171,13 @@ pub struct ViewConfig {
     /// Addresses WebRTC binds its UDP sockets to; empty means every interface.
     pub rtc_bind: Vec<IpAddr>,
     pub mdns: bool,
+    /// The viewer's own STUN servers.
+    pub stun: Vec<String>,
+    /// The viewer's own TURN servers (TURN over UDP); when non-empty, `turn_username` and
+    /// `turn_password` are set. Servers the device grants come on top.
+    pub turn: Vec<String>,
+    pub turn_username: Option<String>,
+    pub turn_password: Option<String>,
     /// Print the report as JSON.
     pub json: bool,
 }
@@ -183,6 +204,9 @@ impl fmt::Debug for DaemonConfig {
             .field("turn", &self.turn)
             .field("turn_username", &self.turn_username)
             .field("turn_password", &redact(&self.turn_password))
+            .field("turn_secret", &redact(&self.turn_secret))
+            .field("viewer_turn", &self.viewer_turn)
+            .field("turn_credential_lifetime", &self.turn_credential_lifetime)
             .field("rtc_bind", &self.rtc_bind)
             .field("mdns", &self.mdns)
             .field("http", &self.http)
@@ -208,6 +232,10 @@ impl fmt::Debug for ViewConfig {
             .field("frames", &self.frames)
             .field("timeout", &self.timeout)
             .field("cid", &self.cid)
+            .field("stun", &self.stun)
+            .field("turn", &self.turn)
+            .field("turn_username", &self.turn_username)
+            .field("turn_password", &redact(&self.turn_password))
             .finish()
     }
 }
@@ -638,6 +666,25 @@ struct DaemonArgs {
     #[arg(long, value_name = "FILE", value_parser = parse_path, help_heading = "WebRTC")]
     turn_password_file: Option<PathBuf>,
 
+    /// File holding the TURN server's shared secret (coturn's static-auth-secret, with
+    /// use-auth-secret): the device makes time-limited credentials from it for its own --turn
+    /// servers and for viewers that ask (the TURN REST API; the secret never leaves the device).
+    /// Instead of --turn-username and --turn-password-file.
+    #[arg(long, value_name = "FILE", value_parser = parse_path, help_heading = "WebRTC")]
+    turn_secret_file: Option<PathBuf>,
+
+    /// TURN server handed to viewers that ask for ICE servers, with a time-limited credential
+    /// made from --turn-secret-file: turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT]
+    /// (browsers can relay over TCP and TLS). Repeat for more. Needs --turn-secret-file.
+    /// [default: the --turn servers, when there is a secret]
+    #[arg(long, value_name = "URL", value_parser = parse_viewer_turn, help_heading = "WebRTC")]
+    viewer_turn: Vec<String>,
+
+    /// Seconds the credentials made from --turn-secret-file are valid, 60 to 604800.
+    /// [default: 3600]
+    #[arg(long, value_name = "SECS", value_parser = parse_credential_lifetime, help_heading = "WebRTC")]
+    turn_credential_lifetime: Option<u32>,
+
     /// IP address to bind WebRTC's UDP sockets to. Repeat for more. [default: every interface]
     #[arg(long, value_name = "ADDR", value_parser = parse_ip, help_heading = "WebRTC")]
     rtc_bind: Vec<IpAddr>,
@@ -729,6 +776,26 @@ struct ViewArgs {
     #[arg(long, value_name = "on|off", value_parser = parse_on_off)]
     mdns: Option<bool>,
 
+    /// STUN server of the viewer's own, e.g. stun:stun.example.org:3478. Repeat for more. The
+    /// servers the device hands out (its status says whether it does) are used as well.
+    /// [default: none]
+    #[arg(long, value_name = "URL", value_parser = parse_stun)]
+    stun: Vec<String>,
+
+    /// TURN server of the viewer's own, turn:HOST[:PORT] (TURN over UDP: the WebRTC library
+    /// cannot relay over TCP or TLS). Repeat for more. Needs --turn-username and
+    /// --turn-password-file. [default: none]
+    #[arg(long, value_name = "URL", value_parser = parse_view_turn)]
+    turn: Vec<String>,
+
+    /// User name for the viewer's TURN servers.
+    #[arg(long, value_name = "NAME", value_parser = parse_nonempty)]
+    turn_username: Option<String>,
+
+    /// File holding the password for the viewer's TURN servers.
+    #[arg(long, value_name = "FILE", value_parser = parse_path)]
+    turn_password_file: Option<PathBuf>,
+
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -752,6 +819,10 @@ const AT_LEAST_1: IntRange = IntRange {
 };
 const MAX_CONNECTING: IntRange = IntRange { lo: 1, hi: 256 };
 const HTTP_MAX_CONNECTIONS: IntRange = IntRange { lo: 4, hi: 4096 };
+const CREDENTIAL_LIFETIME: IntRange = IntRange {
+    lo: 60,
+    hi: 7 * 24 * 3600,
+};
 
 impl IntRange {
     fn expected(self) -> String {
@@ -812,6 +883,9 @@ fn parse_frames(s: &str) -> Result<u32, String> {
 }
 fn parse_view_timeout(s: &str) -> Result<u32, String> {
     AT_LEAST_1.parse(s)
+}
+fn parse_credential_lifetime(s: &str) -> Result<u32, String> {
+    CREDENTIAL_LIFETIME.parse(s)
 }
 
 fn parse_id(s: &str) -> Result<String, String> {
@@ -887,6 +961,33 @@ fn parse_stun(s: &str) -> Result<String, String> {
 
 fn parse_turn(s: &str) -> Result<String, String> {
     parse_ice_url(s, &["turn:", "turns:"])
+}
+
+/// A TURN URL for viewers: any transport a browser can use, `turn:HOST[:PORT]`,
+/// `turn:HOST[:PORT]?transport=udp|tcp` or `turns:HOST[:PORT][?transport=tcp]`.
+fn parse_viewer_turn(s: &str) -> Result<String, String> {
+    const FORM: &str =
+        "expected turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT][?transport=tcp]";
+    parse_ice_url(s, &["turn:", "turns:"]).map_err(|_| format!("{FORM}, got {s:?}"))?;
+    match s.split_once('?') {
+        None => Ok(s.to_owned()),
+        Some((_, "transport=udp")) if s.starts_with("turn:") => Ok(s.to_owned()),
+        Some((_, "transport=tcp")) => Ok(s.to_owned()),
+        Some(_) => Err(format!("{FORM}, got {s:?}")),
+    }
+}
+
+/// A TURN URL for `spyglass view`: TURN over UDP only. webrtc 0.21, which the viewer uses, skips
+/// `turns:` and `?transport=tcp` servers ("Skipping unsupported non-UDP TURN url").
+fn parse_view_turn(s: &str) -> Result<String, String> {
+    let url = parse_viewer_turn(s)?;
+    if url.starts_with("turns:") || url.ends_with("?transport=tcp") {
+        return Err(format!(
+            "spyglass view relays over UDP only (its WebRTC library cannot use TURN over TCP or \
+             TLS): expected turn:HOST[:PORT], got {s:?}"
+        ));
+    }
+    Ok(url)
 }
 
 fn parse_ip(s: &str) -> Result<IpAddr, String> {
@@ -985,6 +1086,9 @@ struct FileValues {
     turn: Option<Vec<String>>,
     turn_username: Option<String>,
     turn_password_file: Option<PathBuf>,
+    turn_secret_file: Option<PathBuf>,
+    viewer_turn: Option<Vec<String>>,
+    turn_credential_lifetime: Option<u32>,
     rtc_bind: Option<Vec<IpAddr>>,
     mdns: Option<bool>,
     http: Option<HttpBind>,
@@ -1117,6 +1221,14 @@ fn parse_config_text(path: &Path, text: &str) -> Result<FileValues, ConfigError>
             }
             "turn-password-file" => {
                 file_str(value, "a file path", parse_path).map(|x| v.turn_password_file = Some(x))
+            }
+            "turn-secret-file" => {
+                file_str(value, "a file path", parse_path).map(|x| v.turn_secret_file = Some(x))
+            }
+            "viewer-turn" => file_list(value, "turn: or turns: URL strings", parse_viewer_turn)
+                .map(|x| v.viewer_turn = Some(x)),
+            "turn-credential-lifetime" => {
+                file_int(value, CREDENTIAL_LIFETIME).map(|x| v.turn_credential_lifetime = Some(x))
             }
             "rtc-bind" => {
                 file_list(value, "IP address strings", parse_ip).map(|x| v.rtc_bind = Some(x))
@@ -1253,14 +1365,55 @@ fn resolve_daemon(args: DaemonArgs, env: &Env) -> Result<DaemonConfig, ConfigErr
         }
         None => None,
     };
+    let turn_secret = match args.turn_secret_file.or(file.turn_secret_file) {
+        Some(path) => {
+            let secret = read_secret(&path, "TURN secret")?;
+            secret_files.push(("TURN secret", path));
+            Some(secret)
+        }
+        None => None,
+    };
     secret_files.extend(tls.key.clone().map(|p| ("MQTT private key", p)));
-    if !turn.is_empty() && (turn_username.is_none() || turn_password.is_none()) {
+    if turn_secret.is_some() && (turn_username.is_some() || turn_password.is_some()) {
         return Err(ConfigError::Invalid(
-            "--turn needs --turn-username and --turn-password-file (or the keys turn-username and \
-             turn-password-file in the config file)"
+            "--turn-secret-file replaces --turn-username and --turn-password-file: the device \
+             makes its TURN user names and passwords from the secret; give one or the other"
                 .into(),
         ));
     }
+    if !turn.is_empty()
+        && turn_secret.is_none()
+        && (turn_username.is_none() || turn_password.is_none())
+    {
+        return Err(ConfigError::Invalid(
+            "--turn needs --turn-username and --turn-password-file, or --turn-secret-file (or \
+             the keys turn-username and turn-password-file, or turn-secret-file, in the config \
+             file)"
+                .into(),
+        ));
+    }
+    let viewer_turn = if args.viewer_turn.is_empty() {
+        file.viewer_turn.unwrap_or_default()
+    } else {
+        args.viewer_turn
+    };
+    if !viewer_turn.is_empty() && turn_secret.is_none() {
+        return Err(ConfigError::Invalid(
+            "--viewer-turn needs --turn-secret-file: viewers get time-limited credentials made \
+             from it (the device never hands out a long-term TURN password)"
+                .into(),
+        ));
+    }
+    let viewer_turn = match (viewer_turn.is_empty(), &turn_secret) {
+        (true, Some(_)) => turn.clone(),
+        _ => viewer_turn,
+    };
+    let turn_credential_lifetime = args
+        .turn_credential_lifetime
+        .or(file.turn_credential_lifetime)
+        .map_or(crate::turn_rest::DEFAULT_LIFETIME, |s| {
+            Duration::from_secs(s.into())
+        });
     let web_root = match args.web_root.or(file.web_root) {
         // A root the user named must exist; the built-in default is only warned about at start
         // (the daemon still streams without its page).
@@ -1307,6 +1460,9 @@ fn resolve_daemon(args: DaemonArgs, env: &Env) -> Result<DaemonConfig, ConfigErr
         turn,
         turn_username,
         turn_password,
+        turn_secret,
+        viewer_turn,
+        turn_credential_lifetime,
         rtc_bind,
         mdns: args.mdns.or(file.mdns).unwrap_or(true),
         http,
@@ -1356,6 +1512,15 @@ fn resolve_view(args: ViewArgs, env: &Env) -> Result<ViewConfig, ConfigError> {
         TlsOption::pick("mqtt-cert", args.mqtt_cert, None, None),
         TlsOption::pick("mqtt-key", args.mqtt_key, None, None),
     )?;
+    let turn_password = match &args.turn_password_file {
+        Some(path) => Some(read_secret(path, "TURN password")?),
+        None => None,
+    };
+    if !args.turn.is_empty() && (args.turn_username.is_none() || turn_password.is_none()) {
+        return Err(ConfigError::Invalid(
+            "--turn needs --turn-username and --turn-password-file".into(),
+        ));
+    }
     Ok(ViewConfig {
         mqtt: args.mqtt,
         id: args.id,
@@ -1367,6 +1532,10 @@ fn resolve_view(args: ViewArgs, env: &Env) -> Result<ViewConfig, ConfigError> {
         cid: args.cid.unwrap_or_else(random_cid),
         rtc_bind: args.rtc_bind,
         mdns: args.mdns.unwrap_or(true),
+        stun: args.stun,
+        turn: args.turn,
+        turn_username: args.turn_username,
+        turn_password,
         json: args.json,
     })
 }
@@ -1744,6 +1913,137 @@ mod tests {
         assert!(warnings[0].contains("MQTT password") && warnings[0].contains("644"));
         std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(c.exposed_secrets().is_empty());
+    }
+
+    // --- TURN REST API credentials (issue 14)
+
+    #[test]
+    fn a_turn_secret_replaces_the_turn_password_and_gives_viewers_turn_servers() {
+        use std::os::unix::fs::PermissionsExt;
+        let scratch = Scratch::new();
+        let secret = scratch.file("secret", "s3cret\n");
+        let secret = secret.to_str().unwrap();
+        let c = daemon(&["--turn", "turn:turn.lan:3478", "--turn-secret-file", secret]).unwrap();
+        assert_eq!(c.turn_secret.as_deref(), Some("s3cret"));
+        assert_eq!((&c.turn_username, &c.turn_password), (&None, &None));
+        // Viewers get the device's TURN servers unless told others, for an hour by default.
+        assert_eq!(c.viewer_turn, ["turn:turn.lan:3478"]);
+        assert_eq!(c.turn_credential_lifetime, Duration::from_secs(3600));
+        assert!(!format!("{c:?}").contains("s3cret"));
+        // Readable by others: named at start, like the other secrets.
+        std::fs::set_permissions(secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let warnings = c.exposed_secrets();
+        assert!(
+            warnings.len() == 1 && warnings[0].contains("TURN secret"),
+            "{warnings:?}"
+        );
+
+        let c = daemon(&[
+            "--turn-secret-file",
+            secret,
+            "--viewer-turn",
+            "turn:t:3478?transport=tcp",
+            "--viewer-turn",
+            "turns:t:5349",
+            "--turn-credential-lifetime",
+            "600",
+        ])
+        .unwrap();
+        assert!(c.turn.is_empty());
+        assert_eq!(c.viewer_turn, ["turn:t:3478?transport=tcp", "turns:t:5349"]);
+        assert_eq!(c.turn_credential_lifetime, Duration::from_secs(600));
+        let (_s, _p, c) = with_file(
+            &format!(
+                "turn-secret-file = \"{secret}\"\nviewer-turn = [\"turns:t\"]\nturn-credential-lifetime = 120\n"
+            ),
+            &[],
+        );
+        let c = c.unwrap();
+        assert_eq!(
+            (
+                c.viewer_turn.as_slice(),
+                c.turn_credential_lifetime.as_secs()
+            ),
+            (&["turns:t".to_string()][..], 120)
+        );
+
+        // What does not go together.
+        let password = scratch.file("pw", "pw");
+        for (args, want) in [
+            (
+                vec![
+                    "--turn-secret-file",
+                    secret,
+                    "--turn-password-file",
+                    password.to_str().unwrap(),
+                    "--turn-username",
+                    "u",
+                ],
+                "replaces --turn-username",
+            ),
+            (vec!["--viewer-turn", "turn:t"], "needs --turn-secret-file"),
+            (vec!["--turn", "turn:t"], "or --turn-secret-file"),
+        ] {
+            let e = daemon(&args).unwrap_err().to_string();
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+        for (args, want) in [
+            (
+                &["--viewer-turn", "turn:t?transport=sctp"][..],
+                "transport=udp|tcp",
+            ),
+            (
+                &["--viewer-turn", "turns:t?transport=udp"],
+                "transport=udp|tcp",
+            ),
+            (&["--turn-credential-lifetime", "10"], "from 60 to 604800"),
+        ] {
+            let e = usage_error(daemon(args)).to_string();
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_viewer_takes_stun_and_turn_over_udp() {
+        let scratch = Scratch::new();
+        let pw = scratch.file("pw", "tpw\n");
+        let v = view_with(
+            &[
+                "--mqtt",
+                "mqtt://b",
+                "--id",
+                "cam",
+                "--stun",
+                "stun:s:3478",
+                "--turn",
+                "turn:t:3478",
+                "--turn-username",
+                "u",
+                "--turn-password-file",
+                pw.to_str().unwrap(),
+            ],
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(v.stun, ["stun:s:3478"]);
+        assert_eq!(v.turn, ["turn:t:3478"]);
+        assert_eq!(v.turn_password.as_deref(), Some("tpw"));
+        assert!(!format!("{v:?}").contains("tpw"));
+        for url in ["turns:t:5349", "turn:t:3478?transport=tcp"] {
+            let e = usage_error(view_with(
+                &["--mqtt", "mqtt://b", "--id", "cam", "--turn", url],
+                &env(),
+            ))
+            .to_string();
+            assert!(e.contains("relays over UDP only"), "{url}: {e}");
+        }
+        let e = view_with(
+            &["--mqtt", "mqtt://b", "--id", "cam", "--turn", "turn:t"],
+            &env(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--turn needs --turn-username"), "{e}");
     }
 
     // --- defaults and help

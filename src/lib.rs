@@ -12,6 +12,7 @@ pub mod rate;
 pub mod selftest;
 pub mod service;
 pub mod signaling;
+pub mod turn_rest;
 pub mod video;
 pub mod view;
 pub mod web;

@@ -42,6 +42,49 @@ pub struct PeerSettings {
     /// Resolve remote `.local` candidates over multicast DNS.
     pub mdns: bool,
     pub ice_servers: Vec<RTCIceServer>,
+    /// Make the TURN servers' credentials from coturn's shared secret, fresh for each peer
+    /// connection, instead of using the ones in `ice_servers`.
+    pub turn_rest: Option<TurnRest>,
+    /// At an ICE restart this side starts (a viewer whose network changed), bind new sockets and
+    /// gather candidates afresh, including new TURN allocations: the old addresses may be gone.
+    /// The device keeps its own (a viewer's restart does not move the device).
+    pub regather_on_ice_restart: bool,
+}
+
+/// TURN REST API credentials for the device's own TURN servers.
+#[derive(Debug, Clone)]
+pub struct TurnRest {
+    pub secret: crate::turn_rest::TurnSecret,
+    /// The user name's part after `EXPIRY:`.
+    pub name: String,
+    pub lifetime: std::time::Duration,
+}
+
+impl PeerSettings {
+    /// The ICE servers for a peer connection made now: TURN servers get a fresh time-limited
+    /// credential when there is a TURN REST secret.
+    pub fn ice_servers_now(&self) -> Vec<RTCIceServer> {
+        let Some(rest) = &self.turn_rest else {
+            return self.ice_servers.clone();
+        };
+        let credential =
+            rest.secret
+                .credential(&rest.name, std::time::SystemTime::now(), rest.lifetime);
+        self.ice_servers
+            .iter()
+            .map(|server| {
+                if server.urls.iter().any(|u| u.starts_with("turn")) {
+                    RTCIceServer {
+                        urls: server.urls.clone(),
+                        username: credential.username.clone(),
+                        credential: credential.password.clone(),
+                    }
+                } else {
+                    server.clone()
+                }
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,13 +185,14 @@ impl PeerFactory {
         };
         let setting_engine = SettingEngineBuilder::new()
             .with_multicast_dns_mode(mdns)
+            .with_discard_local_candidates_during_ice_restart(self.settings.regather_on_ice_restart)
             // A viewer that vanishes (tab closed, network gone) frees its place after ~10 s
             // instead of the default 30 s: 4 s without consent is "disconnected", 6 s more "failed".
             .with_ice_timeouts(Some(ICE_DISCONNECTED_AFTER), Some(ICE_FAILED_AFTER), None)
             .with_ice_connection_attempts(Some(ICE_CHECK_INTERVAL), Some(ICE_MAX_BINDING_REQUESTS))
             .build();
         let config = RTCConfigurationBuilder::new()
-            .with_ice_servers(self.settings.ice_servers.clone())
+            .with_ice_servers(self.settings.ice_servers_now())
             .with_certificates(vec![self.certificate.clone()])
             .build();
         let udp_addrs: Vec<String> = if self.settings.bind.is_empty() {

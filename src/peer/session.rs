@@ -10,6 +10,11 @@
 //! was *sent*. So that a viewer's lip-sync (which trusts those reports) lines the tracks up, video
 //! is sent as long after its capture as audio is (audio waits for its 20 ms packet to fill).
 //!
+//! A new offer from the same viewer (an ICE restart after its network changed, or a changed set
+//! of tracks; the signaling core decides, see `docs/PROTOCOL.md`, "Replacing a session") is
+//! applied to the session's own peer connection: DTLS, SRTP and the data channels carry on, and
+//! a keyframe is requested when the connection comes back.
+//!
 //! A session runs as its own task. It reports to the signaling loop through [`SessionEvent`]s
 //! tagged with its [`SessionKey`], and takes commands through its [`SessionHandle`].
 
@@ -22,7 +27,9 @@ use rtc::peer_connection::transport::RTCDtlsTransportState;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::rtp_transceiver::{
+    RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -58,9 +65,9 @@ pub enum AnswerError {
 /// What a session tells the signaling loop.
 #[derive(Debug, Clone)]
 pub enum SessionEvent {
-    /// The answer SDP, to send to the viewer.
+    /// The answer SDP, to send to the viewer (again after each renegotiation).
     Answered(String),
-    /// The offer could not be answered; the session has ended.
+    /// The offer (or a renegotiating one) could not be answered; the session has ended.
     Failed(AnswerError),
     /// A local ICE candidate to trickle to the viewer; `None` is the end of candidates.
     LocalCandidate(Option<RTCIceCandidateInit>),
@@ -72,6 +79,7 @@ pub enum SessionEvent {
 
 enum Command {
     AddCandidate(Option<RTCIceCandidateInit>),
+    Renegotiate(String),
     Close,
 }
 
@@ -86,10 +94,18 @@ impl SessionHandle {
         let _ = self.commands.send(Command::AddCandidate(candidate));
     }
 
+    /// A new offer from the same viewer, to apply to this session's peer connection.
+    pub fn renegotiate(&self, offer_sdp: String) {
+        let _ = self.commands.send(Command::Renegotiate(offer_sdp));
+    }
+
     pub fn close(&self) {
         let _ = self.commands.send(Command::Close);
     }
 }
+
+/// An ICE restart that has not connected again after this long ends the session.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often a connected session checks whether the viewer closed DTLS.
 const DTLS_CHECK_INTERVAL: Duration = Duration::from_millis(250);
@@ -149,6 +165,9 @@ impl PeerConnectionEventHandler for Forwarder {
 
 struct Answered {
     pc: Arc<dyn PeerConnection>,
+    /// The transceivers we send on; every other m-line is answered inactive (again at each
+    /// renegotiation, which may add m-lines).
+    ours: Vec<RTCRtpTransceiverId>,
     /// Watched for the viewer's DTLS close_notify: a viewer that closes its peer connection ends
     /// the session at once, instead of when ICE consent lapses.
     dtls: Option<Arc<dyn DtlsTransport>>,
@@ -266,14 +285,7 @@ async fn answer(
         let ours: Vec<_> = std::iter::once(transceiver.id())
             .chain(audio_transceiver.as_ref().map(|t| t.id()))
             .collect();
-        for other in pc.get_transceivers().await {
-            if !ours.contains(&other.id()) {
-                other
-                    .set_direction(RTCRtpTransceiverDirection::Inactive)
-                    .await
-                    .map_err(|e| internal("declining an m-line", &e))?;
-            }
-        }
+        decline_others(&pc, &ours).await?;
         let answer = pc
             .create_answer(None)
             .await
@@ -316,13 +328,14 @@ async fn answer(
         let local = pc.local_description().await.ok_or_else(|| {
             AnswerError::Internal("answer missing after set_local_description".into())
         })?;
-        Ok((payload_type, mid, dtls, audio_pt, local.sdp))
+        Ok((payload_type, mid, dtls, audio_pt, local.sdp, ours))
     }
     .await;
     match result {
-        Ok((payload_type, mid, dtls, audio_pt, sdp)) => Ok((
+        Ok((payload_type, mid, dtls, audio_pt, sdp, ours)) => Ok((
             Answered {
                 pc,
+                ours,
                 dtls,
                 track,
                 ssrc,
@@ -345,6 +358,56 @@ async fn answer(
     }
 }
 
+/// Answer every m-line but `ours` inactive.
+async fn decline_others(
+    pc: &Arc<dyn PeerConnection>,
+    ours: &[RTCRtpTransceiverId],
+) -> Result<(), AnswerError> {
+    for other in pc.get_transceivers().await {
+        if !ours.contains(&other.id()) {
+            other
+                .set_direction(RTCRtpTransceiverDirection::Inactive)
+                .await
+                .map_err(|e| AnswerError::Internal(format!("declining an m-line: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Apply a renegotiating offer to the session's peer connection and answer it. An offer with
+/// new ICE credentials restarts ICE (webrtc keeps the local candidates, which are in the
+/// answer); DTLS and SRTP carry on.
+async fn renegotiate(session: &Answered, offer_sdp: String) -> Result<String, AnswerError> {
+    let offer = RTCSessionDescription::offer(offer_sdp)
+        .map_err(|e| AnswerError::BadOffer(format!("offer SDP: {e}")))?;
+    offer
+        .unmarshal()
+        .map_err(|e| AnswerError::BadOffer(format!("offer SDP does not parse: {e}")))?;
+    let pc = &session.pc;
+    pc.set_remote_description(offer)
+        .await
+        .map_err(|e| AnswerError::BadOffer(format!("renegotiating offer rejected: {e}")))?;
+    decline_others(pc, &session.ours).await?;
+    let answer = pc
+        .create_answer(None)
+        .await
+        .map_err(|e| AnswerError::BadOffer(format!("cannot answer: {e}")))?;
+    pc.set_local_description(answer)
+        .await
+        .map_err(|e| AnswerError::Internal(format!("local description: {e}")))?;
+    let local = pc.local_description().await.ok_or_else(|| {
+        AnswerError::Internal("answer missing after set_local_description".into())
+    })?;
+    Ok(local.sdp)
+}
+
+/// The `a=ice-ufrag` of an SDP.
+fn ice_ufrag(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        .map(|u| u.trim().to_string())
+}
+
 async fn run(
     factory: PeerFactory,
     hub: Hub,
@@ -359,6 +422,7 @@ async fn run(
     };
     let (news_tx, mut news) = mpsc::unbounded_channel();
     let started = Instant::now();
+    let mut remote_ufrag = ice_ufrag(&offer_sdp);
     let (session, answer_sdp) = match answer(&factory, audio.is_some(), offer_sdp, news_tx).await {
         Ok(ok) => ok,
         Err(err) => {
@@ -384,8 +448,17 @@ async fn run(
     let counters = Arc::new(SessionCounters::default());
     let budget = Arc::new(control::ViewerBudget::default());
     let mut check = tokio::time::interval(DTLS_CHECK_INTERVAL);
+    // Set while an ICE restart waits for the connection to come back: when.
+    let mut restart: Option<Instant> = None;
+    let mut failure: Option<AnswerError> = None;
     let reason = loop {
         tokio::select! {
+            _ = async { match restart {
+                Some(at) => tokio::time::sleep_until((at + RESTART_TIMEOUT).into()).await,
+                None => std::future::pending().await,
+            } } => {
+                break format!("no connection within {} s of the ICE restart", RESTART_TIMEOUT.as_secs());
+            }
             _ = check.tick(), if !media.is_empty() => {
                 if let Some(dtls) = &session.dtls {
                     let state = dtls.state().await;
@@ -402,6 +475,24 @@ async fn run(
                     });
                     if let Err(err) = session.pc.add_ice_candidate(init).await {
                         debug!(cid = %key.cid, "remote candidate not added: {err}");
+                    }
+                }
+                Some(Command::Renegotiate(offer_sdp)) => {
+                    let ufrag = ice_ufrag(&offer_sdp);
+                    let ice_restart = ufrag != remote_ufrag;
+                    match renegotiate(&session, offer_sdp).await {
+                        Ok(answer_sdp) => {
+                            info!(cid = %key.cid, ice_restart, "session renegotiated in place");
+                            remote_ufrag = ufrag;
+                            if ice_restart {
+                                restart = Some(Instant::now());
+                            }
+                            emit(SessionEvent::Answered(answer_sdp));
+                        }
+                        Err(err) => {
+                            failure = Some(err);
+                            break "the renegotiating offer could not be answered".to_string();
+                        }
                     }
                 }
                 Some(Command::Close) | None => break "closed by the device".to_string(),
@@ -434,6 +525,11 @@ async fn run(
                     });
                 }
                 Some(PeerNews::State(RTCPeerConnectionState::Connected)) => {
+                    if let Some(at) = restart.take() && !media.is_empty() {
+                        // Media sent while ICE had no pair was dropped: start the picture afresh.
+                        hub.request_keyframe(KeyframeReason::Join);
+                        info!(cid = %key.cid, ms = at.elapsed().as_millis() as u64, "viewer reconnected after an ICE restart");
+                    }
                     if media.is_empty() {
                         info!(cid = %key.cid, ms = started.elapsed().as_millis() as u64, "viewer connected");
                         emit(SessionEvent::Connected);
@@ -484,7 +580,10 @@ async fn run(
         debug!(cid = %key.cid, "closing peer connection: {err}");
     }
     info!(cid = %key.cid, "session ended: {reason}");
-    emit(SessionEvent::Closed(reason));
+    match failure {
+        Some(err) => emit(SessionEvent::Failed(err)),
+        None => emit(SessionEvent::Closed(reason)),
+    }
 }
 
 /// Send the hub's frames to this viewer until the task is aborted. With `sync`, each frame is
