@@ -77,6 +77,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 id: cfg.id.clone(),
                 broker: cfg.web_broker_url.clone(),
                 max_connections: cfg.http_max_connections as usize,
+                stun: cfg.stun.clone(),
             })
             .await?,
         ),
