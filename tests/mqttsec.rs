@@ -1095,6 +1095,7 @@ fn view_options_without_daemon(broker: &Broker) -> ViewOptions {
         timeout: Duration::from_secs(30),
         bind: vec!["127.0.0.1".parse().unwrap()],
         mdns: false,
+        own_servers: Default::default(),
         stop: None,
         data_channel: None,
     }

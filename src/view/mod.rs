@@ -339,7 +339,7 @@ struct Decoded {
 /// Watch until `frames` frames are decoded, the device refuses, or the timeout passes.
 pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
     let topics = Topics::new(opts.id.clone()).map_err(|e| ViewError::Setup(e.to_string()))?;
-    let mut conn = mqtt::connect(MqttSettings {
+    let broker = MqttSettings {
         host: opts.host.clone(),
         port: opts.port,
         client_id: mqtt::ClientId::Fixed(opts.cid.clone()),
@@ -352,8 +352,9 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
             .chain([topics.status()])
             .collect(),
         transport: opts.transport.clone(),
-    })
-    .map_err(|e| ViewError::Setup(format!("{e:#}")))?;
+    };
+    let mut conn =
+        mqtt::connect(broker.clone()).map_err(|e| ViewError::Setup(format!("{e:#}")))?;
     let deadline = tokio::time::Instant::now() + opts.timeout;
     let mut report = ViewReport::default();
 
@@ -557,6 +558,15 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
                     if report.connected_ms.is_some() && restarting.is_none() && report.ice_restarts < MAX_ICE_RESTARTS =>
                 {
                     info!("connection {state}: restarting ICE");
+                    // The network may have changed under us, and then the broker connection is
+                    // dead too, which its keepalive would tell only much later: a new one.
+                    match reconnect_broker(&broker, deadline).await {
+                        Ok(fresh) => {
+                            let old = std::mem::replace(&mut conn, fresh);
+                            tokio::spawn(old.close(None));
+                        }
+                        Err(err) => break Err(err),
+                    }
                     match restart_ice(&pc).await {
                         Ok(sdp) => {
                             conn.client.publish(topics.offer(&opts.cid), SessionDescriptionMsg::offer(sdp).to_json(), false).await;
@@ -754,6 +764,21 @@ async fn device_ice_servers(
                 warn!("the device did not hand out ICE servers in time: offering without them");
                 return vec![];
             }
+        }
+    }
+}
+
+/// A new connection to the broker, subscribed, to replace one that may be dead.
+async fn reconnect_broker(
+    settings: &MqttSettings,
+    deadline: tokio::time::Instant,
+) -> Result<mqtt::MqttConnection, String> {
+    let mut conn = mqtt::connect(settings.clone()).map_err(|e| format!("{e:#}"))?;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.events.recv()).await {
+            Ok(Some(MqttEvent::Connected)) => return Ok(conn),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return Err("no broker connection after the ICE restart".into()),
         }
     }
 }

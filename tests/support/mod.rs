@@ -377,6 +377,7 @@ pub fn view_options(broker: &Broker, daemon: &Daemon, frames: u64) -> spyglass::
         timeout: Duration::from_secs(30),
         bind: vec!["127.0.0.1".parse().unwrap()],
         mdns: false,
+        own_servers: Default::default(),
         stop: None,
         data_channel: None,
     }
@@ -405,7 +406,7 @@ pub async fn recvonly_offer(
     let factory = spyglass::peer::PeerFactory::new(spyglass::peer::PeerSettings {
         bind: vec!["127.0.0.1".parse().unwrap()],
         mdns: false,
-        ice_servers: vec![],
+        ..Default::default()
     })
     .unwrap();
     let pc = factory.build(std::sync::Arc::new(Quiet)).await.unwrap();
