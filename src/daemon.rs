@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 use webrtc::peer_connection::{RTCIceCandidateInit, RTCIceServer};
 
+use crate::VERSION;
 use crate::audio::hub::AudioHub;
 use crate::config::DaemonConfig;
 use crate::mqtt::{self, Mqtt, MqttEvent, MqttSettings};
@@ -21,8 +22,6 @@ use crate::signaling::sessions::{Action, Limits, PeerEvent, SessionKey, Signalin
 use crate::turn_rest::{IceServerGrant, TurnSecret};
 use crate::video::hub::{Hub, VideoState};
 use crate::web::{self, WebSettings};
-
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Threads the async runtime may start for blocking work (file reads for the viewer page,
 /// viewers' snapshot and control requests, which also wait for the hub's request workers);
@@ -246,7 +245,7 @@ fn peer_settings(cfg: &DaemonConfig) -> PeerSettings {
         ice_servers.push(RTCIceServer {
             urls: cfg.turn.clone(),
             username: cfg.turn_username.clone().unwrap_or_default(),
-            credential: cfg.turn_password.clone().unwrap_or_default(),
+            credential: cfg.turn_password.as_deref().unwrap_or_default().to_owned(),
         });
     }
     PeerSettings {
@@ -255,12 +254,12 @@ fn peer_settings(cfg: &DaemonConfig) -> PeerSettings {
         ice_servers,
         turn_rest: cfg
             .turn_secret
-            .clone()
+            .as_deref()
             .and_then(TurnSecret::new)
             .map(|secret| crate::peer::TurnRest {
                 secret,
                 name: crate::turn_rest::user_name(&cfg.id),
-                lifetime: cfg.turn_credential_lifetime,
+                lifetime: Duration::from_secs(cfg.turn_credential_lifetime.into()),
             }),
         regather_on_ice_restart: false,
     }
@@ -272,8 +271,8 @@ fn ice_server_grant(cfg: &DaemonConfig) -> IceServerGrant {
     IceServerGrant::new(
         cfg.stun.clone(),
         cfg.viewer_turn.clone(),
-        cfg.turn_secret.clone().and_then(TurnSecret::new),
-        cfg.turn_credential_lifetime,
+        cfg.turn_secret.as_deref().and_then(TurnSecret::new),
+        Duration::from_secs(cfg.turn_credential_lifetime.into()),
     )
 }
 

@@ -8,10 +8,11 @@
 //! device makes credentials for its own TURN allocations and hands viewers credentials that work
 //! for a while, for that TURN server only, and the secret never leaves the device.
 
-use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
+
+use crate::secret::Secret;
 
 use crate::signaling::protocol::{IceServer, IceServersMsg};
 
@@ -20,14 +21,8 @@ pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// The secret shared with the TURN server (coturn's `static-auth-secret`). `Debug` never shows
 /// it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct TurnSecret(String);
-
-impl fmt::Debug for TurnSecret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TurnSecret(<redacted>)")
-    }
-}
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct TurnSecret(Secret);
 
 /// One time-limited TURN credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,9 +35,8 @@ pub struct TurnCredential {
 
 impl TurnSecret {
     /// `None` for an empty secret (coturn would accept anything signed with it).
-    pub fn new(secret: impl Into<String>) -> Option<TurnSecret> {
-        let secret = secret.into();
-        (!secret.is_empty()).then_some(TurnSecret(secret))
+    pub fn new(secret: &str) -> Option<TurnSecret> {
+        (!secret.is_empty()).then(|| TurnSecret(Secret::from(secret)))
     }
 
     /// A credential for `name` that coturn accepts until `expires` (seconds since the epoch).

@@ -235,7 +235,7 @@ pub fn router(settings: &WebSettings) -> Router {
         id: settings.id.clone(),
         broker: settings.broker.clone(),
         broker_ws_port: DEFAULT_BROKER_WS_PORT,
-        version: crate::daemon::VERSION.to_string(),
+        version: crate::VERSION.to_string(),
         ice_servers: if settings.stun.is_empty() {
             vec![]
         } else {

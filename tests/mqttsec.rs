@@ -13,8 +13,8 @@ use std::time::Duration;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubAckReason, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
-use spyglass::config::{BrokerScheme, MqttTls};
 use spyglass::mqtt::MqttTransport;
+use spyglass::mqtt::{BrokerScheme, MqttTls};
 use spyglass::view::{ViewOptions, ViewReport};
 use support::*;
 use tokio::sync::mpsc;
@@ -724,7 +724,10 @@ async fn the_acl_keeps_viewers_out_of_each_others_sessions_and_strangers_out() {
     // The same for ICE servers: the owner asks on its own topic and gets TURN credentials made
     // for it; nobody else reads them.
     let servers_topic = format!("{uid}/ice-servers/{idle}");
-    assert_eq!(owner.publish(&servers_topic, "{}").await, PubAckReason::Success);
+    assert_eq!(
+        owner.publish(&servers_topic, "{}").await,
+        PubAckReason::Success
+    );
     let granted = loop {
         if let Packet::Publish(p) = owner.next().await
             && p.topic == servers_topic.as_bytes()
@@ -736,7 +739,10 @@ async fn the_acl_keeps_viewers_out_of_each_others_sessions_and_strangers_out() {
         granted.contains(&format!(":{idle}\"")) && granted.contains("credential"),
         "{granted}"
     );
-    assert!(!granted.contains("turn-secret-"), "the secret itself went out: {granted}");
+    assert!(
+        !granted.contains("turn-secret-"),
+        "the secret itself went out: {granted}"
+    );
     // A round trip behind it: anything the broker delivered to the intruder came before this ack.
     let reason = other
         .publish(&format!("{uid}/ice/{intruder}"), &candidate)

@@ -44,7 +44,14 @@ impl FieldDaemon {
         let child = lab
             .command(host, spyglass_bin())
             .args(["--id", &id, "--mqtt", &broker, "--video", "test"])
-            .args(["--size", "320x240", "--bitrate", "400", "--rtc-bind", &lab.ip(host)])
+            .args([
+                "--size",
+                "320x240",
+                "--bitrate",
+                "400",
+                "--rtc-bind",
+                &lab.ip(host),
+            ])
             .args(["--mdns", "off", "--http", "off", "--audio", "none"])
             .args(extra)
             .env_remove("RUST_LOG")
@@ -108,7 +115,11 @@ fn up(spec: Value) -> Netlab {
 /// The coturn secret in a root-only file, as a deployment keeps it.
 fn secret_file(lab: &Netlab) -> String {
     let path = PathBuf::from(lab.info["state_dir"].as_str().unwrap()).join("turn-secret");
-    std::fs::write(&path, format!("{}\n", lab.info["turn"]["secret"].as_str().unwrap())).unwrap();
+    std::fs::write(
+        &path,
+        format!("{}\n", lab.info["turn"]["secret"].as_str().unwrap()),
+    )
+    .unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
     path.to_string_lossy().into_owned()
@@ -146,9 +157,8 @@ fn view_command(
 fn report_of(out: std::process::Output) -> (Value, String) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let report = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!("spyglass view printed no report ({e}): {stdout}\n{stderr}")
-    });
+    let report = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("spyglass view printed no report ({e}): {stdout}\n{stderr}"));
     (report, stderr)
 }
 
@@ -328,9 +338,18 @@ fn a_viewer_whose_network_changes_gets_its_picture_back_on_the_same_session() {
         "{report}"
     );
     // One session from start to end: renegotiated in place, never ended or started again.
-    assert_eq!(daemon.lines("viewer connected").len(), 1, "{}", daemon.log());
+    assert_eq!(
+        daemon.lines("viewer connected").len(),
+        1,
+        "{}",
+        daemon.log()
+    );
     assert!(!daemon.lines("session renegotiated in place").is_empty());
-    assert!(!daemon.lines("viewer reconnected after an ICE restart").is_empty());
+    assert!(
+        !daemon
+            .lines("viewer reconnected after an ICE restart")
+            .is_empty()
+    );
     assert!(daemon.lines("session ended").is_empty(), "{}", daemon.log());
     eprintln!(
         "network change (spyglass view, cone -> symmetric NAT, now {}): {} ICE restart(s); restart offer -> connected again {}; longest pause between frames {} (about the move -> picture back); run ended {:.1} s after the move",

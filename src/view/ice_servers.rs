@@ -5,6 +5,7 @@
 
 use webrtc::peer_connection::RTCIceServer;
 
+use crate::secret::Secret;
 use crate::signaling::protocol::IceServer;
 
 /// The viewer's own servers, from its options.
@@ -14,7 +15,7 @@ pub struct OwnServers {
     /// TURN over UDP; `username` and `password` go with them.
     pub turn: Vec<String>,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
 }
 
 /// Whether webrtc 0.21 can use this URL: STUN, or TURN over UDP.
@@ -36,7 +37,7 @@ pub fn combine(own: &OwnServers, granted: &[IceServer]) -> (Vec<RTCIceServer>, V
         servers.push(RTCIceServer {
             urls: own.turn.clone(),
             username: own.username.clone().unwrap_or_default(),
-            credential: own.password.clone().unwrap_or_default(),
+            credential: own.password.as_deref().unwrap_or_default().to_owned(),
         });
     }
     let mut left_out = Vec::new();

@@ -32,6 +32,7 @@ use webrtc::peer_connection::{
 use crate::mqtt::{self, MqttEvent, MqttSettings};
 use crate::pattern;
 use crate::peer::{PeerFactory, PeerSettings};
+use crate::secret::Secret;
 use crate::signaling::protocol::{
     ErrorMsg, IceCandidateMsg, IceServer, SessionDescriptionMsg, TopicKind, Topics, parse_answer,
     parse_error, parse_ice_servers, parse_status,
@@ -43,7 +44,7 @@ pub struct ViewOptions {
     pub host: String,
     pub port: u16,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// TCP, TLS or WebSocket (from the broker URL's scheme) and the TLS files.
     pub transport: mqtt::MqttTransport,
     pub id: String,
@@ -353,8 +354,7 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
             .collect(),
         transport: opts.transport.clone(),
     };
-    let mut conn =
-        mqtt::connect(broker.clone()).map_err(|e| ViewError::Setup(format!("{e:#}")))?;
+    let mut conn = mqtt::connect(broker.clone()).map_err(|e| ViewError::Setup(format!("{e:#}")))?;
     let deadline = tokio::time::Instant::now() + opts.timeout;
     let mut report = ViewReport::default();
 
