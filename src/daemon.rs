@@ -2,7 +2,7 @@
 //! shared video hub together, and carries out what the state machine decides.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -20,6 +20,7 @@ use crate::signaling::protocol::{
     VideoStatus, offline_status_json,
 };
 use crate::signaling::sessions::{Action, Limits, PeerEvent, SessionKey, Signaling};
+use crate::turn_rest::{IceServerGrant, TurnSecret};
 use crate::video::hub::{Hub, VideoState};
 use crate::web::{self, WebSettings};
 
@@ -64,8 +65,10 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         channels: u32::from(a.channels()),
     });
     let mut audio_running = audio.as_ref().map(AudioHub::running);
+    let grant = ice_server_grant(&cfg);
     let mut status = Status::online(VERSION, video, 0, cfg.max_viewers);
     status.audio = audio_status.clone();
+    status.ice_servers = !grant.is_empty();
     let limits = Limits {
         max_viewers: cfg.max_viewers as usize,
         max_connecting: cfg.max_connecting as usize,
@@ -82,6 +85,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 id: cfg.id.clone(),
                 broker: cfg.web_broker_url.clone(),
                 max_connections: cfg.http_max_connections as usize,
+                stun: cfg.stun.clone(),
             })
             .await?,
         ),
@@ -113,6 +117,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         audio: audio.clone(),
         session_tx,
         sessions: HashMap::new(),
+        grant,
     };
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -167,6 +172,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                         candidate: init.candidate,
                         sdp_mid: init.sdp_mid,
                         sdp_mline_index: init.sdp_mline_index,
+                        username_fragment: None,
                     })),
                     SessionEvent::Connected => PeerEvent::Connected,
                     SessionEvent::Unreachable(message) => {
@@ -263,6 +269,8 @@ fn peer_settings(cfg: &DaemonConfig) -> PeerSettings {
             ..Default::default()
         });
     }
+    // With a TURN REST secret the credentials are made for each new peer connection
+    // (PeerSettings::turn_rest); without one they are the configured long-term ones.
     if !cfg.turn.is_empty() {
         ice_servers.push(RTCIceServer {
             urls: cfg.turn.clone(),
@@ -279,6 +287,16 @@ fn peer_settings(cfg: &DaemonConfig) -> PeerSettings {
         },
         connect_timeout: cfg.peer_timeout,
         check_interval: Some(crate::peer::ICE_CHECK_INTERVAL),
+        turn_rest: cfg
+            .turn_secret
+            .as_deref()
+            .and_then(TurnSecret::new)
+            .map(|secret| crate::peer::TurnRest {
+                secret,
+                name: crate::turn_rest::user_name(&cfg.id),
+                lifetime: Duration::from_secs(cfg.turn_credential_lifetime.into()),
+            }),
+        regather_on_ice_restart: false,
     }
 }
 
@@ -291,6 +309,17 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// What viewers that ask for ICE servers get: the device's STUN servers, and the viewers' TURN
+/// servers with credentials made from the secret (none without one).
+fn ice_server_grant(cfg: &DaemonConfig) -> IceServerGrant {
+    IceServerGrant::new(
+        cfg.stun.clone(),
+        cfg.viewer_turn.clone(),
+        cfg.turn_secret.as_deref().and_then(TurnSecret::new),
+        Duration::from_secs(cfg.turn_credential_lifetime.into()),
+    )
+}
+
 /// Carries out the state machine's actions.
 struct Executor {
     mqtt: Mqtt,
@@ -299,6 +328,7 @@ struct Executor {
     audio: Option<AudioHub>,
     session_tx: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
     sessions: HashMap<SessionKey, SessionHandle>,
+    grant: IceServerGrant,
 }
 
 impl Executor {
@@ -327,6 +357,15 @@ impl Executor {
                         self.session_tx.clone(),
                     );
                     self.sessions.insert(key, handle);
+                }
+                Action::Renegotiate { key, offer_sdp } => {
+                    if let Some(handle) = self.sessions.get(&key) {
+                        handle.renegotiate(offer_sdp);
+                    }
+                }
+                Action::GrantIceServers { cid, topic } => {
+                    let reply = self.grant.grant(&cid, SystemTime::now());
+                    self.mqtt.publish(topic, reply.to_json(), false).await;
                 }
                 Action::Candidate { key, candidate } => {
                     if let Some(handle) = self.sessions.get(&key) {

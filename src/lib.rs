@@ -17,6 +17,7 @@ pub mod secret;
 pub mod selftest;
 pub mod service;
 pub mod signaling;
+pub mod turn_rest;
 pub mod video;
 pub mod view;
 pub mod web;

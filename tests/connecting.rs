@@ -403,6 +403,7 @@ async fn candidates_that_come_late_within_the_peer_timeout_still_connect() {
                         candidate: c.candidate,
                         sdp_mid: c.sdp_mid,
                         sdp_mline_index: c.sdp_mline_index,
+                        username_fragment: None,
                     };
                     signaling.publish(&topics.ice(&cid), msg.to_json()).await;
                 }
@@ -448,6 +449,7 @@ async fn candidates_that_come_late_within_the_peer_timeout_still_connect() {
                             candidate: c.candidate,
                             sdp_mid: Some("0".into()),
                             sdp_mline_index: Some(0),
+                            username_fragment: None,
                         };
                         signaling.publish(&topics.ice(&cid), msg.to_json()).await;
                     } else {

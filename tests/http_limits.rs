@@ -221,6 +221,7 @@ fn view_options_for(broker: &Broker) -> spyglass::view::ViewOptions {
         timeout: Duration::from_secs(30),
         bind: vec!["127.0.0.1".parse().unwrap()],
         mdns: false,
+        own_servers: Default::default(),
         stop: None,
         data_channel: None,
     }

@@ -15,16 +15,16 @@ use crate::mqtt::BrokerUrl;
 use crate::video::{self, negotiate::FourCc};
 
 use super::values::{
-    AtLeast1, Audio, Broker, DeviceId, DirPath, FilePath, Fps, HttpBind, HttpMaxConnections, Ip,
-    Kbps, Kind, LogFilter, MaxConnecting, MqttClientId, NonEmpty, OnOff, PictureSize, PixelFormat,
-    Seconds, SelftestAudio, SelftestSeconds, Size, StunUrl, ToneHz, TurnUrl, VideoSource, ViewerId,
-    WebBrokerUrl,
+    AtLeast1, Audio, Broker, CredentialLifetime, DeviceId, DirPath, FilePath, Fps, HttpBind,
+    HttpMaxConnections, Ip, Kbps, Kind, LogFilter, MaxConnecting, MqttClientId, NonEmpty, OnOff,
+    PictureSize, PixelFormat, Seconds, SelftestAudio, SelftestSeconds, Size, StunUrl, ToneHz,
+    TurnUrl, VideoSource, ViewTurnUrl, ViewerId, ViewerTurnUrl, WebBrokerUrl,
 };
 use super::{
     DEFAULT_BITRATE_KBPS, DEFAULT_FPS, DEFAULT_HEIGHT, DEFAULT_HTTP, DEFAULT_HTTP_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTING, DEFAULT_MAX_VIEWERS, DEFAULT_PEER_TIMEOUT_SECS,
-    DEFAULT_SELFTEST_SECONDS, DEFAULT_VIDEO, DEFAULT_VIEW_FRAMES, DEFAULT_VIEW_TIMEOUT_SECS,
-    DEFAULT_WIDTH,
+    DEFAULT_SELFTEST_SECONDS, DEFAULT_TURN_CREDENTIAL_LIFETIME_SECS, DEFAULT_VIDEO,
+    DEFAULT_VIEW_FRAMES, DEFAULT_VIEW_TIMEOUT_SECS, DEFAULT_WIDTH,
 };
 
 const AFTER_HELP: &str = "\
@@ -195,8 +195,9 @@ pub struct DaemonOptions {
     pub stun: Vec<String>,
 
     /// TURN server, turn:HOST[:PORT] (TURN over UDP: the device cannot use TURN over TCP or TLS;
-    /// viewers can). Repeat for more. Needs --turn-username and --turn-password-file. Each is
-    /// tested at start; one that fails is logged and left out until it works. [default: none]
+    /// viewers can, see --viewer-turn). Repeat for more. Needs --turn-username and
+    /// --turn-password-file, or --turn-secret-file. Each is tested at start; one that fails is
+    /// logged and left out until it works. [default: none]
     #[arg(long, value_name = "URL", value_parser = TurnUrl::parse, help_heading = "WebRTC")]
     #[serde(deserialize_with = "TurnUrl::file")]
     pub turn: Vec<String>,
@@ -210,6 +211,27 @@ pub struct DaemonOptions {
     #[arg(long, value_name = "FILE", value_parser = FilePath::parse, help_heading = "WebRTC")]
     #[serde(deserialize_with = "FilePath::file")]
     pub(super) turn_password_file: Option<PathBuf>,
+
+    /// File holding the TURN server's shared secret (coturn's static-auth-secret, with
+    /// use-auth-secret): the device makes time-limited credentials from it for its own --turn
+    /// servers and for viewers that ask (the TURN REST API; the secret never leaves the device).
+    /// Instead of --turn-username and --turn-password-file.
+    #[arg(long, value_name = "FILE", value_parser = FilePath::parse, help_heading = "WebRTC")]
+    #[serde(deserialize_with = "FilePath::file")]
+    pub(super) turn_secret_file: Option<PathBuf>,
+
+    /// TURN server handed to viewers that ask for ICE servers, with a time-limited credential
+    /// made from --turn-secret-file: turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT]
+    /// (browsers can relay over TCP and TLS). Repeat for more. Needs --turn-secret-file.
+    /// [default: the --turn servers, when there is a secret]
+    #[arg(long, value_name = "URL", value_parser = ViewerTurnUrl::parse, help_heading = "WebRTC")]
+    #[serde(deserialize_with = "ViewerTurnUrl::file")]
+    pub(super) viewer_turn: Vec<String>,
+
+    /// Seconds the credentials made from --turn-secret-file are valid, 60 to 604800.
+    #[arg(long, value_name = "SECS", value_parser = CredentialLifetime::parse, default_value_t = DEFAULT_TURN_CREDENTIAL_LIFETIME_SECS, help_heading = "WebRTC")]
+    #[serde(deserialize_with = "CredentialLifetime::file")]
+    pub turn_credential_lifetime: u32,
 
     /// IP address to bind WebRTC's UDP sockets to. Repeat for more. [default: every interface]
     #[arg(long, value_name = "ADDR", value_parser = Ip::parse, help_heading = "WebRTC")]
@@ -319,6 +341,26 @@ pub(super) struct ViewArgs {
     /// Resolve the device's mDNS (.local) ICE candidates: on or off.
     #[arg(long, value_name = "on|off", value_parser = OnOff::parse, action = ArgAction::Set, default_value = "on")]
     pub mdns: bool,
+
+    /// STUN server of the viewer's own, e.g. stun:stun.example.org:3478. Repeat for more. The
+    /// servers the device hands out (its status says whether it does) are used as well.
+    /// [default: none]
+    #[arg(long, value_name = "URL", value_parser = StunUrl::parse)]
+    pub stun: Vec<String>,
+
+    /// TURN server of the viewer's own, turn:HOST[:PORT] (TURN over UDP: the WebRTC library
+    /// cannot relay over TCP or TLS). Repeat for more. Needs --turn-username and
+    /// --turn-password-file. [default: none]
+    #[arg(long, value_name = "URL", value_parser = ViewTurnUrl::parse)]
+    pub turn: Vec<String>,
+
+    /// User name for the viewer's TURN servers.
+    #[arg(long, value_name = "NAME", value_parser = NonEmpty::parse)]
+    pub turn_username: Option<String>,
+
+    /// File holding the password for the viewer's TURN servers.
+    #[arg(long, value_name = "FILE", value_parser = FilePath::parse)]
+    pub turn_password_file: Option<PathBuf>,
 
     /// Print the report as one JSON object instead of text.
     #[arg(long)]

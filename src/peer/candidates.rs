@@ -240,6 +240,13 @@ impl CandidateGate {
         Ok(true)
     }
 
+    /// An ICE restart: the agent forgets the remote candidates it had, so the counts start
+    /// afresh (the refusals are kept for the session's log line).
+    pub fn restart(&mut self) {
+        self.admitted.clear();
+        self.remote = [0; 2];
+    }
+
     /// Remote candidates handed to webrtc so far.
     pub fn admitted(&self) -> usize {
         self.admitted.len()

@@ -56,6 +56,49 @@ pub struct PeerSettings {
     /// on these ticks when a better pair is still being checked, so the viewer uses
     /// [`VIEWER_CHECK_INTERVAL`].
     pub check_interval: Option<Duration>,
+    /// Make the TURN servers' credentials from coturn's shared secret, fresh for each peer
+    /// connection, instead of using the ones in `ice_servers`.
+    pub turn_rest: Option<TurnRest>,
+    /// At an ICE restart this side starts (a viewer whose network changed), bind new sockets and
+    /// gather candidates afresh, including new TURN allocations: the old addresses may be gone.
+    /// The device keeps its own (a viewer's restart does not move the device).
+    pub regather_on_ice_restart: bool,
+}
+
+/// TURN REST API credentials for the device's own TURN servers.
+#[derive(Debug, Clone)]
+pub struct TurnRest {
+    pub secret: crate::turn_rest::TurnSecret,
+    /// The user name's part after `EXPIRY:`.
+    pub name: String,
+    pub lifetime: std::time::Duration,
+}
+
+impl PeerSettings {
+    /// The ICE servers for a peer connection made now: TURN servers get a fresh time-limited
+    /// credential when there is a TURN REST secret.
+    pub fn ice_servers_now(&self) -> Vec<RTCIceServer> {
+        let Some(rest) = &self.turn_rest else {
+            return self.ice_servers.clone();
+        };
+        let credential =
+            rest.secret
+                .credential(&rest.name, std::time::SystemTime::now(), rest.lifetime);
+        self.ice_servers
+            .iter()
+            .map(|server| {
+                if server.urls.iter().any(|u| u.starts_with("turn")) {
+                    RTCIceServer {
+                        urls: server.urls.clone(),
+                        username: credential.username.clone(),
+                        credential: credential.password.clone(),
+                    }
+                } else {
+                    server.clone()
+                }
+            })
+            .collect()
+    }
 }
 
 impl PeerSettings {
@@ -206,6 +249,7 @@ impl PeerFactory {
         let nominate_at_once = Some(Duration::ZERO);
         let setting_engine = SettingEngineBuilder::new()
             .with_multicast_dns_mode(mdns)
+            .with_discard_local_candidates_during_ice_restart(self.settings.regather_on_ice_restart)
             .with_ice_timeouts(Some(ICE_DISCONNECTED_AFTER), Some(failed_after), None)
             // Check pacing is webrtc's default (200 ms, 7 requests per pair) unless the settings
             // say otherwise: the driver wakes up at once when there is something to send
@@ -233,7 +277,7 @@ impl PeerFactory {
             .certificates
             .certificate(std::time::SystemTime::now())
             .map_err(|e| PeerError::Setup(e.to_string()))?;
-        let ice_servers = self.relays.usable(&self.settings.ice_servers);
+        let ice_servers = self.relays.usable(&self.settings.ice_servers_now());
         let turn = ice_servers
             .iter()
             .flat_map(|s| s.urls.iter())

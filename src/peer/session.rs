@@ -10,6 +10,11 @@
 //! was *sent*. So that a viewer's lip-sync (which trusts those reports) lines the tracks up, video
 //! is sent as long after its capture as audio is (audio waits for its 20 ms packet to fill).
 //!
+//! A new offer from the same viewer (an ICE restart after its network changed, or a changed set
+//! of tracks; the signaling core decides, see `docs/PROTOCOL.md`, "Replacing a session") is
+//! applied to the session's own peer connection: DTLS, SRTP and the data channels carry on, and
+//! a keyframe is requested when the connection comes back.
+//!
 //! A session runs as its own task. It reports to the signaling loop through [`SessionEvent`]s
 //! tagged with its [`SessionKey`], and takes commands through its [`SessionHandle`], which also
 //! tells its owner when the task ended without its final event (a panic). The viewer's remote
@@ -24,7 +29,9 @@ use rtc::peer_connection::transport::RTCDtlsTransportState;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::rtp_transceiver::{
+    RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -62,9 +69,9 @@ pub enum AnswerError {
 /// What a session tells the signaling loop.
 #[derive(Debug, Clone)]
 pub enum SessionEvent {
-    /// The answer SDP, to send to the viewer.
+    /// The answer SDP, to send to the viewer (again after each renegotiation).
     Answered(String),
-    /// The offer could not be answered; the session has ended.
+    /// The offer (or a renegotiating one) could not be answered; the session has ended.
     Failed(AnswerError),
     /// A local ICE candidate to trickle to the viewer; `None` is the end of candidates.
     LocalCandidate(Option<RTCIceCandidateInit>),
@@ -79,6 +86,7 @@ pub enum SessionEvent {
 
 enum Command {
     AddCandidate(Option<RTCIceCandidateInit>),
+    Renegotiate(String),
     Close,
 }
 
@@ -113,6 +121,11 @@ impl SessionHandle {
         }
         self.dropping.store(false, Ordering::Relaxed);
         let _ = self.commands.send(Command::AddCandidate(candidate));
+    }
+
+    /// A new offer from the same viewer, to apply to this session's peer connection.
+    pub fn renegotiate(&self, offer_sdp: String) {
+        let _ = self.commands.send(Command::Renegotiate(offer_sdp));
     }
 
     pub fn close(&self) {
@@ -156,6 +169,9 @@ pub fn take_unreported<K: Clone + Eq + std::hash::Hash>(
         .filter_map(|key| sessions.remove(&key).map(|handle| (key, handle)))
         .collect()
 }
+
+/// An ICE restart that has not connected again after this long ends the session.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often a connected session checks whether the viewer closed DTLS.
 const DTLS_CHECK_INTERVAL: Duration = Duration::from_millis(250);
@@ -252,6 +268,9 @@ struct Answered {
     pc: Arc<dyn PeerConnection>,
     /// What ICE tried and selected.
     connectivity: Arc<Connectivity>,
+    /// The transceivers we send on; every other m-line is answered inactive (again at each
+    /// renegotiation, which may add m-lines).
+    ours: Vec<RTCRtpTransceiverId>,
     /// Watched for the viewer's DTLS close_notify: a viewer that closes its peer connection ends
     /// the session at once, instead of when ICE consent lapses.
     dtls: Option<Arc<dyn DtlsTransport>>,
@@ -401,14 +420,7 @@ async fn answer(
         let ours: Vec<_> = std::iter::once(transceiver.id())
             .chain(audio_transceiver.as_ref().map(|t| t.id()))
             .collect();
-        for other in pc.get_transceivers().await {
-            if !ours.contains(&other.id()) {
-                other
-                    .set_direction(RTCRtpTransceiverDirection::Inactive)
-                    .await
-                    .map_err(|e| internal("declining an m-line", &e))?;
-            }
-        }
+        decline_others(&pc, &ours).await?;
         let answer = pc
             .create_answer(None)
             .await
@@ -461,14 +473,15 @@ async fn answer(
             };
             hand_in(&pc, gate, cid, init).await;
         }
-        Ok((payload_type, mid, dtls, audio_pt, local.sdp))
+        Ok((payload_type, mid, dtls, audio_pt, local.sdp, ours))
     }
     .await;
     match result {
-        Ok((payload_type, mid, dtls, audio_pt, sdp)) => Ok((
+        Ok((payload_type, mid, dtls, audio_pt, sdp, ours)) => Ok((
             Answered {
                 pc,
                 connectivity,
+                ours,
                 dtls,
                 track,
                 ssrc,
@@ -489,6 +502,78 @@ async fn answer(
             Err(err)
         }
     }
+}
+
+/// Answer every m-line but `ours` inactive.
+async fn decline_others(
+    pc: &Arc<dyn PeerConnection>,
+    ours: &[RTCRtpTransceiverId],
+) -> Result<(), AnswerError> {
+    for other in pc.get_transceivers().await {
+        if !ours.contains(&other.id()) {
+            other
+                .set_direction(RTCRtpTransceiverDirection::Inactive)
+                .await
+                .map_err(|e| AnswerError::Internal(format!("declining an m-line: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Apply a renegotiating offer to the session's peer connection and answer it. An offer with
+/// new ICE credentials restarts ICE (webrtc keeps the local candidates, which are in the
+/// answer); DTLS and SRTP carry on. The offer's candidates go in through the gate, after the
+/// answer, like those of the first offer; an ICE restart starts the gate's counts afresh (the
+/// agent forgets the old remote candidates).
+async fn renegotiate(
+    session: &Answered,
+    offer_sdp: String,
+    ice_restart: bool,
+    gate: &mut CandidateGate,
+    cid: &str,
+) -> Result<String, AnswerError> {
+    let (offer_sdp, offered) = candidates::split_offer(&offer_sdp);
+    let offer = RTCSessionDescription::offer(offer_sdp)
+        .map_err(|e| AnswerError::BadOffer(format!("offer SDP: {e}")))?;
+    offer
+        .unmarshal()
+        .map_err(|e| AnswerError::BadOffer(format!("offer SDP does not parse: {e}")))?;
+    let pc = &session.pc;
+    pc.set_remote_description(offer)
+        .await
+        .map_err(|e| AnswerError::BadOffer(format!("renegotiating offer rejected: {e}")))?;
+    decline_others(pc, &session.ours).await?;
+    let answer = pc
+        .create_answer(None)
+        .await
+        .map_err(|e| AnswerError::BadOffer(format!("cannot answer: {e}")))?;
+    pc.set_local_description(answer)
+        .await
+        .map_err(|e| AnswerError::Internal(format!("local description: {e}")))?;
+    let local = pc.local_description().await.ok_or_else(|| {
+        AnswerError::Internal("answer missing after set_local_description".into())
+    })?;
+    if ice_restart {
+        gate.restart();
+    }
+    gate.note_local_sdp(&local.sdp);
+    for candidate in offered {
+        let init = RTCIceCandidateInit {
+            candidate,
+            sdp_mid: Some(session.mid.clone()),
+            sdp_mline_index: Some(0),
+            ..Default::default()
+        };
+        hand_in(pc, gate, cid, init).await;
+    }
+    Ok(local.sdp)
+}
+
+/// The `a=ice-ufrag` of an SDP.
+fn ice_ufrag(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        .map(|u| u.trim().to_string())
 }
 
 /// The session, from offer to end; returns its final event (`Failed` or `Closed`), which
@@ -516,6 +601,7 @@ async fn run(
     );
     let (news_tx, mut news) = mpsc::unbounded_channel();
     let started = Instant::now();
+    let mut remote_ufrag = ice_ufrag(&offer_sdp);
     let answered = answer(
         &factory,
         audio.is_some(),
@@ -554,6 +640,9 @@ async fn run(
     // viewer has vanished.
     let mut vanish_deadline: Option<tokio::time::Instant> = None;
     let mut unreachable = false;
+    // Set while an ICE restart waits for the connection to come back: when.
+    let mut restart: Option<Instant> = None;
+    let mut failure: Option<AnswerError> = None;
     let reason = loop {
         tokio::select! {
             _ = tokio::time::sleep_until(connect_deadline), if media.is_empty() => {
@@ -568,6 +657,12 @@ async fn run(
                     "the viewer vanished (unreachable for {} s)",
                     (super::ICE_DISCONNECTED_AFTER + ICE_VANISHED_AFTER).as_secs()
                 );
+            }
+            _ = async { match restart {
+                Some(at) => tokio::time::sleep_until((at + RESTART_TIMEOUT).into()).await,
+                None => std::future::pending().await,
+            } } => {
+                break format!("no connection within {} s of the ICE restart", RESTART_TIMEOUT.as_secs());
             }
             _ = check.tick(), if !media.is_empty() => {
                 if let Some(dtls) = &session.dtls {
@@ -585,6 +680,26 @@ async fn run(
                         ..Default::default()
                     });
                     hand_in(&session.pc, &mut gate, &key.cid, init).await;
+                }
+                Some(Command::Renegotiate(offer_sdp)) => {
+                    let ufrag = ice_ufrag(&offer_sdp);
+                    let ice_restart = ufrag != remote_ufrag;
+                    match renegotiate(&session, offer_sdp, ice_restart, &mut gate, &key.cid).await {
+                        Ok(answer_sdp) => {
+                            info!(cid = %key.cid, ice_restart, "session renegotiated in place");
+                            remote_ufrag = ufrag;
+                            if ice_restart {
+                                // The restart's own timeout bounds the wait from here.
+                                restart = Some(Instant::now());
+                                vanish_deadline = None;
+                            }
+                            emit(SessionEvent::Answered(answer_sdp));
+                        }
+                        Err(err) => {
+                            failure = Some(err);
+                            break "the renegotiating offer could not be answered".to_string();
+                        }
+                    }
                 }
                 Some(Command::Close) | None => break "closed by the device".to_string(),
             },
@@ -618,6 +733,11 @@ async fn run(
                 }
                 Some(PeerNews::State(RTCPeerConnectionState::Connected)) => {
                     vanish_deadline = None;
+                    if let Some(at) = restart.take() && !media.is_empty() {
+                        // Media sent while ICE had no pair was dropped: start the picture afresh.
+                        hub.request_keyframe(KeyframeReason::Join);
+                        info!(cid = %key.cid, ms = at.elapsed().as_millis() as u64, "viewer reconnected after an ICE restart");
+                    }
                     if media.is_empty() {
                         let pair = session.connectivity.selected_pair().unwrap_or_default();
                         info!(cid = %key.cid, ms = started.elapsed().as_millis() as u64, "viewer connected, selected pair {pair}");
@@ -690,7 +810,10 @@ async fn run(
         return SessionEvent::Unreachable(why);
     }
     info!(cid = %key.cid, "session ended: {reason}");
-    SessionEvent::Closed(reason)
+    match failure {
+        Some(err) => SessionEvent::Failed(err),
+        None => SessionEvent::Closed(reason),
+    }
 }
 
 /// How long a session may take to connect.

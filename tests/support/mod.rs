@@ -380,6 +380,7 @@ pub fn view_options(broker: &Broker, daemon: &Daemon, frames: u64) -> spyglass::
         timeout: Duration::from_secs(30),
         bind: vec!["127.0.0.1".parse().unwrap()],
         mdns: false,
+        own_servers: Default::default(),
         stop: None,
         data_channel: None,
     }
@@ -408,7 +409,6 @@ pub async fn recvonly_offer(
     let factory = spyglass::peer::PeerFactory::new(spyglass::peer::PeerSettings {
         bind: vec!["127.0.0.1".parse().unwrap()],
         mdns: false,
-        ice_servers: vec![],
         ..Default::default()
     })
     .unwrap();
