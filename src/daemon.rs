@@ -2,7 +2,7 @@
 //! shared video hub together, and carries out what the state machine decides.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
 use tracing::{info, warn};
@@ -13,6 +13,7 @@ use crate::audio::hub::AudioHub;
 use crate::config::DaemonConfig;
 use crate::mqtt::{self, Mqtt, MqttEvent, MqttSettings};
 use crate::peer::bitrate::{self, BitrateRange, RateControl};
+use crate::peer::candidates::RemotePolicy;
 use crate::peer::session::{self, AnswerError, SessionEvent, SessionHandle};
 use crate::peer::{PeerFactory, PeerSettings};
 use crate::signaling::protocol::{
@@ -20,6 +21,7 @@ use crate::signaling::protocol::{
     VideoStatus, offline_status_json,
 };
 use crate::signaling::sessions::{Action, Limits, PeerEvent, SessionKey, Signaling};
+use crate::turn_rest::{IceServerGrant, TurnSecret};
 use crate::video::hub::{Hub, VideoState};
 use crate::web::{self, WebSettings};
 
@@ -39,6 +41,14 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     }
     let topics = Topics::new(cfg.id.clone())?;
     let factory = PeerFactory::new(peer_settings(&cfg))?;
+    // The device's TURN servers are tried now and, while they fail, again and again; new
+    // sessions get only those that work.
+    let relay_servers = factory.clone();
+    let _relay_watch = AbortOnDrop(tokio::spawn(crate::peer::relay::watch(
+        move || relay_servers.settings().ice_servers_now(),
+        cfg.rtc_bind.first().copied(),
+        std::sync::Arc::clone(factory.relays()),
+    )));
     let hub = Hub::new(cfg.video.clone(), cfg.bitrate_kbps)?;
     // Every viewer's bandwidth estimate → one target for the shared encoder.
     let rate = RateControl::new(bitrate_range(&cfg));
@@ -59,8 +69,10 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         channels: u32::from(a.channels()),
     });
     let mut audio_running = audio.as_ref().map(AudioHub::running);
+    let grant = ice_server_grant(&cfg);
     let mut status = Status::online(VERSION, video, 0, cfg.max_viewers);
     status.audio = audio_status.clone();
+    status.ice_servers = !grant.is_empty();
     let limits = Limits {
         max_viewers: cfg.max_viewers as usize,
         max_connecting: cfg.max_connecting as usize,
@@ -77,6 +89,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 id: cfg.id.clone(),
                 broker: cfg.web_broker_url.clone(),
                 max_connections: cfg.http_max_connections as usize,
+                stun: cfg.stun.clone(),
             })
             .await?,
         ),
@@ -109,6 +122,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         rate,
         session_tx,
         sessions: HashMap::new(),
+        grant,
     };
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -151,7 +165,11 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                         let (code, message) = match err {
                             AnswerError::BadOffer(m) => (ErrorCode::BadRequest, m),
                             AnswerError::Unsupported(m) => (ErrorCode::Unsupported, m),
-                            AnswerError::Internal(m) => (ErrorCode::Internal, m),
+                            AnswerError::Internal(m) => {
+                                // The viewer only learns that it failed; the log says why.
+                                warn!(cid = %key.cid, "answering `internal`: {m}");
+                                (ErrorCode::Internal, m)
+                            }
                         };
                         PeerEvent::Failed { code, message }
                     }
@@ -159,8 +177,13 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                         candidate: init.candidate,
                         sdp_mid: init.sdp_mid,
                         sdp_mline_index: init.sdp_mline_index,
+                        username_fragment: None,
                     })),
                     SessionEvent::Connected => PeerEvent::Connected,
+                    SessionEvent::Unreachable(message) => {
+                        exec.sessions.remove(&key);
+                        PeerEvent::Failed { code: ErrorCode::Unreachable, message }
+                    }
                     SessionEvent::Closed(_) => {
                         exec.sessions.remove(&key);
                         PeerEvent::Closed
@@ -191,6 +214,17 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 let actions = core.on_tick(Instant::now());
                 exec.run(actions).await;
+                // A session whose task died (a panic) never says so: count it out here.
+                for (key, handle) in session::take_unreported(&mut exec.sessions) {
+                    let fault = handle.fault().await;
+                    warn!(cid = %key.cid, "session task {fault}; counting the viewer out");
+                    let actions = core.on_peer_event(Instant::now(), &key, PeerEvent::Closed);
+                    exec.run(actions).await;
+                }
+                let now = std::time::SystemTime::now();
+                if let Err(err) = exec.factory.certificates().renew_if_due(now) {
+                    warn!("renewing the DTLS certificate: {err}");
+                }
                 notifier.tick(Instant::now(), hub.heartbeat_age());
             }
             _ = tokio::signal::ctrl_c() => break,
@@ -204,6 +238,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     }
     // Let the sessions close their peer connections (ICE and DTLS shut down), but
     // never for long: SIGTERM must end the process within 2 s.
+    // A session whose task already died will not report its close: do not wait for it.
+    drop(session::take_unreported(&mut exec.sessions));
     let closing = exec.sessions.len();
     let deadline = tokio::time::Instant::now() + SHUTDOWN_SESSION_WAIT;
     while !exec.sessions.is_empty() {
@@ -238,6 +274,8 @@ fn peer_settings(cfg: &DaemonConfig) -> PeerSettings {
             ..Default::default()
         });
     }
+    // With a TURN REST secret the credentials are made for each new peer connection
+    // (PeerSettings::turn_rest); without one they are the configured long-term ones.
     if !cfg.turn.is_empty() {
         ice_servers.push(RTCIceServer {
             urls: cfg.turn.clone(),
@@ -249,6 +287,21 @@ fn peer_settings(cfg: &DaemonConfig) -> PeerSettings {
         bind: cfg.rtc_bind.clone(),
         mdns: cfg.mdns,
         ice_servers,
+        remote: RemotePolicy {
+            allow_loopback: cfg.rtc_allow_loopback,
+        },
+        connect_timeout: cfg.peer_timeout,
+        check_interval: Some(crate::peer::ICE_CHECK_INTERVAL),
+        turn_rest: cfg
+            .turn_secret
+            .as_deref()
+            .and_then(TurnSecret::new)
+            .map(|secret| crate::peer::TurnRest {
+                secret,
+                name: crate::turn_rest::user_name(&cfg.id),
+                lifetime: Duration::from_secs(cfg.turn_credential_lifetime.into()),
+            }),
+        regather_on_ice_restart: false,
         rate: bitrate_range(cfg),
     }
 }
@@ -273,6 +326,26 @@ async fn follow_rate(rate: RateControl, hub: Hub) {
     }
 }
 
+/// Aborts a background task when the daemon returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What viewers that ask for ICE servers get: the device's STUN servers, and the viewers' TURN
+/// servers with credentials made from the secret (none without one).
+fn ice_server_grant(cfg: &DaemonConfig) -> IceServerGrant {
+    IceServerGrant::new(
+        cfg.stun.clone(),
+        cfg.viewer_turn.clone(),
+        cfg.turn_secret.as_deref().and_then(TurnSecret::new),
+        Duration::from_secs(cfg.turn_credential_lifetime.into()),
+    )
+}
+
 /// Carries out the state machine's actions.
 struct Executor {
     mqtt: Mqtt,
@@ -282,6 +355,7 @@ struct Executor {
     rate: RateControl,
     session_tx: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
     sessions: HashMap<SessionKey, SessionHandle>,
+    grant: IceServerGrant,
 }
 
 impl Executor {
@@ -311,6 +385,15 @@ impl Executor {
                         self.session_tx.clone(),
                     );
                     self.sessions.insert(key, handle);
+                }
+                Action::Renegotiate { key, offer_sdp } => {
+                    if let Some(handle) = self.sessions.get(&key) {
+                        handle.renegotiate(offer_sdp);
+                    }
+                }
+                Action::GrantIceServers { cid, topic } => {
+                    let reply = self.grant.grant(&cid, SystemTime::now());
+                    self.mqtt.publish(topic, reply.to_json(), false).await;
                 }
                 Action::Candidate { key, candidate } => {
                     if let Some(handle) = self.sessions.get(&key) {

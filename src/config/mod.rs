@@ -53,6 +53,8 @@ pub const DEFAULT_MAX_VIEWERS: u32 = 4;
 /// `--peer-timeout`'s default, as the flag writes it (seconds).
 pub const DEFAULT_PEER_TIMEOUT_SECS: &str = "30";
 pub const DEFAULT_MAX_CONNECTING: u32 = 8;
+/// How long the TURN credentials made from `--turn-secret-file` are valid, seconds.
+pub const DEFAULT_TURN_CREDENTIAL_LIFETIME_SECS: u32 = 3600;
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: u32 = 64;
 pub const DEFAULT_VIEW_FRAMES: u32 = 30;
 pub const DEFAULT_VIEW_TIMEOUT_SECS: u32 = 20;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
-use tracing::debug;
+use tracing::{debug, warn};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::PeerConnection;
 
@@ -308,6 +308,13 @@ pub fn parse(message: &[u8]) -> (Value, Result<Request, RequestError>) {
 
 /// The error reply for a request.
 pub fn error_reply(id: &Value, error: &RequestError) -> Value {
+    if error.code == "internal" {
+        // The viewer only learns that it failed; the log says why.
+        warn!(
+            "data channel request answered `internal`: {}",
+            error.message
+        );
+    }
     json!({"id": id, "type": "error", "code": error.code, "message": error.message})
 }
 

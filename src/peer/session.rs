@@ -16,10 +16,17 @@
 //! was *sent*. So that a viewer's lip-sync (which trusts those reports) lines the tracks up, video
 //! is sent as long after its capture as audio is (audio waits for its 20 ms packet to fill).
 //!
+//! A new offer from the same viewer (an ICE restart after its network changed, or a changed set
+//! of tracks; the signaling core decides, see `docs/PROTOCOL.md`, "Replacing a session") is
+//! applied to the session's own peer connection: DTLS, SRTP and the data channels carry on, and
+//! a keyframe is requested when the connection comes back.
+//!
 //! A session runs as its own task. It reports to the signaling loop through [`SessionEvent`]s
-//! tagged with its [`SessionKey`], and takes commands through its [`SessionHandle`].
+//! tagged with its [`SessionKey`], and takes commands through its [`SessionHandle`], which also
+//! tells its owner when the task ended without its final event (a panic). The viewer's remote
+//! candidates reach webrtc only through the session's [`CandidateGate`].
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,7 +35,9 @@ use rtc::peer_connection::transport::RTCDtlsTransportState;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters, RtpCodecKind,
 };
-use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
+use rtc::rtp_transceiver::{
+    RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit,
+};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -44,12 +53,14 @@ use webrtc::peer_connection::{
 };
 
 use super::bitrate::{RateControl, ViewerRate};
+use super::candidates::{self, CandidateGate, LocalAddresses};
+use super::connectivity::Connectivity;
 use super::control::{self, ControlContext, SessionCounters};
 use super::keyframes::{Cause, KeyframePolicy};
 use super::link::Link;
 use super::packetize::{self, RtpStream};
 use super::sdp::{OfferVideo, offer_has_audio, offer_video};
-use super::{PeerFactory, h264_codecs, opus_codec};
+use super::{ICE_VANISHED_AFTER, PeerFactory, h264_codecs, opus_codec};
 use crate::audio::CHUNK_DURATION;
 use crate::audio::hub::{AudioHub, AudioSubscription};
 use crate::signaling::SessionKey;
@@ -69,38 +80,109 @@ pub enum AnswerError {
 /// What a session tells the signaling loop.
 #[derive(Debug, Clone)]
 pub enum SessionEvent {
-    /// The answer SDP, to send to the viewer.
+    /// The answer SDP, to send to the viewer (again after each renegotiation).
     Answered(String),
-    /// The offer could not be answered; the session has ended.
+    /// The offer (or a renegotiating one) could not be answered; the session has ended.
     Failed(AnswerError),
     /// A local ICE candidate to trickle to the viewer; `None` is the end of candidates.
     LocalCandidate(Option<RTCIceCandidateInit>),
     /// Media flows.
     Connected,
+    /// No connection came about within the connect timeout (or ICE failed before it): the
+    /// session has ended. The text says which candidate types were tried.
+    Unreachable(String),
     /// The session has ended (closed, failed, or told to close).
     Closed(String),
 }
 
 enum Command {
     AddCandidate(Option<RTCIceCandidateInit>),
+    Renegotiate(String),
     Close,
 }
+
+/// Remote candidates waiting for the session to take them; more are dropped (a viewer that
+/// floods its session with candidates gets no more than [`candidates::MAX_REMOTE_CANDIDATES`]
+/// of them used anyway).
+pub const MAX_QUEUED_CANDIDATES: usize = 64;
 
 /// Commands to a running session. Dropping the handle closes the session.
 pub struct SessionHandle {
     commands: mpsc::UnboundedSender<Command>,
+    /// Candidates sent to the session and not yet taken by it.
+    queued: Arc<AtomicUsize>,
+    /// Dropping candidates (logged once per run of drops).
+    dropping: AtomicBool,
+    task: JoinHandle<()>,
+    /// Set when the session has sent its final event (`Failed` or `Closed`).
+    reported: Arc<AtomicBool>,
 }
 
 impl SessionHandle {
     /// A remote candidate from the viewer (`None`: end of candidates).
     pub fn add_candidate(&self, candidate: Option<RTCIceCandidateInit>) {
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= MAX_QUEUED_CANDIDATES {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            if !self.dropping.swap(true, Ordering::Relaxed) {
+                debug!(
+                    "remote candidates dropped: {MAX_QUEUED_CANDIDATES} already wait for the session"
+                );
+            }
+            return;
+        }
+        self.dropping.store(false, Ordering::Relaxed);
         let _ = self.commands.send(Command::AddCandidate(candidate));
+    }
+
+    /// A new offer from the same viewer, to apply to this session's peer connection.
+    pub fn renegotiate(&self, offer_sdp: String) {
+        let _ = self.commands.send(Command::Renegotiate(offer_sdp));
     }
 
     pub fn close(&self) {
         let _ = self.commands.send(Command::Close);
     }
+
+    /// The session's task is over without having sent its final event: it panicked (or was
+    /// cancelled). Nothing more will come from it; its owner must count it out.
+    pub fn ended_unreported(&self) -> bool {
+        self.task.is_finished() && !self.reported.load(Ordering::Acquire)
+    }
+
+    /// Why the task ended, for the log (once [`Self::ended_unreported`] says it did).
+    pub async fn fault(self) -> String {
+        match self.task.await {
+            Ok(()) => "ended without a final event".to_string(),
+            Err(err) if err.is_panic() => {
+                let panic = err.into_panic();
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a non-text payload".to_string());
+                format!("panicked: {message}")
+            }
+            Err(err) => format!("cancelled: {err}"),
+        }
+    }
 }
+
+/// The sessions whose tasks ended without reporting, taken out of `sessions`.
+pub fn take_unreported<K: Clone + Eq + std::hash::Hash>(
+    sessions: &mut std::collections::HashMap<K, SessionHandle>,
+) -> Vec<(K, SessionHandle)> {
+    let dead: Vec<K> = sessions
+        .iter()
+        .filter(|(_, handle)| handle.ended_unreported())
+        .map(|(key, _)| key.clone())
+        .collect();
+    dead.into_iter()
+        .filter_map(|key| sessions.remove(&key).map(|handle| (key, handle)))
+        .collect()
+}
+
+/// An ICE restart that has not connected again after this long ends the session.
+const RESTART_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How often a connected session checks whether the viewer closed DTLS.
 const DTLS_CHECK_INTERVAL: Duration = Duration::from_millis(250);
@@ -128,9 +210,42 @@ pub fn start(
     events: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
 ) -> SessionHandle {
     let (commands, command_rx) = mpsc::unbounded_channel();
-    let media = Media { hub, audio, rate };
-    tokio::spawn(run(factory, media, key, offer_sdp, events, command_rx));
-    SessionHandle { commands }
+    let queued = Arc::new(AtomicUsize::new(0));
+    let session = run(
+        factory,
+        Media { hub, audio, rate },
+        key.clone(),
+        offer_sdp,
+        events.clone(),
+        command_rx,
+        Arc::clone(&queued),
+    );
+    let (task, reported) = spawn_supervised(key, events, session);
+    SessionHandle {
+        commands,
+        queued,
+        dropping: AtomicBool::new(false),
+        task,
+        reported,
+    }
+}
+
+/// Run a session's future as a task that sends the final event the future returns and then marks
+/// it sent; a task that ends otherwise (a panic) leaves the mark unset, which its owner sees
+/// through [`SessionHandle::ended_unreported`].
+fn spawn_supervised(
+    key: SessionKey,
+    events: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
+    session: impl std::future::Future<Output = SessionEvent> + Send + 'static,
+) -> (JoinHandle<()>, Arc<AtomicBool>) {
+    let reported = Arc::new(AtomicBool::new(false));
+    let mark = Arc::clone(&reported);
+    let task = tokio::spawn(async move {
+        let last = session.await;
+        mark.store(true, Ordering::Release);
+        let _ = events.send((key, last));
+    });
+    (task, reported)
 }
 
 /// Peer connection callbacks, forwarded into the session task.
@@ -180,6 +295,11 @@ struct Answered {
     pc: Arc<dyn PeerConnection>,
     /// How the viewer's link fares, from the interceptors.
     link: Arc<Link>,
+    /// What ICE tried and selected.
+    connectivity: Arc<Connectivity>,
+    /// The transceivers we send on; every other m-line is answered inactive (again at each
+    /// renegotiation, which may add m-lines).
+    ours: Vec<RTCRtpTransceiverId>,
     /// Watched for the viewer's DTLS close_notify: a viewer that closes its peer connection ends
     /// the session at once, instead of when ICE consent lapses.
     dtls: Option<Arc<dyn DtlsTransport>>,
@@ -204,12 +324,44 @@ fn sendonly() -> Option<RTCRtpTransceiverInit> {
     })
 }
 
+/// Refusals logged one by one per session; the rest are only counted (a flood stays out of the log).
+const LOGGED_REFUSALS: usize = 5;
+
+/// Hand one remote candidate to webrtc if the session's gate admits it.
+async fn hand_in(
+    pc: &Arc<dyn PeerConnection>,
+    gate: &mut CandidateGate,
+    cid: &str,
+    candidate: RTCIceCandidateInit,
+) {
+    if !candidate.candidate.is_empty() {
+        match gate.admit(&candidate.candidate) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(refusal) => {
+                if gate.refused() <= LOGGED_REFUSALS {
+                    let shown: String = candidate.candidate.chars().take(120).collect();
+                    debug!(cid, candidate = %shown, "remote candidate refused: {refusal}");
+                }
+                return;
+            }
+        }
+    }
+    if let Err(err) = pc.add_ice_candidate(candidate).await {
+        debug!(cid, "remote candidate not added: {err}");
+    }
+}
+
 async fn answer(
     factory: &PeerFactory,
     with_audio: bool,
     offer_sdp: String,
     news: mpsc::UnboundedSender<PeerNews>,
+    gate: &mut CandidateGate,
+    cid: &str,
 ) -> Result<(Answered, String), AnswerError> {
+    // The offer's candidates go in after the answer exists, through the gate like trickled ones.
+    let (offer_sdp, offered) = candidates::split_offer(&offer_sdp);
     let video = offer_video(&offer_sdp);
     let with_audio = with_audio && offer_has_audio(&offer_sdp);
     let offer = RTCSessionDescription::offer(offer_sdp)
@@ -226,7 +378,7 @@ async fn answer(
     }
     let internal =
         |what: &str, e: &dyn std::fmt::Display| AnswerError::Internal(format!("{what}: {e}"));
-    let (pc, link) = factory
+    let (pc, link, connectivity) = factory
         .build_sender(Arc::new(Forwarder(news)))
         .await
         .map_err(|e| internal("peer connection", &e))?;
@@ -296,14 +448,7 @@ async fn answer(
         let ours: Vec<_> = std::iter::once(transceiver.id())
             .chain(audio_transceiver.as_ref().map(|t| t.id()))
             .collect();
-        for other in pc.get_transceivers().await {
-            if !ours.contains(&other.id()) {
-                other
-                    .set_direction(RTCRtpTransceiverDirection::Inactive)
-                    .await
-                    .map_err(|e| internal("declining an m-line", &e))?;
-            }
-        }
+        decline_others(&pc, &ours).await?;
         let answer = pc
             .create_answer(None)
             .await
@@ -348,14 +493,26 @@ async fn answer(
         let local = pc.local_description().await.ok_or_else(|| {
             AnswerError::Internal("answer missing after set_local_description".into())
         })?;
-        Ok((payload_type, mid, dtls, audio_pt, local.sdp))
+        gate.note_local_sdp(&local.sdp);
+        for candidate in offered {
+            let init = RTCIceCandidateInit {
+                candidate,
+                sdp_mid: Some(mid.clone()),
+                sdp_mline_index: Some(0),
+                ..Default::default()
+            };
+            hand_in(&pc, gate, cid, init).await;
+        }
+        Ok((payload_type, mid, dtls, audio_pt, local.sdp, ours))
     }
     .await;
     match result {
-        Ok((payload_type, mid, dtls, audio_pt, sdp)) => Ok((
+        Ok((payload_type, mid, dtls, audio_pt, sdp, ours)) => Ok((
             Answered {
                 pc,
                 link,
+                connectivity,
+                ours,
                 dtls,
                 track,
                 ssrc,
@@ -378,6 +535,81 @@ async fn answer(
     }
 }
 
+/// Answer every m-line but `ours` inactive.
+async fn decline_others(
+    pc: &Arc<dyn PeerConnection>,
+    ours: &[RTCRtpTransceiverId],
+) -> Result<(), AnswerError> {
+    for other in pc.get_transceivers().await {
+        if !ours.contains(&other.id()) {
+            other
+                .set_direction(RTCRtpTransceiverDirection::Inactive)
+                .await
+                .map_err(|e| AnswerError::Internal(format!("declining an m-line: {e}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Apply a renegotiating offer to the session's peer connection and answer it. An offer with
+/// new ICE credentials restarts ICE (webrtc keeps the local candidates, which are in the
+/// answer); DTLS and SRTP carry on. The offer's candidates go in through the gate, after the
+/// answer, like those of the first offer; an ICE restart starts the gate's counts afresh (the
+/// agent forgets the old remote candidates).
+async fn renegotiate(
+    session: &Answered,
+    offer_sdp: String,
+    ice_restart: bool,
+    gate: &mut CandidateGate,
+    cid: &str,
+) -> Result<String, AnswerError> {
+    let (offer_sdp, offered) = candidates::split_offer(&offer_sdp);
+    let offer = RTCSessionDescription::offer(offer_sdp)
+        .map_err(|e| AnswerError::BadOffer(format!("offer SDP: {e}")))?;
+    offer
+        .unmarshal()
+        .map_err(|e| AnswerError::BadOffer(format!("offer SDP does not parse: {e}")))?;
+    let pc = &session.pc;
+    pc.set_remote_description(offer)
+        .await
+        .map_err(|e| AnswerError::BadOffer(format!("renegotiating offer rejected: {e}")))?;
+    decline_others(pc, &session.ours).await?;
+    let answer = pc
+        .create_answer(None)
+        .await
+        .map_err(|e| AnswerError::BadOffer(format!("cannot answer: {e}")))?;
+    pc.set_local_description(answer)
+        .await
+        .map_err(|e| AnswerError::Internal(format!("local description: {e}")))?;
+    let local = pc.local_description().await.ok_or_else(|| {
+        AnswerError::Internal("answer missing after set_local_description".into())
+    })?;
+    if ice_restart {
+        gate.restart();
+    }
+    gate.note_local_sdp(&local.sdp);
+    for candidate in offered {
+        let init = RTCIceCandidateInit {
+            candidate,
+            sdp_mid: Some(session.mid.clone()),
+            sdp_mline_index: Some(0),
+            ..Default::default()
+        };
+        hand_in(pc, gate, cid, init).await;
+    }
+    Ok(local.sdp)
+}
+
+/// The `a=ice-ufrag` of an SDP.
+fn ice_ufrag(sdp: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        .map(|u| u.trim().to_string())
+}
+
+/// The session, from offer to end; returns its final event (`Failed` or `Closed`), which
+/// [`spawn_supervised`] sends.
+#[allow(clippy::too_many_arguments)]
 async fn run(
     factory: PeerFactory,
     media: Media,
@@ -385,19 +617,34 @@ async fn run(
     offer_sdp: String,
     events: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
     mut commands: mpsc::UnboundedReceiver<Command>,
-) {
+    queued: Arc<AtomicUsize>,
+) -> SessionEvent {
     let Media { hub, audio, rate } = media;
     let emit = |event: SessionEvent| {
         let _ = events.send((key.clone(), event));
     };
+    let (stun, turn) = factory.settings().stun_and_turn_urls();
+    let mut gate = CandidateGate::new(
+        factory.settings().remote,
+        LocalAddresses::of_this_host(),
+        stun,
+        turn,
+    );
     let (news_tx, mut news) = mpsc::unbounded_channel();
     let started = Instant::now();
-    let (session, answer_sdp) = match answer(&factory, audio.is_some(), offer_sdp, news_tx).await {
+    let mut remote_ufrag = ice_ufrag(&offer_sdp);
+    let answered = answer(
+        &factory,
+        audio.is_some(),
+        offer_sdp,
+        news_tx,
+        &mut gate,
+        &key.cid,
+    )
+    .await;
+    let (session, answer_sdp) = match answered {
         Ok(ok) => ok,
-        Err(err) => {
-            emit(SessionEvent::Failed(err));
-            return;
-        }
+        Err(err) => return SessionEvent::Failed(err),
     };
     debug!(
         cid = %key.cid,
@@ -426,8 +673,37 @@ async fn run(
     let counters = Arc::new(SessionCounters::default());
     let budget = Arc::new(control::ViewerBudget::default());
     let mut check = tokio::time::interval(DTLS_CHECK_INTERVAL);
+    // Until it connects, the session lives for the connect timeout (--peer-timeout), whatever
+    // ICE does meanwhile: candidates that arrive late within it still connect.
+    let connect_deadline = tokio::time::Instant::from_std(started + connect_timeout(&factory));
+    // Set while a connected viewer is unreachable (ICE consent lost): when it passes, the
+    // viewer has vanished.
+    let mut vanish_deadline: Option<tokio::time::Instant> = None;
+    let mut unreachable = false;
+    // Set while an ICE restart waits for the connection to come back: when.
+    let mut restart: Option<Instant> = None;
+    let mut failure: Option<AnswerError> = None;
     let reason = loop {
         tokio::select! {
+            _ = tokio::time::sleep_until(connect_deadline), if tasks.is_empty() => {
+                unreachable = true;
+                break format!("no connection within {:?}", connect_timeout(&factory));
+            }
+            _ = async { match vanish_deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            } } => {
+                break format!(
+                    "the viewer vanished (unreachable for {} s)",
+                    (super::ICE_DISCONNECTED_AFTER + ICE_VANISHED_AFTER).as_secs()
+                );
+            }
+            _ = async { match restart {
+                Some(at) => tokio::time::sleep_until((at + RESTART_TIMEOUT).into()).await,
+                None => std::future::pending().await,
+            } } => {
+                break format!("no connection within {} s of the ICE restart", RESTART_TIMEOUT.as_secs());
+            }
             _ = check.tick(), if !tasks.is_empty() => {
                 if let Some(dtls) = &session.dtls {
                     let state = dtls.state().await;
@@ -438,18 +714,38 @@ async fn run(
             }
             command = commands.recv() => match command {
                 Some(Command::AddCandidate(candidate)) => {
+                    queued.fetch_sub(1, Ordering::AcqRel);
                     let init = candidate.unwrap_or_else(|| RTCIceCandidateInit {
                         candidate: String::new(),
                         ..Default::default()
                     });
-                    if let Err(err) = session.pc.add_ice_candidate(init).await {
-                        debug!(cid = %key.cid, "remote candidate not added: {err}");
+                    hand_in(&session.pc, &mut gate, &key.cid, init).await;
+                }
+                Some(Command::Renegotiate(offer_sdp)) => {
+                    let ufrag = ice_ufrag(&offer_sdp);
+                    let ice_restart = ufrag != remote_ufrag;
+                    match renegotiate(&session, offer_sdp, ice_restart, &mut gate, &key.cid).await {
+                        Ok(answer_sdp) => {
+                            info!(cid = %key.cid, ice_restart, "session renegotiated in place");
+                            remote_ufrag = ufrag;
+                            if ice_restart {
+                                // The restart's own timeout bounds the wait from here.
+                                restart = Some(Instant::now());
+                                vanish_deadline = None;
+                            }
+                            emit(SessionEvent::Answered(answer_sdp));
+                        }
+                        Err(err) => {
+                            failure = Some(err);
+                            break "the renegotiating offer could not be answered".to_string();
+                        }
                     }
                 }
                 Some(Command::Close) | None => break "closed by the device".to_string(),
             },
             item = news.recv() => match item {
                 Some(PeerNews::Candidate(mut init)) => {
+                    gate.note_local(&init.candidate);
                     init.sdp_mid = Some(session.mid.clone());
                     init.sdp_mline_index = Some(0);
                     emit(SessionEvent::LocalCandidate(Some(init)));
@@ -477,8 +773,15 @@ async fn run(
                     });
                 }
                 Some(PeerNews::State(RTCPeerConnectionState::Connected)) => {
+                    vanish_deadline = None;
+                    if let Some(at) = restart.take() && !tasks.is_empty() {
+                        // Media sent while ICE had no pair was dropped: start the picture afresh.
+                        hub.request_keyframe(KeyframeReason::Join);
+                        info!(cid = %key.cid, ms = at.elapsed().as_millis() as u64, "viewer reconnected after an ICE restart");
+                    }
                     if tasks.is_empty() {
-                        info!(cid = %key.cid, ms = started.elapsed().as_millis() as u64, "viewer connected");
+                        let pair = session.connectivity.selected_pair().unwrap_or_default();
+                        info!(cid = %key.cid, ms = started.elapsed().as_millis() as u64, "viewer connected, selected pair {pair}");
                         emit(SessionEvent::Connected);
                         viewer.activate();
                         // Video waits for audio only when this viewer gets both.
@@ -520,11 +823,14 @@ async fn run(
                     }
                 }
                 Some(PeerNews::State(state @ (RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed))) => {
+                    unreachable = tasks.is_empty() && state == RTCPeerConnectionState::Failed;
                     break format!("connection {state}");
                 }
-                Some(PeerNews::State(state @ RTCPeerConnectionState::Disconnected)) => {
-                    // ICE consent lapsed (a cut link): media keeps going, the session waits.
+                Some(PeerNews::State(state @ RTCPeerConnectionState::Disconnected)) if !tasks.is_empty() => {
+                    // ICE consent lapsed (a cut link): media keeps going, the session waits for
+                    // the link to come back, at most ICE_VANISHED_AFTER.
                     info!(cid = %key.cid, "connection {state}");
+                    vanish_deadline.get_or_insert(tokio::time::Instant::now() + ICE_VANISHED_AFTER);
                 }
                 Some(PeerNews::State(state)) => debug!(cid = %key.cid, "connection {state}"),
                 None => break "peer connection gone".to_string(),
@@ -538,6 +844,22 @@ async fn run(
         debug!(cid = %key.cid, "closing peer connection: {err}");
     }
     let link = &session.link;
+    if gate.refused() > 0 {
+        info!(
+            cid = %key.cid,
+            admitted = gate.admitted(),
+            refused = gate.refused(),
+            "remote candidates: {} handed to ICE (at most {} pairs), {} refused",
+            gate.admitted(),
+            gate.max_pairs(),
+            gate.refused()
+        );
+    }
+    if unreachable {
+        let why = session.connectivity.failure();
+        warn!(cid = %key.cid, "session failed: {reason}: {why}");
+        return SessionEvent::Unreachable(why);
+    }
     info!(
         cid = %key.cid,
         nacked = link.nacked_packets.load(Ordering::Relaxed),
@@ -548,7 +870,18 @@ async fn run(
         frames_skipped = viewer.frames_skipped.load(Ordering::Relaxed),
         "session ended: {reason}"
     );
-    emit(SessionEvent::Closed(reason));
+    match failure {
+        Some(err) => SessionEvent::Failed(err),
+        None => SessionEvent::Closed(reason),
+    }
+}
+
+/// How long a session may take to connect.
+fn connect_timeout(factory: &PeerFactory) -> Duration {
+    match factory.settings().connect_timeout {
+        d if d.is_zero() => Duration::from_secs(30),
+        d => d,
+    }
 }
 
 /// What one viewer's video task needs.
@@ -721,5 +1054,62 @@ async fn keyframe_requests(
                 "viewer's losses cannot all be repaired by retransmission: keyframe requested"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn key(generation: u64) -> SessionKey {
+        SessionKey {
+            cid: "v1".into(),
+            generation,
+        }
+    }
+
+    fn handle(
+        events: &mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
+        generation: u64,
+        session: impl std::future::Future<Output = SessionEvent> + Send + 'static,
+    ) -> SessionHandle {
+        let (commands, _) = mpsc::unbounded_channel();
+        let (task, reported) = spawn_supervised(key(generation), events.clone(), session);
+        SessionHandle {
+            commands,
+            queued: Arc::new(AtomicUsize::new(0)),
+            dropping: AtomicBool::new(false),
+            task,
+            reported,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_task_that_panics_is_reported_dead() {
+        let (events, mut rx) = mpsc::unbounded_channel();
+        let mut sessions = HashMap::new();
+        sessions.insert(
+            key(1),
+            handle(&events, 1, async { panic!("a bug in a session") }),
+        );
+        sessions.insert(
+            key(2),
+            handle(&events, 2, async { SessionEvent::Closed("bye".into()) }),
+        );
+        sessions.insert(key(3), handle(&events, 3, std::future::pending()));
+        while !(sessions[&key(1)].task.is_finished() && sessions[&key(2)].task.is_finished()) {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Only the one that died without its final event is taken out; the one that closed
+        // reported it, and the running one is left alone.
+        let mut dead = take_unreported(&mut sessions);
+        assert_eq!(dead.len(), 1);
+        let (dead_key, dead_handle) = dead.remove(0);
+        assert_eq!(dead_key, key(1));
+        assert_eq!(dead_handle.fault().await, "panicked: a bug in a session");
+        assert!(matches!(rx.recv().await, Some((k, SessionEvent::Closed(_))) if k == key(2)));
+        assert_eq!(sessions.len(), 2);
+        assert!(take_unreported(&mut sessions).is_empty());
     }
 }
