@@ -66,12 +66,15 @@ demo: release
 bench: release
 	python3 bench/run.py --bin $(TARGET_DIR)/release/spyglass --out $(TARGET_DIR)/bench.md
 
-# Issue 14: offer -> first frame through NATs and TURN on the namespace test network (root): each
-# case's selected candidate pair and the median of NETBENCH_SESSIONS (default 10) sessions, with
-# `spyglass view` and Chromium. A benchmark: nothing here fails on a time. ~3 minutes.
+# Figures on real networks (issues 14 and 15; needs root): offer -> first frame through NATs and
+# TURN with `spyglass view` and Chromium (each case's candidate pair, the median of
+# NETBENCH_SESSIONS sessions, default 10; ~3 minutes), then headless Chromium viewers behind shaped
+# links (loss, jitter, caps, a cut, a shared uplink) and the daemon's CPU with 10 viewers against 1
+# (~12 minutes; also in $(TARGET_DIR)/ratebench.md). Benchmarks: nothing here fails on a time.
 .PHONY: netbench
 netbench: release
 	cd web && SPYGLASS_BIN="$(TARGET_DIR)/release/spyglass" node test/netbench.mjs $(or $(NETBENCH_SESSIONS),10)
+	cd web && SPYGLASS_BIN="$(TARGET_DIR)/release/spyglass" node test/ratebench.mjs --out $(TARGET_DIR)/ratebench.md
 
 clean:
 	$(CARGO) clean

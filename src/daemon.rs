@@ -12,6 +12,7 @@ use crate::VERSION;
 use crate::audio::hub::AudioHub;
 use crate::config::DaemonConfig;
 use crate::mqtt::{self, Mqtt, MqttEvent, MqttSettings};
+use crate::peer::bitrate::{self, BitrateRange, RateControl};
 use crate::peer::candidates::RemotePolicy;
 use crate::peer::session::{self, AnswerError, SessionEvent, SessionHandle};
 use crate::peer::{PeerFactory, PeerSettings};
@@ -44,11 +45,14 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     // sessions get only those that work.
     let relay_servers = factory.clone();
     let _relay_watch = AbortOnDrop(tokio::spawn(crate::peer::relay::watch(
-        move || relay_servers.settings().ice_servers.clone(),
+        move || relay_servers.settings().ice_servers_now(),
         cfg.rtc_bind.first().copied(),
         std::sync::Arc::clone(factory.relays()),
     )));
     let hub = Hub::new(cfg.video.clone(), cfg.bitrate_kbps)?;
+    // Every viewer's bandwidth estimate → one target for the shared encoder.
+    let rate = RateControl::new(bitrate_range(&cfg));
+    let _rate_task = tokio::spawn(follow_rate(rate.clone(), hub.clone()));
     let video = VideoStatus {
         state: MediaState::Idle,
         codec: VIDEO_CODEC_H264.to_string(),
@@ -115,6 +119,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         factory,
         hub: hub.clone(),
         audio: audio.clone(),
+        rate,
         session_tx,
         sessions: HashMap::new(),
         grant,
@@ -297,6 +302,27 @@ fn peer_settings(cfg: &DaemonConfig) -> PeerSettings {
                 lifetime: Duration::from_secs(cfg.turn_credential_lifetime.into()),
             }),
         regather_on_ice_restart: false,
+        rate: bitrate_range(cfg),
+    }
+}
+
+fn bitrate_range(cfg: &DaemonConfig) -> BitrateRange {
+    BitrateRange {
+        start_bps: u64::from(cfg.bitrate_kbps) * 1000,
+        min_bps: u64::from(cfg.min_bitrate_kbps) * 1000,
+        max_bps: u64::from(cfg.max_bitrate_kbps) * 1000,
+    }
+}
+
+/// Re-evaluate the shared encoder's target from the viewers' estimates, and hand it on.
+async fn follow_rate(rate: RateControl, hub: Hub) {
+    let mut tick = tokio::time::interval(bitrate::UPDATE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(bps) = rate.update(Instant::now()) {
+            hub.set_target_bitrate(bps);
+        }
     }
 }
 
@@ -326,6 +352,7 @@ struct Executor {
     factory: PeerFactory,
     hub: Hub,
     audio: Option<AudioHub>,
+    rate: RateControl,
     session_tx: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
     sessions: HashMap<SessionKey, SessionHandle>,
     grant: IceServerGrant,
@@ -352,6 +379,7 @@ impl Executor {
                         self.factory.clone(),
                         self.hub.clone(),
                         self.audio.clone(),
+                        self.rate.clone(),
                         key.clone(),
                         offer_sdp,
                         self.session_tx.clone(),

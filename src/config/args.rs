@@ -166,10 +166,24 @@ pub struct DaemonOptions {
     #[serde(deserialize_with = "Fps::file")]
     pub(super) fps: u32,
 
-    /// H.264 target bitrate in kbit/s, 50 to 50000.
-    #[arg(long = "bitrate", value_name = "KBPS", value_parser = Kbps::parse, default_value_t = DEFAULT_BITRATE_KBPS, help_heading = "Video")]
-    #[serde(rename = "bitrate", deserialize_with = "Kbps::file")]
-    pub bitrate_kbps: u32,
+    /// H.264 bitrate in kbit/s where rate control starts, 50 to 50000 (kept within
+    /// --min-bitrate..=--max-bitrate). The shared encoder's bitrate then follows what the
+    /// viewers' links carry.
+    #[arg(long, value_name = "KBPS", value_parser = Kbps::parse, default_value_t = DEFAULT_BITRATE_KBPS, help_heading = "Video")]
+    #[serde(deserialize_with = "Kbps::file")]
+    pub(super) bitrate: u32,
+
+    /// The lowest bitrate rate control takes the shared encoder to when viewers' links are
+    /// poor, kbit/s, 50 to 50000. [default: 150, or --max-bitrate if lower]
+    #[arg(long, value_name = "KBPS", value_parser = Kbps::parse, help_heading = "Video")]
+    #[serde(deserialize_with = "Kbps::file")]
+    pub(super) min_bitrate: Option<u32>,
+
+    /// The highest bitrate rate control gives the shared encoder when every viewer's link
+    /// carries it, kbit/s, 50 to 50000. [default: --bitrate]
+    #[arg(long, value_name = "KBPS", value_parser = Kbps::parse, help_heading = "Video")]
+    #[serde(deserialize_with = "Kbps::file")]
+    pub(super) max_bitrate: Option<u32>,
 
     /// Most viewers served at once; further offers get a `busy` error.
     #[arg(long, value_name = "N", value_parser = AtLeast1::parse, default_value_t = DEFAULT_MAX_VIEWERS, help_heading = "WebRTC")]

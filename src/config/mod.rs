@@ -47,6 +47,8 @@ pub const DEFAULT_WIDTH: u32 = 1280;
 pub const DEFAULT_HEIGHT: u32 = 720;
 pub const DEFAULT_FPS: u32 = 30;
 pub const DEFAULT_BITRATE_KBPS: u32 = 2000;
+/// The lowest bitrate rate control takes the shared encoder to, kbit/s (never above the maximum).
+pub const DEFAULT_MIN_BITRATE_KBPS: u32 = 150;
 pub const DEFAULT_MAX_VIEWERS: u32 = 4;
 /// `--peer-timeout`'s default, as the flag writes it (seconds).
 pub const DEFAULT_PEER_TIMEOUT_SECS: &str = "30";

@@ -19,7 +19,7 @@ use crate::video::VideoSpec;
 use super::args::{Cli, DaemonOptions, SelftestArgs, Sub, ViewArgs};
 use super::credentials::{self, TlsOption, mqtt_password, mqtt_tls, read_secret};
 use super::file::{self, FileValues};
-use super::{ConfigError, DEFAULT_WEB_ROOT, PASSWORD_ENV};
+use super::{ConfigError, DEFAULT_MIN_BITRATE_KBPS, DEFAULT_WEB_ROOT, PASSWORD_ENV};
 
 /// What to do, fully resolved and validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,6 +52,13 @@ pub struct DaemonConfig {
     /// CA and client certificate files for `mqtts://` and `wss://` brokers, checked.
     pub tls: MqttTls,
     pub video: VideoSpec,
+    /// Where the shared encoder's bitrate starts (`--bitrate`, clamped into the range below),
+    /// kbit/s.
+    pub bitrate_kbps: u32,
+    /// The range rate control keeps the shared encoder's bitrate in (`--min-bitrate`,
+    /// `--max-bitrate`), kbit/s.
+    pub min_bitrate_kbps: u32,
+    pub max_bitrate_kbps: u32,
     /// Set (with `turn_password`) whenever `turn` is not empty.
     pub turn_username: Option<String>,
     pub turn_password: Option<Secret>,
@@ -306,6 +313,16 @@ fn resolve_daemon(
                 .into(),
         ));
     }
+    let max_bitrate_kbps = options.max_bitrate.unwrap_or(options.bitrate);
+    let min_bitrate_kbps = options
+        .min_bitrate
+        .unwrap_or(DEFAULT_MIN_BITRATE_KBPS.min(max_bitrate_kbps));
+    if min_bitrate_kbps > max_bitrate_kbps {
+        return Err(ConfigError::Invalid(format!(
+            "--min-bitrate {min_bitrate_kbps} is above --max-bitrate {max_bitrate_kbps}"
+        )));
+    }
+    let bitrate_kbps = options.bitrate.clamp(min_bitrate_kbps, max_bitrate_kbps);
     if !options.turn.is_empty()
         && turn_secret.is_none()
         && (turn_username.is_none() || turn_password.is_none())
@@ -347,6 +364,9 @@ fn resolve_daemon(
         password,
         tls,
         video,
+        bitrate_kbps,
+        min_bitrate_kbps,
+        max_bitrate_kbps,
         turn_username,
         turn_password,
         turn_secret,

@@ -392,6 +392,29 @@ fn unknown_flag_is_a_usage_error_with_exit_2() {
 // --- flags
 
 #[test]
+fn the_bitrate_range_defaults_to_the_bitrate_and_keeps_it_inside() {
+    let range = |c: &DaemonConfig| (c.min_bitrate_kbps, c.bitrate_kbps, c.max_bitrate_kbps);
+    assert_eq!(range(&daemon(&[]).unwrap()), (150, 2000, 2000));
+    let c = daemon(&["--bitrate", "1500", "--max-bitrate", "2500"]).unwrap();
+    assert_eq!(range(&c), (150, 1500, 2500));
+    // The start is kept within the range.
+    assert_eq!(
+        range(&daemon(&["--max-bitrate", "800"]).unwrap()),
+        (150, 800, 800)
+    );
+    // The default minimum is never above the maximum.
+    let c = daemon(&["--bitrate", "100", "--max-bitrate", "120"]).unwrap();
+    assert_eq!(range(&c), (120, 120, 120));
+    let err = daemon(&["--min-bitrate", "900", "--max-bitrate", "800"]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("--min-bitrate 900 is above --max-bitrate 800"),
+        "{err}"
+    );
+    assert!(daemon(&["--max-bitrate", "49"]).is_err());
+}
+
+#[test]
 fn flags_set_every_option() {
     let scratch = Scratch::new();
     let turn_pw = scratch.file("turn.pw", "tpass\n");

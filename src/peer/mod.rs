@@ -2,14 +2,25 @@
 //! certificate, renewed before it expires in [`certificate`], bind addresses, mDNS, ICE timing,
 //! its [`runtime`] with the sockets' [`nomination`] shim, and the [`connectivity`] watch), the
 //! device's per-viewer [`session`], the offer checks in [`sdp`], which remote candidates reach the
-//! ICE agent ([`candidates`]), and the device's TURN servers ([`relay`]).
+//! ICE agent ([`candidates`]), and the device's TURN servers ([`relay`]). The device's
+//! connections run our own interceptor [`chain`] (bandwidth [`estimate`], [`pacer`],
+//! [`retransmit`]), which reports on each viewer's [`link`]; [`bitrate`] turns every viewer's
+//! estimate into one target for the shared encoder.
 
+pub mod bitrate;
 pub mod candidates;
 pub mod certificate;
+pub mod chain;
 pub mod connectivity;
 pub mod control;
+pub mod estimate;
+pub mod keyframes;
+pub mod link;
 pub mod nomination;
+pub mod pacer;
+pub mod packetize;
 pub mod relay;
+pub mod retransmit;
 pub mod rtcp;
 pub mod runtime;
 pub mod sdp;
@@ -46,6 +57,8 @@ pub struct PeerSettings {
     /// Resolve remote `.local` candidates over multicast DNS.
     pub mdns: bool,
     pub ice_servers: Vec<RTCIceServer>,
+    /// Bitrates a device connection's bandwidth estimate starts at and stays within.
+    pub rate: crate::peer::bitrate::BitrateRange,
     /// Which remote candidates a device session accepts (see [`candidates`]).
     pub remote: candidates::RemotePolicy,
     /// How long a connection may take to connect before ICE gives up (`--peer-timeout`; zero:
@@ -176,6 +189,20 @@ pub fn opus_codec() -> RTCRtpCodecParameters {
     }
 }
 
+/// H.264 and Opus, as every peer connection here speaks them.
+fn media_engine() -> Result<MediaEngine, PeerError> {
+    let mut media = MediaEngine::default();
+    for codec in h264_codecs() {
+        media
+            .register_codec(codec, RtpCodecKind::Video)
+            .map_err(PeerError::Webrtc)?;
+    }
+    media
+        .register_codec(opus_codec(), RtpCodecKind::Audio)
+        .map_err(PeerError::Webrtc)?;
+    Ok(media)
+}
+
 impl PeerFactory {
     pub fn new(settings: PeerSettings) -> Result<Self, PeerError> {
         let certificates = certificate::CertificateStore::new(std::time::SystemTime::now())
@@ -201,7 +228,8 @@ impl PeerFactory {
         &self.relays
     }
 
-    /// A new peer connection that speaks H.264 video and Opus audio and reports to `handler`.
+    /// A new peer connection that speaks H.264 video and Opus audio and reports to `handler`,
+    /// with webrtc's default interceptors: what a viewer (`spyglass view`) uses.
     pub async fn build(
         &self,
         handler: Arc<dyn PeerConnectionEventHandler>,
@@ -214,21 +242,45 @@ impl PeerFactory {
         &self,
         handler: Arc<dyn PeerConnectionEventHandler>,
     ) -> Result<(Arc<dyn PeerConnection>, Arc<connectivity::Connectivity>), PeerError> {
-        let mut media = MediaEngine::default();
-        for codec in h264_codecs() {
-            media
-                .register_codec(codec, RtpCodecKind::Video)
-                .map_err(PeerError::Webrtc)?;
-        }
-        media
-            .register_codec(opus_codec(), RtpCodecKind::Audio)
-            .map_err(PeerError::Webrtc)?;
+        let mut media = media_engine()?;
         let registry = register_default_interceptors(Registry::new(), &mut media)
             .map_err(PeerError::Webrtc)?
             .with(
                 Slot::from(14_000),
                 rtcp::KeyframeRequestForwarder::default(),
             );
+        self.connect(handler, media, registry).await
+    }
+
+    /// A device's peer connection to one viewer: our sender [`chain`] (congestion control,
+    /// pacing, bounded retransmission, RTX). Its [`link::Link`] tells how the viewer's link fares,
+    /// its [`connectivity::Connectivity`] what its ICE agent tries and selects.
+    #[allow(clippy::type_complexity)]
+    pub async fn build_sender(
+        &self,
+        handler: Arc<dyn PeerConnectionEventHandler>,
+    ) -> Result<
+        (
+            Arc<dyn PeerConnection>,
+            Arc<link::Link>,
+            Arc<connectivity::Connectivity>,
+        ),
+        PeerError,
+    > {
+        let mut media = media_engine()?;
+        chain::register(&mut media).map_err(PeerError::Webrtc)?;
+        let link = Arc::new(link::Link::new(self.settings.rate.start_bps));
+        let registry = chain::registry(&link, &self.settings.rate);
+        let (pc, connectivity) = self.connect(handler, media, registry).await?;
+        Ok((pc, link, connectivity))
+    }
+
+    async fn connect(
+        &self,
+        handler: Arc<dyn PeerConnectionEventHandler>,
+        media: MediaEngine,
+        registry: Registry,
+    ) -> Result<(Arc<dyn PeerConnection>, Arc<connectivity::Connectivity>), PeerError> {
         let mdns = if self.settings.mdns {
             rtc::ice::mdns::MulticastDnsMode::QueryOnly
         } else {

@@ -5,6 +5,12 @@
 //! When the offer has a data (SCTP) m-line, the answer accepts it: a channel the viewer labels
 //! `spyglass` is served by [`super::control`]; channels with other labels are accepted and ignored.
 //!
+//! Video is packetized once for every viewer ([`super::packetize`]) and sent through the
+//! device's own interceptor chain ([`super::chain`]); per viewer, the send loop decides frame by
+//! frame what the viewer's link carries: temporal layers above what [`RateControl`] gives it are
+//! skipped, and a viewer whose pacer backlog grows too long gets nothing until it has drained and
+//! a keyframe comes. Keyframe requests go through the viewer's [`KeyframePolicy`].
+//!
 //! A/V sync: both tracks' RTP timestamps advance by capture-instant differences on the one
 //! monotonic clock, and the RTCP sender reports of `webrtc` map RTP time to the time a packet
 //! was *sent*. So that a viewer's lip-sync (which trusts those reports) lines the tracks up, video
@@ -20,14 +26,14 @@
 //! tells its owner when the task ended without its final event (a panic). The viewer's remote
 //! candidates reach webrtc only through the session's [`CandidateGate`].
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rtc::media::Sample;
 use rtc::peer_connection::transport::RTCDtlsTransportState;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+    RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{
     RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit,
@@ -37,6 +43,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 use webrtc::data_channel::DataChannel;
 use webrtc::media_stream::MediaStreamTrack;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::static_sample::TrackLocalStaticSample;
 use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
 use webrtc::peer_connection::transport::DtlsTransport;
@@ -45,9 +52,13 @@ use webrtc::peer_connection::{
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
 };
 
+use super::bitrate::{RateControl, ViewerRate};
 use super::candidates::{self, CandidateGate, LocalAddresses};
 use super::connectivity::Connectivity;
 use super::control::{self, ControlContext, SessionCounters};
+use super::keyframes::{Cause, KeyframePolicy};
+use super::link::Link;
+use super::packetize::{self, RtpStream};
 use super::sdp::{OfferVideo, offer_has_audio, offer_video};
 use super::{ICE_VANISHED_AFTER, PeerFactory, h264_codecs, opus_codec};
 use crate::audio::CHUNK_DURATION;
@@ -178,12 +189,22 @@ const DTLS_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// A viewer that connects starts with the frames buffered since its answer (no wait for a new
 /// keyframe) when their keyframe is at most this old; an older backlog would only add delay.
 const MAX_BACKLOG_AGE: Duration = Duration::from_millis(100);
+/// A viewer whose pacer needs longer than this to send what it holds gets no frames above the
+/// base layer until it has caught up.
+pub const SOFT_BACKLOG: Duration = Duration::from_millis(150);
+/// A viewer whose pacer needs longer than this gets no frames at all: its picture stops, and
+/// starts again at a keyframe once the backlog is below [`SOFT_BACKLOG`]. Without this the pacer
+/// would hold seconds of stale video for a viewer whose link collapsed.
+pub const HARD_BACKLOG: Duration = Duration::from_millis(400);
+/// INFO lines about one viewer's trouble (stalls, keyframe requests) at most this often.
+const TROUBLE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Start a session that answers `offer_sdp`. Events go to `events`.
 pub fn start(
     factory: PeerFactory,
     hub: Hub,
     audio: Option<AudioHub>,
+    rate: RateControl,
     key: SessionKey,
     offer_sdp: String,
     events: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
@@ -192,8 +213,7 @@ pub fn start(
     let queued = Arc::new(AtomicUsize::new(0));
     let session = run(
         factory,
-        hub,
-        audio,
+        Media { hub, audio, rate },
         key.clone(),
         offer_sdp,
         events.clone(),
@@ -264,8 +284,17 @@ impl PeerConnectionEventHandler for Forwarder {
     }
 }
 
+/// What a session streams from, shared by every session.
+struct Media {
+    hub: Hub,
+    audio: Option<AudioHub>,
+    rate: RateControl,
+}
+
 struct Answered {
     pc: Arc<dyn PeerConnection>,
+    /// How the viewer's link fares, from the interceptors.
+    link: Arc<Link>,
     /// What ICE tried and selected.
     connectivity: Arc<Connectivity>,
     /// The transceivers we send on; every other m-line is answered inactive (again at each
@@ -274,7 +303,7 @@ struct Answered {
     /// Watched for the viewer's DTLS close_notify: a viewer that closes its peer connection ends
     /// the session at once, instead of when ICE consent lapses.
     dtls: Option<Arc<dyn DtlsTransport>>,
-    track: Arc<TrackLocalStaticSample>,
+    track: Arc<TrackLocalStaticRTP>,
     ssrc: u32,
     mid: String,
     payload_type: u8,
@@ -349,32 +378,31 @@ async fn answer(
     }
     let internal =
         |what: &str, e: &dyn std::fmt::Display| AnswerError::Internal(format!("{what}: {e}"));
-    let (pc, connectivity) = factory
-        .build_watched(Arc::new(Forwarder(news)))
+    let (pc, link, connectivity) = factory
+        .build_sender(Arc::new(Forwarder(news)))
         .await
         .map_err(|e| internal("peer connection", &e))?;
     let ssrc: u32 = rand::random();
     let codec = h264_codecs().remove(0).rtp_codec;
-    let track = Arc::new(
-        TrackLocalStaticSample::new(
-            Instant::now(),
-            MediaStreamTrack::new(
-                "spyglass".to_string(),
-                "video".to_string(),
-                "camera".to_string(),
-                RtpCodecKind::Video,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc),
-                        ..Default::default()
-                    },
-                    codec,
-                    ..Default::default()
-                }],
-            ),
-        )
-        .map_err(|e| internal("video track", &e))?,
-    );
+    // Packets come ready-made from the packetizer shared by every viewer (`packetize`); RTX,
+    // when the viewer negotiates it, goes out on its own SSRC (`retransmit`).
+    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        "spyglass".to_string(),
+        "video".to_string(),
+        "camera".to_string(),
+        RtpCodecKind::Video,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                rtx: Some(RTCRtpRtxParameters {
+                    ssrc: ssrc.wrapping_add(1),
+                }),
+                ..Default::default()
+            },
+            codec,
+            ..Default::default()
+        }],
+    )));
     let audio_ssrc: u32 = rand::random();
     let audio_track = if with_audio {
         Some(Arc::new(
@@ -437,11 +465,13 @@ async fn answer(
             .get_parameters()
             .await
             .map_err(|e| internal("sender parameters", &e))?;
-        let payload_type = params
-            .rtp_parameters
-            .codecs
-            .first()
-            .map(|c| c.payload_type)
+        // The payload type the interceptors bound the stream with (the offer's variant that
+        // matches our track's codec): RTX repairs are tied to it (`apt`), so media sent with
+        // another of the offer's H.264 types could not be repaired (Chromium: 59 PLIs and 9 s
+        // frozen in 15 s, R2 §4.2). The first negotiated codec only as a fallback.
+        let payload_type = link
+            .video_payload_type()
+            .or_else(|| params.rtp_parameters.codecs.first().map(|c| c.payload_type))
             .ok_or_else(|| {
                 AnswerError::Unsupported("no H.264 variant of the offer matched".into())
             })?;
@@ -480,6 +510,7 @@ async fn answer(
         Ok((payload_type, mid, dtls, audio_pt, sdp, ours)) => Ok((
             Answered {
                 pc,
+                link,
                 connectivity,
                 ours,
                 dtls,
@@ -581,14 +612,14 @@ fn ice_ufrag(sdp: &str) -> Option<String> {
 #[allow(clippy::too_many_arguments)]
 async fn run(
     factory: PeerFactory,
-    hub: Hub,
-    audio: Option<AudioHub>,
+    media: Media,
     key: SessionKey,
     offer_sdp: String,
     events: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     queued: Arc<AtomicUsize>,
 ) -> SessionEvent {
+    let Media { hub, audio, rate } = media;
     let emit = |event: SessionEvent| {
         let _ = events.send((key.clone(), event));
     };
@@ -615,8 +646,17 @@ async fn run(
         Ok(ok) => ok,
         Err(err) => return SessionEvent::Failed(err),
     };
-    debug!(cid = %key.cid, ms = started.elapsed().as_millis() as u64, "answer ready");
+    debug!(
+        cid = %key.cid,
+        ms = started.elapsed().as_millis() as u64,
+        payload_type = session.payload_type,
+        rtx = ?session.link.rtx_payload_type(),
+        "answer ready"
+    );
     emit(SessionEvent::Answered(answer_sdp));
+    // Counted in the shared encoder's target once media flows (see below).
+    let viewer = rate.join(Arc::clone(&session.link), &key.cid);
+    let policy = Arc::new(Mutex::new(KeyframePolicy::default()));
     // Start the video pipeline now, while ICE and DTLS run, so that a cold start (opening the
     // source, creating the encoder, the first frame) is over by the time the viewer connects.
     // Held until the viewer's own feed exists; an unconnected session ends at --peer-timeout.
@@ -628,7 +668,7 @@ async fn run(
         .filter(|_| session.audio.is_some())
         .map(AudioHub::subscribe);
 
-    let mut media: Vec<JoinHandle<()>> = Vec::new();
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     let mut channels: Vec<JoinHandle<()>> = Vec::new();
     let counters = Arc::new(SessionCounters::default());
     let budget = Arc::new(control::ViewerBudget::default());
@@ -645,7 +685,7 @@ async fn run(
     let mut failure: Option<AnswerError> = None;
     let reason = loop {
         tokio::select! {
-            _ = tokio::time::sleep_until(connect_deadline), if media.is_empty() => {
+            _ = tokio::time::sleep_until(connect_deadline), if tasks.is_empty() => {
                 unreachable = true;
                 break format!("no connection within {:?}", connect_timeout(&factory));
             }
@@ -664,7 +704,7 @@ async fn run(
             } } => {
                 break format!("no connection within {} s of the ICE restart", RESTART_TIMEOUT.as_secs());
             }
-            _ = check.tick(), if !media.is_empty() => {
+            _ = check.tick(), if !tasks.is_empty() => {
                 if let Some(dtls) = &session.dtls {
                     let state = dtls.state().await;
                     if matches!(state, Ok(RTCDtlsTransportState::Closed | RTCDtlsTransportState::Failed)) {
@@ -725,6 +765,7 @@ async fn run(
                             hub: hub.clone(),
                             counters: Arc::clone(&counters),
                             pc: Arc::clone(&session.pc),
+                            viewer: Some((Arc::clone(&viewer), rate.clone())),
                             budget: Arc::clone(&budget),
                         }))
                     } else {
@@ -733,15 +774,16 @@ async fn run(
                 }
                 Some(PeerNews::State(RTCPeerConnectionState::Connected)) => {
                     vanish_deadline = None;
-                    if let Some(at) = restart.take() && !media.is_empty() {
+                    if let Some(at) = restart.take() && !tasks.is_empty() {
                         // Media sent while ICE had no pair was dropped: start the picture afresh.
                         hub.request_keyframe(KeyframeReason::Join);
                         info!(cid = %key.cid, ms = at.elapsed().as_millis() as u64, "viewer reconnected after an ICE restart");
                     }
-                    if media.is_empty() {
+                    if tasks.is_empty() {
                         let pair = session.connectivity.selected_pair().unwrap_or_default();
                         info!(cid = %key.cid, ms = started.elapsed().as_millis() as u64, "viewer connected, selected pair {pair}");
                         emit(SessionEvent::Connected);
+                        viewer.activate();
                         // Video waits for audio only when this viewer gets both.
                         let sync = audio.clone().filter(|_| session.audio.is_some());
                         // The warm-up subscription has buffered the stream since the answer:
@@ -750,36 +792,44 @@ async fn run(
                             Some(warm) => warm.resume(MAX_BACKLOG_AGE),
                             None => hub.subscribe(),
                         };
-                        media.push(tokio::spawn(stream_video(
-                            feed,
-                            Arc::clone(&session.track),
-                            session.ssrc,
-                            session.payload_type,
-                            sync,
-                            Arc::clone(&counters),
-                        )));
+                        let send = VideoSend {
+                            track: Arc::clone(&session.track),
+                            stream: RtpStream::new(session.ssrc, session.payload_type),
+                            viewer: Arc::clone(&viewer),
+                            rate: rate.clone(),
+                            policy: Arc::clone(&policy),
+                            hub: hub.clone(),
+                            counters: Arc::clone(&counters),
+                        };
+                        tasks.push(tokio::spawn(stream_video(feed, send, sync)));
                         if let (Some(hub), Some(send)) = (&audio, &session.audio) {
                             let feed = hub.subscribe();
                             drop(audio_warm_up.take());
-                            media.push(tokio::spawn(stream_audio(
+                            tasks.push(tokio::spawn(stream_audio(
                                 feed,
                                 Arc::clone(&send.track),
                                 send.ssrc,
                                 send.payload_type,
                             )));
                         }
-                        media.push(tokio::spawn(forward_keyframe_requests(
+                        tasks.push(tokio::spawn(keyframe_requests(
                             hub.clone(),
                             Arc::clone(&session.track),
+                            Arc::clone(&viewer),
+                            Arc::clone(&policy),
                         )));
+                    } else {
+                        info!(cid = %key.cid, "viewer connected again");
                     }
                 }
                 Some(PeerNews::State(state @ (RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed))) => {
-                    unreachable = media.is_empty() && state == RTCPeerConnectionState::Failed;
+                    unreachable = tasks.is_empty() && state == RTCPeerConnectionState::Failed;
                     break format!("connection {state}");
                 }
-                Some(PeerNews::State(RTCPeerConnectionState::Disconnected)) if !media.is_empty() => {
-                    debug!(cid = %key.cid, "viewer unreachable (no ICE consent)");
+                Some(PeerNews::State(state @ RTCPeerConnectionState::Disconnected)) if !tasks.is_empty() => {
+                    // ICE consent lapsed (a cut link): media keeps going, the session waits for
+                    // the link to come back, at most ICE_VANISHED_AFTER.
+                    info!(cid = %key.cid, "connection {state}");
                     vanish_deadline.get_or_insert(tokio::time::Instant::now() + ICE_VANISHED_AFTER);
                 }
                 Some(PeerNews::State(state)) => debug!(cid = %key.cid, "connection {state}"),
@@ -787,12 +837,13 @@ async fn run(
             },
         }
     };
-    for task in media.into_iter().chain(channels) {
+    for task in tasks.into_iter().chain(channels) {
         task.abort();
     }
     if let Err(err) = session.pc.close().await {
         debug!(cid = %key.cid, "closing peer connection: {err}");
     }
+    let link = &session.link;
     if gate.refused() > 0 {
         info!(
             cid = %key.cid,
@@ -809,7 +860,16 @@ async fn run(
         warn!(cid = %key.cid, "session failed: {reason}: {why}");
         return SessionEvent::Unreachable(why);
     }
-    info!(cid = %key.cid, "session ended: {reason}");
+    info!(
+        cid = %key.cid,
+        nacked = link.nacked_packets.load(Ordering::Relaxed),
+        retransmitted = link.retransmitted_packets.load(Ordering::Relaxed),
+        unrepairable = link.unrepairable.load(Ordering::Relaxed),
+        keyframes_requested = viewer.keyframes_requested.load(Ordering::Relaxed),
+        stalls = viewer.stalls.load(Ordering::Relaxed),
+        frames_skipped = viewer.frames_skipped.load(Ordering::Relaxed),
+        "session ended: {reason}"
+    );
     match failure {
         Some(err) => SessionEvent::Failed(err),
         None => SessionEvent::Closed(reason),
@@ -824,17 +884,30 @@ fn connect_timeout(factory: &PeerFactory) -> Duration {
     }
 }
 
-/// Send the hub's frames to this viewer until the task is aborted. With `sync`, each frame is
-/// held until it is as old as the audio hub's packets are when they are sent.
-async fn stream_video(
-    mut feed: Subscription,
-    track: Arc<TrackLocalStaticSample>,
-    ssrc: u32,
-    payload_type: u8,
-    sync: Option<AudioHub>,
+/// What one viewer's video task needs.
+struct VideoSend {
+    track: Arc<TrackLocalStaticRTP>,
+    stream: RtpStream,
+    viewer: Arc<ViewerRate>,
+    rate: RateControl,
+    policy: Arc<Mutex<KeyframePolicy>>,
+    hub: Hub,
     counters: Arc<SessionCounters>,
-) {
-    let mut previous: Option<Instant> = None;
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Send the hub's frames to this viewer until the task is aborted: the frames its link carries
+/// (see the module doc), packetized once for everyone. With `sync`, each frame is held until it
+/// is as old as the audio hub's packets are when they are sent.
+async fn stream_video(mut feed: Subscription, mut send: VideoSend, sync: Option<AudioHub>) {
+    let link = Arc::clone(send.viewer.link());
+    let viewer = &send.viewer;
+    // Frames are held back until a keyframe (the viewer's link could not carry the stream).
+    let mut stalled = false;
+    let mut logged: Option<Instant> = None;
     while let Some(frame) = feed.recv().await {
         if let Some(audio) = &sync {
             let due = frame.instant + audio.latency();
@@ -842,32 +915,67 @@ async fn stream_video(
                 tokio::time::sleep_until(due.into()).await;
             }
         }
-        // The packetizer advances the RTP clock by each sample's duration: use the capture
-        // interval, so RTP time follows the capture clock.
-        let duration = previous
-            .map(|p| frame.instant.saturating_duration_since(p))
-            .filter(|d| !d.is_zero())
-            .unwrap_or(Duration::from_millis(33));
-        previous = Some(frame.instant);
-        let sample = Sample {
-            data: frame.data.clone(),
-            duration,
-            ..Sample::new(frame.instant)
-        };
-        if let Err(err) = track
-            .sample_writer(ssrc, payload_type)
-            .write_sample(&sample)
-            .await
-        {
-            warn!("sending a frame: {err}");
-        } else {
-            counters.frames.fetch_add(1, Ordering::Relaxed);
-            counters
-                .bytes
-                .fetch_add(frame.data.len() as u64, Ordering::Relaxed);
-            if frame.keyframe {
-                counters.keyframes.fetch_add(1, Ordering::Relaxed);
+        send.rate
+            .observe(frame.seq, frame.temporal_id, frame.data.len());
+        let now = Instant::now();
+        let backlog = link.pacer_backlog();
+        if stalled && !frame.keyframe {
+            viewer.frames_held_back.fetch_add(1, Ordering::Relaxed);
+            // Once the pacer has drained, a keyframe starts the picture again.
+            if backlog < SOFT_BACKLOG
+                && lock(&send.policy).allow(Cause::Congestion, now, link.rtt())
+            {
+                viewer.keyframes_requested.fetch_add(1, Ordering::Relaxed);
+                send.hub.request_keyframe(KeyframeReason::Loss);
             }
+            continue;
+        }
+        if backlog > HARD_BACKLOG {
+            viewer.frames_held_back.fetch_add(1, Ordering::Relaxed);
+            if !stalled {
+                stalled = true;
+                viewer.stalls.fetch_add(1, Ordering::Relaxed);
+                if logged.is_none_or(|t| now.saturating_duration_since(t) >= TROUBLE_LOG_EVERY) {
+                    logged = Some(now);
+                    info!(
+                        cid = viewer.cid(),
+                        backlog_ms = backlog.as_millis() as u64,
+                        estimate_kbps = link.estimate_bps() / 1000,
+                        stalls = viewer.stalls.load(Ordering::Relaxed),
+                        "viewer's link cannot carry the stream: frames held back until a keyframe"
+                    );
+                }
+            }
+            continue;
+        }
+        stalled = false;
+        if frame.temporal_id > 0 && (backlog > SOFT_BACKLOG || !viewer.wants(frame.temporal_id)) {
+            viewer.frames_skipped.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let payloads = packetize::payloads(&frame);
+        let timestamp = send.stream.timestamp(frame.instant);
+        let mut failed = None;
+        for (i, payload) in payloads.iter().enumerate() {
+            let packet = send
+                .stream
+                .packet(payload, timestamp, i + 1 == payloads.len());
+            if let Err(err) = send.track.write_rtp(packet).await {
+                failed = Some(err);
+            }
+        }
+        if let Some(err) = failed {
+            warn!("sending a frame: {err}");
+            continue;
+        }
+        let counters = &send.counters;
+        counters.frames.fetch_add(1, Ordering::Relaxed);
+        counters
+            .bytes
+            .fetch_add(frame.data.len() as u64, Ordering::Relaxed);
+        if frame.keyframe {
+            counters.keyframes.fetch_add(1, Ordering::Relaxed);
+            lock(&send.policy).keyframe_sent(now);
         }
     }
 }
@@ -903,11 +1011,48 @@ async fn stream_audio(
     }
 }
 
-/// Turn the viewer's PLI/FIR into keyframe requests.
-async fn forward_keyframe_requests(hub: Hub, track: Arc<TrackLocalStaticSample>) {
-    while let Some(event) = track.poll().await {
-        if let TrackLocalEvent::OnRtcpPacket(_) = event {
-            hub.request_keyframe(KeyframeReason::Loss);
+/// Turn the viewer's PLI/FIR, and losses retransmission cannot repair, into keyframe requests,
+/// as far as the viewer's [`KeyframePolicy`] lets them through.
+async fn keyframe_requests(
+    hub: Hub,
+    track: Arc<TrackLocalStaticRTP>,
+    viewer: Arc<ViewerRate>,
+    policy: Arc<Mutex<KeyframePolicy>>,
+) {
+    let link = Arc::clone(viewer.link());
+    let mut logged: Option<Instant> = None;
+    loop {
+        let cause = tokio::select! {
+            event = track.poll() => match event {
+                Some(TrackLocalEvent::OnRtcpPacket(_)) => Cause::PictureLoss,
+                Some(_) => continue,
+                None => return,
+            },
+            _ = link.unrepairable_loss() => Cause::Unrepairable,
+        };
+        let now = Instant::now();
+        let (allowed, passed, refused) = {
+            let mut policy = lock(&policy);
+            let allowed = policy.allow(cause, now, link.rtt());
+            (allowed, policy.passed, policy.refused)
+        };
+        if !allowed {
+            continue;
+        }
+        viewer.keyframes_requested.fetch_add(1, Ordering::Relaxed);
+        hub.request_keyframe(KeyframeReason::Loss);
+        if cause == Cause::Unrepairable
+            && logged.is_none_or(|t| now.saturating_duration_since(t) >= TROUBLE_LOG_EVERY)
+        {
+            logged = Some(now);
+            info!(
+                cid = viewer.cid(),
+                unrepairable = link.unrepairable.load(Ordering::Relaxed),
+                retransmitted = link.retransmitted_packets.load(Ordering::Relaxed),
+                keyframes_requested = passed,
+                refused,
+                "viewer's losses cannot all be repaired by retransmission: keyframe requested"
+            );
         }
     }
 }

@@ -407,6 +407,7 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
         check_interval: Some(crate::peer::VIEWER_CHECK_INTERVAL),
         turn_rest: None,
         regather_on_ice_restart: true,
+        ..Default::default()
     })
     .map_err(|e| ViewError::Setup(e.to_string()))?;
     let (news_tx, mut news) = mpsc::unbounded_channel();

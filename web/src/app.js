@@ -29,6 +29,10 @@ const view = {
   metrics: { firstFrameMs: [], latencyMs: [], stages: [], reconnectMs: [] },
   lastCode: null, // { frame, captureMs, latencyMs } from the newest decoded frame
   pc: null,
+  // The device's newest stats push for this session (docs/PROTOCOL.md "Stats object"): its
+  // bandwidth estimate for this viewer, the layers it sends, retransmissions. While the overlay
+  // is open the page subscribes to them.
+  deviceStats: null,
 };
 window.spyglass = view;
 
@@ -565,6 +569,7 @@ function endSession() {
   if (!session) return;
   view.session = null;
   view.pc = null;
+  view.deviceStats = null;
   clearTimeout(session.disconnectTimer);
   clearTimeout(session.restartTimer);
   clearInterval(session.trafficTimer);
@@ -669,6 +674,7 @@ function openChannel(session, dc) {
     channel.open = true;
     $('snapshot-button').disabled = false;
     $('picture-button').disabled = false;
+    followDeviceStats();
   };
   dc.onclose = () => {
     channel.open = false;
@@ -682,6 +688,10 @@ function openChannel(session, dc) {
     try {
       m = JSON.parse(event.data);
     } catch {
+      return;
+    }
+    if (m.type === 'stats' && m.id === undefined) {
+      if (view.session === session) view.deviceStats = m;
       return;
     }
     const p = pending.get(m.id);
@@ -857,6 +867,15 @@ async function updateStats() {
       lines.push(`bitrate  ${kbps == null ? '—' : kbps >= 1000 ? `${(kbps / 1000).toFixed(2)} Mbit/s` : `${kbps.toFixed(0)} kbit/s`}`);
       lines.push(`lost     ${inbound.packetsLost ?? 0} packets`);
       lines.push(`frames   ${inbound.framesDecoded ?? 0} decoded, ${inbound.framesDropped ?? 0} dropped`);
+      lines.push(`freezes  ${inbound.freezeCount ?? 0} (${(inbound.totalFreezesDuration ?? 0).toFixed(1)} s)`);
+    }
+    const d = view.deviceStats;
+    if (d && d.estimate_kbps != null) {
+      // What the device knows about this viewer's link, and what it sends it.
+      lines.push(`link     estimate ${d.estimate_kbps} kbit/s, loss ${d.loss_percent} %, ${d.retransmitted_packets} resent`);
+      const all = d.layer + 1 === d.layers;
+      lines.push(`layers   receiving ${d.layer + 1} of ${d.layers}${all ? '' : ' (fewer frames: the link is narrow)'}`);
+      lines.push(`encoder  ${d.target_kbps} kbit/s shared target${d.stalls ? `, ${d.stalls} stalls` : ''}`);
     }
     const rtt = pair && pair.currentRoundTripTime;
     lines.push(`rtt      ${rtt == null ? '—' : `${(rtt * 1000).toFixed(1)} ms`}`);
@@ -874,7 +893,16 @@ function showStats(on) {
   $('stats').hidden = !on;
   $('stats-button').setAttribute('aria-pressed', String(on));
   if (!on) view.lastCode = null;
+  followDeviceStats();
   updateStats();
+}
+
+/** Subscribe to the device's stats pushes while the overlay is open, unsubscribe when not. */
+function followDeviceStats() {
+  const channel = view.session && view.session.channel;
+  if (!channel || !channel.open) return;
+  const request = statsVisible ? channel.request('subscribe-stats', { interval_ms: 1000 }) : channel.request('unsubscribe-stats');
+  request.catch(() => {});
 }
 
 setInterval(updateStats, 1000);
