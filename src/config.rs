@@ -31,6 +31,10 @@ pub const DEFAULT_MAX_VIEWERS: u32 = 4;
 pub const DEFAULT_PEER_TIMEOUT_SECS: u32 = 30;
 pub const DEFAULT_MAX_CONNECTING: u32 = 8;
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: u32 = 64;
+/// Home Assistant's default discovery prefix.
+pub const DEFAULT_HOMEASSISTANT_PREFIX: &str = "homeassistant";
+/// Seconds between Home Assistant snapshots unless `--homeassistant-interval` says otherwise.
+pub const DEFAULT_HOMEASSISTANT_INTERVAL_SECS: u32 = 60;
 pub const DEFAULT_VIEW_FRAMES: u32 = 30;
 pub const DEFAULT_VIEW_TIMEOUT_SECS: u32 = 20;
 /// Environment variable holding the MQTT password when no password file is given.
@@ -73,6 +77,12 @@ pub const FILE_KEYS: &[&str] = &[
     "web-root",
     "log",
     "audio",
+    "whep-token-file",
+    "whip",
+    "whip-token-file",
+    "homeassistant",
+    "homeassistant-prefix",
+    "homeassistant-interval",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -89,6 +99,9 @@ pub enum Command {
     View(ViewConfig),
     /// `spyglass selftest`: capture, encode, packetize, depacketize, decode, check, report.
     Selftest(SelftestConfig),
+    /// `spyglass homeassistant --remove`: delete the device's Home Assistant discovery entries
+    /// (and its retained snapshot) from the broker the daemon's options name, and exit.
+    HomeAssistantRemove(DaemonConfig),
 }
 
 /// Everything the daemon needs. `Debug` redacts the passwords.
@@ -131,6 +144,18 @@ pub struct DaemonConfig {
     pub web_root: PathBuf,
     /// A tracing `EnvFilter` directive from `--log`; `None` means use `RUST_LOG` or a default.
     pub log: Option<String>,
+    /// The WHEP endpoint's bearer token (`--whep-token-file`); `None`: no WHEP endpoint.
+    pub whep_token: Option<String>,
+    /// `--whip`: the WHIP endpoint (http:// or https://) the stream is published to.
+    pub whip: Option<String>,
+    /// `--whip-token-file`: the bearer token for `whip`.
+    pub whip_token: Option<String>,
+    /// `--homeassistant`: Home Assistant MQTT discovery and snapshots.
+    pub homeassistant: bool,
+    /// `--homeassistant-prefix`: the discovery prefix.
+    pub homeassistant_prefix: String,
+    /// `--homeassistant-interval`: time between snapshots; zero: only on request.
+    pub homeassistant_interval: Duration,
     /// The config file the values came from, if any.
     pub config_file: Option<PathBuf>,
     /// Files holding secrets (passwords, private keys), named by what they hold; checked at start
@@ -192,6 +217,12 @@ impl fmt::Debug for DaemonConfig {
             .field("log", &self.log)
             .field("config_file", &self.config_file)
             .field("audio", &self.audio)
+            .field("whep_token", &redact(&self.whep_token))
+            .field("whip", &self.whip)
+            .field("whip_token", &redact(&self.whip_token))
+            .field("homeassistant", &self.homeassistant)
+            .field("homeassistant_prefix", &self.homeassistant_prefix)
+            .field("homeassistant_interval", &self.homeassistant_interval)
             .field("secret_files", &self.secret_files)
             .finish()
     }
@@ -538,6 +569,20 @@ enum Sub {
     ///
     /// Exits 0 when every check passes, 1 when one fails (the report says which).
     Selftest(SelftestArgs),
+    /// Home Assistant: `spyglass homeassistant --remove` deletes this device's discovery
+    /// entries and retained snapshot from the broker (takes the daemon's options, e.g.
+    /// --config), so that Home Assistant forgets the camera. The package runs it on removal.
+    #[command(name = "homeassistant")]
+    HomeAssistant(HomeAssistantArgs),
+}
+
+#[derive(Args, Debug)]
+struct HomeAssistantArgs {
+    /// Delete the discovery entries and the retained snapshot, then exit.
+    #[arg(long, required = true)]
+    remove: bool,
+    #[command(flatten)]
+    daemon: DaemonArgs,
 }
 
 #[derive(Args, Debug, Default)]
@@ -675,6 +720,36 @@ struct DaemonArgs {
     /// an ALSA PCM name such as `default`, `hw:1,0` or `plughw:CARD=Device`. [default: auto]
     #[arg(long, value_name = "SRC", value_parser = parse_audio, help_heading = "Audio")]
     audio: Option<AudioSetting>,
+
+    /// File holding the WHEP endpoint's bearer token (at least 16 characters; one trailing
+    /// newline is ignored). With it, the HTTP server serves WHEP at /whep (docs/PROTOCOL.md,
+    /// "WHEP"); without it, there is no WHEP endpoint. [default: none]
+    #[arg(long, value_name = "FILE", value_parser = parse_path, help_heading = "Standards")]
+    whep_token_file: Option<PathBuf>,
+
+    /// Publish the stream to this WHIP endpoint (http:// or https://), e.g. an SFU's, and keep
+    /// it published (docs/SCALING.md). [default: none]
+    #[arg(long, value_name = "URL", value_parser = parse_whip, help_heading = "Standards")]
+    whip: Option<String>,
+
+    /// File holding the bearer token for --whip, if the endpoint wants one.
+    #[arg(long, value_name = "FILE", value_parser = parse_path, help_heading = "Standards")]
+    whip_token_file: Option<PathBuf>,
+
+    /// Home Assistant MQTT discovery: a camera entity with JPEG snapshots, a snapshot button
+    /// and sensors (README, "Home Assistant"): on or off. [default: off]
+    #[arg(long, value_name = "on|off", value_parser = parse_on_off, help_heading = "Standards")]
+    homeassistant: Option<bool>,
+
+    /// Home Assistant's discovery prefix. [default: homeassistant]
+    #[arg(long, value_name = "PREFIX", value_parser = parse_topic_prefix, help_heading = "Standards")]
+    homeassistant_prefix: Option<String>,
+
+    /// Seconds between the snapshots published for Home Assistant, 10 to 86400, or 0 for
+    /// snapshots on request only. A snapshot while nobody watches starts the camera briefly.
+    /// [default: 60]
+    #[arg(long, value_name = "SECS", value_parser = parse_homeassistant_interval, help_heading = "Standards")]
+    homeassistant_interval: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -794,6 +869,41 @@ fn parse_max_connecting(s: &str) -> Result<u32, String> {
 }
 fn parse_http_max_connections(s: &str) -> Result<u32, String> {
     HTTP_MAX_CONNECTIONS.parse(s)
+}
+
+/// 0, or 10 to 86400 seconds.
+fn parse_homeassistant_interval(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<i64>() {
+        Ok(n) => check_homeassistant_interval(n),
+        Err(_) => Err(format!(
+            "expected 0 or an integer from 10 to 86400, got {s:?}"
+        )),
+    }
+}
+
+fn check_homeassistant_interval(n: i64) -> Result<u32, String> {
+    match u32::try_from(n) {
+        Ok(n) if n == 0 || (10..=86_400).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "expected 0 or an integer from 10 to 86400, got {n}"
+        )),
+    }
+}
+
+/// A WHIP endpoint: an http:// or https:// URL with a host.
+fn parse_whip(s: &str) -> Result<String, String> {
+    match url::Url::parse(s) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(s.to_owned()),
+        _ => Err(format!(
+            "expected an http:// or https:// URL of a WHIP endpoint, got {s:?}"
+        )),
+    }
+}
+
+/// An MQTT topic prefix: the rules of a device id (levels without + or #).
+fn parse_topic_prefix(s: &str) -> Result<String, String> {
+    validate_uid(s).map_err(|e| e.to_string().replace("device id", "topic prefix"))?;
+    Ok(s.to_owned())
 }
 
 /// An MQTT client id: 1 to 128 printable ASCII characters (MQTT allows more; brokers differ,
@@ -993,6 +1103,12 @@ struct FileValues {
     web_root: Option<PathBuf>,
     log: Option<String>,
     audio: Option<AudioSetting>,
+    whep_token_file: Option<PathBuf>,
+    whip: Option<String>,
+    whip_token_file: Option<PathBuf>,
+    homeassistant: Option<bool>,
+    homeassistant_prefix: Option<String>,
+    homeassistant_interval: Option<u32>,
 }
 
 /// How a TOML value reads in an error message.
@@ -1136,6 +1252,26 @@ fn parse_config_text(path: &Path, text: &str) -> Result<FileValues, ConfigError>
             "log" => file_str(value, "a log filter string", parse_log).map(|x| v.log = Some(x)),
             "audio" => file_str(value, "auto, none, tone or an ALSA PCM name", parse_audio)
                 .map(|x| v.audio = Some(x)),
+            "whep-token-file" => {
+                file_str(value, "a file path", parse_path).map(|x| v.whep_token_file = Some(x))
+            }
+            "whip" => {
+                file_str(value, "an http:// or https:// URL", parse_whip).map(|x| v.whip = Some(x))
+            }
+            "whip-token-file" => {
+                file_str(value, "a file path", parse_path).map(|x| v.whip_token_file = Some(x))
+            }
+            "homeassistant" => file_on_off(value).map(|x| v.homeassistant = Some(x)),
+            "homeassistant-prefix" => file_str(value, "a topic prefix", parse_topic_prefix)
+                .map(|x| v.homeassistant_prefix = Some(x)),
+            "homeassistant-interval" => match value {
+                toml::Value::Integer(n) => check_homeassistant_interval(*n),
+                other => Err(format!(
+                    "expected 0 or an integer from 10 to 86400, got {}",
+                    describe(other)
+                )),
+            }
+            .map(|x| v.homeassistant_interval = Some(x)),
             _ => {
                 return Err(ConfigError::UnknownKey {
                     path: path.to_owned(),
@@ -1193,6 +1329,10 @@ where
         Some(Sub::Devices) => Ok(Command::Devices),
         Some(Sub::View(args)) => resolve_view(args, env).map(Command::View),
         Some(Sub::Selftest(args)) => Ok(Command::Selftest(resolve_selftest(args))),
+        Some(Sub::HomeAssistant(args)) => {
+            debug_assert!(args.remove);
+            resolve_daemon(args.daemon, env).map(Command::HomeAssistantRemove)
+        }
     }
 }
 
@@ -1281,6 +1421,38 @@ fn resolve_daemon(args: DaemonArgs, env: &Env) -> Result<DaemonConfig, ConfigErr
         .peer_timeout
         .or(file.peer_timeout)
         .unwrap_or(DEFAULT_PEER_TIMEOUT_SECS);
+    let whep_token = match args.whep_token_file.or(file.whep_token_file) {
+        Some(path) => {
+            let token = read_secret(&path, "WHEP token")?;
+            if token.chars().count() < crate::whep::MIN_TOKEN_LEN
+                || token.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "--whep-token-file {}: the token must be at least {} characters without \
+                     spaces (e.g. `openssl rand -hex 32`)",
+                    path.display(),
+                    crate::whep::MIN_TOKEN_LEN
+                )));
+            }
+            secret_files.push(("WHEP token", path));
+            Some(token)
+        }
+        None => None,
+    };
+    let whip = args.whip.or(file.whip);
+    let whip_token = match args.whip_token_file.or(file.whip_token_file) {
+        Some(_) if whip.is_none() => {
+            return Err(ConfigError::Invalid(
+                "--whip-token-file needs --whip (the endpoint the token is for)".into(),
+            ));
+        }
+        Some(path) => {
+            let token = read_secret(&path, "WHIP token")?;
+            secret_files.push(("WHIP token", path));
+            Some(token)
+        }
+        None => None,
+    };
     Ok(DaemonConfig {
         id,
         mqtt,
@@ -1317,6 +1489,20 @@ fn resolve_daemon(args: DaemonArgs, env: &Env) -> Result<DaemonConfig, ConfigErr
         web_broker_url: args.web_broker_url.or(file.web_broker_url),
         web_root,
         log: args.log.or(file.log),
+        whep_token,
+        whip,
+        whip_token,
+        homeassistant: args.homeassistant.or(file.homeassistant).unwrap_or(false),
+        homeassistant_prefix: args
+            .homeassistant_prefix
+            .or(file.homeassistant_prefix)
+            .unwrap_or_else(|| DEFAULT_HOMEASSISTANT_PREFIX.to_string()),
+        homeassistant_interval: Duration::from_secs(
+            args.homeassistant_interval
+                .or(file.homeassistant_interval)
+                .unwrap_or(DEFAULT_HOMEASSISTANT_INTERVAL_SECS)
+                .into(),
+        ),
         config_file: args.config,
         secret_files,
     })

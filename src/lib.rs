@@ -4,6 +4,7 @@
 pub mod audio;
 pub mod config;
 pub mod daemon;
+pub mod homeassistant;
 pub mod mqtt;
 pub mod pattern;
 pub mod peer;
@@ -15,3 +16,5 @@ pub mod signaling;
 pub mod video;
 pub mod view;
 pub mod web;
+pub mod whep;
+pub mod whip;

@@ -9,7 +9,7 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let command = config::load(std::env::args_os()).unwrap_or_else(|e| e.exit());
     let log = match &command {
-        Command::Daemon(cfg) => cfg.log.clone(),
+        Command::Daemon(cfg) | Command::HomeAssistantRemove(cfg) => cfg.log.clone(),
         _ => None,
     };
     let filter = log
@@ -54,6 +54,18 @@ fn main() -> ExitCode {
                 }
                 Err(err) => {
                     eprintln!("spyglass view: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::HomeAssistantRemove(cfg) => {
+            match runtime().block_on(spyglass::homeassistant::remove(cfg)) {
+                Ok(removed) => {
+                    println!("{removed}");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("spyglass homeassistant: {err:#}");
                     ExitCode::FAILURE
                 }
             }

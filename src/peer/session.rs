@@ -12,6 +12,10 @@
 //!
 //! A session runs as its own task. It reports to the signaling loop through [`SessionEvent`]s
 //! tagged with its [`SessionKey`], and takes commands through its [`SessionHandle`].
+//!
+//! The same session also publishes to an SFU over WHIP ([`start_offer`]): then the device makes
+//! the offer (sendonly video, and audio when it has a microphone) and is given the answer; the
+//! media, the keyframe requests and the end of the connection are handled as for a viewer.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -43,6 +47,7 @@ use crate::audio::CHUNK_DURATION;
 use crate::audio::hub::{AudioHub, AudioSubscription};
 use crate::signaling::SessionKey;
 use crate::video::hub::{Hub, KeyframeReason, Subscription};
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
 
 /// Why an offer could not be answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +65,9 @@ pub enum AnswerError {
 pub enum SessionEvent {
     /// The answer SDP, to send to the viewer.
     Answered(String),
+    /// The offer SDP (a session started with [`start_offer`]); its answer goes to
+    /// [`SessionHandle::set_answer`].
+    Offered(String),
     /// The offer could not be answered; the session has ended.
     Failed(AnswerError),
     /// A local ICE candidate to trickle to the viewer; `None` is the end of candidates.
@@ -72,6 +80,7 @@ pub enum SessionEvent {
 
 enum Command {
     AddCandidate(Option<RTCIceCandidateInit>),
+    RemoteAnswer(String),
     Close,
 }
 
@@ -88,6 +97,11 @@ impl SessionHandle {
 
     pub fn close(&self) {
         let _ = self.commands.send(Command::Close);
+    }
+
+    /// The remote answer to this session's offer ([`start_offer`]).
+    pub fn set_answer(&self, sdp: String) {
+        let _ = self.commands.send(Command::RemoteAnswer(sdp));
     }
 }
 
@@ -107,8 +121,39 @@ pub fn start(
     events: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
 ) -> SessionHandle {
     let (commands, command_rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(factory, hub, audio, key, offer_sdp, events, command_rx));
+    let role = Role::Answer(offer_sdp);
+    tokio::spawn(run(factory, hub, audio, key, role, events, command_rx));
     SessionHandle { commands }
+}
+
+/// Start a session that makes the offer (publishing to an SFU): events go to `events`, the
+/// first being [`SessionEvent::Offered`].
+pub fn start_offer(
+    factory: PeerFactory,
+    hub: Hub,
+    audio: Option<AudioHub>,
+    key: SessionKey,
+    events: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
+) -> SessionHandle {
+    let (commands, command_rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(
+        factory,
+        hub,
+        audio,
+        key,
+        Role::Offer,
+        events,
+        command_rx,
+    ));
+    SessionHandle { commands }
+}
+
+/// Which side of the offer/answer a session takes.
+enum Role {
+    /// Answer a viewer's offer.
+    Answer(String),
+    /// Offer, and be given the answer.
+    Offer,
 }
 
 /// Peer connection callbacks, forwarded into the session task.
@@ -166,6 +211,50 @@ struct AudioSend {
     payload_type: u8,
 }
 
+/// The camera's track, stream `spyglass` (clients such as picamera.js need a stream id), SSRC
+/// `ssrc`.
+fn video_track(ssrc: u32) -> Result<Arc<TrackLocalStaticSample>, webrtc::error::Error> {
+    let codec = h264_codecs().remove(0).rtp_codec;
+    Ok(Arc::new(TrackLocalStaticSample::new(
+        Instant::now(),
+        MediaStreamTrack::new(
+            "spyglass".to_string(),
+            "video".to_string(),
+            "camera".to_string(),
+            RtpCodecKind::Video,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec,
+                ..Default::default()
+            }],
+        ),
+    )?))
+}
+
+/// The microphone's track, in the same stream as the camera's.
+fn audio_track(ssrc: u32) -> Result<Arc<TrackLocalStaticSample>, webrtc::error::Error> {
+    Ok(Arc::new(TrackLocalStaticSample::new(
+        Instant::now(),
+        MediaStreamTrack::new(
+            "spyglass".to_string(),
+            "audio".to_string(),
+            "microphone".to_string(),
+            RtpCodecKind::Audio,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: opus_codec().rtp_codec,
+                ..Default::default()
+            }],
+        ),
+    )?))
+}
+
 fn sendonly() -> Option<RTCRtpTransceiverInit> {
     Some(RTCRtpTransceiverInit {
         direction: RTCRtpTransceiverDirection::Sendonly,
@@ -200,49 +289,10 @@ async fn answer(
         .await
         .map_err(|e| internal("peer connection", &e))?;
     let ssrc: u32 = rand::random();
-    let codec = h264_codecs().remove(0).rtp_codec;
-    let track = Arc::new(
-        TrackLocalStaticSample::new(
-            Instant::now(),
-            MediaStreamTrack::new(
-                "spyglass".to_string(),
-                "video".to_string(),
-                "camera".to_string(),
-                RtpCodecKind::Video,
-                vec![RTCRtpEncodingParameters {
-                    rtp_coding_parameters: RTCRtpCodingParameters {
-                        ssrc: Some(ssrc),
-                        ..Default::default()
-                    },
-                    codec,
-                    ..Default::default()
-                }],
-            ),
-        )
-        .map_err(|e| internal("video track", &e))?,
-    );
+    let track = video_track(ssrc).map_err(|e| internal("video track", &e))?;
     let audio_ssrc: u32 = rand::random();
     let audio_track = if with_audio {
-        Some(Arc::new(
-            TrackLocalStaticSample::new(
-                Instant::now(),
-                MediaStreamTrack::new(
-                    "spyglass".to_string(),
-                    "audio".to_string(),
-                    "microphone".to_string(),
-                    RtpCodecKind::Audio,
-                    vec![RTCRtpEncodingParameters {
-                        rtp_coding_parameters: RTCRtpCodingParameters {
-                            ssrc: Some(audio_ssrc),
-                            ..Default::default()
-                        },
-                        codec: opus_codec().rtp_codec,
-                        ..Default::default()
-                    }],
-                ),
-            )
-            .map_err(|e| internal("audio track", &e))?,
-        ))
+        Some(audio_track(audio_ssrc).map_err(|e| internal("audio track", &e))?)
     } else {
         None
     };
@@ -345,12 +395,120 @@ async fn answer(
     }
 }
 
+/// The publishing side: a peer connection with a sendonly video track (and audio with
+/// `with_audio`), its offer made and set. The payload types are those of the offer (the
+/// answerer keeps them); they are read again when the answer is set.
+async fn offer(
+    factory: &PeerFactory,
+    with_audio: bool,
+    news: mpsc::UnboundedSender<PeerNews>,
+) -> Result<(Answered, String), AnswerError> {
+    let internal =
+        |what: &str, e: &dyn std::fmt::Display| AnswerError::Internal(format!("{what}: {e}"));
+    let pc = factory
+        .build(Arc::new(Forwarder(news)))
+        .await
+        .map_err(|e| internal("peer connection", &e))?;
+    let result = async {
+        let ssrc: u32 = rand::random();
+        let track = video_track(ssrc).map_err(|e| internal("video track", &e))?;
+        let transceiver = pc
+            .add_transceiver_from_track(Arc::clone(&track) as Arc<dyn TrackLocal>, sendonly())
+            .await
+            .map_err(|e| internal("video transceiver", &e))?;
+        let audio = if with_audio {
+            let audio_ssrc: u32 = rand::random();
+            let track = audio_track(audio_ssrc).map_err(|e| internal("audio track", &e))?;
+            pc.add_transceiver_from_track(Arc::clone(&track) as Arc<dyn TrackLocal>, sendonly())
+                .await
+                .map_err(|e| internal("audio transceiver", &e))?;
+            Some(AudioSend {
+                track,
+                ssrc: audio_ssrc,
+                payload_type: opus_codec().payload_type,
+            })
+        } else {
+            None
+        };
+        let offer = pc
+            .create_offer(None)
+            .await
+            .map_err(|e| internal("offer", &e))?;
+        pc.set_local_description(offer)
+            .await
+            .map_err(|e| internal("local description", &e))?;
+        let sender = transceiver
+            .sender()
+            .await
+            .map_err(|e| internal("video sender", &e))?
+            .ok_or_else(|| AnswerError::Internal("video sender missing".into()))?;
+        let dtls = sender.transport().await.ok().flatten();
+        let mid = transceiver
+            .mid()
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "0".to_string());
+        let local = pc.local_description().await.ok_or_else(|| {
+            AnswerError::Internal("offer missing after set_local_description".into())
+        })?;
+        Ok((
+            Answered {
+                pc: Arc::clone(&pc),
+                dtls,
+                track,
+                ssrc,
+                mid,
+                payload_type: h264_codecs()[0].payload_type,
+                audio,
+            },
+            local.sdp,
+        ))
+    }
+    .await;
+    if result.is_err() {
+        let _ = pc.close().await;
+    }
+    result
+}
+
+/// The answer to our offer: set it, and take the payload types it settled on.
+async fn take_answer(session: &mut Answered, sdp: String) -> Result<(), String> {
+    let answer = RTCSessionDescription::answer(sdp).map_err(|e| format!("answer SDP: {e}"))?;
+    session
+        .pc
+        .set_remote_description(answer)
+        .await
+        .map_err(|e| format!("answer rejected: {e}"))?;
+    for transceiver in session.pc.get_transceivers().await {
+        let Ok(Some(sender)) = transceiver.sender().await else {
+            continue;
+        };
+        let Ok(params) = sender.get_parameters().await else {
+            continue;
+        };
+        let Some(codec) = params.rtp_parameters.codecs.first() else {
+            continue;
+        };
+        if codec
+            .rtp_codec
+            .mime_type
+            .eq_ignore_ascii_case(MIME_TYPE_H264)
+        {
+            session.payload_type = codec.payload_type;
+        } else if let Some(audio) = session.audio.as_mut() {
+            audio.payload_type = codec.payload_type;
+        }
+    }
+    Ok(())
+}
+
 async fn run(
     factory: PeerFactory,
     hub: Hub,
     audio: Option<AudioHub>,
     key: SessionKey,
-    offer_sdp: String,
+    role: Role,
     events: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
     mut commands: mpsc::UnboundedReceiver<Command>,
 ) {
@@ -359,15 +517,25 @@ async fn run(
     };
     let (news_tx, mut news) = mpsc::unbounded_channel();
     let started = Instant::now();
-    let (session, answer_sdp) = match answer(&factory, audio.is_some(), offer_sdp, news_tx).await {
+    let offering = matches!(role, Role::Offer);
+    let made = match role {
+        Role::Answer(offer_sdp) => answer(&factory, audio.is_some(), offer_sdp, news_tx).await,
+        Role::Offer => offer(&factory, audio.is_some(), news_tx).await,
+    };
+    let (mut session, local_sdp) = match made {
         Ok(ok) => ok,
         Err(err) => {
             emit(SessionEvent::Failed(err));
             return;
         }
     };
-    debug!(cid = %key.cid, ms = started.elapsed().as_millis() as u64, "answer ready");
-    emit(SessionEvent::Answered(answer_sdp));
+    if offering {
+        debug!(cid = %key.cid, ms = started.elapsed().as_millis() as u64, "offer ready");
+        emit(SessionEvent::Offered(local_sdp));
+    } else {
+        debug!(cid = %key.cid, ms = started.elapsed().as_millis() as u64, "answer ready");
+        emit(SessionEvent::Answered(local_sdp));
+    }
     // Start the video pipeline now, while ICE and DTLS run, so that a cold start (opening the
     // source, creating the encoder, the first frame) is over by the time the viewer connects.
     // Held until the viewer's own feed exists; an unconnected session ends at --peer-timeout.
@@ -402,6 +570,11 @@ async fn run(
                     });
                     if let Err(err) = session.pc.add_ice_candidate(init).await {
                         debug!(cid = %key.cid, "remote candidate not added: {err}");
+                    }
+                }
+                Some(Command::RemoteAnswer(sdp)) => {
+                    if let Err(err) = take_answer(&mut session, sdp).await {
+                        break err;
                     }
                 }
                 Some(Command::Close) | None => break "closed by the device".to_string(),

@@ -1,7 +1,12 @@
 //! The device's side of signaling as a state machine: which viewer sessions exist, what to reply
 //! to each message, when to give up on a session. It does no I/O and reads no clock: messages,
 //! session events and the current time go in, [`Action`]s come out, and the daemon carries them
-//! out (publishing over MQTT, starting and feeding WebRTC sessions).
+//! out (publishing over MQTT, starting and feeding WebRTC sessions, replying to WHEP requests).
+//!
+//! Viewers over MQTT and over WHEP ([`super::whep`]) are sessions of the same kind here: one
+//! place admits them (`max-viewers`, `max-connecting`, the session-start budget), counts them in
+//! the status and reaps those that never connect. What differs is only how their replies travel:
+//! MQTT messages, or the reply to a WHEP request.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -10,8 +15,9 @@ use tracing::debug;
 
 use super::protocol::{
     AudioStatus, ErrorCode, ErrorMsg, IceCandidateMsg, MediaState, SessionDescriptionMsg, Status,
-    TopicKind, Topics, check_offer_sdp, parse_candidate, parse_offer,
+    TopicKind, Topics, WhipStatus, check_offer_sdp, parse_candidate, parse_offer,
 };
+use super::whep::{self, PendingAnswer, SdpFrag, WhepError};
 use crate::rate::TokenBucket;
 
 /// The per-CID offer limit remembers at most this many offers (the most recent); beyond, the
@@ -21,11 +27,19 @@ const MAX_RATE_TRACKED: usize = 4096;
 const HELD_CANDIDATE_OVERHEAD: usize = 64;
 
 /// Names one session: the viewer's CID and a generation that grows with every session, so that
-/// late events from a replaced session are recognised and ignored.
+/// late events from a replaced session are recognised and ignored. A WHEP session's "CID" is its
+/// name [`whep::session_name`] (`whep:` and its resource id), which no MQTT CID can be.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SessionKey {
     pub cid: String,
     pub generation: u64,
+}
+
+impl SessionKey {
+    /// The WHEP resource id, for a WHEP session.
+    pub fn whep_id(&self) -> Option<&str> {
+        whep::resource_id(&self.cid)
+    }
 }
 
 /// What a WebRTC session reports.
@@ -65,6 +79,26 @@ pub enum Action {
     Close {
         key: SessionKey,
     },
+    /// Reply to a WHEP offer: the answer, with every candidate the device gathered.
+    WhepAnswer {
+        key: SessionKey,
+        sdp: String,
+    },
+    /// A WHEP offer could not be answered; the session has ended.
+    WhepFailed {
+        key: SessionKey,
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// Why an offer takes no session (over MQTT: an error reply; over WHEP: 503).
+#[derive(Debug, Clone, PartialEq)]
+enum Refusal {
+    /// `max_viewers` viewers are connected.
+    Busy(String),
+    /// The device-wide session-start budget is spent.
+    Throttled { message: String, retry_in: Duration },
 }
 
 #[derive(Debug, Clone)]
@@ -147,6 +181,22 @@ struct Slot {
     connecting_since: Instant,
     local_pending: Vec<Option<IceCandidateMsg>>,
     remote_pending: Vec<Option<IceCandidateMsg>>,
+    /// What a WHEP session has beyond an MQTT one; `None` for MQTT.
+    whep: Option<Box<WhepSlot>>,
+}
+
+/// A WHEP session's own state.
+#[derive(Debug)]
+struct WhepSlot {
+    /// The viewer's ICE username fragment from its offer: a `PATCH` naming another one is an
+    /// ICE restart.
+    remote_ufrag: Option<String>,
+    /// `PATCH` requests allowed.
+    patches: TokenBucket,
+    /// Remote candidates taken so far.
+    candidates: usize,
+    /// The answer, while it waits for the device's candidates (it must carry all of them).
+    answer: Option<(Instant, PendingAnswer)>,
 }
 
 /// Candidates held for CIDs that have no session yet.
@@ -282,6 +332,12 @@ impl Signaling {
     /// The audio part of the status changed (audio lost, or back): the status to publish.
     pub fn set_audio(&mut self, audio: Option<AudioStatus>) -> Action {
         self.status.audio = audio;
+        self.status_action()
+    }
+
+    /// The WHIP publication changed: the status to publish.
+    pub fn set_whip(&mut self, whip: Option<WhipStatus>) -> Action {
+        self.status.whip = whip;
         self.status_action()
     }
 
@@ -430,31 +486,48 @@ impl Signaling {
                 .into_iter()
                 .collect();
         }
+        match self.admit(now, cid.clone(), sdp, None) {
+            Ok(actions) => actions,
+            Err(refusal) => {
+                let (code, message) = match refusal {
+                    Refusal::Busy(message) => (ErrorCode::Busy, message),
+                    Refusal::Throttled { message, .. } => (ErrorCode::BadRequest, message),
+                };
+                self.error(now, Reply::Refusal, &cid, code, message)
+                    .into_iter()
+                    .collect()
+            }
+        }
+    }
+
+    /// Admission, for every offer that is well formed (MQTT and WHEP alike): a session for
+    /// `cid`, unless `max_viewers` viewers are connected (a replacing offer is always taken) or
+    /// the session-start budget is spent. Makes room among the connecting sessions.
+    fn admit(
+        &mut self,
+        now: Instant,
+        cid: String,
+        sdp: String,
+        whep: Option<Box<WhepSlot>>,
+    ) -> Result<Vec<Action>, Refusal> {
         let replaced = self
             .sessions
             .get(&cid)
             .map(|s| (s.generation, s.phase, s.connecting_since));
         // Connecting sessions hold no viewer's place: only connected viewers make the device busy.
         if replaced.is_none() && self.viewers() >= self.limits.max_viewers {
-            let message = self.busy_message();
-            return self
-                .error(now, Reply::Refusal, &cid, ErrorCode::Busy, message)
-                .into_iter()
-                .collect();
+            return Err(Refusal::Busy(self.busy_message()));
         }
         // Every session taken builds a peer connection: a device-wide budget, so that offers on
         // ever new CIDs cannot keep it building and tearing them down.
         if !self.session_starts.try_take(now) {
-            let wait = self.session_starts.wait(now);
+            let retry_in = self.session_starts.wait(now);
             let message = format!(
                 "too many offers: the device starts at most {} sessions per second; retry in {} ms",
                 self.limits.session_starts.0,
-                wait.as_millis().max(1)
+                retry_in.as_millis().max(1)
             );
-            return self
-                .error(now, Reply::Refusal, &cid, ErrorCode::BadRequest, message)
-                .into_iter()
-                .collect();
+            return Err(Refusal::Throttled { message, retry_in });
         }
         let mut actions = Vec::new();
         let viewers_before = self.viewers();
@@ -493,11 +566,14 @@ impl Signaling {
                     generation,
                 },
             });
-            let message = format!(
-                "{} sessions were connecting at once; this one, the oldest, gave way to a newer offer",
-                self.limits.max_connecting
-            );
-            actions.extend(self.error(now, Reply::Refusal, &oldest, ErrorCode::Busy, message));
+            // A WHEP viewer learns it from its connection closing (its request was answered).
+            if whep::resource_id(&oldest).is_none() {
+                let message = format!(
+                    "{} sessions were connecting at once; this one, the oldest, gave way to a newer offer",
+                    self.limits.max_connecting
+                );
+                actions.extend(self.error(now, Reply::Refusal, &oldest, ErrorCode::Busy, message));
+            }
         }
         let generation = self.next_generation;
         self.next_generation += 1;
@@ -518,6 +594,7 @@ impl Signaling {
                 connecting_since,
                 local_pending: vec![],
                 remote_pending,
+                whep,
             },
         );
         actions.push(Action::Start {
@@ -527,7 +604,7 @@ impl Signaling {
         if self.viewers() != viewers_before {
             actions.push(self.status_action());
         }
-        actions
+        Ok(actions)
     }
 
     fn on_candidate(&mut self, now: Instant, cid: String, payload: &[u8]) -> Vec<Action> {
@@ -609,6 +686,15 @@ impl Signaling {
             };
         }
         let cid = key.cid.as_str();
+        let is_whep = whep::resource_id(cid).is_some();
+        if is_whep
+            && matches!(
+                event,
+                PeerEvent::Answered(_) | PeerEvent::Failed { .. } | PeerEvent::LocalCandidate(_)
+            )
+        {
+            return self.on_whep_event(now, key, event);
+        }
         match event {
             PeerEvent::Answered(sdp) => {
                 let mut actions = vec![Action::Publish {
@@ -659,7 +745,15 @@ impl Signaling {
                     self.sessions.remove(cid);
                     let message = self.busy_message();
                     let mut actions = vec![Action::Close { key: key.clone() }];
-                    actions.extend(self.error(now, Reply::Refusal, cid, ErrorCode::Busy, message));
+                    if !is_whep {
+                        actions.extend(self.error(
+                            now,
+                            Reply::Refusal,
+                            cid,
+                            ErrorCode::Busy,
+                            message,
+                        ));
+                    }
                     return actions;
                 }
                 if let Some(slot) = self.sessions.get_mut(cid) {
@@ -703,6 +797,218 @@ impl Signaling {
                         cid,
                         generation: slot.generation,
                     },
+                });
+            }
+        }
+        actions.extend(self.whep_answers_due(now));
+        actions
+    }
+}
+
+/// Viewers over WHEP (`crate::whep` serves the HTTP side, [`super::whep`] the format).
+impl Signaling {
+    /// A WHEP `POST`: a session named after resource `id` (fresh and random, chosen by the
+    /// caller) for offer `sdp`, admitted like an MQTT offer. Its answer comes as
+    /// [`Action::WhepAnswer`] (or [`Action::WhepFailed`]).
+    pub fn whep_offer(
+        &mut self,
+        now: Instant,
+        id: &str,
+        sdp: String,
+    ) -> Result<Vec<Action>, WhepError> {
+        check_offer_sdp(&sdp).map_err(|e| WhepError::BadRequest(e.to_string()))?;
+        let name = whep::session_name(id);
+        if self.sessions.contains_key(&name) {
+            return Err(WhepError::AnswerFailed {
+                code: ErrorCode::Internal,
+                message: "resource id already in use".into(),
+            });
+        }
+        // Nothing to watch while the camera is being reopened; viewers already watching wait.
+        if self.status.video.state == MediaState::Lost {
+            return Err(WhepError::NoLiveVideo {
+                retry_in: Duration::from_secs(1),
+            });
+        }
+        let slot = WhepSlot {
+            remote_ufrag: whep::sdp_ufrag(&sdp).map(str::to_string),
+            patches: TokenBucket::new(whep::PATCH_RATE.0, whep::PATCH_RATE.1),
+            candidates: 0,
+            answer: None,
+        };
+        self.admit(now, name, sdp, Some(Box::new(slot)))
+            .map_err(|refusal| match refusal {
+                Refusal::Busy(message) => WhepError::Busy(message),
+                Refusal::Throttled { message, retry_in } => {
+                    WhepError::Throttled { message, retry_in }
+                }
+            })
+    }
+
+    /// A trickle `PATCH` on WHEP session `id`: `if_match` is its `If-Match` header, `frag` its
+    /// body. Candidates go to the session (held until it has answered).
+    pub fn whep_patch(
+        &mut self,
+        now: Instant,
+        id: &str,
+        if_match: Option<&str>,
+        frag: SdpFrag,
+    ) -> Result<Vec<Action>, WhepError> {
+        let name = whep::session_name(id);
+        let slot = self.sessions.get_mut(&name).ok_or(WhepError::NotFound)?;
+        let generation = slot.generation;
+        let answering = slot.phase == Phase::Answering;
+        let Some(state) = slot.whep.as_mut() else {
+            return Err(WhepError::NotFound);
+        };
+        match if_match.map(str::trim) {
+            Some("*") => return Err(WhepError::IceRestart),
+            Some(tag) if tag != whep::etag(id) => return Err(WhepError::StaleEtag),
+            _ => {}
+        }
+        if frag.ufrag.is_some() && frag.ufrag != state.remote_ufrag {
+            return Err(WhepError::IceRestart);
+        }
+        if !state.patches.try_take(now) {
+            let retry_in = state.patches.wait(now);
+            return Err(WhepError::TooManyPatches { retry_in });
+        }
+        if state.candidates + frag.candidates.len() > whep::MAX_CANDIDATES {
+            return Err(WhepError::BadRequest(format!(
+                "a session takes at most {} candidates; this one has {} and the request brings {}",
+                whep::MAX_CANDIDATES,
+                state.candidates,
+                frag.candidates.len()
+            )));
+        }
+        state.candidates += frag.candidates.len();
+        let candidates = frag
+            .candidates
+            .into_iter()
+            .map(Some)
+            .chain(frag.end_of_candidates.then_some(None));
+        if answering {
+            slot.remote_pending.extend(candidates);
+            return Ok(vec![]);
+        }
+        let key = SessionKey {
+            cid: name,
+            generation,
+        };
+        Ok(candidates
+            .map(|candidate| Action::Candidate {
+                key: key.clone(),
+                candidate,
+            })
+            .collect())
+    }
+
+    /// A `DELETE` of WHEP session `id` (or its viewer gone before the answer reached it): the
+    /// session ends and its place is free.
+    pub fn whep_delete(&mut self, id: &str) -> Result<Vec<Action>, WhepError> {
+        let name = whep::session_name(id);
+        if !self.sessions.get(&name).is_some_and(|s| s.whep.is_some()) {
+            return Err(WhepError::NotFound);
+        }
+        let viewers_before = self.viewers();
+        let Some(slot) = self.sessions.remove(&name) else {
+            return Err(WhepError::NotFound);
+        };
+        let mut actions = vec![Action::Close {
+            key: SessionKey {
+                cid: name,
+                generation: slot.generation,
+            },
+        }];
+        if self.viewers() != viewers_before {
+            actions.push(self.status_action());
+        }
+        Ok(actions)
+    }
+
+    /// Answered, failed or gathered: what differs for a WHEP session (its reply is the answer
+    /// to its request, which must carry every candidate of the device).
+    fn on_whep_event(&mut self, now: Instant, key: &SessionKey, event: PeerEvent) -> Vec<Action> {
+        let name = key.cid.as_str();
+        if let PeerEvent::Failed { code, message } = event {
+            self.sessions.remove(name);
+            return vec![Action::WhepFailed {
+                key: key.clone(),
+                code,
+                message,
+            }];
+        }
+        let Some(slot) = self.sessions.get_mut(name) else {
+            return vec![];
+        };
+        let mut actions = Vec::new();
+        let mut complete = false;
+        match event {
+            PeerEvent::Answered(sdp) => {
+                slot.phase = Phase::Answered;
+                let mut answer = PendingAnswer::new(sdp);
+                for local in std::mem::take(&mut slot.local_pending) {
+                    match local {
+                        Some(candidate) => answer.add(candidate),
+                        None => complete = true,
+                    }
+                }
+                if let Some(state) = slot.whep.as_mut() {
+                    state.answer = Some((now, answer));
+                }
+                actions.extend(std::mem::take(&mut slot.remote_pending).into_iter().map(
+                    |candidate| Action::Candidate {
+                        key: key.clone(),
+                        candidate,
+                    },
+                ));
+            }
+            PeerEvent::LocalCandidate(candidate) => {
+                if slot.phase == Phase::Answering {
+                    slot.local_pending.push(candidate);
+                } else if let Some((_, answer)) = slot.whep.as_mut().and_then(|s| s.answer.as_mut())
+                {
+                    match candidate {
+                        Some(candidate) => answer.add(candidate),
+                        None => complete = true,
+                    }
+                }
+            }
+            _ => {}
+        }
+        if complete && let Some((_, answer)) = slot.whep.as_mut().and_then(|s| s.answer.take()) {
+            actions.insert(
+                0,
+                Action::WhepAnswer {
+                    key: key.clone(),
+                    sdp: answer.finish(true),
+                },
+            );
+        }
+        actions
+    }
+
+    /// Answers that waited [`whep::GATHER_WAIT`] for candidates go with those they have.
+    fn whep_answers_due(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for (name, slot) in &mut self.sessions {
+            let Some(state) = slot.whep.as_mut() else {
+                continue;
+            };
+            if state.answer.as_ref().is_some_and(|(since, _)| {
+                now.saturating_duration_since(*since) >= whep::GATHER_WAIT
+            }) && let Some((_, answer)) = state.answer.take()
+            {
+                debug!(
+                    session = name,
+                    "answering before the device's gathering completed"
+                );
+                actions.push(Action::WhepAnswer {
+                    key: SessionKey {
+                        cid: name.clone(),
+                        generation: slot.generation,
+                    },
+                    sdp: answer.finish(false),
                 });
             }
         }
