@@ -1512,6 +1512,221 @@ mod tests {
         assert_eq!(delivered, 64);
     }
 
+    const WHEP_SDP: &str = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=mid:0\r\na=ice-ufrag:wu\r\na=ice-pwd:p\r\na=fingerprint:sha-256 00\r\n";
+
+    fn whep_started(m: &mut Signaling, now: Instant, id: &str) -> SessionKey {
+        started(&m.whep_offer(now, id, WHEP_SDP.into()).expect("admitted"))
+    }
+
+    fn whep_answer(actions: &[Action]) -> Option<String> {
+        actions.iter().find_map(|a| match a {
+            Action::WhepAnswer { sdp, .. } => Some(sdp.clone()),
+            _ => None,
+        })
+    }
+
+    fn local(n: u32) -> Option<IceCandidateMsg> {
+        Some(IceCandidateMsg {
+            candidate: format!("candidate:{n} 1 udp 1 127.0.0.1 {n} typ host"),
+            sdp_mid: Some("0".into()),
+            sdp_mline_index: Some(0),
+        })
+    }
+
+    #[test]
+    fn whep_and_mqtt_viewers_share_max_viewers_and_the_status() {
+        let t0 = Instant::now();
+        let mut m = machine(2);
+        connect(&mut m, t0, "v1");
+        let key = whep_started(&mut m, t0, "aa");
+        assert_eq!(key.whep_id(), Some("aa"));
+        m.on_peer_event(
+            t0,
+            &key,
+            PeerEvent::Answered("v=0\r\nm=video 9 X 102\r\na=mid:0\r\n".into()),
+        );
+        let actions = m.on_peer_event(t0, &key, PeerEvent::Connected);
+        assert_eq!(published(&actions)[0].1["viewers"], 2);
+        // Full: a WHEP offer and an MQTT offer are refused alike, and nothing changes.
+        assert!(matches!(
+            m.whep_offer(t0, "bb", WHEP_SDP.into()),
+            Err(WhepError::Busy(_))
+        ));
+        assert_eq!(
+            published(&m.on_message(t0, "home/cam/offer/v3", OFFER))[0].1["code"],
+            "busy"
+        );
+        assert_eq!((m.viewers(), m.sessions()), (2, 2));
+        // DELETE frees the place, and the status says so.
+        let actions = m.whep_delete("aa").unwrap();
+        assert!(actions.contains(&Action::Close { key }));
+        assert_eq!(published(&actions)[0].1["viewers"], 1);
+        assert!(matches!(m.whep_delete("aa"), Err(WhepError::NotFound)));
+        started(&m.on_message(t0, "home/cam/offer/v3", OFFER));
+    }
+
+    #[test]
+    fn a_whep_answer_waits_for_the_devices_candidates_within_a_bound() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        let answer = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=mid:0\r\n";
+        // Gathering done before the answer: it goes at once, with both candidates.
+        let a = whep_started(&mut m, t0, "aa");
+        m.on_peer_event(t0, &a, PeerEvent::LocalCandidate(local(1)));
+        m.on_peer_event(t0, &a, PeerEvent::LocalCandidate(None));
+        let sdp =
+            whep_answer(&m.on_peer_event(t0, &a, PeerEvent::Answered(answer.into()))).unwrap();
+        assert!(sdp.contains("a=candidate:1 ") && sdp.contains("a=end-of-candidates"));
+        // Candidates after the answer: it waits for the end of them...
+        let b = whep_started(&mut m, t0, "bb");
+        assert!(
+            whep_answer(&m.on_peer_event(t0, &b, PeerEvent::Answered(answer.into()))).is_none()
+        );
+        assert!(
+            whep_answer(&m.on_peer_event(t0, &b, PeerEvent::LocalCandidate(local(2)))).is_none()
+        );
+        let sdp = whep_answer(&m.on_peer_event(t0, &b, PeerEvent::LocalCandidate(None))).unwrap();
+        assert!(sdp.contains("a=candidate:2 "));
+        // ...or for GATHER_WAIT, then goes without an end-of-candidates. Nothing goes over MQTT.
+        let c = whep_started(&mut m, t0, "cc");
+        let actions = m.on_peer_event(t0, &c, PeerEvent::Answered(answer.into()));
+        assert!(published(&actions).is_empty());
+        assert!(whep_answer(&m.on_tick(t0 + Duration::from_secs(1))).is_none());
+        let sdp = whep_answer(&m.on_tick(t0 + whep::GATHER_WAIT)).unwrap();
+        assert!(!sdp.contains("a=end-of-candidates"));
+        assert!(whep_answer(&m.on_tick(t0 + Duration::from_secs(5))).is_none());
+    }
+
+    #[test]
+    fn whep_patches_are_checked_and_bounded() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        let key = whep_started(&mut m, t0, "aa");
+        let frag = |ufrag: Option<&str>, n: u32| SdpFrag {
+            ufrag: ufrag.map(str::to_string),
+            pwd: None,
+            candidates: (0..n).filter_map(local).collect(),
+            end_of_candidates: false,
+        };
+        // Before the answer, candidates are held; after it, handed to the session.
+        assert!(
+            m.whep_patch(t0, "aa", None, frag(Some("wu"), 2))
+                .unwrap()
+                .is_empty()
+        );
+        let actions = m.on_peer_event(t0, &key, PeerEvent::Answered("v=0\r\n".into()));
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|a| matches!(a, Action::Candidate { .. }))
+                .count(),
+            2
+        );
+        let tag = whep::etag("aa");
+        assert_eq!(
+            m.whep_patch(t0, "aa", Some(&tag), frag(None, 1))
+                .unwrap()
+                .len(),
+            1
+        );
+        // ICE restarts, stale tags, unknown sessions: refused, nothing changes.
+        assert_eq!(
+            m.whep_patch(t0, "aa", Some("*"), frag(None, 1)),
+            Err(WhepError::IceRestart)
+        );
+        assert_eq!(
+            m.whep_patch(t0, "aa", None, frag(Some("new"), 1)),
+            Err(WhepError::IceRestart)
+        );
+        assert_eq!(
+            m.whep_patch(t0, "aa", Some("\"x\""), frag(None, 1)),
+            Err(WhepError::StaleEtag)
+        );
+        assert_eq!(
+            m.whep_patch(t0, "zz", None, frag(None, 1)),
+            Err(WhepError::NotFound)
+        );
+        // At most 64 candidates per session.
+        for _ in 0..6 {
+            m.whep_patch(t0 + Duration::from_secs(10), "aa", None, frag(None, 10))
+                .unwrap();
+        }
+        let err = m.whep_patch(t0 + Duration::from_secs(20), "aa", None, frag(None, 10));
+        assert!(
+            matches!(err, Err(WhepError::BadRequest(ref e)) if e.contains("at most 64")),
+            "{err:?}"
+        );
+        // PATCH rate: the burst, then refusals with a time to wait.
+        let t1 = t0 + Duration::from_secs(30);
+        let mut m = machine(4);
+        whep_started(&mut m, t1, "bb");
+        let allowed = (0..30)
+            .filter(|_| m.whep_patch(t1, "bb", None, frag(None, 0)).is_ok())
+            .count();
+        assert_eq!(allowed, whep::PATCH_RATE.1 as usize);
+        assert!(matches!(
+            m.whep_patch(t1, "bb", None, frag(None, 0)),
+            Err(WhepError::TooManyPatches { retry_in }) if retry_in > Duration::ZERO
+        ));
+        // A MQTT CID's session is not a WHEP session.
+        connect(&mut m, t1, "v1");
+        assert_eq!(m.whep_delete("v1"), Err(WhepError::NotFound));
+    }
+
+    #[test]
+    fn whep_offers_are_refused_for_bad_sdp_a_lost_camera_and_the_start_budget() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        assert!(matches!(
+            m.whep_offer(t0, "aa", "hello".into()),
+            Err(WhepError::BadRequest(_))
+        ));
+        m.set_video_state(MediaState::Lost);
+        assert!(matches!(
+            m.whep_offer(t0, "aa", WHEP_SDP.into()),
+            Err(WhepError::NoLiveVideo { .. })
+        ));
+        m.set_video_state(MediaState::Idle);
+        m.session_starts = TokenBucket::new(10.0, 1);
+        whep_started(&mut m, t0, "aa");
+        assert!(matches!(
+            m.whep_offer(t0, "bb", WHEP_SDP.into()),
+            Err(WhepError::Throttled { .. })
+        ));
+        assert_eq!(m.sessions(), 1);
+        // A failed answer ends the session and goes back to the request, not over MQTT.
+        let mut m = machine(4);
+        let key = whep_started(&mut m, t0, "cc");
+        let actions = m.on_peer_event(
+            t0,
+            &key,
+            PeerEvent::Failed {
+                code: ErrorCode::Unsupported,
+                message: "no H.264".into(),
+            },
+        );
+        assert!(matches!(
+            &actions[..],
+            [Action::WhepFailed {
+                code: ErrorCode::Unsupported,
+                ..
+            }]
+        ));
+        assert_eq!(m.sessions(), 0);
+    }
+
+    #[test]
+    fn a_whep_session_gives_way_among_connecting_ones_without_an_mqtt_error() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        m.limits.max_connecting = 1;
+        let key = whep_started(&mut m, t0, "aa");
+        let actions = m.on_message(t0 + Duration::from_secs(1), "home/cam/offer/v1", OFFER);
+        assert!(actions.contains(&Action::Close { key }));
+        assert!(published(&actions).is_empty(), "{actions:?}");
+        started(&actions);
+    }
+
     #[test]
     fn session_starts_are_limited_device_wide() {
         let t0 = Instant::now();
