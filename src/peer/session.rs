@@ -255,6 +255,17 @@ fn audio_track(ssrc: u32) -> Result<Arc<TrackLocalStaticSample>, webrtc::error::
     )?))
 }
 
+/// Our transceivers for a viewer's offer start sendrecv: the offer's m-lines are matched to
+/// transceivers whose direction fits theirs (webrtc 0.21 `set_remote_description`: a recvonly
+/// m-line takes sendonly or sendrecv, a sendrecv one recvonly or sendrecv), and clients such as
+/// picamera.js offer audio sendrecv (their microphone). Set to sendonly before the answer.
+fn matches_any_offer() -> Option<RTCRtpTransceiverInit> {
+    Some(RTCRtpTransceiverInit {
+        direction: RTCRtpTransceiverDirection::Sendrecv,
+        ..Default::default()
+    })
+}
+
 fn sendonly() -> Option<RTCRtpTransceiverInit> {
     Some(RTCRtpTransceiverInit {
         direction: RTCRtpTransceiverDirection::Sendonly,
@@ -298,24 +309,37 @@ async fn answer(
     };
     let result = async {
         let transceiver = pc
-            .add_transceiver_from_track(Arc::clone(&track) as Arc<dyn TrackLocal>, sendonly())
+            .add_transceiver_from_track(
+                Arc::clone(&track) as Arc<dyn TrackLocal>,
+                matches_any_offer(),
+            )
             .await
             .map_err(|e| internal("video transceiver", &e))?;
         let audio_transceiver = match &audio_track {
             Some(t) => Some(
-                pc.add_transceiver_from_track(Arc::clone(t) as Arc<dyn TrackLocal>, sendonly())
-                    .await
-                    .map_err(|e| internal("audio transceiver", &e))?,
+                pc.add_transceiver_from_track(
+                    Arc::clone(t) as Arc<dyn TrackLocal>,
+                    matches_any_offer(),
+                )
+                .await
+                .map_err(|e| internal("audio transceiver", &e))?,
             ),
             None => None,
         };
         pc.set_remote_description(offer)
             .await
             .map_err(|e| AnswerError::BadOffer(format!("offer rejected: {e}")))?;
-        // Every m-line we do not send on (audio when the device has none) is answered inactive.
-        let ours: Vec<_> = std::iter::once(transceiver.id())
-            .chain(audio_transceiver.as_ref().map(|t| t.id()))
+        // We only send; every m-line we do not send on (audio when the device has none) is
+        // answered inactive.
+        let ours: Vec<_> = std::iter::once(&transceiver)
+            .chain(audio_transceiver.as_ref())
             .collect();
+        for t in &ours {
+            t.set_direction(RTCRtpTransceiverDirection::Sendonly)
+                .await
+                .map_err(|e| internal("sendonly", &e))?;
+        }
+        let ours: Vec<_> = ours.iter().map(|t| t.id()).collect();
         for other in pc.get_transceivers().await {
             if !ours.contains(&other.id()) {
                 other
