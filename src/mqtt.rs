@@ -382,6 +382,12 @@ async fn drive(
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
                 debug!("MQTT disconnect sent");
+                // Read on until the broker closes the connection: closing it with the broker's
+                // acknowledgements unread resets it, and a reset makes the broker drop what it
+                // has not read yet (Mosquitto 2.0.11 lost the last of five publishes sent just
+                // before a disconnect this way).
+                let drain = async { while eventloop.poll().await.is_ok() {} };
+                let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
                 return;
             }
             Ok(_) => {}
