@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 use webrtc::peer_connection::{RTCIceCandidateInit, RTCIceServer};
 
+use crate::VERSION;
 use crate::audio::hub::AudioHub;
 use crate::config::DaemonConfig;
 use crate::homeassistant::{self, HomeAssistant};
@@ -25,8 +26,6 @@ use crate::video::hub::{Hub, VideoState};
 use crate::web::{self, WebSettings};
 use crate::whep::{self as whep_http, WhepSettings};
 use crate::whip::{self, Publisher, WhipSettings};
-
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Threads the async runtime may start for blocking work (file reads for the viewer page,
 /// viewers' snapshot and control requests, which also wait for the hub's request workers);
@@ -332,7 +331,7 @@ fn peer_settings(cfg: &DaemonConfig) -> PeerSettings {
         ice_servers.push(RTCIceServer {
             urls: cfg.turn.clone(),
             username: cfg.turn_username.clone().unwrap_or_default(),
-            credential: cfg.turn_password.clone().unwrap_or_default(),
+            credential: cfg.turn_password.as_deref().unwrap_or_default().to_owned(),
         });
     }
     PeerSettings {

@@ -22,8 +22,8 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::VERSION;
 use crate::config::DaemonConfig;
-use crate::daemon::VERSION;
 use crate::mqtt::{self, Mqtt, MqttEvent, MqttSettings};
 use crate::rate::TokenBucket;
 use crate::video::Frame;
@@ -83,7 +83,7 @@ impl HomeAssistant {
             prefix: cfg.homeassistant_prefix.clone(),
             uid: cfg.id.clone(),
             node: node_id(&cfg.id),
-            interval: cfg.homeassistant_interval,
+            interval: Duration::from_secs(cfg.homeassistant_interval.into()),
             page_url,
             source: cfg.video.source.to_string(),
         }

@@ -1,6 +1,9 @@
 //! spyglass: a camera daemon that captures video, encodes H.264 once, and serves it to WebRTC
 //! viewers whose offers arrive over MQTT 5.
 
+/// The version the daemon announces (status messages, `/config.json`, the start-up log line).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub mod audio;
 pub mod config;
 pub mod daemon;
@@ -10,6 +13,7 @@ pub mod pattern;
 pub mod peer;
 pub mod pipeline;
 pub mod rate;
+pub mod secret;
 pub mod selftest;
 pub mod service;
 pub mod signaling;

@@ -27,17 +27,26 @@ fn main() -> ExitCode {
             print!("{}", spyglass::audio::list_devices());
             ExitCode::SUCCESS
         }
-        Command::Daemon(cfg) => match runtime().block_on(spyglass::daemon::run(cfg)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("spyglass: {err:#}");
-                ExitCode::FAILURE
+        Command::Daemon(cfg) => {
+            match runtime().and_then(|rt| rt.block_on(spyglass::daemon::run(cfg))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("spyglass: {err:#}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Command::View(cfg) => {
             let wanted = u64::from(cfg.frames);
             let json = cfg.json;
-            match runtime().block_on(spyglass::view::run(
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(err) => {
+                    eprintln!("spyglass view: {err:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(spyglass::view::run(
                 spyglass::view::ViewOptions::from_config(&cfg),
             )) {
                 Ok(report) => {
@@ -59,7 +68,7 @@ fn main() -> ExitCode {
             }
         }
         Command::HomeAssistantRemove(cfg) => {
-            match runtime().block_on(spyglass::homeassistant::remove(cfg)) {
+            match runtime().and_then(|rt| rt.block_on(spyglass::homeassistant::remove(cfg))) {
                 Ok(removed) => {
                     println!("{removed}");
                     ExitCode::SUCCESS
@@ -91,10 +100,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
     tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(spyglass::daemon::MAX_BLOCKING_THREADS)
         .enable_all()
         .build()
-        .expect("starting the async runtime")
+        .context("starting the async runtime")
 }

@@ -233,7 +233,7 @@ pub fn router(settings: &WebSettings) -> Router {
         id: settings.id.clone(),
         broker: settings.broker.clone(),
         broker_ws_port: DEFAULT_BROKER_WS_PORT,
-        version: crate::daemon::VERSION.to_string(),
+        version: crate::VERSION.to_string(),
     };
     let files = ServeDir::new(&settings.root)
         .append_index_html_on_directories(true)

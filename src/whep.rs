@@ -40,7 +40,7 @@ const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
 #[derive(Debug, Clone)]
 pub struct WhepSettings {
     /// The bearer token every request must carry.
-    pub token: String,
+    pub token: crate::secret::Secret,
     /// `Link` header values for the ICE servers viewers may use (`rel="ice-server"`).
     pub links: Vec<String>,
 }
@@ -401,7 +401,7 @@ mod tests {
 
     fn settings() -> WhepSettings {
         WhepSettings {
-            token: "0123456789abcdef0123".into(),
+            token: crate::secret::Secret::from("0123456789abcdef0123"),
             links: vec![],
         }
     }

@@ -29,6 +29,7 @@ use webrtc::peer_connection::{
 use crate::mqtt::{self, MqttEvent, MqttSettings};
 use crate::pattern;
 use crate::peer::{PeerFactory, PeerSettings};
+use crate::secret::Secret;
 use crate::signaling::protocol::{
     ErrorMsg, IceCandidateMsg, SessionDescriptionMsg, TopicKind, Topics, parse_answer, parse_error,
 };
@@ -39,7 +40,7 @@ pub struct ViewOptions {
     pub host: String,
     pub port: u16,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// TCP, TLS or WebSocket (from the broker URL's scheme) and the TLS files.
     pub transport: mqtt::MqttTransport,
     pub id: String,

@@ -43,7 +43,7 @@ const DELETE_AT_SHUTDOWN: Duration = Duration::from_millis(700);
 #[derive(Debug, Clone)]
 pub struct WhipSettings {
     pub endpoint: Url,
-    pub token: Option<String>,
+    pub token: Option<crate::secret::Secret>,
 }
 
 /// What the publisher shares with the daemon.
