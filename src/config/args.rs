@@ -85,7 +85,7 @@ pub(super) enum Sub {
     /// entries and retained snapshot from the broker (it takes the daemon's options, --config
     /// included), so that Home Assistant forgets the camera. The package runs it on removal.
     #[command(name = "homeassistant")]
-    HomeAssistant(HomeAssistantArgs),
+    HomeAssistant(Box<HomeAssistantArgs>),
 }
 
 #[derive(Args, Debug)]

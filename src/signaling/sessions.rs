@@ -907,7 +907,7 @@ impl Signaling {
     /// session ends and its place is free.
     pub fn whep_delete(&mut self, id: &str) -> Result<Vec<Action>, WhepError> {
         let name = whep::session_name(id);
-        if !self.sessions.get(&name).is_some_and(|s| s.whep.is_some()) {
+        if self.sessions.get(&name).is_none_or(|s| s.whep.is_none()) {
             return Err(WhepError::NotFound);
         }
         let viewers_before = self.viewers();
