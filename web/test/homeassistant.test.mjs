@@ -116,6 +116,16 @@ test('spyglass homeassistant --remove deletes the entries and the snapshot; anot
   // Interval 0: no snapshot until asked for.
   await assert.rejects(fetchImage(broker.url, `${daemon.id}/snapshot`, { timeoutMs: 1000 }));
   assert.equal(captures(daemon), 0);
+  // A flood of requests gets the budget's two snapshots (2 at once, then one per 5 s), no more.
+  const images = [];
+  const client = await mqtt.connectAsync(broker.url, { protocolVersion: 5 });
+  cleanups.push(() => client.endAsync());
+  client.on('message', (_t, payload, packet) => { if (!packet.retain) images.push(payload.length); });
+  await client.subscribeAsync(`${daemon.id}/snapshot`, { qos: 1 });
+  for (let i = 0; i < 20; i++) await client.publishAsync(`${daemon.id}/snapshot/request`, 'PRESS');
+  await until('two snapshots', () => images.length >= 2, 20000);
+  await new Promise((r) => setTimeout(r, 3000));
+  assert.equal(images.length, 2, `snapshots for 20 requests: ${images.length}`);
 
   const { code, stdout, stderr } = await new Promise((resolve) => {
     execFile(spyglassBin(), ['homeassistant', '--remove', '--id', daemon.id, '--mqtt', broker.url, '--homeassistant-prefix', 'ha-test'],
