@@ -3,7 +3,7 @@
 //! decides.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
@@ -14,6 +14,8 @@ use crate::audio::hub::AudioHub;
 use crate::config::DaemonConfig;
 use crate::homeassistant::{self, HomeAssistant};
 use crate::mqtt::{self, Mqtt, MqttEvent, MqttSettings};
+use crate::peer::bitrate::{self, BitrateRange, RateControl};
+use crate::peer::candidates::RemotePolicy;
 use crate::peer::session::{self, AnswerError, SessionEvent, SessionHandle};
 use crate::peer::{PeerFactory, PeerSettings};
 use crate::signaling::protocol::{
@@ -22,6 +24,7 @@ use crate::signaling::protocol::{
 };
 use crate::signaling::sessions::{Action, Limits, PeerEvent, SessionKey, Signaling};
 use crate::signaling::whep::{WhepError, ice_server_link};
+use crate::turn_rest::{IceServerGrant, TurnSecret};
 use crate::video::hub::{Hub, VideoState};
 use crate::web::{self, WebSettings};
 use crate::whep::{self as whep_http, WhepSettings};
@@ -43,7 +46,18 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     }
     let topics = Topics::new(cfg.id.clone())?;
     let factory = PeerFactory::new(peer_settings(&cfg))?;
+    // The device's TURN servers are tried now and, while they fail, again and again; new
+    // sessions get only those that work.
+    let relay_servers = factory.clone();
+    let _relay_watch = AbortOnDrop(tokio::spawn(crate::peer::relay::watch(
+        move || relay_servers.settings().ice_servers_now(),
+        cfg.rtc_bind.first().copied(),
+        std::sync::Arc::clone(factory.relays()),
+    )));
     let hub = Hub::new(cfg.video.clone(), cfg.bitrate_kbps)?;
+    // Every viewer's bandwidth estimate → one target for the shared encoder.
+    let rate = RateControl::new(bitrate_range(&cfg));
+    let _rate_task = tokio::spawn(follow_rate(rate.clone(), hub.clone()));
     let video = VideoStatus {
         state: MediaState::Idle,
         codec: VIDEO_CODEC_H264.to_string(),
@@ -60,8 +74,10 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         channels: u32::from(a.channels()),
     });
     let mut audio_running = audio.as_ref().map(AudioHub::running);
+    let grant = ice_server_grant(&cfg);
     let mut status = Status::online(VERSION, video, 0, cfg.max_viewers);
     status.audio = audio_status.clone();
+    status.ice_servers = !grant.is_empty();
     let limits = Limits {
         max_viewers: cfg.max_viewers as usize,
         max_connecting: cfg.max_connecting as usize,
@@ -94,6 +110,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 broker: cfg.web_broker_url.clone(),
                 max_connections: cfg.http_max_connections as usize,
                 whep,
+                stun: cfg.stun.clone(),
             })
             .await?,
         ),
@@ -145,6 +162,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 factory: factory.clone(),
                 hub: hub.clone(),
                 audio: audio.clone(),
+                rate: rate.clone(),
             },
             whip_status_tx,
         )),
@@ -156,10 +174,12 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         factory,
         hub: hub.clone(),
         audio: audio.clone(),
+        rate,
         session_tx,
         sessions: HashMap::new(),
         whep_replies: HashMap::new(),
         abandoned: Vec::new(),
+        grant,
     };
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -216,7 +236,11 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                         let (code, message) = match err {
                             AnswerError::BadOffer(m) => (ErrorCode::BadRequest, m),
                             AnswerError::Unsupported(m) => (ErrorCode::Unsupported, m),
-                            AnswerError::Internal(m) => (ErrorCode::Internal, m),
+                            AnswerError::Internal(m) => {
+                                // The viewer only learns that it failed; the log says why.
+                                warn!(cid = %key.cid, "answering `internal`: {m}");
+                                (ErrorCode::Internal, m)
+                            }
                         };
                         PeerEvent::Failed { code, message }
                     }
@@ -224,8 +248,13 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                         candidate: init.candidate,
                         sdp_mid: init.sdp_mid,
                         sdp_mline_index: init.sdp_mline_index,
+                        username_fragment: None,
                     })),
                     SessionEvent::Connected => PeerEvent::Connected,
+                    SessionEvent::Unreachable(message) => {
+                        exec.sessions.remove(&key);
+                        PeerEvent::Failed { code: ErrorCode::Unreachable, message }
+                    }
                     SessionEvent::Closed(_) => {
                         exec.sessions.remove(&key);
                         // A WHEP request still waiting for this session's answer gets 503.
@@ -273,6 +302,17 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 let actions = core.on_tick(Instant::now());
                 exec.run(actions).await;
                 exec.end_abandoned(&mut core).await;
+                // A session whose task died (a panic) never says so: count it out here.
+                for (key, handle) in session::take_unreported(&mut exec.sessions) {
+                    let fault = handle.fault().await;
+                    warn!(cid = %key.cid, "session task {fault}; counting the viewer out");
+                    let actions = core.on_peer_event(Instant::now(), &key, PeerEvent::Closed);
+                    exec.run(actions).await;
+                }
+                let now = std::time::SystemTime::now();
+                if let Err(err) = exec.factory.certificates().renew_if_due(now) {
+                    warn!("renewing the DTLS certificate: {err}");
+                }
                 notifier.tick(Instant::now(), hub.heartbeat_age());
             }
             _ = tokio::signal::ctrl_c() => break,
@@ -292,6 +332,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     }
     // Let the sessions close their peer connections (ICE and DTLS shut down), but
     // never for long: SIGTERM must end the process within 2 s.
+    // A session whose task already died will not report its close: do not wait for it.
+    drop(session::take_unreported(&mut exec.sessions));
     let closing = exec.sessions.len();
     let deadline = tokio::time::Instant::now() + SHUTDOWN_SESSION_WAIT;
     while !exec.sessions.is_empty() {
@@ -327,6 +369,8 @@ fn peer_settings(cfg: &DaemonConfig) -> PeerSettings {
             ..Default::default()
         });
     }
+    // With a TURN REST secret the credentials are made for each new peer connection
+    // (PeerSettings::turn_rest); without one they are the configured long-term ones.
     if !cfg.turn.is_empty() {
         ice_servers.push(RTCIceServer {
             urls: cfg.turn.clone(),
@@ -338,7 +382,63 @@ fn peer_settings(cfg: &DaemonConfig) -> PeerSettings {
         bind: cfg.rtc_bind.clone(),
         mdns: cfg.mdns,
         ice_servers,
+        remote: RemotePolicy {
+            allow_loopback: cfg.rtc_allow_loopback,
+        },
+        connect_timeout: cfg.peer_timeout,
+        check_interval: Some(crate::peer::ICE_CHECK_INTERVAL),
+        turn_rest: cfg
+            .turn_secret
+            .as_deref()
+            .and_then(TurnSecret::new)
+            .map(|secret| crate::peer::TurnRest {
+                secret,
+                name: crate::turn_rest::user_name(&cfg.id),
+                lifetime: Duration::from_secs(cfg.turn_credential_lifetime.into()),
+            }),
+        regather_on_ice_restart: false,
+        rate: bitrate_range(cfg),
     }
+}
+
+fn bitrate_range(cfg: &DaemonConfig) -> BitrateRange {
+    BitrateRange {
+        start_bps: u64::from(cfg.bitrate_kbps) * 1000,
+        min_bps: u64::from(cfg.min_bitrate_kbps) * 1000,
+        max_bps: u64::from(cfg.max_bitrate_kbps) * 1000,
+    }
+}
+
+/// Re-evaluate the shared encoder's target from the viewers' estimates, and hand it on.
+async fn follow_rate(rate: RateControl, hub: Hub) {
+    let mut tick = tokio::time::interval(bitrate::UPDATE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(bps) = rate.update(Instant::now()) {
+            hub.set_target_bitrate(bps);
+        }
+    }
+}
+
+/// Aborts a background task when the daemon returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What viewers that ask for ICE servers get: the device's STUN servers, and the viewers' TURN
+/// servers with credentials made from the secret (none without one).
+fn ice_server_grant(cfg: &DaemonConfig) -> IceServerGrant {
+    IceServerGrant::new(
+        cfg.stun.clone(),
+        cfg.viewer_turn.clone(),
+        cfg.turn_secret.as_deref().and_then(TurnSecret::new),
+        Duration::from_secs(cfg.turn_credential_lifetime.into()),
+    )
 }
 
 /// Carries out the state machine's actions.
@@ -347,12 +447,14 @@ struct Executor {
     factory: PeerFactory,
     hub: Hub,
     audio: Option<AudioHub>,
+    rate: RateControl,
     session_tx: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
     sessions: HashMap<SessionKey, SessionHandle>,
     /// WHEP requests waiting for their session's answer, by session name.
     whep_replies: HashMap<String, oneshot::Sender<Result<String, WhepError>>>,
     /// WHEP resources whose viewer left before the answer reached it.
     abandoned: Vec<String>,
+    grant: IceServerGrant,
 }
 
 impl Executor {
@@ -376,11 +478,21 @@ impl Executor {
                         self.factory.clone(),
                         self.hub.clone(),
                         self.audio.clone(),
+                        self.rate.clone(),
                         key.clone(),
                         offer_sdp,
                         self.session_tx.clone(),
                     );
                     self.sessions.insert(key, handle);
+                }
+                Action::Renegotiate { key, offer_sdp } => {
+                    if let Some(handle) = self.sessions.get(&key) {
+                        handle.renegotiate(offer_sdp);
+                    }
+                }
+                Action::GrantIceServers { cid, topic } => {
+                    let reply = self.grant.grant(&cid, SystemTime::now());
+                    self.mqtt.publish(topic, reply.to_json(), false).await;
                 }
                 Action::Candidate { key, candidate } => {
                     if let Some(handle) = self.sessions.get(&key) {

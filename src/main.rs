@@ -4,7 +4,6 @@
 use std::process::ExitCode;
 
 use spyglass::config::{self, Command};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let command = config::load(std::env::args_os()).unwrap_or_else(|e| e.exit());
@@ -12,14 +11,8 @@ fn main() -> ExitCode {
         Command::Daemon(cfg) | Command::HomeAssistantRemove(cfg) => cfg.log.clone(),
         _ => None,
     };
-    let filter = log
-        .map(EnvFilter::new)
-        .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let log = log.or_else(|| std::env::var("RUST_LOG").ok());
+    spyglass::logging::init(log.as_deref());
 
     match command {
         Command::Devices => {

@@ -52,6 +52,9 @@ pub struct WebSettings {
     pub max_connections: usize,
     /// The WHEP endpoint, when it is on.
     pub whep: Option<crate::whep::Endpoint>,
+    /// STUN servers for the page's peer connections (never TURN: its credentials go to viewers
+    /// that ask over MQTT, where the broker's ACL keeps them private).
+    pub stun: Vec<String>,
 }
 
 /// The body of `/config.json`.
@@ -64,6 +67,8 @@ pub struct PageConfig {
     pub broker: Option<String>,
     pub broker_ws_port: u16,
     pub version: String,
+    /// Static ICE servers for the page (STUN; `RTCIceServer` objects).
+    pub ice_servers: Vec<crate::signaling::protocol::IceServer>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -234,6 +239,15 @@ pub fn router(settings: &WebSettings) -> Router {
         broker: settings.broker.clone(),
         broker_ws_port: DEFAULT_BROKER_WS_PORT,
         version: crate::VERSION.to_string(),
+        ice_servers: if settings.stun.is_empty() {
+            vec![]
+        } else {
+            vec![crate::signaling::protocol::IceServer {
+                urls: settings.stun.clone(),
+                username: None,
+                credential: None,
+            }]
+        },
     };
     let files = ServeDir::new(&settings.root)
         .append_index_html_on_directories(true)

@@ -182,7 +182,10 @@ fn refused(error: &WhepError) -> Response {
             crate::signaling::ErrorCode::BadRequest | crate::signaling::ErrorCode::Unsupported => {
                 text(StatusCode::BAD_REQUEST, message)
             }
-            crate::signaling::ErrorCode::Busy => text(StatusCode::SERVICE_UNAVAILABLE, message),
+            // Unreachable comes only after an answer (a session that never connected).
+            crate::signaling::ErrorCode::Busy | crate::signaling::ErrorCode::Unreachable => {
+                text(StatusCode::SERVICE_UNAVAILABLE, message)
+            }
             crate::signaling::ErrorCode::Internal => {
                 text(StatusCode::INTERNAL_SERVER_ERROR, message)
             }

@@ -15,17 +15,18 @@ use crate::mqtt::BrokerUrl;
 use crate::video::{self, negotiate::FourCc};
 
 use super::values::{
-    AtLeast1, Audio, Broker, DeviceId, DirPath, FilePath, Fps, HttpBind, HttpMaxConnections, Ip,
-    Kbps, Kind, LogFilter, MaxConnecting, MqttClientId, NonEmpty, OnOff, PictureSize, PixelFormat,
-    Seconds, SelftestAudio, SelftestSeconds, Size, SnapshotInterval, StunUrl, ToneHz, TopicPrefix,
-    TurnUrl, VideoSource, ViewerId, WebBrokerUrl, WhipUrl,
+    AtLeast1, Audio, Broker, CredentialLifetime, DeviceId, DirPath, FilePath, Fps, HttpBind,
+    HttpMaxConnections, Ip, Kbps, Kind, LogFilter, MaxConnecting, MqttClientId, NonEmpty, OnOff,
+    PictureSize, PixelFormat, Seconds, SelftestAudio, SelftestSeconds, Size, SnapshotInterval,
+    StunUrl, ToneHz, TopicPrefix, TurnUrl, VideoSource, ViewTurnUrl, ViewerId, ViewerTurnUrl,
+    WebBrokerUrl, WhipUrl,
 };
 use super::{
     DEFAULT_BITRATE_KBPS, DEFAULT_FPS, DEFAULT_HEIGHT, DEFAULT_HOMEASSISTANT_INTERVAL_SECS,
     DEFAULT_HOMEASSISTANT_PREFIX, DEFAULT_HTTP, DEFAULT_HTTP_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTING, DEFAULT_MAX_VIEWERS, DEFAULT_PEER_TIMEOUT_SECS,
-    DEFAULT_SELFTEST_SECONDS, DEFAULT_VIDEO, DEFAULT_VIEW_FRAMES, DEFAULT_VIEW_TIMEOUT_SECS,
-    DEFAULT_WIDTH,
+    DEFAULT_SELFTEST_SECONDS, DEFAULT_TURN_CREDENTIAL_LIFETIME_SECS, DEFAULT_VIDEO,
+    DEFAULT_VIEW_FRAMES, DEFAULT_VIEW_TIMEOUT_SECS, DEFAULT_WIDTH,
 };
 
 const AFTER_HELP: &str = "\
@@ -182,10 +183,24 @@ pub struct DaemonOptions {
     #[serde(deserialize_with = "Fps::file")]
     pub(super) fps: u32,
 
-    /// H.264 target bitrate in kbit/s, 50 to 50000.
-    #[arg(long = "bitrate", value_name = "KBPS", value_parser = Kbps::parse, default_value_t = DEFAULT_BITRATE_KBPS, help_heading = "Video")]
-    #[serde(rename = "bitrate", deserialize_with = "Kbps::file")]
-    pub bitrate_kbps: u32,
+    /// H.264 bitrate in kbit/s where rate control starts, 50 to 50000 (kept within
+    /// --min-bitrate..=--max-bitrate). The shared encoder's bitrate then follows what the
+    /// viewers' links carry.
+    #[arg(long, value_name = "KBPS", value_parser = Kbps::parse, default_value_t = DEFAULT_BITRATE_KBPS, help_heading = "Video")]
+    #[serde(deserialize_with = "Kbps::file")]
+    pub(super) bitrate: u32,
+
+    /// The lowest bitrate rate control takes the shared encoder to when viewers' links are
+    /// poor, kbit/s, 50 to 50000. [default: 150, or --max-bitrate if lower]
+    #[arg(long, value_name = "KBPS", value_parser = Kbps::parse, help_heading = "Video")]
+    #[serde(deserialize_with = "Kbps::file")]
+    pub(super) min_bitrate: Option<u32>,
+
+    /// The highest bitrate rate control gives the shared encoder when every viewer's link
+    /// carries it, kbit/s, 50 to 50000. [default: --bitrate]
+    #[arg(long, value_name = "KBPS", value_parser = Kbps::parse, help_heading = "Video")]
+    #[serde(deserialize_with = "Kbps::file")]
+    pub(super) max_bitrate: Option<u32>,
 
     /// Most viewers served at once; further offers get a `busy` error.
     #[arg(long, value_name = "N", value_parser = AtLeast1::parse, default_value_t = DEFAULT_MAX_VIEWERS, help_heading = "WebRTC")]
@@ -210,8 +225,10 @@ pub struct DaemonOptions {
     #[serde(deserialize_with = "StunUrl::file")]
     pub stun: Vec<String>,
 
-    /// TURN server, turn:HOST[:PORT] or turns:HOST[:PORT]. Repeat for more. Needs
-    /// --turn-username and --turn-password-file. [default: none]
+    /// TURN server, turn:HOST[:PORT] (TURN over UDP: the device cannot use TURN over TCP or TLS;
+    /// viewers can, see --viewer-turn). Repeat for more. Needs --turn-username and
+    /// --turn-password-file, or --turn-secret-file. Each is tested at start; one that fails is
+    /// logged and left out until it works. [default: none]
     #[arg(long, value_name = "URL", value_parser = TurnUrl::parse, help_heading = "WebRTC")]
     #[serde(deserialize_with = "TurnUrl::file")]
     pub turn: Vec<String>,
@@ -226,10 +243,39 @@ pub struct DaemonOptions {
     #[serde(deserialize_with = "FilePath::file")]
     pub(super) turn_password_file: Option<PathBuf>,
 
+    /// File holding the TURN server's shared secret (coturn's static-auth-secret, with
+    /// use-auth-secret): the device makes time-limited credentials from it for its own --turn
+    /// servers and for viewers that ask (the TURN REST API; the secret never leaves the device).
+    /// Instead of --turn-username and --turn-password-file.
+    #[arg(long, value_name = "FILE", value_parser = FilePath::parse, help_heading = "WebRTC")]
+    #[serde(deserialize_with = "FilePath::file")]
+    pub(super) turn_secret_file: Option<PathBuf>,
+
+    /// TURN server handed to viewers that ask for ICE servers, with a time-limited credential
+    /// made from --turn-secret-file: turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT]
+    /// (browsers can relay over TCP and TLS). Repeat for more. Needs --turn-secret-file.
+    /// [default: the --turn servers, when there is a secret]
+    #[arg(long, value_name = "URL", value_parser = ViewerTurnUrl::parse, help_heading = "WebRTC")]
+    #[serde(deserialize_with = "ViewerTurnUrl::file")]
+    pub(super) viewer_turn: Vec<String>,
+
+    /// Seconds the credentials made from --turn-secret-file are valid, 60 to 604800.
+    #[arg(long, value_name = "SECS", value_parser = CredentialLifetime::parse, default_value_t = DEFAULT_TURN_CREDENTIAL_LIFETIME_SECS, help_heading = "WebRTC")]
+    #[serde(deserialize_with = "CredentialLifetime::file")]
+    pub turn_credential_lifetime: u32,
+
     /// IP address to bind WebRTC's UDP sockets to. Repeat for more. [default: every interface]
     #[arg(long, value_name = "ADDR", value_parser = Ip::parse, help_heading = "WebRTC")]
     #[serde(deserialize_with = "Ip::file")]
     pub rtc_bind: Vec<IpAddr>,
+
+    /// Use viewers' ICE candidates that name loopback (127.0.0.0/8, ::1) or this device's own
+    /// addresses: for tests on 127.0.0.1. Off, the device never sends to itself on a viewer's
+    /// word (a viewer on the device still connects). TCP, multicast, broadcast, link-local and
+    /// unspecified candidates and ports below 1024 are always refused (docs/SECURITY.md).
+    #[arg(long, value_name = "on|off", value_parser = OnOff::parse, action = ArgAction::Set, default_value = "off", help_heading = "WebRTC")]
+    #[serde(deserialize_with = "OnOff::file")]
+    pub rtc_allow_loopback: bool,
 
     /// Resolve viewers' mDNS (.local) ICE candidates: on or off.
     #[arg(long, value_name = "on|off", value_parser = OnOff::parse, action = ArgAction::Set, default_value = "on", help_heading = "WebRTC")]
@@ -259,7 +305,10 @@ pub struct DaemonOptions {
     #[serde(deserialize_with = "DirPath::file")]
     pub(super) web_root: Option<PathBuf>,
 
-    /// Log filter, e.g. `info` or `spyglass=debug,webrtc=warn`. [default: RUST_LOG, else info]
+    /// Log filter, e.g. `info` or `spyglass=debug,webrtc=warn`. Known noise of the WebRTC stack
+    /// (warnings of rtc_ice::agent, rtc_dtls::config, rtc_sctp::endpoint and
+    /// webrtc::peer_connection::driver; TURN CreatePermission 403s) stays out unless the filter
+    /// names its target. [default: RUST_LOG, else info]
     #[arg(long, value_name = "FILTER", value_parser = LogFilter::parse)]
     #[serde(deserialize_with = "LogFilter::file")]
     pub log: Option<String>,
@@ -358,6 +407,26 @@ pub(super) struct ViewArgs {
     /// Resolve the device's mDNS (.local) ICE candidates: on or off.
     #[arg(long, value_name = "on|off", value_parser = OnOff::parse, action = ArgAction::Set, default_value = "on")]
     pub mdns: bool,
+
+    /// STUN server of the viewer's own, e.g. stun:stun.example.org:3478. Repeat for more. The
+    /// servers the device hands out (its status says whether it does) are used as well.
+    /// [default: none]
+    #[arg(long, value_name = "URL", value_parser = StunUrl::parse)]
+    pub stun: Vec<String>,
+
+    /// TURN server of the viewer's own, turn:HOST[:PORT] (TURN over UDP: the WebRTC library
+    /// cannot relay over TCP or TLS). Repeat for more. Needs --turn-username and
+    /// --turn-password-file. [default: none]
+    #[arg(long, value_name = "URL", value_parser = ViewTurnUrl::parse)]
+    pub turn: Vec<String>,
+
+    /// User name for the viewer's TURN servers.
+    #[arg(long, value_name = "NAME", value_parser = NonEmpty::parse)]
+    pub turn_username: Option<String>,
+
+    /// File holding the password for the viewer's TURN servers.
+    #[arg(long, value_name = "FILE", value_parser = FilePath::parse)]
+    pub turn_password_file: Option<PathBuf>,
 
     /// Print the report as one JSON object instead of text.
     #[arg(long)]

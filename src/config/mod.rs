@@ -47,10 +47,14 @@ pub const DEFAULT_WIDTH: u32 = 1280;
 pub const DEFAULT_HEIGHT: u32 = 720;
 pub const DEFAULT_FPS: u32 = 30;
 pub const DEFAULT_BITRATE_KBPS: u32 = 2000;
+/// The lowest bitrate rate control takes the shared encoder to, kbit/s (never above the maximum).
+pub const DEFAULT_MIN_BITRATE_KBPS: u32 = 150;
 pub const DEFAULT_MAX_VIEWERS: u32 = 4;
 /// `--peer-timeout`'s default, as the flag writes it (seconds).
 pub const DEFAULT_PEER_TIMEOUT_SECS: &str = "30";
 pub const DEFAULT_MAX_CONNECTING: u32 = 8;
+/// How long the TURN credentials made from `--turn-secret-file` are valid, seconds.
+pub const DEFAULT_TURN_CREDENTIAL_LIFETIME_SECS: u32 = 3600;
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: u32 = 64;
 /// Home Assistant's default discovery prefix.
 pub const DEFAULT_HOMEASSISTANT_PREFIX: &str = "homeassistant";

@@ -19,7 +19,7 @@ use crate::video::VideoSpec;
 use super::args::{Cli, DaemonOptions, SelftestArgs, Sub, ViewArgs};
 use super::credentials::{self, TlsOption, mqtt_password, mqtt_tls, read_secret};
 use super::file::{self, FileValues};
-use super::{ConfigError, DEFAULT_WEB_ROOT, MIN_WHEP_TOKEN_LEN, PASSWORD_ENV};
+use super::{ConfigError, DEFAULT_MIN_BITRATE_KBPS, DEFAULT_WEB_ROOT, MIN_WHEP_TOKEN_LEN, PASSWORD_ENV};
 
 /// What to do, fully resolved and validated.
 // Two variants hold a `DaemonConfig`, so none is much larger than all the others (clippy's
@@ -53,6 +53,13 @@ pub struct DaemonConfig {
     /// CA and client certificate files for `mqtts://` and `wss://` brokers, checked.
     pub tls: MqttTls,
     pub video: VideoSpec,
+    /// Where the shared encoder's bitrate starts (`--bitrate`, clamped into the range below),
+    /// kbit/s.
+    pub bitrate_kbps: u32,
+    /// The range rate control keeps the shared encoder's bitrate in (`--min-bitrate`,
+    /// `--max-bitrate`), kbit/s.
+    pub min_bitrate_kbps: u32,
+    pub max_bitrate_kbps: u32,
     /// Set (with `turn_password`) whenever `turn` is not empty.
     pub turn_username: Option<String>,
     pub turn_password: Option<Secret>,
@@ -60,6 +67,13 @@ pub struct DaemonConfig {
     pub whep_token: Option<Secret>,
     /// The bearer token for `--whip` (`--whip-token-file`).
     pub whip_token: Option<Secret>,
+    /// coturn's `static-auth-secret` (`--turn-secret-file`): the device makes time-limited
+    /// credentials from it for its own TURN servers and for viewers (src/turn_rest.rs). Never
+    /// set together with `turn_username`/`turn_password`.
+    pub turn_secret: Option<Secret>,
+    /// TURN URLs handed to viewers that ask, with credentials made from `turn_secret`
+    /// (`--viewer-turn`, else the device's own `turn` when there is a secret; empty without one).
+    pub viewer_turn: Vec<String>,
     /// Directory with the built viewer page: `--web-root` (which must exist), else the one built
     /// with spyglass.
     pub web_root: PathBuf,
@@ -105,6 +119,13 @@ pub struct ViewConfig {
     /// Addresses WebRTC binds its UDP sockets to; empty means every interface.
     pub rtc_bind: Vec<std::net::IpAddr>,
     pub mdns: bool,
+    /// The viewer's own STUN servers.
+    pub stun: Vec<String>,
+    /// The viewer's own TURN servers (over UDP); when non-empty, `turn_username` and
+    /// `turn_password` are set. Servers the device hands out come on top.
+    pub turn: Vec<String>,
+    pub turn_username: Option<String>,
+    pub turn_password: Option<Secret>,
     /// Print the report as JSON.
     pub json: bool,
 }
@@ -292,6 +313,14 @@ fn resolve_daemon(
         }
         None => None,
     };
+    let turn_secret = match &options.turn_secret_file {
+        Some(path) => {
+            let secret = read_secret(path, "TURN secret")?;
+            secret_files.push(("TURN secret", path.clone()));
+            Some(secret)
+        }
+        None => None,
+    };
     secret_files.extend(tls.key.clone().map(|p| ("MQTT private key", p)));
     let whep_token = match &options.whep_token_file {
         Some(path) => {
@@ -324,13 +353,45 @@ fn resolve_daemon(
         }
         None => None,
     };
-    if !options.turn.is_empty() && (turn_username.is_none() || turn_password.is_none()) {
+    if turn_secret.is_some() && (turn_username.is_some() || turn_password.is_some()) {
         return Err(ConfigError::Invalid(
-            "--turn needs --turn-username and --turn-password-file (or the keys turn-username and \
-             turn-password-file in the config file)"
+            "--turn-secret-file replaces --turn-username and --turn-password-file: the device \
+             makes its TURN user names and passwords from the secret; give one or the other"
                 .into(),
         ));
     }
+    let max_bitrate_kbps = options.max_bitrate.unwrap_or(options.bitrate);
+    let min_bitrate_kbps = options
+        .min_bitrate
+        .unwrap_or(DEFAULT_MIN_BITRATE_KBPS.min(max_bitrate_kbps));
+    if min_bitrate_kbps > max_bitrate_kbps {
+        return Err(ConfigError::Invalid(format!(
+            "--min-bitrate {min_bitrate_kbps} is above --max-bitrate {max_bitrate_kbps}"
+        )));
+    }
+    let bitrate_kbps = options.bitrate.clamp(min_bitrate_kbps, max_bitrate_kbps);
+    if !options.turn.is_empty()
+        && turn_secret.is_none()
+        && (turn_username.is_none() || turn_password.is_none())
+    {
+        return Err(ConfigError::Invalid(
+            "--turn needs --turn-username and --turn-password-file, or --turn-secret-file (or \
+             the keys turn-username and turn-password-file, or turn-secret-file, in the config \
+             file)"
+                .into(),
+        ));
+    }
+    if !options.viewer_turn.is_empty() && turn_secret.is_none() {
+        return Err(ConfigError::Invalid(
+            "--viewer-turn needs --turn-secret-file: viewers get time-limited credentials made \
+             from it (the device never hands out a long-term TURN password)"
+                .into(),
+        ));
+    }
+    let viewer_turn = match (options.viewer_turn.is_empty(), &turn_secret) {
+        (true, Some(_)) => options.turn.clone(),
+        _ => options.viewer_turn.clone(),
+    };
     let web_root = match options.web_root.clone() {
         // A root the user named must exist; the built-in default is only warned about at start
         // (the daemon still streams without its page).
@@ -350,10 +411,15 @@ fn resolve_daemon(
         password,
         tls,
         video,
+        bitrate_kbps,
+        min_bitrate_kbps,
+        max_bitrate_kbps,
         turn_username,
         turn_password,
         whep_token,
         whip_token,
+        turn_secret,
+        viewer_turn,
         web_root,
         config_file,
         secret_files,
@@ -372,6 +438,15 @@ fn resolve_view(args: ViewArgs, env: &Env) -> Result<ViewConfig, ConfigError> {
         TlsOption::new(args.mqtt_cert, "--mqtt-cert".into()),
         TlsOption::new(args.mqtt_key, "--mqtt-key".into()),
     )?;
+    let turn_password = match &args.turn_password_file {
+        Some(path) => Some(read_secret(path, "TURN password")?),
+        None => None,
+    };
+    if !args.turn.is_empty() && (args.turn_username.is_none() || turn_password.is_none()) {
+        return Err(ConfigError::Invalid(
+            "--turn needs --turn-username and --turn-password-file".into(),
+        ));
+    }
     Ok(ViewConfig {
         mqtt: args.mqtt,
         id: args.id,
@@ -383,6 +458,10 @@ fn resolve_view(args: ViewArgs, env: &Env) -> Result<ViewConfig, ConfigError> {
         cid: args.cid.unwrap_or_else(random_cid),
         rtc_bind: args.rtc_bind,
         mdns: args.mdns,
+        stun: args.stun,
+        turn: args.turn,
+        turn_username: args.turn_username,
+        turn_password,
         json: args.json,
     })
 }

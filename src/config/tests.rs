@@ -139,6 +139,133 @@ fn secret_files_readable_by_others_are_named() {
     assert!(c.exposed_secrets().is_empty());
 }
 
+// --- TURN REST API credentials (issue 14)
+
+#[test]
+fn a_turn_secret_replaces_the_turn_password_and_gives_viewers_turn_servers() {
+    use std::os::unix::fs::PermissionsExt;
+    let scratch = Scratch::new();
+    let secret = scratch.file("secret", "s3cret\n");
+    let secret = secret.to_str().unwrap();
+    let c = daemon(&["--turn", "turn:turn.lan:3478", "--turn-secret-file", secret]).unwrap();
+    assert_eq!(c.turn_secret.as_deref(), Some("s3cret"));
+    assert_eq!((&c.turn_username, &c.turn_password), (&None, &None));
+    // Viewers get the device's TURN servers unless told others, for an hour by default.
+    assert_eq!(c.viewer_turn, ["turn:turn.lan:3478"]);
+    assert_eq!(c.turn_credential_lifetime, 3600);
+    assert!(!format!("{c:?}").contains("s3cret"));
+    // Readable by others: named at start, like the other secrets.
+    std::fs::set_permissions(secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let warnings = c.exposed_secrets();
+    assert!(
+        warnings.len() == 1 && warnings[0].contains("TURN secret"),
+        "{warnings:?}"
+    );
+
+    let c = daemon(&[
+        "--turn-secret-file",
+        secret,
+        "--viewer-turn",
+        "turn:t:3478?transport=tcp",
+        "--viewer-turn",
+        "turns:t:5349",
+        "--turn-credential-lifetime",
+        "600",
+    ])
+    .unwrap();
+    assert!(c.turn.is_empty());
+    assert_eq!(c.viewer_turn, ["turn:t:3478?transport=tcp", "turns:t:5349"]);
+    assert_eq!(c.turn_credential_lifetime, 600);
+    let (_s, _p, c) = with_file(
+        &format!(
+            "turn-secret-file = \"{secret}\"\nviewer-turn = [\"turns:t\"]\nturn-credential-lifetime = 120\n"
+        ),
+        &[],
+    );
+    let c = c.unwrap();
+    assert_eq!(c.viewer_turn, ["turns:t"]);
+    assert_eq!(c.turn_credential_lifetime, 120);
+
+    // What does not go together.
+    let password = scratch.file("pw", "pw");
+    let password = password.to_str().unwrap();
+    for (args, want) in [
+        (
+            vec![
+                "--turn-secret-file",
+                secret,
+                "--turn-password-file",
+                password,
+                "--turn-username",
+                "u",
+            ],
+            "replaces --turn-username",
+        ),
+        (vec!["--viewer-turn", "turn:t"], "needs --turn-secret-file"),
+        (vec!["--turn", "turn:t"], "or --turn-secret-file"),
+    ] {
+        let e = daemon(&args).unwrap_err().to_string();
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+    for (args, want) in [
+        (
+            &["--viewer-turn", "turn:t?transport=sctp"][..],
+            "transport=udp|tcp",
+        ),
+        (
+            &["--viewer-turn", "turns:t?transport=udp"],
+            "transport=udp|tcp",
+        ),
+        (&["--turn-credential-lifetime", "10"], "from 60 to 604800"),
+    ] {
+        let e = usage_error(daemon(args)).to_string();
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+}
+
+#[test]
+fn the_viewer_takes_stun_and_turn_over_udp() {
+    let scratch = Scratch::new();
+    let pw = scratch.file("pw", "tpw\n");
+    let v = view_with(
+        &[
+            "--mqtt",
+            "mqtt://b",
+            "--id",
+            "cam",
+            "--stun",
+            "stun:s:3478",
+            "--turn",
+            "turn:t:3478",
+            "--turn-username",
+            "u",
+            "--turn-password-file",
+            pw.to_str().unwrap(),
+        ],
+        &env(),
+    )
+    .unwrap();
+    assert_eq!(v.stun, ["stun:s:3478"]);
+    assert_eq!(v.turn, ["turn:t:3478"]);
+    assert_eq!(v.turn_password.as_deref(), Some("tpw"));
+    assert!(!format!("{v:?}").contains("tpw"));
+    for url in ["turns:t:5349", "turn:t:3478?transport=tcp"] {
+        let e = usage_error(view_with(
+            &["--mqtt", "mqtt://b", "--id", "cam", "--turn", url],
+            &env(),
+        ))
+        .to_string();
+        assert!(e.contains("relays over UDP only"), "{url}: {e}");
+    }
+    let e = view_with(
+        &["--mqtt", "mqtt://b", "--id", "cam", "--turn", "turn:t"],
+        &env(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("--turn needs --turn-username"), "{e}");
+}
+
 // --- defaults and help
 
 #[test]
@@ -166,6 +293,7 @@ fn defaults() {
         (None, None)
     );
     assert!(c.mdns);
+    assert!(!c.rtc_allow_loopback);
     assert_eq!(c.log, None);
     assert_eq!(c.config_file, None);
 }
@@ -264,6 +392,29 @@ fn unknown_flag_is_a_usage_error_with_exit_2() {
 // --- flags
 
 #[test]
+fn the_bitrate_range_defaults_to_the_bitrate_and_keeps_it_inside() {
+    let range = |c: &DaemonConfig| (c.min_bitrate_kbps, c.bitrate_kbps, c.max_bitrate_kbps);
+    assert_eq!(range(&daemon(&[]).unwrap()), (150, 2000, 2000));
+    let c = daemon(&["--bitrate", "1500", "--max-bitrate", "2500"]).unwrap();
+    assert_eq!(range(&c), (150, 1500, 2500));
+    // The start is kept within the range.
+    assert_eq!(
+        range(&daemon(&["--max-bitrate", "800"]).unwrap()),
+        (150, 800, 800)
+    );
+    // The default minimum is never above the maximum.
+    let c = daemon(&["--bitrate", "100", "--max-bitrate", "120"]).unwrap();
+    assert_eq!(range(&c), (120, 120, 120));
+    let err = daemon(&["--min-bitrate", "900", "--max-bitrate", "800"]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("--min-bitrate 900 is above --max-bitrate 800"),
+        "{err}"
+    );
+    assert!(daemon(&["--max-bitrate", "49"]).is_err());
+}
+
+#[test]
 fn flags_set_every_option() {
     let scratch = Scratch::new();
     let turn_pw = scratch.file("turn.pw", "tpass\n");
@@ -291,7 +442,7 @@ fn flags_set_every_option() {
         "--stun",
         "stun:stun2.lan",
         "--turn",
-        "turns:turn.lan:5349",
+        "turn:turn.lan:5349",
         "--turn-username",
         "t",
         "--turn-password-file",
@@ -300,6 +451,8 @@ fn flags_set_every_option() {
         "127.0.0.1",
         "--rtc-bind",
         "::1",
+        "--rtc-allow-loopback",
+        "on",
         "--mdns",
         "off",
         "--log",
@@ -321,7 +474,7 @@ fn flags_set_every_option() {
     assert_eq!((c.bitrate_kbps, c.max_viewers), (800, 2));
     assert_eq!(c.peer_timeout, Duration::from_secs(10));
     assert_eq!(c.stun, ["stun:stun.lan:3478", "stun:stun2.lan"]);
-    assert_eq!(c.turn, ["turns:turn.lan:5349"]);
+    assert_eq!(c.turn, ["turn:turn.lan:5349"]);
     assert_eq!(c.turn_username.as_deref(), Some("t"));
     assert_eq!(c.turn_password.as_deref(), Some("tpass"));
     assert_eq!(
@@ -331,6 +484,7 @@ fn flags_set_every_option() {
             "::1".parse().unwrap()
         ]
     );
+    assert!(c.rtc_allow_loopback);
     assert!(!c.mdns);
     assert_eq!(c.log.as_deref(), Some("spyglass=debug"));
 }
@@ -371,9 +525,15 @@ fn bad_flag_values_are_rejected() {
         (&["--video", "video0"], "/dev/video0"),
         (&["--stun", "stun.lan"], "stun:HOST"),
         (&["--stun", "turn:t.lan"], "stun:HOST"),
-        (&["--turn", "stun:t.lan"], "turn:HOST[:PORT] or turns:"),
+        (&["--turn", "stun:t.lan"], "turn:HOST[:PORT]"),
+        (&["--turn", "turns:t.lan"], "TURN over UDP only"),
+        (
+            &["--turn", "turn:t.lan?transport=tcp"],
+            "TURN over UDP only",
+        ),
         (&["--rtc-bind", "eth0"], "IP address"),
         (&["--mdns", "maybe"], "on or off"),
+        (&["--rtc-allow-loopback", "yes"], "on or off"),
         (&["--mqtt-username", ""], "non-empty"),
     ];
     for (args, want) in cases {
@@ -687,6 +847,7 @@ fn file_sets_every_key() {
         turn-username = "tu"
         turn-password-file = "{tpw}"
         rtc-bind = ["127.0.0.1"]
+        rtc-allow-loopback = true
         mdns = "off"
         log = "debug"
         "#,
@@ -719,6 +880,7 @@ fn file_sets_every_key() {
         (Some("tu"), Some("tp"))
     );
     assert_eq!(c.rtc_bind, ["127.0.0.1".parse::<IpAddr>().unwrap()]);
+    assert!(c.rtc_allow_loopback);
     assert!(!c.mdns);
     assert_eq!(c.log.as_deref(), Some("debug"));
     assert_eq!(c.config_file.as_deref(), Some(path.as_path()));
@@ -796,7 +958,8 @@ fn each_bad_file_value_names_key_and_file() {
         ("video = \"cam\"", "video", "/dev/video0"),
         ("stun = [\"stun:a\", \"b\"]", "stun", "got \"b\""),
         ("stun = [1]", "stun", "got 1"),
-        ("turn = [\"stun:a\"]", "turn", "turns:"),
+        ("turn = [\"stun:a\"]", "turn", "turn:HOST"),
+        ("turn = [\"turns:a\"]", "turn", "over TCP or TLS"),
         ("turn-username = []", "turn-username", "got an array"),
         (
             "turn-password-file = \"\"",

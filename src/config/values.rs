@@ -105,6 +105,8 @@ pub type MaxConnecting = Int<1, 256>;
 pub type HttpMaxConnections = Int<4, 4096>;
 pub type ToneHz = Int<50, 20_000>;
 pub type SelftestSeconds = Int<1, 600>;
+/// Seconds a TURN REST credential is valid: a minute to a week.
+pub type CredentialLifetime = Int<60, 604_800>;
 
 impl<const LO: u32, const HI: u32> Int<LO, HI> {
     fn check(n: i64) -> Result<u32, String> {
@@ -237,7 +239,12 @@ text_kinds! {
     /// A STUN server's URL (a config file key holds a list of them).
     StunUrl: String = "stun: URL strings", stun_url;
     /// A TURN server's URL (a config file key holds a list of them).
-    TurnUrl: String = "turn: or turns: URL strings", turn_url;
+    TurnUrl: String = "turn: URL strings", turn_url;
+    /// A TURN server's URL for viewers, any transport a browser can use (a config file key
+    /// holds a list of them).
+    ViewerTurnUrl: String = "turn: or turns: URL strings", viewer_turn_url;
+    /// A TURN server's URL for `spyglass view`: TURN over UDP.
+    ViewTurnUrl: String = "a turn: URL", view_turn_url;
     /// An IP address (a config file key holds a list of them).
     Ip: IpAddr = "IP address strings", ip;
     /// Where an HTTP server listens, or `off` (`None`).
@@ -419,8 +426,43 @@ fn stun_url(s: &str) -> Result<String, String> {
     ice_url(s, &["stun:"])
 }
 
+/// A TURN URL the device can use: TURN over UDP (`turns:` and `?transport=tcp` are refused with
+/// the reason, see [`crate::peer::relay`]).
 fn turn_url(s: &str) -> Result<String, String> {
-    ice_url(s, &["turn:", "turns:"])
+    let url = if s.starts_with("turns:") {
+        s.to_owned()
+    } else {
+        ice_url(s, &["turn:"])?
+    };
+    crate::peer::relay::check_url(&url).map_err(|e| e.to_string())?;
+    Ok(url)
+}
+
+/// A TURN URL for viewers: `turn:HOST[:PORT]`, `turn:HOST[:PORT]?transport=udp|tcp` or
+/// `turns:HOST[:PORT][?transport=tcp]`.
+fn viewer_turn_url(s: &str) -> Result<String, String> {
+    const FORM: &str =
+        "expected turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT][?transport=tcp]";
+    ice_url(s, &["turn:", "turns:"]).map_err(|_| format!("{FORM}, got {s:?}"))?;
+    match s.split_once('?') {
+        None => Ok(s.to_owned()),
+        Some((_, "transport=udp")) if s.starts_with("turn:") => Ok(s.to_owned()),
+        Some((_, "transport=tcp")) => Ok(s.to_owned()),
+        Some(_) => Err(format!("{FORM}, got {s:?}")),
+    }
+}
+
+/// A TURN URL for `spyglass view`: TURN over UDP only. webrtc 0.21, which the viewer uses, skips
+/// `turns:` and `?transport=tcp` servers ("Skipping unsupported non-UDP TURN url").
+fn view_turn_url(s: &str) -> Result<String, String> {
+    let url = viewer_turn_url(s)?;
+    if url.starts_with("turns:") || url.ends_with("?transport=tcp") {
+        return Err(format!(
+            "spyglass view relays over UDP only (its WebRTC library cannot use TURN over TCP or \
+             TLS): expected turn:HOST[:PORT], got {s:?}"
+        ));
+    }
+    Ok(url)
 }
 
 fn ice_url(s: &str, schemes: &[&str]) -> Result<String, String> {

@@ -1,7 +1,9 @@
 //! The device's side of signaling as a state machine: which viewer sessions exist, what to reply
-//! to each message, when to give up on a session. It does no I/O and reads no clock: messages,
-//! session events and the current time go in, [`Action`]s come out, and the daemon carries them
-//! out (publishing over MQTT, starting and feeding WebRTC sessions, replying to WHEP requests).
+//! to each message, when an offer renegotiates a session and when it replaces it, when to give
+//! up on a session. It does no I/O and reads no clock: messages, session events and the current
+//! time go in, [`Action`]s come out, and the daemon carries them out (publishing over MQTT,
+//! starting, renegotiating and feeding WebRTC sessions, minting ICE-server grants, replying to
+//! WHEP requests).
 //!
 //! Viewers over MQTT and over WHEP ([`super::whep`]) are sessions of the same kind here: one
 //! place admits them (`max-viewers`, `max-connecting`, the session-start budget), counts them in
@@ -14,8 +16,9 @@ use std::time::{Duration, Instant};
 use tracing::debug;
 
 use super::protocol::{
-    AudioStatus, ErrorCode, ErrorMsg, IceCandidateMsg, MediaState, SessionDescriptionMsg, Status,
-    TopicKind, Topics, WhipStatus, check_offer_sdp, parse_candidate, parse_offer,
+    AudioStatus, ErrorCode, ErrorMsg, IceCandidateMsg, IceServersMsg, MediaState, OfferIdentity,
+    SessionDescriptionMsg, Status, TopicKind, Topics, WhipStatus, check_offer_sdp, offer_identity,
+    parse_candidate, parse_ice_servers_request, parse_offer,
 };
 use super::whep::{self, PendingAnswer, SdpFrag, WhepError};
 use crate::rate::TokenBucket;
@@ -25,6 +28,11 @@ use crate::rate::TokenBucket;
 const MAX_RATE_TRACKED: usize = 4096;
 /// What one held candidate costs beyond its strings (bookkeeping, allocation).
 const HELD_CANDIDATE_OVERHEAD: usize = 64;
+
+/// A session that has not connected ends itself at the peer timeout and says why (the
+/// `unreachable` error, with the candidate types it tried); one that has not done so this much
+/// later is closed here, with the same code.
+pub const REAP_GRACE: Duration = Duration::from_secs(2);
 
 /// Names one session: the viewer's CID and a generation that grows with every session, so that
 /// late events from a replaced session are recognised and ignored. A WHEP session's "CID" is its
@@ -71,6 +79,19 @@ pub enum Action {
         key: SessionKey,
         offer_sdp: String,
     },
+    /// A new offer for a session that exists: apply it to the session's peer connection
+    /// (an ICE restart, or a changed set of tracks) and answer it (docs/PROTOCOL.md, "Replacing
+    /// a session").
+    Renegotiate {
+        key: SessionKey,
+        offer_sdp: String,
+    },
+    /// Publish the ICE servers granted to viewer `cid` on `topic` (credentials are minted when
+    /// this is carried out).
+    GrantIceServers {
+        cid: String,
+        topic: String,
+    },
     /// A remote candidate for a session (`None`: end of candidates).
     Candidate {
         key: SessionKey,
@@ -113,7 +134,8 @@ pub struct Limits {
     pub peer_timeout: Duration,
     /// How long candidates that arrive before their offer are held.
     pub orphan_ttl: Duration,
-    /// At most this many held candidates per CID, and this many CIDs with held candidates.
+    /// At most this many held candidates per CID (before its offer, and while it is answered),
+    /// and this many CIDs with held candidates.
     pub max_orphans: usize,
     /// At most this many held candidates in all...
     pub max_held_candidates: usize,
@@ -133,6 +155,10 @@ pub struct Limits {
     /// Error replies about offers the device does not serve (`busy`, `unsupported`, failures
     /// while answering): per second and burst. Beyond, no reply.
     pub refusal_replies: (f64, u32),
+    /// At most this many ICE-server requests per CID within `offer_window`.
+    pub max_ice_server_requests: usize,
+    /// ICE-server grants from all CIDs together: per second and burst.
+    pub ice_server_grants: (f64, u32),
 }
 
 impl Default for Limits {
@@ -151,6 +177,8 @@ impl Default for Limits {
             session_starts: (10.0, 20),
             noise_replies: (10.0, 20),
             refusal_replies: (20.0, 40),
+            max_ice_server_requests: 5,
+            ice_server_grants: (10.0, 20),
         }
     }
 }
@@ -179,10 +207,20 @@ struct Slot {
     /// Since when this CID has been connecting without a break (a re-offer keeps it), for
     /// choosing who gives way when too many sessions are connecting.
     connecting_since: Instant,
+    /// Who made the offer the session answers, and its ICE generation; `None` when the offer
+    /// had no `o=` line (it can then only be replaced).
+    identity: Option<OfferIdentity>,
+    /// A renegotiating offer is being applied: candidates wait for its answer, like before the
+    /// first one.
+    renegotiating: bool,
     local_pending: Vec<Option<IceCandidateMsg>>,
     remote_pending: Vec<Option<IceCandidateMsg>>,
     /// What a WHEP session has beyond an MQTT one; `None` for MQTT.
     whep: Option<Box<WhepSlot>>,
+    /// Candidates of another ICE generation (ufrag) than the session's: those of an ICE restart
+    /// whose offer has not arrived yet (MQTT does not order topics). Applied when that offer
+    /// renegotiates the session, dropped after the early-candidate hold time.
+    next_generation: Vec<(Instant, String, IceCandidateMsg)>,
 }
 
 /// A WHEP session's own state.
@@ -197,6 +235,72 @@ struct WhepSlot {
     candidates: usize,
     /// The answer, while it waits for the device's candidates (it must carry all of them).
     answer: Option<(Instant, PendingAnswer)>,
+}
+
+impl Slot {
+    /// Whether a candidate belongs to another ICE generation than the session's current one.
+    fn other_generation<'c>(&self, candidate: &'c IceCandidateMsg) -> Option<&'c str> {
+        let ufrag = candidate.ufrag()?;
+        let current = self.identity.as_ref()?;
+        (ufrag != current.ufrag).then_some(ufrag)
+    }
+}
+
+/// A per-CID limit on events within a time window (offers, ICE-server requests). Remembers at
+/// most [`MAX_RATE_TRACKED`] events, forgotten oldest first: O(1) per event.
+#[derive(Debug)]
+struct PerCidWindow {
+    log: VecDeque<(Instant, String)>,
+    counts: HashMap<String, usize>,
+}
+
+impl PerCidWindow {
+    fn new() -> Self {
+        PerCidWindow {
+            log: VecDeque::new(),
+            counts: HashMap::new(),
+        }
+    }
+
+    /// Count an event of `cid`; false (and not counted) when it already had `max` in `window`.
+    fn allow(&mut self, now: Instant, cid: &str, max: usize, window: Duration) -> bool {
+        self.forget_old(now, window);
+        if self.counts.get(cid).copied().unwrap_or(0) >= max {
+            return false;
+        }
+        if self.log.len() >= MAX_RATE_TRACKED {
+            self.forget_oldest();
+        }
+        self.log.push_back((now, cid.to_string()));
+        *self.counts.entry(cid.to_string()).or_default() += 1;
+        true
+    }
+
+    fn forget_oldest(&mut self) {
+        if let Some((_, cid)) = self.log.pop_front()
+            && let Some(n) = self.counts.get_mut(&cid)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.counts.remove(&cid);
+            }
+        }
+    }
+
+    fn forget_old(&mut self, now: Instant, window: Duration) {
+        while self
+            .log
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= window)
+        {
+            self.forget_oldest();
+        }
+    }
+
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.log.len()
+    }
 }
 
 /// Candidates held for CIDs that have no session yet.
@@ -251,10 +355,12 @@ pub struct Signaling {
     status: Status,
     sessions: HashMap<String, Slot>,
     held: Held,
-    /// Recent offers in arrival order, and how many of them each CID made (the rate limit).
-    offer_log: VecDeque<(Instant, String)>,
-    offer_counts: HashMap<String, usize>,
+    /// Recent offers per CID (the rate limit).
+    offers: PerCidWindow,
+    /// Recent ICE-server requests per CID.
+    ice_server_requests: PerCidWindow,
     session_starts: TokenBucket,
+    ice_server_grants: TokenBucket,
     noise_replies: TokenBucket,
     refusal_replies: TokenBucket,
     /// Error replies left out by the two budgets.
@@ -268,14 +374,18 @@ impl Signaling {
         Signaling {
             topics,
             session_starts: TokenBucket::new(limits.session_starts.0, limits.session_starts.1),
+            ice_server_grants: TokenBucket::new(
+                limits.ice_server_grants.0,
+                limits.ice_server_grants.1,
+            ),
             noise_replies: TokenBucket::new(limits.noise_replies.0, limits.noise_replies.1),
             refusal_replies: TokenBucket::new(limits.refusal_replies.0, limits.refusal_replies.1),
             limits,
             status,
             sessions: HashMap::new(),
             held: Held::default(),
-            offer_log: VecDeque::new(),
-            offer_counts: HashMap::new(),
+            offers: PerCidWindow::new(),
+            ice_server_requests: PerCidWindow::new(),
             replies_suppressed: 0,
             next_generation: 1,
         }
@@ -341,6 +451,26 @@ impl Signaling {
         self.status_action()
     }
 
+    /// Whether the budget of error replies of this kind allows one now (counted if so).
+    fn reply_budget(&mut self, now: Instant, reply: Reply, cid: &str) -> bool {
+        let budget = match reply {
+            Reply::Noise => &mut self.noise_replies,
+            Reply::Refusal => &mut self.refusal_replies,
+        };
+        if budget.try_take(now) {
+            return true;
+        }
+        self.replies_suppressed += 1;
+        if self.replies_suppressed.is_power_of_two() {
+            debug!(
+                cid,
+                suppressed = self.replies_suppressed,
+                "error reply left out (too many)"
+            );
+        }
+        false
+    }
+
     /// An error reply, if its budget allows one now.
     fn error(
         &mut self,
@@ -350,19 +480,7 @@ impl Signaling {
         code: ErrorCode,
         message: impl Into<String>,
     ) -> Option<Action> {
-        let budget = match reply {
-            Reply::Noise => &mut self.noise_replies,
-            Reply::Refusal => &mut self.refusal_replies,
-        };
-        if !budget.try_take(now) {
-            self.replies_suppressed += 1;
-            if self.replies_suppressed.is_power_of_two() {
-                debug!(
-                    cid,
-                    suppressed = self.replies_suppressed,
-                    "error reply left out (too many)"
-                );
-            }
+        if !self.reply_budget(now, reply, cid) {
             return None;
         }
         Some(Action::Publish {
@@ -416,6 +534,7 @@ impl Signaling {
         match kind {
             TopicKind::Offer => self.on_offer(now, cid, payload),
             TopicKind::Ice => self.on_candidate(now, cid, payload),
+            TopicKind::IceServers => self.on_ice_server_request(now, cid, payload),
             _ => {
                 debug!(topic, "ignoring message the device does not act on");
                 vec![]
@@ -425,39 +544,8 @@ impl Signaling {
 
     /// Count an offer against its CID's budget; false when over it.
     fn offer_allowed(&mut self, now: Instant, cid: &str) -> bool {
-        self.forget_old_offers(now);
-        let made = self.offer_counts.get(cid).copied().unwrap_or(0);
-        if made >= self.limits.max_offers {
-            return false;
-        }
-        if self.offer_log.len() >= MAX_RATE_TRACKED {
-            self.forget_oldest_offer();
-        }
-        self.offer_log.push_back((now, cid.to_string()));
-        *self.offer_counts.entry(cid.to_string()).or_default() += 1;
-        true
-    }
-
-    fn forget_oldest_offer(&mut self) {
-        if let Some((_, cid)) = self.offer_log.pop_front()
-            && let Some(n) = self.offer_counts.get_mut(&cid)
-        {
-            *n -= 1;
-            if *n == 0 {
-                self.offer_counts.remove(&cid);
-            }
-        }
-    }
-
-    fn forget_old_offers(&mut self, now: Instant) {
-        let window = self.limits.offer_window;
-        while self
-            .offer_log
-            .front()
-            .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= window)
-        {
-            self.forget_oldest_offer();
-        }
+        let (max, window) = (self.limits.max_offers, self.limits.offer_window);
+        self.offers.allow(now, cid, max, window)
     }
 
     fn on_offer(&mut self, now: Instant, cid: String, payload: &[u8]) -> Vec<Action> {
@@ -486,6 +574,10 @@ impl Signaling {
                 .into_iter()
                 .collect();
         }
+        let identity = offer_identity(&sdp);
+        if let Some(actions) = self.renegotiation(now, &cid, &identity, &sdp) {
+            return actions;
+        }
         match self.admit(now, cid.clone(), sdp, None) {
             Ok(actions) => actions,
             Err(refusal) => {
@@ -510,6 +602,7 @@ impl Signaling {
         sdp: String,
         whep: Option<Box<WhepSlot>>,
     ) -> Result<Vec<Action>, Refusal> {
+        let identity = offer_identity(&sdp);
         let replaced = self
             .sessions
             .get(&cid)
@@ -592,9 +685,12 @@ impl Signaling {
                 phase: Phase::Answering,
                 created: now,
                 connecting_since,
+                identity,
+                renegotiating: false,
                 local_pending: vec![],
                 remote_pending,
                 whep,
+                next_generation: vec![],
             },
         );
         actions.push(Action::Start {
@@ -605,6 +701,98 @@ impl Signaling {
             actions.push(self.status_action());
         }
         Ok(actions)
+    }
+
+    /// An offer on a CID whose session already answered an offer from the same peer connection
+    /// (same DTLS fingerprint, same `o=` session id) renegotiates that session: same peer
+    /// connection, same DTLS keys, same place among the viewers. `None`: it is not one.
+    fn renegotiation(
+        &mut self,
+        now: Instant,
+        cid: &str,
+        identity: &Option<OfferIdentity>,
+        sdp: &str,
+    ) -> Option<Vec<Action>> {
+        let identity = identity.as_ref()?;
+        let ttl = self.limits.orphan_ttl;
+        let max_held = self.limits.max_orphans;
+        let slot = self.sessions.get_mut(cid)?;
+        let same = slot
+            .identity
+            .as_ref()
+            .is_some_and(|current| current.same_peer(identity));
+        // Still answering the previous offer, or another peer connection: a replacement.
+        if slot.phase == Phase::Answering || slot.renegotiating || !same {
+            return None;
+        }
+        debug!(
+            cid,
+            ice_restart = slot
+                .identity
+                .as_ref()
+                .is_some_and(|c| c.ufrag != identity.ufrag),
+            "offer renegotiates the session"
+        );
+        slot.identity = Some(identity.clone());
+        slot.renegotiating = true;
+        // Candidates of this offer's generation that came first wait for its answer too.
+        let held = std::mem::take(&mut slot.next_generation);
+        for (at, ufrag, candidate) in held {
+            if ufrag == identity.ufrag
+                && now.saturating_duration_since(at) <= ttl
+                && slot.remote_pending.len() < max_held
+            {
+                slot.remote_pending.push(Some(candidate));
+            }
+        }
+        Some(vec![Action::Renegotiate {
+            key: SessionKey {
+                cid: cid.to_string(),
+                generation: slot.generation,
+            },
+            offer_sdp: sdp.to_string(),
+        }])
+    }
+
+    /// A viewer asks for ICE servers (docs/PROTOCOL.md, "ICE servers"): granted within the
+    /// per-CID and device-wide budgets, refused on the same topic otherwise.
+    fn on_ice_server_request(&mut self, now: Instant, cid: String, payload: &[u8]) -> Vec<Action> {
+        let topic = self.topics.ice_servers(&cid);
+        let refuse = |this: &mut Self, reply: Reply, message: String| {
+            this.reply_budget(now, reply, &cid)
+                .then(|| Action::Publish {
+                    topic: topic.clone(),
+                    payload: IceServersMsg::refused(ErrorCode::BadRequest, message).to_json(),
+                    retain: false,
+                    lossy: true,
+                })
+                .into_iter()
+                .collect()
+        };
+        if let Err(err) = parse_ice_servers_request(payload) {
+            return refuse(self, Reply::Noise, err.to_string());
+        }
+        let (max, window) = (
+            self.limits.max_ice_server_requests,
+            self.limits.offer_window,
+        );
+        if !self.ice_server_requests.allow(now, &cid, max, window) {
+            let message = format!(
+                "too many ICE-server requests: at most {max} per {} s on one CID",
+                window.as_secs()
+            );
+            return refuse(self, Reply::Noise, message);
+        }
+        if !self.ice_server_grants.try_take(now) {
+            let wait = self.ice_server_grants.wait(now);
+            let message = format!(
+                "too many ICE-server requests: the device grants at most {} per second; retry in {} ms",
+                self.limits.ice_server_grants.0,
+                wait.as_millis().max(1)
+            );
+            return refuse(self, Reply::Refusal, message);
+        }
+        vec![Action::GrantIceServers { cid, topic }]
     }
 
     fn on_candidate(&mut self, now: Instant, cid: String, payload: &[u8]) -> Vec<Action> {
@@ -624,12 +812,30 @@ impl Signaling {
             }
         };
         let max_per_cid = self.limits.max_orphans;
+        let ttl = self.limits.orphan_ttl;
         if let Some(slot) = self.sessions.get_mut(&cid) {
-            if slot.phase == Phase::Answering {
+            if slot.phase == Phase::Answering || slot.renegotiating {
                 if slot.remote_pending.len() < max_per_cid {
                     slot.remote_pending.push(candidate);
                 } else {
                     debug!(cid, "dropping candidate: too many before the answer");
+                }
+                return vec![];
+            }
+            if let Some(c) = &candidate
+                && let Some(ufrag) = slot.other_generation(c)
+            {
+                // Another ICE generation: held for a renegotiating offer that may follow.
+                let ufrag = ufrag.to_string();
+                slot.next_generation
+                    .retain(|(t, _, _)| now.saturating_duration_since(*t) <= ttl);
+                if slot.next_generation.len() < max_per_cid {
+                    slot.next_generation.push((now, ufrag, c.clone()));
+                } else {
+                    debug!(
+                        cid,
+                        "dropping candidate of another ICE generation: too many"
+                    );
                 }
                 return vec![];
             }
@@ -706,7 +912,10 @@ impl Signaling {
                 let Some(slot) = self.sessions.get_mut(cid) else {
                     return vec![];
                 };
-                slot.phase = Phase::Answered;
+                if slot.phase == Phase::Answering {
+                    slot.phase = Phase::Answered;
+                }
+                slot.renegotiating = false;
                 let local = std::mem::take(&mut slot.local_pending);
                 let remote = std::mem::take(&mut slot.remote_pending);
                 actions.extend(local.iter().map(|c| self.ice(cid, c)));
@@ -717,16 +926,25 @@ impl Signaling {
                 actions
             }
             PeerEvent::Failed { code, message } => {
-                self.sessions.remove(cid);
-                self.error(now, Reply::Refusal, cid, code, message)
+                // A renegotiation that failed ends a session that may have been connected.
+                let was_connected = self
+                    .sessions
+                    .remove(cid)
+                    .is_some_and(|s| s.phase == Phase::Connected);
+                let mut actions: Vec<Action> = self
+                    .error(now, Reply::Refusal, cid, code, message)
                     .into_iter()
-                    .collect()
+                    .collect();
+                if was_connected {
+                    actions.push(self.status_action());
+                }
+                actions
             }
             PeerEvent::LocalCandidate(candidate) => {
                 let Some(slot) = self.sessions.get_mut(cid) else {
                     return vec![];
                 };
-                if slot.phase == Phase::Answering {
+                if slot.phase == Phase::Answering || slot.renegotiating {
                     slot.local_pending.push(candidate);
                     vec![]
                 } else {
@@ -775,11 +993,14 @@ impl Signaling {
         }
     }
 
-    /// Time passes: close sessions that did not connect in time, forget stale held candidates.
+    /// Time passes: close sessions that did not connect in time (the peer timeout and
+    /// [`REAP_GRACE`]), forget stale held candidates.
     pub fn on_tick(&mut self, now: Instant) -> Vec<Action> {
         self.held.expire(now, self.limits.orphan_ttl);
-        self.forget_old_offers(now);
-        let timeout = self.limits.peer_timeout;
+        let window = self.limits.offer_window;
+        self.offers.forget_old(now, window);
+        self.ice_server_requests.forget_old(now, window);
+        let timeout = self.limits.peer_timeout + REAP_GRACE;
         let expired: Vec<String> = self
             .sessions
             .iter()
@@ -792,6 +1013,17 @@ impl Signaling {
         for cid in expired {
             if let Some(slot) = self.sessions.remove(&cid) {
                 debug!(cid, "session did not connect within the peer timeout");
+                let message = format!(
+                    "no connection within the peer timeout ({} s)",
+                    self.limits.peer_timeout.as_secs()
+                );
+                actions.extend(self.error(
+                    now,
+                    Reply::Refusal,
+                    &cid,
+                    ErrorCode::Unreachable,
+                    message,
+                ));
                 actions.push(Action::Close {
                     key: SessionKey {
                         cid,
@@ -1082,6 +1314,7 @@ mod tests {
             candidate: "candidate:1 1 udp 1 127.0.0.1 5000 typ host".into(),
             sdp_mid: Some("0".into()),
             sdp_mline_index: Some(0),
+            username_fragment: None,
         };
         assert!(
             m.on_peer_event(t0, &key, PeerEvent::LocalCandidate(Some(c.clone())))
@@ -1148,6 +1381,22 @@ mod tests {
         assert!(
             matches!(&actions[..], [Action::Candidate { key: k, candidate: Some(_) }] if *k == key)
         );
+    }
+
+    #[test]
+    fn candidates_held_while_answering_are_bounded() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        let key = started(&m.on_message(t0, "home/cam/offer/v1", OFFER));
+        for n in 0..1000 {
+            m.on_message(t0, "home/cam/ice/v1", &candidate(n));
+        }
+        let actions = m.on_peer_event(t0, &key, PeerEvent::Answered("v=0".into()));
+        let delivered = actions
+            .iter()
+            .filter(|a| matches!(a, Action::Candidate { .. }))
+            .count();
+        assert_eq!(delivered, Limits::default().max_orphans);
     }
 
     #[test]
@@ -1269,11 +1518,17 @@ mod tests {
         let fast = started(&m.on_message(t0, "home/cam/offer/fast", OFFER));
         m.on_peer_event(t0, &fast, PeerEvent::Answered("v=0".into()));
         m.on_peer_event(t0, &fast, PeerEvent::Connected);
-        assert!(m.on_tick(t0 + Duration::from_secs(29)).is_empty());
-        assert_eq!(
-            m.on_tick(t0 + Duration::from_secs(30)),
-            vec![Action::Close { key: slow }]
-        );
+        // The session ends itself at the peer timeout; this is the backstop.
+        assert!(m.on_tick(t0 + Duration::from_secs(30)).is_empty());
+        let actions = m.on_tick(t0 + Duration::from_secs(30) + REAP_GRACE);
+        assert_eq!(actions.len(), 2, "{actions:?}");
+        assert_eq!(actions[1], Action::Close { key: slow });
+        let Action::Publish { topic, payload, .. } = &actions[0] else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(topic, "home/cam/error/slow");
+        let error = crate::signaling::protocol::parse_error(payload).unwrap();
+        assert_eq!(error.code, ErrorCode::Unreachable);
         assert_eq!(m.sessions(), 1);
         assert_eq!(m.viewers(), 1);
     }
@@ -1416,7 +1671,7 @@ mod tests {
             spent.as_millis(),
             spent.as_secs_f64() * 1e6 / 100_000.0
         );
-        assert!(m.offer_log.len() <= MAX_RATE_TRACKED);
+        assert!(m.offers.tracked() <= MAX_RATE_TRACKED);
         assert_eq!(m.sessions(), Limits::default().max_connecting);
         connect(&mut m, t0, "viewer");
         assert_eq!(m.viewers(), 1);
@@ -1530,6 +1785,7 @@ mod tests {
             candidate: format!("candidate:{n} 1 udp 1 127.0.0.1 {n} typ host"),
             sdp_mid: Some("0".into()),
             sdp_mline_index: Some(0),
+            username_fragment: None,
         })
     }
 
@@ -1755,6 +2011,256 @@ mod tests {
                 m.on_message(later, &format!("home/cam/offer/c{i}"), OFFER)
                     .iter()
                     .any(|a| matches!(a, Action::Start { .. }))
+            })
+            .count();
+        assert_eq!(more, 10);
+    }
+
+    /// An offer as a peer connection makes it: `o=` session id, DTLS fingerprint, ICE ufrag.
+    fn offer_from(session_id: &str, fingerprint: &str, ufrag: &str) -> Vec<u8> {
+        let sdp = format!(
+            "v=0\r\no=- {session_id} 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+             a=fingerprint:sha-256 {fingerprint}\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\n\
+             a=ice-ufrag:{ufrag}\r\na=ice-pwd:pppppppppppppppppppppp\r\n"
+        );
+        SessionDescriptionMsg::offer(sdp).to_json()
+    }
+
+    fn candidate_of(n: u32, ufrag: &str) -> Vec<u8> {
+        format!(
+            r#"{{"candidate":"candidate:{n} 1 udp 1 10.0.0.{n} 5000 typ host generation 0 ufrag {ufrag}","sdpMid":"0","sdpMLineIndex":0,"usernameFragment":"{ufrag}"}}"#
+        )
+        .into_bytes()
+    }
+
+    fn delivered(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Candidate {
+                    candidate: Some(c), ..
+                } => Some(c.candidate.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_offer_from_the_same_peer_connection_renegotiates_the_session_in_place() {
+        let t0 = Instant::now();
+        let mut m = machine(1);
+        let key = started(&m.on_message(t0, "home/cam/offer/v1", &offer_from("42", "AA:BB", "u1")));
+        m.on_peer_event(t0, &key, PeerEvent::Answered("v=0 first".into()));
+        m.on_peer_event(t0, &key, PeerEvent::Connected);
+        assert_eq!(m.viewers(), 1);
+        // restartIce(): same session id and key, new ufrag. The session keeps its key, its place
+        // (even though max_viewers is reached) and is not closed.
+        let t1 = t0 + Duration::from_secs(60);
+        let actions = m.on_message(t1, "home/cam/offer/v1", &offer_from("42", "aa:bb", "u2"));
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        let Action::Renegotiate {
+            key: again,
+            offer_sdp,
+        } = &actions[0]
+        else {
+            panic!("{actions:?}")
+        };
+        assert_eq!(again, &key);
+        assert!(offer_sdp.contains("a=ice-ufrag:u2"));
+        assert_eq!((m.viewers(), m.sessions()), (1, 1));
+        // While it is being answered, candidates (of the new generation, or without a ufrag)
+        // wait for the answer, which is published before them.
+        assert!(
+            m.on_message(t1, "home/cam/ice/v1", &candidate_of(1, "u2"))
+                .is_empty()
+        );
+        assert!(
+            m.on_message(t1, "home/cam/ice/v1", &candidate(7))
+                .is_empty()
+        );
+        let actions = m.on_peer_event(t1, &key, PeerEvent::Answered("v=0 second".into()));
+        let out = published(&actions);
+        assert_eq!(out[0].0, "home/cam/answer/v1");
+        assert_eq!(out[0].1["sdp"], "v=0 second");
+        assert_eq!(delivered(&actions).len(), 2);
+        // Still the one connected viewer: no status change, no busy.
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::Publish { topic, .. } if topic.ends_with("/status")))
+        );
+        assert_eq!(m.viewers(), 1);
+        let later = m.on_message(t1, "home/cam/ice/v1", &candidate_of(2, "u2"));
+        assert_eq!(delivered(&later).len(), 1);
+    }
+
+    #[test]
+    fn an_offer_from_another_peer_connection_or_before_the_answer_replaces_the_session() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        let first = started(&m.on_message(t0, "home/cam/offer/v1", &offer_from("42", "AA", "u1")));
+        // Before the device answered: a replacement, whoever sent it.
+        let actions = m.on_message(t0, "home/cam/offer/v1", &offer_from("42", "AA", "u1"));
+        assert!(actions.contains(&Action::Close { key: first.clone() }));
+        let second = started(&actions);
+        m.on_peer_event(t0, &second, PeerEvent::Answered("v=0".into()));
+        m.on_peer_event(t0, &second, PeerEvent::Connected);
+        // Another DTLS key (a new peer connection), or another session id: a replacement.
+        for offer in [offer_from("42", "CC", "u3"), offer_from("43", "AA", "u3")] {
+            let current = SessionKey {
+                cid: "v1".into(),
+                generation: m.sessions["v1"].generation,
+            };
+            m.on_peer_event(t0, &current, PeerEvent::Answered("v=0".into()));
+            let actions = m.on_message(t0, "home/cam/offer/v1", &offer);
+            assert!(
+                actions.contains(&Action::Close { key: current }),
+                "{actions:?}"
+            );
+            started(&actions);
+        }
+        // An offer without an o= line cannot renegotiate.
+        let current = SessionKey {
+            cid: "v1".into(),
+            generation: m.sessions["v1"].generation,
+        };
+        m.on_peer_event(t0, &current, PeerEvent::Answered("v=0".into()));
+        started(&m.on_message(t0 + Duration::from_secs(20), "home/cam/offer/v1", OFFER));
+    }
+
+    #[test]
+    fn candidates_of_an_ice_restart_that_come_before_its_offer_are_kept_for_it() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        let key = started(&m.on_message(t0, "home/cam/offer/v1", &offer_from("42", "AA", "u1")));
+        m.on_peer_event(t0, &key, PeerEvent::Answered("v=0".into()));
+        m.on_peer_event(t0, &key, PeerEvent::Connected);
+        // Current generation: straight through.
+        assert_eq!(
+            delivered(&m.on_message(t0, "home/cam/ice/v1", &candidate_of(1, "u1"))).len(),
+            1
+        );
+        // The restart's candidates overtake its offer: held, not handed to the old generation.
+        assert!(
+            m.on_message(t0, "home/cam/ice/v1", &candidate_of(2, "u2"))
+                .is_empty()
+        );
+        assert!(
+            m.on_message(t0, "home/cam/ice/v1", &candidate_of(3, "u2"))
+                .is_empty()
+        );
+        // A stale generation's candidate is held too, and never applied.
+        assert!(
+            m.on_message(t0, "home/cam/ice/v1", &candidate_of(4, "u0"))
+                .is_empty()
+        );
+        let actions = m.on_message(t0, "home/cam/offer/v1", &offer_from("42", "AA", "u2"));
+        assert!(matches!(actions[0], Action::Renegotiate { .. }));
+        let after = m.on_peer_event(t0, &key, PeerEvent::Answered("v=0".into()));
+        let got = delivered(&after);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert!(got.iter().all(|c| c.ends_with("ufrag u2")));
+        // Held ones expire with the early-candidate hold time, and are bounded.
+        for n in 0..200 {
+            m.on_message(t0, "home/cam/ice/v1", &candidate_of(n, "u9"));
+        }
+        assert!(m.sessions["v1"].next_generation.len() <= Limits::default().max_orphans);
+        let late = t0 + Duration::from_secs(6);
+        m.on_message(late, "home/cam/ice/v1", &candidate_of(1, "u8"));
+        assert_eq!(m.sessions["v1"].next_generation.len(), 1);
+        let actions = m.on_message(late, "home/cam/offer/v1", &offer_from("42", "AA", "u9"));
+        assert!(matches!(actions[0], Action::Renegotiate { .. }));
+        assert!(
+            delivered(&m.on_peer_event(late, &key, PeerEvent::Answered("v=0".into()))).is_empty()
+        );
+    }
+
+    #[test]
+    fn a_renegotiation_that_fails_ends_the_session_and_frees_its_place() {
+        let t0 = Instant::now();
+        let mut m = machine(1);
+        let key = started(&m.on_message(t0, "home/cam/offer/v1", &offer_from("42", "AA", "u1")));
+        m.on_peer_event(t0, &key, PeerEvent::Answered("v=0".into()));
+        m.on_peer_event(t0, &key, PeerEvent::Connected);
+        m.on_message(t0, "home/cam/offer/v1", &offer_from("42", "AA", "u2"));
+        let actions = m.on_peer_event(
+            t0,
+            &key,
+            PeerEvent::Failed {
+                code: ErrorCode::BadRequest,
+                message: "renegotiating offer rejected".into(),
+            },
+        );
+        let out = published(&actions);
+        assert_eq!(out[0].0, "home/cam/error/v1");
+        assert_eq!(out[1].0, "home/cam/status");
+        assert_eq!(out[1].1["viewers"], 0);
+        assert_eq!(m.sessions(), 0);
+    }
+
+    #[test]
+    fn ice_server_requests_are_granted_within_bounds() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        assert_eq!(
+            m.on_message(t0, "home/cam/ice-servers/v1", b"{}"),
+            vec![Action::GrantIceServers {
+                cid: "v1".into(),
+                topic: "home/cam/ice-servers/v1".into()
+            }]
+        );
+        // Per CID: 5 per 10 s, then refused on the same topic (lossy, from the error budget).
+        for _ in 1..5 {
+            assert!(matches!(
+                m.on_message(t0, "home/cam/ice-servers/v1", b"{}")[0],
+                Action::GrantIceServers { .. }
+            ));
+        }
+        let actions = m.on_message(t0, "home/cam/ice-servers/v1", b"{}");
+        assert!(matches!(&actions[0], Action::Publish { lossy: true, .. }));
+        let out = published(&actions);
+        assert_eq!(out[0].0, "home/cam/ice-servers/v1");
+        assert_eq!(out[0].1["iceServers"], serde_json::json!([]));
+        assert_eq!(out[0].1["error"]["code"], "bad-request");
+        assert!(
+            out[0].1["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("at most 5 per 10 s")
+        );
+        let after = t0 + Duration::from_secs(10);
+        assert!(matches!(
+            m.on_message(after, "home/cam/ice-servers/v1", b"{}")[0],
+            Action::GrantIceServers { .. }
+        ));
+        // Bad requests: refused with the reason, nothing else changes.
+        for bad in [&b"nope"[..], b"[1]", &[b' '; 2000]] {
+            let out = published(&m.on_message(after, "home/cam/ice-servers/v2", bad));
+            assert_eq!(out[0].1["error"]["code"], "bad-request", "{out:?}");
+        }
+        assert_eq!(m.sessions(), 0);
+    }
+
+    #[test]
+    fn ice_server_grants_are_limited_device_wide() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        let granted = (0..100)
+            .filter(|i| {
+                matches!(
+                    m.on_message(t0, &format!("home/cam/ice-servers/c{i}"), b"{}")[..],
+                    [Action::GrantIceServers { .. }]
+                )
+            })
+            .count();
+        assert_eq!(granted, 20, "the burst");
+        let later = t0 + Duration::from_secs(1);
+        let more = (100..200)
+            .filter(|i| {
+                matches!(
+                    m.on_message(later, &format!("home/cam/ice-servers/c{i}"), b"{}")[..],
+                    [Action::GrantIceServers { .. }]
+                )
             })
             .count();
         assert_eq!(more, 10);

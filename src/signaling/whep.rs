@@ -155,6 +155,7 @@ pub fn parse_sdpfrag(body: &str) -> Result<SdpFrag, String> {
                 candidate: attribute.to_string(),
                 sdp_mid: mid.clone(),
                 sdp_mline_index: if mid.is_some() { None } else { mline },
+                username_fragment: None,
             });
         } else if attribute == "end-of-candidates" {
             frag.end_of_candidates = true;
@@ -331,6 +332,7 @@ mod tests {
             candidate: s.into(),
             sdp_mid: Some(mid.into()),
             sdp_mline_index: None,
+            username_fragment: None,
         };
         let out = with_candidates(
             sdp,

@@ -109,6 +109,8 @@ pub enum PipelineError {
 pub struct Video {
     opener: SourceOpener,
     bitrate_kbps: u32,
+    /// The bitrate rate control wants from the encoder, bits/s (0: none yet, keep `bitrate_kbps`).
+    target_bps: AtomicU64,
     keyframes: Mutex<KeyframeGate>,
     /// Keyframes encoded, periodic ones included.
     keyframes_encoded: AtomicU64,
@@ -151,6 +153,10 @@ impl Media for Video {
         encoder: &mut Box<dyn Encoder>,
         frame: Frame,
     ) -> Result<Option<EncodedFrame>, PipelineError> {
+        let target = self.target_bps.load(Ordering::Relaxed);
+        if target > 0 {
+            encoder.set_bitrate(target.min(u64::from(u32::MAX)) as u32);
+        }
         let force = lock(&self.keyframes).should_force(Instant::now());
         let encoded = encoder.encode(&frame, force)?;
         if let Some(encoded) = &encoded {
@@ -202,6 +208,7 @@ impl Hub {
         let pipeline = Pipeline::start(Video {
             opener,
             bitrate_kbps,
+            target_bps: AtomicU64::new(0),
             keyframes: Mutex::new(KeyframeGate::default()),
             keyframes_encoded: AtomicU64::new(0),
             controls,
@@ -225,6 +232,15 @@ impl Hub {
             waiting_for_keyframe: true,
             max_backlog_age: None,
         }
+    }
+
+    /// The bitrate the shared encoder aims at from its next frame on (rate control, from the
+    /// viewers' bandwidth estimates; [`crate::peer::bitrate`]).
+    pub fn set_target_bitrate(&self, bps: u64) {
+        self.pipeline
+            .media()
+            .target_bps
+            .store(bps, Ordering::Relaxed);
     }
 
     pub fn request_keyframe(&self, reason: KeyframeReason) {

@@ -51,6 +51,8 @@ pub struct Media {
     pub factory: PeerFactory,
     pub hub: Hub,
     pub audio: Option<AudioHub>,
+    /// The shared encoder's rate control: the SFU's link counts like a viewer's.
+    pub rate: crate::peer::bitrate::RateControl,
 }
 
 /// The running publisher.
@@ -172,6 +174,7 @@ async fn publish(
         media.factory.clone(),
         media.hub.clone(),
         media.audio.clone(),
+        media.rate.clone(),
         key,
         events_tx,
     );
@@ -255,6 +258,7 @@ async fn gather(
                     candidate: c.candidate,
                     sdp_mid: c.sdp_mid,
                     sdp_mline_index: c.sdp_mline_index,
+                    username_fragment: None,
                 })
             }
             Ok(Some((_, SessionEvent::LocalCandidate(None)))) => break true,

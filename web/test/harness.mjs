@@ -130,6 +130,7 @@ export class Spyglass {
       '--bitrate', '600',
       '--max-viewers', String(options.maxViewers ?? 4),
       '--rtc-bind', '127.0.0.1',
+      '--rtc-allow-loopback', 'on',
       '--mdns', 'off',
       '--http', `127.0.0.1:${s.httpPort}`,
       '--web-root', options.webRoot ?? distDir,

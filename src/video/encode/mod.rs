@@ -29,6 +29,13 @@ pub struct EncodedFrame {
     pub seq: u64,
     pub captured_at: SystemTime,
     pub instant: Instant,
+    /// The frame's temporal layer (0: the base layer, which every viewer gets; higher layers are
+    /// never referenced by lower ones, so a viewer can be sent layers `0..=n` only). 0 from an
+    /// encoder that makes one layer.
+    pub temporal_id: u8,
+    /// The frame's RTP payloads, made once for every viewer by the first one that sends it
+    /// (`peer::packetize`).
+    pub rtp_payloads: std::sync::OnceLock<Vec<Bytes>>,
 }
 
 /// Why an encoder could not be set up or could not encode a picture.
@@ -68,6 +75,13 @@ pub trait Encoder: Send {
         frame: &Frame,
         force_keyframe: bool,
     ) -> Result<Option<EncodedFrame>, EncodeError>;
+    /// Aim at `bps` from now on (rate control, from the viewers' bandwidth estimates). An
+    /// encoder that cannot change its rate keeps the one it was opened with.
+    fn set_bitrate(&mut self, _bps: u32) {}
+    /// The bitrate the encoder aims at, bits/s.
+    fn bitrate(&self) -> u32 {
+        0
+    }
 }
 
 /// One kind of encoder: its name and how it opens.
