@@ -1,16 +1,18 @@
-//! The daemon: wires the MQTT transport, the signaling state machine, the WebRTC sessions and the
-//! shared video hub together, and carries out what the state machine decides.
+//! The daemon: wires the MQTT transport, the WHEP endpoint, the signaling state machine, the
+//! WebRTC sessions and the shared video hub together, and carries out what the state machine
+//! decides.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 use webrtc::peer_connection::{RTCIceCandidateInit, RTCIceServer};
 
 use crate::VERSION;
 use crate::audio::hub::AudioHub;
 use crate::config::DaemonConfig;
+use crate::homeassistant::{self, HomeAssistant};
 use crate::mqtt::{self, Mqtt, MqttEvent, MqttSettings};
 use crate::peer::bitrate::{self, BitrateRange, RateControl};
 use crate::peer::candidates::RemotePolicy;
@@ -21,9 +23,12 @@ use crate::signaling::protocol::{
     VideoStatus, offline_status_json,
 };
 use crate::signaling::sessions::{Action, Limits, PeerEvent, SessionKey, Signaling};
+use crate::signaling::whep::{WhepError, ice_server_link};
 use crate::turn_rest::{IceServerGrant, TurnSecret};
 use crate::video::hub::{Hub, VideoState};
 use crate::web::{self, WebSettings};
+use crate::whep::{self as whep_http, WhepSettings};
+use crate::whip::{self, Publisher, WhipSettings};
 
 /// Threads the async runtime may start for blocking work (file reads for the viewer page,
 /// viewers' snapshot and control requests, which also wait for the hub's request workers);
@@ -80,6 +85,21 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         ..Limits::default()
     };
     let mut core = Signaling::new(topics.clone(), limits, status);
+    // The WHEP endpoint, only with a token (docs/SECURITY.md, "WHEP").
+    let (whep, mut whep_requests) = match (&cfg.whep_token, cfg.http) {
+        (Some(token), Some(_)) => {
+            let (endpoint, requests) = whep_http::Endpoint::new(WhepSettings {
+                token: token.clone(),
+                links: cfg
+                    .stun
+                    .iter()
+                    .map(|url| ice_server_link(url, None))
+                    .collect(),
+            });
+            (Some(endpoint), Some(requests))
+        }
+        _ => (None, None),
+    };
     // The viewer page; kept alive until the daemon returns.
     let _web = match cfg.http {
         Some(bind) => Some(
@@ -89,6 +109,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 id: cfg.id.clone(),
                 broker: cfg.web_broker_url.clone(),
                 max_connections: cfg.http_max_connections as usize,
+                whep,
                 stun: cfg.stun.clone(),
             })
             .await?,
@@ -96,6 +117,12 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         None => None,
     };
     let offline = offline_status_json();
+    // Home Assistant discovery and snapshots, only when asked for.
+    let home_assistant = cfg.homeassistant.then(|| HomeAssistant::new(&cfg));
+    let mut subscriptions = topics.device_filters().to_vec();
+    if let Some(ha) = &home_assistant {
+        subscriptions.push(ha.request_topic());
+    }
     let mut conn = mqtt::connect(MqttSettings {
         host: cfg.mqtt.host.clone(),
         port: cfg.mqtt.port,
@@ -108,11 +135,39 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         username: cfg.username.clone(),
         password: cfg.password.clone(),
         will: Some((topics.status(), offline.clone())),
-        subscriptions: topics.device_filters().to_vec(),
+        subscriptions,
         transport: mqtt::MqttTransport::new(&cfg.mqtt, &cfg.tls),
     })?;
     info!(id = %cfg.id, broker = %cfg.mqtt, video = %cfg.video.source, "spyglass {VERSION} starting");
 
+    let snapshot_requests = home_assistant.as_ref().map(|ha| {
+        let (requests, incoming) = mpsc::channel(homeassistant::REQUEST_QUEUE);
+        tokio::spawn(homeassistant::snapshots(
+            ha.clone(),
+            hub.clone(),
+            conn.client.clone(),
+            incoming,
+        ));
+        (ha.request_topic(), requests)
+    });
+    // Publishing to an SFU over WHIP, when asked for.
+    let (whip_status_tx, mut whip_status) = watch::channel(None);
+    let publisher = match &cfg.whip {
+        Some(endpoint) => Some(Publisher::start(
+            WhipSettings {
+                endpoint: url::Url::parse(endpoint)?,
+                token: cfg.whip_token.clone(),
+            },
+            whip::Media {
+                factory: factory.clone(),
+                hub: hub.clone(),
+                audio: audio.clone(),
+                rate: rate.clone(),
+            },
+            whip_status_tx,
+        )),
+        None => None,
+    };
     let (session_tx, mut session_rx) = mpsc::unbounded_channel::<(SessionKey, SessionEvent)>();
     let mut exec = Executor {
         mqtt: conn.client.clone(),
@@ -122,6 +177,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         rate,
         session_tx,
         sessions: HashMap::new(),
+        whep_replies: HashMap::new(),
+        abandoned: Vec::new(),
         grant,
     };
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -142,6 +199,11 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                     }
                     let action = core.status_action();
                     exec.run(vec![action]).await;
+                    if let Some(ha) = &home_assistant {
+                        for (topic, payload) in ha.discovery() {
+                            exec.mqtt.publish(topic, payload, true).await;
+                        }
+                    }
                     notifier.ready();
                     notifier.status("online");
                 }
@@ -152,6 +214,13 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                     }
                 }
                 Some(MqttEvent::Message { topic, payload }) => {
+                    if let Some((request_topic, requests)) = &snapshot_requests
+                        && topic == *request_topic
+                    {
+                        // A full queue means snapshots are under way: this one is not needed.
+                        let _ = requests.try_send(());
+                        continue;
+                    }
                     let actions = core.on_message(Instant::now(), &topic, &payload);
                     exec.run(actions).await;
                 }
@@ -160,6 +229,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             Some((key, event)) = session_rx.recv() => {
                 let event = match event {
                     SessionEvent::Answered(sdp) => PeerEvent::Answered(sdp),
+                    // Only the WHIP publisher's session offers; it reports to the publisher.
+                    SessionEvent::Offered(_) => continue,
                     SessionEvent::Failed(err) => {
                         exec.sessions.remove(&key);
                         let (code, message) = match err {
@@ -186,12 +257,28 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                     }
                     SessionEvent::Closed(_) => {
                         exec.sessions.remove(&key);
+                        // A WHEP request still waiting for this session's answer gets 503.
+                        exec.whep_replies.remove(&key.cid);
                         PeerEvent::Closed
                     }
                 };
                 let actions = core.on_peer_event(Instant::now(), &key, event);
                 exec.run(actions).await;
+                exec.end_abandoned(&mut core).await;
             },
+            Some(request) = async {
+                match whep_requests.as_mut() {
+                    Some(requests) => requests.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                exec.on_whep_request(&mut core, request).await;
+            }
+            Ok(()) = whip_status.changed() => {
+                let report = whip_status.borrow_and_update().clone();
+                let action = core.set_whip(report);
+                exec.run(vec![action]).await;
+            }
             Ok(()) = video_state.changed() => {
                 let state = match &*video_state.borrow_and_update() {
                     VideoState::Idle => MediaState::Idle,
@@ -214,6 +301,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 let actions = core.on_tick(Instant::now());
                 exec.run(actions).await;
+                exec.end_abandoned(&mut core).await;
                 // A session whose task died (a panic) never says so: count it out here.
                 for (key, handle) in session::take_unreported(&mut exec.sessions) {
                     let fault = handle.fault().await;
@@ -233,6 +321,12 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     }
     info!("stopping");
     notifier.stopping();
+    // The SFU's resource is deleted while the viewers' sessions close.
+    let unpublished = tokio::spawn(async move {
+        if let Some(publisher) = publisher {
+            publisher.stop().await;
+        }
+    });
     for handle in exec.sessions.values() {
         handle.close();
     }
@@ -258,6 +352,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             "sessions closed"
         );
     }
+    let _ = unpublished.await;
     hub.shutdown();
     if let Some(audio) = &audio {
         audio.shutdown();
@@ -355,6 +450,10 @@ struct Executor {
     rate: RateControl,
     session_tx: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
     sessions: HashMap<SessionKey, SessionHandle>,
+    /// WHEP requests waiting for their session's answer, by session name.
+    whep_replies: HashMap<String, oneshot::Sender<Result<String, WhepError>>>,
+    /// WHEP resources whose viewer left before the answer reached it.
+    abandoned: Vec<String>,
     grant: IceServerGrant,
 }
 
@@ -409,7 +508,75 @@ impl Executor {
                     if let Some(handle) = self.sessions.remove(&key) {
                         handle.close();
                     }
+                    self.whep_replies.remove(&key.cid);
                 }
+                Action::WhepAnswer { key, sdp } => {
+                    let delivered = self
+                        .whep_replies
+                        .remove(&key.cid)
+                        .is_some_and(|reply| reply.send(Ok(sdp)).is_ok());
+                    if !delivered && let Some(id) = key.whep_id() {
+                        self.abandoned.push(id.to_string());
+                    }
+                }
+                Action::WhepFailed { key, code, message } => {
+                    if let Some(reply) = self.whep_replies.remove(&key.cid) {
+                        let _ = reply.send(Err(WhepError::AnswerFailed { code, message }));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A request from the WHEP endpoint: the signaling core decides, the reply goes back (an
+    /// offer's answer later, as [`Action::WhepAnswer`]).
+    async fn on_whep_request(&mut self, core: &mut Signaling, request: whep_http::Request) {
+        let now = Instant::now();
+        match request {
+            whep_http::Request::Offer { id, sdp, reply } => match core.whep_offer(now, &id, sdp) {
+                Ok(actions) => {
+                    self.whep_replies
+                        .insert(crate::signaling::whep::session_name(&id), reply);
+                    self.run(actions).await;
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
+            whep_http::Request::Patch {
+                id,
+                if_match,
+                frag,
+                reply,
+            } => {
+                let result = core.whep_patch(now, &id, if_match.as_deref(), frag);
+                let _ = reply.send(match result {
+                    Ok(actions) => {
+                        self.run(actions).await;
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
+                });
+            }
+            whep_http::Request::Delete { id, reply } => {
+                let _ = reply.send(match core.whep_delete(&id) {
+                    Ok(actions) => {
+                        self.run(actions).await;
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
+                });
+            }
+        }
+    }
+
+    /// End the WHEP sessions whose viewer went away before its answer arrived (its request
+    /// timed out or its connection closed): they would hold a connecting place for nothing.
+    async fn end_abandoned(&mut self, core: &mut Signaling) {
+        for id in std::mem::take(&mut self.abandoned) {
+            if let Ok(actions) = core.whep_delete(&id) {
+                tracing::debug!(id, "WHEP viewer left before its answer: session ended");
+                self.run(actions).await;
             }
         }
     }

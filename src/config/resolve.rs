@@ -19,14 +19,12 @@ use crate::video::VideoSpec;
 use super::args::{Cli, DaemonOptions, SelftestArgs, Sub, ViewArgs};
 use super::credentials::{self, TlsOption, mqtt_password, mqtt_tls, read_secret};
 use super::file::{self, FileValues};
-use super::{ConfigError, DEFAULT_MIN_BITRATE_KBPS, DEFAULT_WEB_ROOT, PASSWORD_ENV};
+use super::{ConfigError, DEFAULT_MIN_BITRATE_KBPS, DEFAULT_WEB_ROOT, MIN_WHEP_TOKEN_LEN, PASSWORD_ENV};
 
 /// What to do, fully resolved and validated.
+// Two variants hold a `DaemonConfig`, so none is much larger than all the others (clippy's
+// `large_enum_variant` compares the largest with the second); made once per process anyway.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "made once per process, and matched by value"
-)]
 pub enum Command {
     /// No subcommand: run the daemon.
     Daemon(DaemonConfig),
@@ -36,6 +34,9 @@ pub enum Command {
     View(ViewConfig),
     /// `spyglass selftest`: capture, encode, packetize, depacketize, decode, check, report.
     Selftest(SelftestConfig),
+    /// `spyglass homeassistant --remove`: delete the device's Home Assistant discovery entries
+    /// (and its retained snapshot) from the broker the daemon's options name, and exit.
+    HomeAssistantRemove(DaemonConfig),
 }
 
 /// Everything the daemon needs: every option as the user chose it ([`DaemonOptions`], read
@@ -62,6 +63,10 @@ pub struct DaemonConfig {
     /// Set (with `turn_password`) whenever `turn` is not empty.
     pub turn_username: Option<String>,
     pub turn_password: Option<Secret>,
+    /// The WHEP endpoint's bearer token (`--whep-token-file`); `None`: no WHEP endpoint.
+    pub whep_token: Option<Secret>,
+    /// The bearer token for `--whip` (`--whip-token-file`).
+    pub whip_token: Option<Secret>,
     /// coturn's `static-auth-secret` (`--turn-secret-file`): the device makes time-limited
     /// credentials from it for its own TURN servers and for viewers (src/turn_rest.rs). Never
     /// set together with `turn_username`/`turn_password`.
@@ -184,6 +189,17 @@ where
         Some(Sub::Devices) => Ok(Command::Devices),
         Some(Sub::View(args)) => resolve_view(args, env).map(Command::View),
         Some(Sub::Selftest(args)) => Ok(Command::Selftest(resolve_selftest(args))),
+        Some(Sub::HomeAssistant(args)) => {
+            debug_assert!(args.remove);
+            // The subcommand's own command and matches: the file's keys replace its defaults.
+            let (Some(sub), Some((_, mut sub_matches))) = (
+                cli.find_subcommand_mut("homeassistant"),
+                matches.remove_subcommand(),
+            ) else {
+                return Err(ConfigError::Invalid("homeassistant: no subcommand".into()));
+            };
+            daemon_config(sub, &mut sub_matches, args.daemon, env).map(Command::HomeAssistantRemove)
+        }
     }
 }
 
@@ -306,6 +322,37 @@ fn resolve_daemon(
         None => None,
     };
     secret_files.extend(tls.key.clone().map(|p| ("MQTT private key", p)));
+    let whep_token = match &options.whep_token_file {
+        Some(path) => {
+            let token = read_secret(path, "WHEP token")?;
+            if token.chars().count() < MIN_WHEP_TOKEN_LEN
+                || token.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "{} {}: the token must be at least {MIN_WHEP_TOKEN_LEN} characters without \
+                     spaces (e.g. `openssl rand -hex 32`)",
+                    origins.name("whep-token-file"),
+                    path.display(),
+                )));
+            }
+            secret_files.push(("WHEP token", path.clone()));
+            Some(token)
+        }
+        None => None,
+    };
+    let whip_token = match &options.whip_token_file {
+        Some(_) if options.whip.is_none() => {
+            return Err(ConfigError::Invalid(
+                "--whip-token-file needs --whip (the endpoint the token is for)".into(),
+            ));
+        }
+        Some(path) => {
+            let token = read_secret(path, "WHIP token")?;
+            secret_files.push(("WHIP token", path.clone()));
+            Some(token)
+        }
+        None => None,
+    };
     if turn_secret.is_some() && (turn_username.is_some() || turn_password.is_some()) {
         return Err(ConfigError::Invalid(
             "--turn-secret-file replaces --turn-username and --turn-password-file: the device \
@@ -369,6 +416,8 @@ fn resolve_daemon(
         max_bitrate_kbps,
         turn_username,
         turn_password,
+        whep_token,
+        whip_token,
         turn_secret,
         viewer_turn,
         web_root,

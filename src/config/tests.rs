@@ -1604,3 +1604,79 @@ fn packaged_config_file_parses_with_every_key_uncommented() {
         );
     }
 }
+
+#[test]
+fn the_standards_options_and_their_checks() {
+    let scratch = Scratch::new();
+    let token = scratch.file("whep-token", "0123456789abcdef0123\n");
+    let short = scratch.file("short", "abc\n");
+    let c = daemon(&["--whep-token-file", token.to_str().unwrap()]).unwrap();
+    assert_eq!(c.whep_token.as_deref(), Some("0123456789abcdef0123"));
+    assert!(format!("{c:?}").contains("<redacted>"));
+    assert!(c.secret_files.iter().any(|(what, _)| *what == "WHEP token"));
+    let err = daemon(&["--whep-token-file", short.to_str().unwrap()]).unwrap_err();
+    assert!(err.to_string().contains("at least 16 characters"), "{err}");
+    let err = daemon(&["--whip-token-file", token.to_str().unwrap()]).unwrap_err();
+    assert!(err.to_string().contains("needs --whip"), "{err}");
+    let c = daemon(&[
+        "--whip",
+        "https://sfu.example.org/whip/cam",
+        "--whip-token-file",
+        token.to_str().unwrap(),
+    ])
+    .unwrap();
+    assert_eq!(c.whip.as_deref(), Some("https://sfu.example.org/whip/cam"));
+    assert!(daemon(&["--whip", "ftp://x"]).is_err());
+    // Home Assistant: off by default; interval 0 or 10..=86400; a prefix is a topic prefix.
+    let c = daemon(&[]).unwrap();
+    assert!(!c.homeassistant);
+    assert_eq!(
+        (c.homeassistant_prefix.as_str(), c.homeassistant_interval),
+        ("homeassistant", 60)
+    );
+    for bad in ["5", "86401", "x"] {
+        let e = usage_error(daemon(&["--homeassistant-interval", bad]));
+        assert!(
+            e.to_string().contains("0 or an integer from 10 to 86400"),
+            "{e}"
+        );
+    }
+    assert!(daemon(&["--homeassistant-prefix", "home/+"]).is_err());
+    let (_s, _p, c) = with_file(
+        "homeassistant = true\nhomeassistant-interval = 0\nhomeassistant-prefix = \"ha\"\n",
+        &[],
+    );
+    let c = c.unwrap();
+    assert_eq!(
+        (
+            c.homeassistant,
+            c.homeassistant_interval,
+            c.homeassistant_prefix.as_str()
+        ),
+        (true, 0, "ha")
+    );
+}
+
+#[test]
+fn homeassistant_remove_takes_the_daemons_options_and_its_config_file() {
+    let scratch = Scratch::new();
+    let path = scratch.file(
+        "spyglass.toml",
+        "id = \"garage/cam1\"\nhomeassistant-prefix = \"ha\"\n",
+    );
+    let argv = [
+        "spyglass",
+        "homeassistant",
+        "--remove",
+        "--config",
+        path.to_str().unwrap(),
+    ];
+    match load_with(argv, &env()).unwrap() {
+        Command::HomeAssistantRemove(c) => {
+            assert_eq!(c.id, "garage/cam1");
+            assert_eq!(c.homeassistant_prefix, "ha");
+        }
+        other => panic!("expected homeassistant --remove, got {other:?}"),
+    }
+    assert!(load_with(["spyglass", "homeassistant"], &env()).is_err());
+}

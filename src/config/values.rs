@@ -253,6 +253,59 @@ text_kinds! {
     WebBrokerUrl: String = "a ws:// or wss:// URL", web_broker_url;
     /// A tracing `EnvFilter` directive.
     LogFilter: String = "a log filter string", log_filter;
+    /// A WHIP endpoint: an http:// or https:// URL with a host.
+    WhipUrl: String = "an http:// or https:// URL", whip_url;
+    /// An MQTT topic prefix (levels as in a device id).
+    TopicPrefix: String = "a topic prefix", topic_prefix;
+}
+
+/// Seconds between snapshots: 0 (none but those asked for), or 10 to 86400.
+pub struct SnapshotInterval;
+
+impl SnapshotInterval {
+    fn check(n: i64) -> Result<u32, String> {
+        match u32::try_from(n) {
+            Ok(n) if n == 0 || (10..=86_400).contains(&n) => Ok(n),
+            _ => Err(format!("expected {}, got {n}", Self::expected())),
+        }
+    }
+}
+
+impl Kind for SnapshotInterval {
+    type Value = u32;
+
+    fn expected() -> Cow<'static, str> {
+        "0 or an integer from 10 to 86400".into()
+    }
+
+    fn parse(text: &str) -> Result<u32, String> {
+        match text.trim().parse::<i64>() {
+            Ok(n) => Self::check(n),
+            Err(_) => Err(format!("expected {}, got {text:?}", Self::expected())),
+        }
+    }
+
+    fn from_toml(value: toml::Value) -> Result<u32, String> {
+        match value {
+            toml::Value::Integer(n) => Self::check(n),
+            toml::Value::String(text) => Self::parse(&text),
+            other => Err(wrong_type(&Self::expected(), &other)),
+        }
+    }
+}
+
+fn whip_url(s: &str) -> Result<String, String> {
+    match url::Url::parse(s) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => Ok(s.to_owned()),
+        _ => Err(format!(
+            "expected an http:// or https:// URL of a WHIP endpoint, got {s:?}"
+        )),
+    }
+}
+
+fn topic_prefix(s: &str) -> Result<String, String> {
+    validate_uid(s).map_err(|e| e.to_string())?;
+    Ok(s.to_owned())
 }
 
 fn device_id(s: &str) -> Result<String, String> {

@@ -119,7 +119,7 @@ pub enum MqttEvent {
 pub struct Mqtt {
     client: AsyncClient,
     outbox: mpsc::Sender<(String, Vec<u8>, bool)>,
-    lossy: mpsc::Sender<(String, Vec<u8>)>,
+    lossy: mpsc::Sender<(String, Vec<u8>, bool)>,
 }
 
 /// Messages waiting to be handed to the MQTT client. Publishing never blocks the caller: the
@@ -196,7 +196,7 @@ pub fn connect(settings: MqttSettings) -> anyhow::Result<MqttConnection> {
         tx,
     ));
     let (outbox, pending) = mpsc::channel::<(String, Vec<u8>, bool)>(OUTBOX_DEPTH);
-    let (lossy, lossy_pending) = mpsc::channel::<(String, Vec<u8>)>(LOSSY_DEPTH);
+    let (lossy, lossy_pending) = mpsc::channel::<(String, Vec<u8>, bool)>(LOSSY_DEPTH);
     tokio::spawn(hand_over(client.clone(), pending, lossy_pending));
     Ok(MqttConnection {
         client: Mqtt {
@@ -215,7 +215,7 @@ pub fn connect(settings: MqttSettings) -> anyhow::Result<MqttConnection> {
 async fn hand_over(
     client: AsyncClient,
     mut pending: mpsc::Receiver<(String, Vec<u8>, bool)>,
-    mut lossy: mpsc::Receiver<(String, Vec<u8>)>,
+    mut lossy: mpsc::Receiver<(String, Vec<u8>, bool)>,
 ) {
     loop {
         tokio::select! {
@@ -228,8 +228,8 @@ async fn hand_over(
                 }
             }
             message = lossy.recv() => {
-                let Some((topic, payload)) = message else { return };
-                if client.try_publish(topic.clone(), QoS::AtLeastOnce, false, payload).is_err() {
+                let Some((topic, payload, retain)) = message else { return };
+                if client.try_publish(topic.clone(), QoS::AtLeastOnce, retain, payload).is_err() {
                     debug!(topic, "MQTT client busy: lossy message dropped");
                 }
             }
@@ -284,6 +284,12 @@ async fn drive(
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
                 debug!("MQTT disconnect sent");
+                // Read on until the broker closes the connection: closing it with the broker's
+                // acknowledgements unread resets it, and a reset makes the broker drop what it
+                // has not read yet (Mosquitto 2.0.11 lost the last of five publishes sent just
+                // before a disconnect this way).
+                let drain = async { while eventloop.poll().await.is_ok() {} };
+                let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
                 return;
             }
             Ok(_) => {}
@@ -353,17 +359,23 @@ impl Mqtt {
     /// Publish at QoS 1 (not retained) if the connection has time for it: only when no message
     /// from [`Mqtt::publish`] waits, and dropped when [`LOSSY_DEPTH`] lossy ones already wait.
     pub fn publish_lossy(&self, topic: String, payload: Vec<u8>) {
-        if self.lossy.try_send((topic, payload)).is_err() {
+        self.publish_when_idle(topic, payload, false);
+    }
+
+    /// [`Mqtt::publish_lossy`] for bulky messages that must not hold up signaling (Home
+    /// Assistant's snapshots), retained or not.
+    pub fn publish_when_idle(&self, topic: String, payload: Vec<u8>, retain: bool) {
+        if self.lossy.try_send((topic, payload, retain)).is_err() {
             debug!("MQTT lossy outbox full: message dropped");
         }
     }
 }
 
 impl MqttConnection {
-    /// Publish a last message (e.g. the offline status), disconnect cleanly, and wait (a short
-    /// while) for the event loop to send both.
-    pub async fn close(mut self, last: Option<(String, Vec<u8>)>) {
-        if let Some((topic, payload)) = last {
+    /// Publish last messages, retained (e.g. the offline status), disconnect cleanly, and wait
+    /// (a short while) for the event loop to send them all.
+    pub async fn close(mut self, last: impl IntoIterator<Item = (String, Vec<u8>)>) {
+        for (topic, payload) in last {
             // Directly, behind whatever the outbox has handed over already.
             let _ = self
                 .client

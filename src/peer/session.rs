@@ -25,6 +25,11 @@
 //! tagged with its [`SessionKey`], and takes commands through its [`SessionHandle`], which also
 //! tells its owner when the task ended without its final event (a panic). The viewer's remote
 //! candidates reach webrtc only through the session's [`CandidateGate`].
+//!
+//! The same session also publishes to an SFU over WHIP ([`start_offer`]): then the device makes
+//! the offer (sendonly video, and audio when it has a microphone) and is given the answer; the
+//! media, the rate control, the keyframe requests and the end of the connection are handled as
+//! for a viewer.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -65,6 +70,7 @@ use crate::audio::CHUNK_DURATION;
 use crate::audio::hub::{AudioHub, AudioSubscription};
 use crate::signaling::SessionKey;
 use crate::video::hub::{Hub, KeyframeReason, Subscription};
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
 
 /// Why an offer could not be answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +88,9 @@ pub enum AnswerError {
 pub enum SessionEvent {
     /// The answer SDP, to send to the viewer (again after each renegotiation).
     Answered(String),
+    /// The offer SDP (a session started with [`start_offer`]); its answer goes to
+    /// [`SessionHandle::set_answer`].
+    Offered(String),
     /// The offer (or a renegotiating one) could not be answered; the session has ended.
     Failed(AnswerError),
     /// A local ICE candidate to trickle to the viewer; `None` is the end of candidates.
@@ -98,6 +107,7 @@ pub enum SessionEvent {
 enum Command {
     AddCandidate(Option<RTCIceCandidateInit>),
     Renegotiate(String),
+    RemoteAnswer(String),
     Close,
 }
 
@@ -141,6 +151,11 @@ impl SessionHandle {
 
     pub fn close(&self) {
         let _ = self.commands.send(Command::Close);
+    }
+
+    /// The remote answer to this session's offer ([`start_offer`]).
+    pub fn set_answer(&self, sdp: String) {
+        let _ = self.commands.send(Command::RemoteAnswer(sdp));
     }
 
     /// The session's task is over without having sent its final event: it panicked (or was
@@ -209,13 +224,50 @@ pub fn start(
     offer_sdp: String,
     events: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
 ) -> SessionHandle {
+    spawn_session(
+        factory,
+        Media { hub, audio, rate },
+        key,
+        Role::Answer(offer_sdp),
+        events,
+    )
+}
+
+/// Start a session that makes the offer (publishing to an SFU): events go to `events`, the
+/// first being [`SessionEvent::Offered`].
+pub fn start_offer(
+    factory: PeerFactory,
+    hub: Hub,
+    audio: Option<AudioHub>,
+    rate: RateControl,
+    key: SessionKey,
+    events: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
+) -> SessionHandle {
+    spawn_session(factory, Media { hub, audio, rate }, key, Role::Offer, events)
+}
+
+/// Which side of the offer/answer a session takes.
+enum Role {
+    /// Answer a viewer's offer.
+    Answer(String),
+    /// Offer, and be given the answer.
+    Offer,
+}
+
+fn spawn_session(
+    factory: PeerFactory,
+    media: Media,
+    key: SessionKey,
+    role: Role,
+    events: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
+) -> SessionHandle {
     let (commands, command_rx) = mpsc::unbounded_channel();
     let queued = Arc::new(AtomicUsize::new(0));
     let session = run(
         factory,
-        Media { hub, audio, rate },
+        media,
         key.clone(),
-        offer_sdp,
+        role,
         events.clone(),
         command_rx,
         Arc::clone(&queued),
@@ -317,6 +369,62 @@ struct AudioSend {
     payload_type: u8,
 }
 
+/// The camera's track, stream `spyglass` (clients such as picamera.js need a stream id), SSRC
+/// `ssrc`. Packets come ready-made from the packetizer shared by every viewer (`packetize`); RTX,
+/// when the peer negotiates it, goes out on its own SSRC (`retransmit`).
+fn video_track(ssrc: u32) -> Arc<TrackLocalStaticRTP> {
+    let codec = h264_codecs().remove(0).rtp_codec;
+    Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        "spyglass".to_string(),
+        "video".to_string(),
+        "camera".to_string(),
+        RtpCodecKind::Video,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                rtx: Some(RTCRtpRtxParameters {
+                    ssrc: ssrc.wrapping_add(1),
+                }),
+                ..Default::default()
+            },
+            codec,
+            ..Default::default()
+        }],
+    )))
+}
+
+/// The microphone's track, in the same stream as the camera's.
+fn audio_track(ssrc: u32) -> Result<Arc<TrackLocalStaticSample>, webrtc::error::Error> {
+    Ok(Arc::new(TrackLocalStaticSample::new(
+        Instant::now(),
+        MediaStreamTrack::new(
+            "spyglass".to_string(),
+            "audio".to_string(),
+            "microphone".to_string(),
+            RtpCodecKind::Audio,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: opus_codec().rtp_codec,
+                ..Default::default()
+            }],
+        ),
+    )?))
+}
+
+/// Our transceivers for a viewer's offer start sendrecv: the offer's m-lines are matched to
+/// transceivers whose direction fits theirs (webrtc 0.21 `set_remote_description`: a recvonly
+/// m-line takes sendonly or sendrecv, a sendrecv one recvonly or sendrecv), and clients such as
+/// picamera.js offer audio sendrecv (their microphone). Set to sendonly before the answer.
+fn matches_any_offer() -> Option<RTCRtpTransceiverInit> {
+    Some(RTCRtpTransceiverInit {
+        direction: RTCRtpTransceiverDirection::Sendrecv,
+        ..Default::default()
+    })
+}
+
 fn sendonly() -> Option<RTCRtpTransceiverInit> {
     Some(RTCRtpTransceiverInit {
         direction: RTCRtpTransceiverDirection::Sendonly,
@@ -383,68 +491,42 @@ async fn answer(
         .await
         .map_err(|e| internal("peer connection", &e))?;
     let ssrc: u32 = rand::random();
-    let codec = h264_codecs().remove(0).rtp_codec;
-    // Packets come ready-made from the packetizer shared by every viewer (`packetize`); RTX,
-    // when the viewer negotiates it, goes out on its own SSRC (`retransmit`).
-    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-        "spyglass".to_string(),
-        "video".to_string(),
-        "camera".to_string(),
-        RtpCodecKind::Video,
-        vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters {
-                ssrc: Some(ssrc),
-                rtx: Some(RTCRtpRtxParameters {
-                    ssrc: ssrc.wrapping_add(1),
-                }),
-                ..Default::default()
-            },
-            codec,
-            ..Default::default()
-        }],
-    )));
+    let track = video_track(ssrc);
     let audio_ssrc: u32 = rand::random();
     let audio_track = if with_audio {
-        Some(Arc::new(
-            TrackLocalStaticSample::new(
-                Instant::now(),
-                MediaStreamTrack::new(
-                    "spyglass".to_string(),
-                    "audio".to_string(),
-                    "microphone".to_string(),
-                    RtpCodecKind::Audio,
-                    vec![RTCRtpEncodingParameters {
-                        rtp_coding_parameters: RTCRtpCodingParameters {
-                            ssrc: Some(audio_ssrc),
-                            ..Default::default()
-                        },
-                        codec: opus_codec().rtp_codec,
-                        ..Default::default()
-                    }],
-                ),
-            )
-            .map_err(|e| internal("audio track", &e))?,
-        ))
+        Some(audio_track(audio_ssrc).map_err(|e| internal("audio track", &e))?)
     } else {
         None
     };
     let result = async {
         let transceiver = pc
-            .add_transceiver_from_track(Arc::clone(&track) as Arc<dyn TrackLocal>, sendonly())
+            .add_transceiver_from_track(
+                Arc::clone(&track) as Arc<dyn TrackLocal>,
+                matches_any_offer(),
+            )
             .await
             .map_err(|e| internal("video transceiver", &e))?;
         let audio_transceiver = match &audio_track {
             Some(t) => Some(
-                pc.add_transceiver_from_track(Arc::clone(t) as Arc<dyn TrackLocal>, sendonly())
-                    .await
-                    .map_err(|e| internal("audio transceiver", &e))?,
+                pc.add_transceiver_from_track(
+                    Arc::clone(t) as Arc<dyn TrackLocal>,
+                    matches_any_offer(),
+                )
+                .await
+                .map_err(|e| internal("audio transceiver", &e))?,
             ),
             None => None,
         };
         pc.set_remote_description(offer)
             .await
             .map_err(|e| AnswerError::BadOffer(format!("offer rejected: {e}")))?;
-        // Every m-line we do not send on (audio when the device has none) is answered inactive.
+        // We only send; every m-line we do not send on (audio when the device has none) is
+        // answered inactive.
+        for t in std::iter::once(&transceiver).chain(audio_transceiver.as_ref()) {
+            t.set_direction(RTCRtpTransceiverDirection::Sendonly)
+                .await
+                .map_err(|e| internal("sendonly", &e))?;
+        }
         let ours: Vec<_> = std::iter::once(transceiver.id())
             .chain(audio_transceiver.as_ref().map(|t| t.id()))
             .collect();
@@ -535,6 +617,142 @@ async fn answer(
     }
 }
 
+/// The publishing side: a peer connection with a sendonly video track (and audio with
+/// `with_audio`), its offer made and set. The payload types are those of the offer (the
+/// answerer keeps them); they are read again when the answer is set.
+async fn offer(
+    factory: &PeerFactory,
+    with_audio: bool,
+    news: mpsc::UnboundedSender<PeerNews>,
+) -> Result<(Answered, String), AnswerError> {
+    let internal =
+        |what: &str, e: &dyn std::fmt::Display| AnswerError::Internal(format!("{what}: {e}"));
+    let (pc, link, connectivity) = factory
+        .build_sender(Arc::new(Forwarder(news)))
+        .await
+        .map_err(|e| internal("peer connection", &e))?;
+    let result = async {
+        let ssrc: u32 = rand::random();
+        let track = video_track(ssrc);
+        let transceiver = pc
+            .add_transceiver_from_track(Arc::clone(&track) as Arc<dyn TrackLocal>, sendonly())
+            .await
+            .map_err(|e| internal("video transceiver", &e))?;
+        let mut ours = vec![transceiver.id()];
+        let audio = if with_audio {
+            let audio_ssrc: u32 = rand::random();
+            let track = audio_track(audio_ssrc).map_err(|e| internal("audio track", &e))?;
+            let audio_transceiver = pc
+                .add_transceiver_from_track(Arc::clone(&track) as Arc<dyn TrackLocal>, sendonly())
+                .await
+                .map_err(|e| internal("audio transceiver", &e))?;
+            ours.push(audio_transceiver.id());
+            Some(AudioSend {
+                track,
+                ssrc: audio_ssrc,
+                payload_type: opus_codec().payload_type,
+            })
+        } else {
+            None
+        };
+        let offer = pc
+            .create_offer(None)
+            .await
+            .map_err(|e| internal("offer", &e))?;
+        pc.set_local_description(offer)
+            .await
+            .map_err(|e| internal("local description", &e))?;
+        let sender = transceiver
+            .sender()
+            .await
+            .map_err(|e| internal("video sender", &e))?
+            .ok_or_else(|| AnswerError::Internal("video sender missing".into()))?;
+        let dtls = sender.transport().await.ok().flatten();
+        let mid = transceiver
+            .mid()
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| "0".to_string());
+        let local = pc.local_description().await.ok_or_else(|| {
+            AnswerError::Internal("offer missing after set_local_description".into())
+        })?;
+        Ok((
+            Answered {
+                pc: Arc::clone(&pc),
+                link,
+                connectivity,
+                ours,
+                dtls,
+                track,
+                ssrc,
+                mid,
+                payload_type: h264_codecs()[0].payload_type,
+                audio,
+            },
+            local.sdp,
+        ))
+    }
+    .await;
+    if result.is_err() {
+        let _ = pc.close().await;
+    }
+    result
+}
+
+/// The answer to our offer: set it (its candidates through the gate, like a viewer's), and take
+/// the payload types it settled on.
+async fn take_answer(
+    session: &mut Answered,
+    sdp: String,
+    gate: &mut CandidateGate,
+    cid: &str,
+) -> Result<(), String> {
+    let (sdp, offered) = candidates::split_offer(&sdp);
+    let answer = RTCSessionDescription::answer(sdp).map_err(|e| format!("answer SDP: {e}"))?;
+    session
+        .pc
+        .set_remote_description(answer)
+        .await
+        .map_err(|e| format!("answer rejected: {e}"))?;
+    for transceiver in session.pc.get_transceivers().await {
+        let Ok(Some(sender)) = transceiver.sender().await else {
+            continue;
+        };
+        let Ok(params) = sender.get_parameters().await else {
+            continue;
+        };
+        let Some(codec) = params.rtp_parameters.codecs.first() else {
+            continue;
+        };
+        if codec
+            .rtp_codec
+            .mime_type
+            .eq_ignore_ascii_case(MIME_TYPE_H264)
+        {
+            session.payload_type = session
+                .link
+                .video_payload_type()
+                .unwrap_or(codec.payload_type);
+        } else if let Some(audio) = session.audio.as_mut() {
+            audio.payload_type = codec.payload_type;
+        }
+    }
+    if let Some(local) = session.pc.local_description().await {
+        gate.note_local_sdp(&local.sdp);
+    }
+    for candidate in offered {
+        let init = RTCIceCandidateInit {
+            candidate,
+            sdp_mid: Some(session.mid.clone()),
+            sdp_mline_index: Some(0),
+            ..Default::default()
+        };
+        hand_in(&session.pc, gate, cid, init).await;
+    }
+    Ok(())
+}
+
 /// Answer every m-line but `ours` inactive.
 async fn decline_others(
     pc: &Arc<dyn PeerConnection>,
@@ -614,7 +832,7 @@ async fn run(
     factory: PeerFactory,
     media: Media,
     key: SessionKey,
-    offer_sdp: String,
+    role: Role,
     events: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     queued: Arc<AtomicUsize>,
@@ -632,17 +850,25 @@ async fn run(
     );
     let (news_tx, mut news) = mpsc::unbounded_channel();
     let started = Instant::now();
-    let mut remote_ufrag = ice_ufrag(&offer_sdp);
-    let answered = answer(
-        &factory,
-        audio.is_some(),
-        offer_sdp,
-        news_tx,
-        &mut gate,
-        &key.cid,
-    )
-    .await;
-    let (session, answer_sdp) = match answered {
+    let (offering, mut remote_ufrag) = match &role {
+        Role::Answer(offer_sdp) => (false, ice_ufrag(offer_sdp)),
+        Role::Offer => (true, None),
+    };
+    let made = match role {
+        Role::Answer(offer_sdp) => {
+            answer(
+                &factory,
+                audio.is_some(),
+                offer_sdp,
+                news_tx,
+                &mut gate,
+                &key.cid,
+            )
+            .await
+        }
+        Role::Offer => offer(&factory, audio.is_some(), news_tx).await,
+    };
+    let (mut session, local_sdp) = match made {
         Ok(ok) => ok,
         Err(err) => return SessionEvent::Failed(err),
     };
@@ -651,9 +877,14 @@ async fn run(
         ms = started.elapsed().as_millis() as u64,
         payload_type = session.payload_type,
         rtx = ?session.link.rtx_payload_type(),
-        "answer ready"
+        "{} ready",
+        if offering { "offer" } else { "answer" }
     );
-    emit(SessionEvent::Answered(answer_sdp));
+    emit(if offering {
+        SessionEvent::Offered(local_sdp)
+    } else {
+        SessionEvent::Answered(local_sdp)
+    });
     // Counted in the shared encoder's target once media flows (see below).
     let viewer = rate.join(Arc::clone(&session.link), &key.cid);
     let policy = Arc::new(Mutex::new(KeyframePolicy::default()));
@@ -740,6 +971,16 @@ async fn run(
                             break "the renegotiating offer could not be answered".to_string();
                         }
                     }
+                }
+                Some(Command::RemoteAnswer(sdp)) => {
+                    if let Err(err) = take_answer(&mut session, sdp, &mut gate, &key.cid).await {
+                        break err;
+                    }
+                    remote_ufrag = session
+                        .pc
+                        .remote_description()
+                        .await
+                        .and_then(|d| ice_ufrag(&d.sdp));
                 }
                 Some(Command::Close) | None => break "closed by the device".to_string(),
             },

@@ -496,10 +496,35 @@ pub struct Status {
     pub audio: Option<AudioStatus>,
     pub viewers: u32,
     pub max_viewers: u32,
+    /// The publication to an SFU over WHIP (`--whip`); absent when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whip: Option<WhipStatus>,
     /// The device answers ICE-server requests with servers (STUN, TURN with time-limited
     /// credentials): a viewer should ask before it makes its offer.
     #[serde(default)]
     pub ice_servers: bool,
+}
+
+/// The WHIP part of [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhipStatus {
+    pub state: WhipState,
+    /// Sessions started after the first (each reconnection starts one).
+    pub reconnects: u32,
+    /// Why the last session ended or could not start; `null` before any did.
+    pub error: Option<String>,
+}
+
+/// What the WHIP publication is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhipState {
+    /// Offer sent, or waiting for the connection to the SFU.
+    Connecting,
+    /// Media flows to the SFU.
+    Live,
+    /// The last session ended or failed; the next starts after a back-off.
+    Retrying,
 }
 
 impl Status {
@@ -517,6 +542,7 @@ impl Status {
             audio: None,
             viewers,
             max_viewers,
+            whip: None,
             ice_servers: false,
         }
     }

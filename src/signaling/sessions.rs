@@ -2,7 +2,13 @@
 //! to each message, when an offer renegotiates a session and when it replaces it, when to give
 //! up on a session. It does no I/O and reads no clock: messages, session events and the current
 //! time go in, [`Action`]s come out, and the daemon carries them out (publishing over MQTT,
-//! starting, renegotiating and feeding WebRTC sessions, minting ICE-server grants).
+//! starting, renegotiating and feeding WebRTC sessions, minting ICE-server grants, replying to
+//! WHEP requests).
+//!
+//! Viewers over MQTT and over WHEP ([`super::whep`]) are sessions of the same kind here: one
+//! place admits them (`max-viewers`, `max-connecting`, the session-start budget), counts them in
+//! the status and reaps those that never connect. What differs is only how their replies travel:
+//! MQTT messages, or the reply to a WHEP request.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -11,9 +17,10 @@ use tracing::debug;
 
 use super::protocol::{
     AudioStatus, ErrorCode, ErrorMsg, IceCandidateMsg, IceServersMsg, MediaState, OfferIdentity,
-    SessionDescriptionMsg, Status, TopicKind, Topics, check_offer_sdp, offer_identity,
+    SessionDescriptionMsg, Status, TopicKind, Topics, WhipStatus, check_offer_sdp, offer_identity,
     parse_candidate, parse_ice_servers_request, parse_offer,
 };
+use super::whep::{self, PendingAnswer, SdpFrag, WhepError};
 use crate::rate::TokenBucket;
 
 /// The per-CID offer limit remembers at most this many offers (the most recent); beyond, the
@@ -28,11 +35,19 @@ const HELD_CANDIDATE_OVERHEAD: usize = 64;
 pub const REAP_GRACE: Duration = Duration::from_secs(2);
 
 /// Names one session: the viewer's CID and a generation that grows with every session, so that
-/// late events from a replaced session are recognised and ignored.
+/// late events from a replaced session are recognised and ignored. A WHEP session's "CID" is its
+/// name [`whep::session_name`] (`whep:` and its resource id), which no MQTT CID can be.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SessionKey {
     pub cid: String,
     pub generation: u64,
+}
+
+impl SessionKey {
+    /// The WHEP resource id, for a WHEP session.
+    pub fn whep_id(&self) -> Option<&str> {
+        whep::resource_id(&self.cid)
+    }
 }
 
 /// What a WebRTC session reports.
@@ -85,6 +100,26 @@ pub enum Action {
     Close {
         key: SessionKey,
     },
+    /// Reply to a WHEP offer: the answer, with every candidate the device gathered.
+    WhepAnswer {
+        key: SessionKey,
+        sdp: String,
+    },
+    /// A WHEP offer could not be answered; the session has ended.
+    WhepFailed {
+        key: SessionKey,
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// Why an offer takes no session (over MQTT: an error reply; over WHEP: 503).
+#[derive(Debug, Clone, PartialEq)]
+enum Refusal {
+    /// `max_viewers` viewers are connected.
+    Busy(String),
+    /// The device-wide session-start budget is spent.
+    Throttled { message: String, retry_in: Duration },
 }
 
 #[derive(Debug, Clone)]
@@ -180,10 +215,26 @@ struct Slot {
     renegotiating: bool,
     local_pending: Vec<Option<IceCandidateMsg>>,
     remote_pending: Vec<Option<IceCandidateMsg>>,
+    /// What a WHEP session has beyond an MQTT one; `None` for MQTT.
+    whep: Option<Box<WhepSlot>>,
     /// Candidates of another ICE generation (ufrag) than the session's: those of an ICE restart
     /// whose offer has not arrived yet (MQTT does not order topics). Applied when that offer
     /// renegotiates the session, dropped after the early-candidate hold time.
     next_generation: Vec<(Instant, String, IceCandidateMsg)>,
+}
+
+/// A WHEP session's own state.
+#[derive(Debug)]
+struct WhepSlot {
+    /// The viewer's ICE username fragment from its offer: a `PATCH` naming another one is an
+    /// ICE restart.
+    remote_ufrag: Option<String>,
+    /// `PATCH` requests allowed.
+    patches: TokenBucket,
+    /// Remote candidates taken so far.
+    candidates: usize,
+    /// The answer, while it waits for the device's candidates (it must carry all of them).
+    answer: Option<(Instant, PendingAnswer)>,
 }
 
 impl Slot {
@@ -394,6 +445,12 @@ impl Signaling {
         self.status_action()
     }
 
+    /// The WHIP publication changed: the status to publish.
+    pub fn set_whip(&mut self, whip: Option<WhipStatus>) -> Action {
+        self.status.whip = whip;
+        self.status_action()
+    }
+
     /// Whether the budget of error replies of this kind allows one now (counted if so).
     fn reply_budget(&mut self, now: Instant, reply: Reply, cid: &str) -> bool {
         let budget = match reply {
@@ -521,31 +578,49 @@ impl Signaling {
         if let Some(actions) = self.renegotiation(now, &cid, &identity, &sdp) {
             return actions;
         }
+        match self.admit(now, cid.clone(), sdp, None) {
+            Ok(actions) => actions,
+            Err(refusal) => {
+                let (code, message) = match refusal {
+                    Refusal::Busy(message) => (ErrorCode::Busy, message),
+                    Refusal::Throttled { message, .. } => (ErrorCode::BadRequest, message),
+                };
+                self.error(now, Reply::Refusal, &cid, code, message)
+                    .into_iter()
+                    .collect()
+            }
+        }
+    }
+
+    /// Admission, for every offer that is well formed (MQTT and WHEP alike): a session for
+    /// `cid`, unless `max_viewers` viewers are connected (a replacing offer is always taken) or
+    /// the session-start budget is spent. Makes room among the connecting sessions.
+    fn admit(
+        &mut self,
+        now: Instant,
+        cid: String,
+        sdp: String,
+        whep: Option<Box<WhepSlot>>,
+    ) -> Result<Vec<Action>, Refusal> {
+        let identity = offer_identity(&sdp);
         let replaced = self
             .sessions
             .get(&cid)
             .map(|s| (s.generation, s.phase, s.connecting_since));
         // Connecting sessions hold no viewer's place: only connected viewers make the device busy.
         if replaced.is_none() && self.viewers() >= self.limits.max_viewers {
-            let message = self.busy_message();
-            return self
-                .error(now, Reply::Refusal, &cid, ErrorCode::Busy, message)
-                .into_iter()
-                .collect();
+            return Err(Refusal::Busy(self.busy_message()));
         }
         // Every session taken builds a peer connection: a device-wide budget, so that offers on
         // ever new CIDs cannot keep it building and tearing them down.
         if !self.session_starts.try_take(now) {
-            let wait = self.session_starts.wait(now);
+            let retry_in = self.session_starts.wait(now);
             let message = format!(
                 "too many offers: the device starts at most {} sessions per second; retry in {} ms",
                 self.limits.session_starts.0,
-                wait.as_millis().max(1)
+                retry_in.as_millis().max(1)
             );
-            return self
-                .error(now, Reply::Refusal, &cid, ErrorCode::BadRequest, message)
-                .into_iter()
-                .collect();
+            return Err(Refusal::Throttled { message, retry_in });
         }
         let mut actions = Vec::new();
         let viewers_before = self.viewers();
@@ -584,11 +659,14 @@ impl Signaling {
                     generation,
                 },
             });
-            let message = format!(
-                "{} sessions were connecting at once; this one, the oldest, gave way to a newer offer",
-                self.limits.max_connecting
-            );
-            actions.extend(self.error(now, Reply::Refusal, &oldest, ErrorCode::Busy, message));
+            // A WHEP viewer learns it from its connection closing (its request was answered).
+            if whep::resource_id(&oldest).is_none() {
+                let message = format!(
+                    "{} sessions were connecting at once; this one, the oldest, gave way to a newer offer",
+                    self.limits.max_connecting
+                );
+                actions.extend(self.error(now, Reply::Refusal, &oldest, ErrorCode::Busy, message));
+            }
         }
         let generation = self.next_generation;
         self.next_generation += 1;
@@ -611,6 +689,7 @@ impl Signaling {
                 renegotiating: false,
                 local_pending: vec![],
                 remote_pending,
+                whep,
                 next_generation: vec![],
             },
         );
@@ -621,7 +700,7 @@ impl Signaling {
         if self.viewers() != viewers_before {
             actions.push(self.status_action());
         }
-        actions
+        Ok(actions)
     }
 
     /// An offer on a CID whose session already answered an offer from the same peer connection
@@ -813,6 +892,15 @@ impl Signaling {
             };
         }
         let cid = key.cid.as_str();
+        let is_whep = whep::resource_id(cid).is_some();
+        if is_whep
+            && matches!(
+                event,
+                PeerEvent::Answered(_) | PeerEvent::Failed { .. } | PeerEvent::LocalCandidate(_)
+            )
+        {
+            return self.on_whep_event(now, key, event);
+        }
         match event {
             PeerEvent::Answered(sdp) => {
                 let mut actions = vec![Action::Publish {
@@ -875,7 +963,15 @@ impl Signaling {
                     self.sessions.remove(cid);
                     let message = self.busy_message();
                     let mut actions = vec![Action::Close { key: key.clone() }];
-                    actions.extend(self.error(now, Reply::Refusal, cid, ErrorCode::Busy, message));
+                    if !is_whep {
+                        actions.extend(self.error(
+                            now,
+                            Reply::Refusal,
+                            cid,
+                            ErrorCode::Busy,
+                            message,
+                        ));
+                    }
                     return actions;
                 }
                 if let Some(slot) = self.sessions.get_mut(cid) {
@@ -933,6 +1029,218 @@ impl Signaling {
                         cid,
                         generation: slot.generation,
                     },
+                });
+            }
+        }
+        actions.extend(self.whep_answers_due(now));
+        actions
+    }
+}
+
+/// Viewers over WHEP (`crate::whep` serves the HTTP side, [`super::whep`] the format).
+impl Signaling {
+    /// A WHEP `POST`: a session named after resource `id` (fresh and random, chosen by the
+    /// caller) for offer `sdp`, admitted like an MQTT offer. Its answer comes as
+    /// [`Action::WhepAnswer`] (or [`Action::WhepFailed`]).
+    pub fn whep_offer(
+        &mut self,
+        now: Instant,
+        id: &str,
+        sdp: String,
+    ) -> Result<Vec<Action>, WhepError> {
+        check_offer_sdp(&sdp).map_err(|e| WhepError::BadRequest(e.to_string()))?;
+        let name = whep::session_name(id);
+        if self.sessions.contains_key(&name) {
+            return Err(WhepError::AnswerFailed {
+                code: ErrorCode::Internal,
+                message: "resource id already in use".into(),
+            });
+        }
+        // Nothing to watch while the camera is being reopened; viewers already watching wait.
+        if self.status.video.state == MediaState::Lost {
+            return Err(WhepError::NoLiveVideo {
+                retry_in: Duration::from_secs(1),
+            });
+        }
+        let slot = WhepSlot {
+            remote_ufrag: whep::sdp_ufrag(&sdp).map(str::to_string),
+            patches: TokenBucket::new(whep::PATCH_RATE.0, whep::PATCH_RATE.1),
+            candidates: 0,
+            answer: None,
+        };
+        self.admit(now, name, sdp, Some(Box::new(slot)))
+            .map_err(|refusal| match refusal {
+                Refusal::Busy(message) => WhepError::Busy(message),
+                Refusal::Throttled { message, retry_in } => {
+                    WhepError::Throttled { message, retry_in }
+                }
+            })
+    }
+
+    /// A trickle `PATCH` on WHEP session `id`: `if_match` is its `If-Match` header, `frag` its
+    /// body. Candidates go to the session (held until it has answered).
+    pub fn whep_patch(
+        &mut self,
+        now: Instant,
+        id: &str,
+        if_match: Option<&str>,
+        frag: SdpFrag,
+    ) -> Result<Vec<Action>, WhepError> {
+        let name = whep::session_name(id);
+        let slot = self.sessions.get_mut(&name).ok_or(WhepError::NotFound)?;
+        let generation = slot.generation;
+        let answering = slot.phase == Phase::Answering;
+        let Some(state) = slot.whep.as_mut() else {
+            return Err(WhepError::NotFound);
+        };
+        match if_match.map(str::trim) {
+            Some("*") => return Err(WhepError::IceRestart),
+            Some(tag) if tag != whep::etag(id) => return Err(WhepError::StaleEtag),
+            _ => {}
+        }
+        if frag.ufrag.is_some() && frag.ufrag != state.remote_ufrag {
+            return Err(WhepError::IceRestart);
+        }
+        if !state.patches.try_take(now) {
+            let retry_in = state.patches.wait(now);
+            return Err(WhepError::TooManyPatches { retry_in });
+        }
+        if state.candidates + frag.candidates.len() > whep::MAX_CANDIDATES {
+            return Err(WhepError::BadRequest(format!(
+                "a session takes at most {} candidates; this one has {} and the request brings {}",
+                whep::MAX_CANDIDATES,
+                state.candidates,
+                frag.candidates.len()
+            )));
+        }
+        state.candidates += frag.candidates.len();
+        let candidates = frag
+            .candidates
+            .into_iter()
+            .map(Some)
+            .chain(frag.end_of_candidates.then_some(None));
+        if answering {
+            slot.remote_pending.extend(candidates);
+            return Ok(vec![]);
+        }
+        let key = SessionKey {
+            cid: name,
+            generation,
+        };
+        Ok(candidates
+            .map(|candidate| Action::Candidate {
+                key: key.clone(),
+                candidate,
+            })
+            .collect())
+    }
+
+    /// A `DELETE` of WHEP session `id` (or its viewer gone before the answer reached it): the
+    /// session ends and its place is free.
+    pub fn whep_delete(&mut self, id: &str) -> Result<Vec<Action>, WhepError> {
+        let name = whep::session_name(id);
+        if self.sessions.get(&name).is_none_or(|s| s.whep.is_none()) {
+            return Err(WhepError::NotFound);
+        }
+        let viewers_before = self.viewers();
+        let Some(slot) = self.sessions.remove(&name) else {
+            return Err(WhepError::NotFound);
+        };
+        let mut actions = vec![Action::Close {
+            key: SessionKey {
+                cid: name,
+                generation: slot.generation,
+            },
+        }];
+        if self.viewers() != viewers_before {
+            actions.push(self.status_action());
+        }
+        Ok(actions)
+    }
+
+    /// Answered, failed or gathered: what differs for a WHEP session (its reply is the answer
+    /// to its request, which must carry every candidate of the device).
+    fn on_whep_event(&mut self, now: Instant, key: &SessionKey, event: PeerEvent) -> Vec<Action> {
+        let name = key.cid.as_str();
+        if let PeerEvent::Failed { code, message } = event {
+            self.sessions.remove(name);
+            return vec![Action::WhepFailed {
+                key: key.clone(),
+                code,
+                message,
+            }];
+        }
+        let Some(slot) = self.sessions.get_mut(name) else {
+            return vec![];
+        };
+        let mut actions = Vec::new();
+        let mut complete = false;
+        match event {
+            PeerEvent::Answered(sdp) => {
+                slot.phase = Phase::Answered;
+                let mut answer = PendingAnswer::new(sdp);
+                for local in std::mem::take(&mut slot.local_pending) {
+                    match local {
+                        Some(candidate) => answer.add(candidate),
+                        None => complete = true,
+                    }
+                }
+                if let Some(state) = slot.whep.as_mut() {
+                    state.answer = Some((now, answer));
+                }
+                actions.extend(std::mem::take(&mut slot.remote_pending).into_iter().map(
+                    |candidate| Action::Candidate {
+                        key: key.clone(),
+                        candidate,
+                    },
+                ));
+            }
+            PeerEvent::LocalCandidate(candidate) => {
+                if slot.phase == Phase::Answering {
+                    slot.local_pending.push(candidate);
+                } else if let Some((_, answer)) = slot.whep.as_mut().and_then(|s| s.answer.as_mut())
+                {
+                    match candidate {
+                        Some(candidate) => answer.add(candidate),
+                        None => complete = true,
+                    }
+                }
+            }
+            _ => {}
+        }
+        if complete && let Some((_, answer)) = slot.whep.as_mut().and_then(|s| s.answer.take()) {
+            actions.insert(
+                0,
+                Action::WhepAnswer {
+                    key: key.clone(),
+                    sdp: answer.finish(true),
+                },
+            );
+        }
+        actions
+    }
+
+    /// Answers that waited [`whep::GATHER_WAIT`] for candidates go with those they have.
+    fn whep_answers_due(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for (name, slot) in &mut self.sessions {
+            let Some(state) = slot.whep.as_mut() else {
+                continue;
+            };
+            if state.answer.as_ref().is_some_and(|(since, _)| {
+                now.saturating_duration_since(*since) >= whep::GATHER_WAIT
+            }) && let Some((_, answer)) = state.answer.take()
+            {
+                debug!(
+                    session = name,
+                    "answering before the device's gathering completed"
+                );
+                actions.push(Action::WhepAnswer {
+                    key: SessionKey {
+                        cid: name.clone(),
+                        generation: slot.generation,
+                    },
+                    sdp: answer.finish(false),
                 });
             }
         }
@@ -1457,6 +1765,222 @@ mod tests {
             .filter(|a| matches!(a, Action::Candidate { .. }))
             .count();
         assert_eq!(delivered, 64);
+    }
+
+    const WHEP_SDP: &str = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=mid:0\r\na=ice-ufrag:wu\r\na=ice-pwd:p\r\na=fingerprint:sha-256 00\r\n";
+
+    fn whep_started(m: &mut Signaling, now: Instant, id: &str) -> SessionKey {
+        started(&m.whep_offer(now, id, WHEP_SDP.into()).expect("admitted"))
+    }
+
+    fn whep_answer(actions: &[Action]) -> Option<String> {
+        actions.iter().find_map(|a| match a {
+            Action::WhepAnswer { sdp, .. } => Some(sdp.clone()),
+            _ => None,
+        })
+    }
+
+    fn local(n: u32) -> Option<IceCandidateMsg> {
+        Some(IceCandidateMsg {
+            candidate: format!("candidate:{n} 1 udp 1 127.0.0.1 {n} typ host"),
+            sdp_mid: Some("0".into()),
+            sdp_mline_index: Some(0),
+            username_fragment: None,
+        })
+    }
+
+    #[test]
+    fn whep_and_mqtt_viewers_share_max_viewers_and_the_status() {
+        let t0 = Instant::now();
+        let mut m = machine(2);
+        connect(&mut m, t0, "v1");
+        let key = whep_started(&mut m, t0, "aa");
+        assert_eq!(key.whep_id(), Some("aa"));
+        m.on_peer_event(
+            t0,
+            &key,
+            PeerEvent::Answered("v=0\r\nm=video 9 X 102\r\na=mid:0\r\n".into()),
+        );
+        let actions = m.on_peer_event(t0, &key, PeerEvent::Connected);
+        assert_eq!(published(&actions)[0].1["viewers"], 2);
+        // Full: a WHEP offer and an MQTT offer are refused alike, and nothing changes.
+        assert!(matches!(
+            m.whep_offer(t0, "bb", WHEP_SDP.into()),
+            Err(WhepError::Busy(_))
+        ));
+        assert_eq!(
+            published(&m.on_message(t0, "home/cam/offer/v3", OFFER))[0].1["code"],
+            "busy"
+        );
+        assert_eq!((m.viewers(), m.sessions()), (2, 2));
+        // DELETE frees the place, and the status says so.
+        let actions = m.whep_delete("aa").unwrap();
+        assert!(actions.contains(&Action::Close { key }));
+        assert_eq!(published(&actions)[0].1["viewers"], 1);
+        assert!(matches!(m.whep_delete("aa"), Err(WhepError::NotFound)));
+        started(&m.on_message(t0, "home/cam/offer/v3", OFFER));
+    }
+
+    #[test]
+    fn a_whep_answer_waits_for_the_devices_candidates_within_a_bound() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        let answer = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=mid:0\r\n";
+        // Gathering done before the answer: it goes at once, with both candidates.
+        let a = whep_started(&mut m, t0, "aa");
+        m.on_peer_event(t0, &a, PeerEvent::LocalCandidate(local(1)));
+        m.on_peer_event(t0, &a, PeerEvent::LocalCandidate(None));
+        let sdp =
+            whep_answer(&m.on_peer_event(t0, &a, PeerEvent::Answered(answer.into()))).unwrap();
+        assert!(sdp.contains("a=candidate:1 ") && sdp.contains("a=end-of-candidates"));
+        // Candidates after the answer: it waits for the end of them...
+        let b = whep_started(&mut m, t0, "bb");
+        assert!(
+            whep_answer(&m.on_peer_event(t0, &b, PeerEvent::Answered(answer.into()))).is_none()
+        );
+        assert!(
+            whep_answer(&m.on_peer_event(t0, &b, PeerEvent::LocalCandidate(local(2)))).is_none()
+        );
+        let sdp = whep_answer(&m.on_peer_event(t0, &b, PeerEvent::LocalCandidate(None))).unwrap();
+        assert!(sdp.contains("a=candidate:2 "));
+        // ...or for GATHER_WAIT, then goes without an end-of-candidates. Nothing goes over MQTT.
+        let c = whep_started(&mut m, t0, "cc");
+        let actions = m.on_peer_event(t0, &c, PeerEvent::Answered(answer.into()));
+        assert!(published(&actions).is_empty());
+        assert!(whep_answer(&m.on_tick(t0 + Duration::from_secs(1))).is_none());
+        let sdp = whep_answer(&m.on_tick(t0 + whep::GATHER_WAIT)).unwrap();
+        assert!(!sdp.contains("a=end-of-candidates"));
+        assert!(whep_answer(&m.on_tick(t0 + Duration::from_secs(5))).is_none());
+    }
+
+    #[test]
+    fn whep_patches_are_checked_and_bounded() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        let key = whep_started(&mut m, t0, "aa");
+        let frag = |ufrag: Option<&str>, n: u32| SdpFrag {
+            ufrag: ufrag.map(str::to_string),
+            pwd: None,
+            candidates: (0..n).filter_map(local).collect(),
+            end_of_candidates: false,
+        };
+        // Before the answer, candidates are held; after it, handed to the session.
+        assert!(
+            m.whep_patch(t0, "aa", None, frag(Some("wu"), 2))
+                .unwrap()
+                .is_empty()
+        );
+        let actions = m.on_peer_event(t0, &key, PeerEvent::Answered("v=0\r\n".into()));
+        assert_eq!(
+            actions
+                .iter()
+                .filter(|a| matches!(a, Action::Candidate { .. }))
+                .count(),
+            2
+        );
+        let tag = whep::etag("aa");
+        assert_eq!(
+            m.whep_patch(t0, "aa", Some(&tag), frag(None, 1))
+                .unwrap()
+                .len(),
+            1
+        );
+        // ICE restarts, stale tags, unknown sessions: refused, nothing changes.
+        assert_eq!(
+            m.whep_patch(t0, "aa", Some("*"), frag(None, 1)),
+            Err(WhepError::IceRestart)
+        );
+        assert_eq!(
+            m.whep_patch(t0, "aa", None, frag(Some("new"), 1)),
+            Err(WhepError::IceRestart)
+        );
+        assert_eq!(
+            m.whep_patch(t0, "aa", Some("\"x\""), frag(None, 1)),
+            Err(WhepError::StaleEtag)
+        );
+        assert_eq!(
+            m.whep_patch(t0, "zz", None, frag(None, 1)),
+            Err(WhepError::NotFound)
+        );
+        // At most 64 candidates per session.
+        for _ in 0..6 {
+            m.whep_patch(t0 + Duration::from_secs(10), "aa", None, frag(None, 10))
+                .unwrap();
+        }
+        let err = m.whep_patch(t0 + Duration::from_secs(20), "aa", None, frag(None, 10));
+        assert!(
+            matches!(err, Err(WhepError::BadRequest(ref e)) if e.contains("at most 64")),
+            "{err:?}"
+        );
+        // PATCH rate: the burst, then refusals with a time to wait.
+        let t1 = t0 + Duration::from_secs(30);
+        let mut m = machine(4);
+        whep_started(&mut m, t1, "bb");
+        let allowed = (0..30)
+            .filter(|_| m.whep_patch(t1, "bb", None, frag(None, 0)).is_ok())
+            .count();
+        assert_eq!(allowed, whep::PATCH_RATE.1 as usize);
+        assert!(matches!(
+            m.whep_patch(t1, "bb", None, frag(None, 0)),
+            Err(WhepError::TooManyPatches { retry_in }) if retry_in > Duration::ZERO
+        ));
+        // A MQTT CID's session is not a WHEP session.
+        connect(&mut m, t1, "v1");
+        assert_eq!(m.whep_delete("v1"), Err(WhepError::NotFound));
+    }
+
+    #[test]
+    fn whep_offers_are_refused_for_bad_sdp_a_lost_camera_and_the_start_budget() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        assert!(matches!(
+            m.whep_offer(t0, "aa", "hello".into()),
+            Err(WhepError::BadRequest(_))
+        ));
+        m.set_video_state(MediaState::Lost);
+        assert!(matches!(
+            m.whep_offer(t0, "aa", WHEP_SDP.into()),
+            Err(WhepError::NoLiveVideo { .. })
+        ));
+        m.set_video_state(MediaState::Idle);
+        m.session_starts = TokenBucket::new(10.0, 1);
+        whep_started(&mut m, t0, "aa");
+        assert!(matches!(
+            m.whep_offer(t0, "bb", WHEP_SDP.into()),
+            Err(WhepError::Throttled { .. })
+        ));
+        assert_eq!(m.sessions(), 1);
+        // A failed answer ends the session and goes back to the request, not over MQTT.
+        let mut m = machine(4);
+        let key = whep_started(&mut m, t0, "cc");
+        let actions = m.on_peer_event(
+            t0,
+            &key,
+            PeerEvent::Failed {
+                code: ErrorCode::Unsupported,
+                message: "no H.264".into(),
+            },
+        );
+        assert!(matches!(
+            &actions[..],
+            [Action::WhepFailed {
+                code: ErrorCode::Unsupported,
+                ..
+            }]
+        ));
+        assert_eq!(m.sessions(), 0);
+    }
+
+    #[test]
+    fn a_whep_session_gives_way_among_connecting_ones_without_an_mqtt_error() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        m.limits.max_connecting = 1;
+        let key = whep_started(&mut m, t0, "aa");
+        let actions = m.on_message(t0 + Duration::from_secs(1), "home/cam/offer/v1", OFFER);
+        assert!(actions.contains(&Action::Close { key }));
+        assert!(published(&actions).is_empty(), "{actions:?}");
+        started(&actions);
     }
 
     #[test]
