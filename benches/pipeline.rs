@@ -109,6 +109,7 @@ fn pattern_frames(w: u32, h: u32) -> Vec<Frame> {
         width: w,
         height: h,
         fps: FPS,
+        ..Default::default()
     });
     (0..FPS)
         .map(|_| source.next_frame().expect("test pattern"))

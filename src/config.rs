@@ -52,6 +52,8 @@ pub const FILE_KEYS: &[&str] = &[
     "mqtt-cert",
     "mqtt-key",
     "video",
+    "exec-format",
+    "encoder",
     "size",
     "fps",
     "bitrate",
@@ -563,11 +565,24 @@ struct DaemonArgs {
     #[arg(long, value_name = "FILE", value_parser = parse_path, help_heading = "MQTT")]
     mqtt_key: Option<PathBuf>,
 
-    /// Video source: `test` for the built-in test pattern, or a V4L2 device path
+    /// Video source: `test` for the built-in test pattern, a V4L2 device path, or
+    /// `exec:COMMAND`, a command (run by `sh -c`) that writes pictures to its standard output,
+    /// e.g. `exec:rpicam-vid -t 0 -n --codec yuv420 --width 1280 --height 720 -o -`
     /// (`test-faults:FILE` is a test pattern that fails on command, for testing).
     /// [default: /dev/video0]
     #[arg(long, value_name = "SRC", value_parser = parse_video, help_heading = "Video")]
     video: Option<video::Source>,
+
+    /// What an `exec:` command writes: `i420` (raw pictures at --size) or `h264` (Annex B,
+    /// passed through to the viewers without re-encoding). [default: i420]
+    #[arg(long, value_name = "i420|h264", value_parser = parse_exec_format, help_heading = "Video")]
+    exec_format: Option<video::exec::ExecFormat>,
+
+    /// H.264 encoder for raw pictures: `auto` (the V4L2 hardware encoder when there is one,
+    /// else openh264; a camera that offers H.264 is passed through), `openh264`, `v4l2` or
+    /// `v4l2:/dev/videoN`. [default: auto]
+    #[arg(long, value_name = "ENC", value_parser = parse_encoder, help_heading = "Video")]
+    encoder: Option<video::encode::EncoderChoice>,
 
     /// Picture size WIDTHxHEIGHT; each even, from 16 to 4096. [default: 1280x720]
     #[arg(long, value_name = "WxH", value_parser = parse_size, help_heading = "Video")]
@@ -788,6 +803,14 @@ fn parse_video(s: &str) -> Result<video::Source, String> {
     s.parse()
 }
 
+fn parse_exec_format(s: &str) -> Result<video::exec::ExecFormat, String> {
+    s.parse()
+}
+
+fn parse_encoder(s: &str) -> Result<video::encode::EncoderChoice, String> {
+    s.parse()
+}
+
 fn parse_audio(s: &str) -> Result<AudioSetting, String> {
     s.parse()
 }
@@ -918,6 +941,8 @@ struct FileValues {
     mqtt_cert: Option<PathBuf>,
     mqtt_key: Option<PathBuf>,
     video: Option<video::Source>,
+    exec_format: Option<video::exec::ExecFormat>,
+    encoder: Option<video::encode::EncoderChoice>,
     size: Option<(u32, u32)>,
     fps: Option<u32>,
     bitrate: Option<u32>,
@@ -1037,9 +1062,13 @@ fn parse_config_text(path: &Path, text: &str) -> Result<FileValues, ConfigError>
                 file_str(value, "a file path", parse_path).map(|x| v.mqtt_cert = Some(x))
             }
             "mqtt-key" => file_str(value, "a file path", parse_path).map(|x| v.mqtt_key = Some(x)),
-            "video" => {
-                file_str(value, "`test` or a device path", parse_video).map(|x| v.video = Some(x))
+            "video" => file_str(value, "`test`, a device path or exec:COMMAND", parse_video)
+                .map(|x| v.video = Some(x)),
+            "exec-format" => {
+                file_str(value, "i420 or h264", parse_exec_format).map(|x| v.exec_format = Some(x))
             }
+            "encoder" => file_str(value, "auto, openh264 or v4l2", parse_encoder)
+                .map(|x| v.encoder = Some(x)),
             "size" => {
                 file_str(value, "a string WIDTHxHEIGHT", parse_size).map(|x| v.size = Some(x))
             }
@@ -1160,6 +1189,8 @@ fn resolve_daemon(args: DaemonArgs, env: &Env) -> Result<DaemonConfig, ConfigErr
         width,
         height,
         fps: args.fps.or(file.fps).unwrap_or(DEFAULT_FPS),
+        encoder: args.encoder.or(file.encoder).unwrap_or_default(),
+        exec_format: args.exec_format.or(file.exec_format).unwrap_or_default(),
     };
     // Repeatable options: any on the command line replace the file's list.
     let stun = if args.stun.is_empty() {
@@ -1431,9 +1462,19 @@ pub struct SelftestConfig {
 
 #[derive(Args, Debug)]
 struct SelftestArgs {
-    /// Video source: `test` for the built-in test pattern, or a V4L2 device path.
+    /// Video source: `test` for the built-in test pattern, a V4L2 device path, or
+    /// `exec:COMMAND` (see `--exec-format`).
     #[arg(long, value_name = "SRC", value_parser = parse_video, default_value = DEFAULT_VIDEO)]
     video: video::Source,
+
+    /// What an `exec:` command writes: `i420` (raw pictures at --size) or `h264` (passed
+    /// through, and checked by decoding it).
+    #[arg(long, value_name = "i420|h264", value_parser = parse_exec_format, default_value = "i420")]
+    exec_format: video::exec::ExecFormat,
+
+    /// H.264 encoder for raw pictures: `auto`, `openh264`, `v4l2` or `v4l2:/dev/videoN`.
+    #[arg(long, value_name = "ENC", value_parser = parse_encoder, default_value = "auto")]
+    encoder: video::encode::EncoderChoice,
 
     /// Audio source: `none`, `tone` (the built-in 1 kHz beeps), or an ALSA PCM name such as
     /// `hw:1,0`: capture, Opus encode, packetize, depacketize, decode, check it is not silence.
@@ -1501,6 +1542,8 @@ fn resolve_selftest(args: SelftestArgs) -> SelftestConfig {
             width,
             height,
             fps: args.fps,
+            encoder: args.encoder,
+            exec_format: args.exec_format,
         },
         pixel_format: args.pixel_format,
         expect_tone_hz: args.expect_tone.or(args.audio.tone_hz()),
@@ -1600,7 +1643,7 @@ mod tests {
                 source: "/dev/video0".parse().unwrap(),
                 width: 1280,
                 height: 720,
-                fps: 30
+                fps: 30..Default::default()
             }
         );
         assert_eq!(c.bitrate_kbps, 2000);
@@ -1758,7 +1801,7 @@ mod tests {
                 source: "test".parse().unwrap(),
                 width: 640,
                 height: 480,
-                fps: 15
+                fps: 15..Default::default()
             }
         );
         assert_eq!((c.bitrate_kbps, c.max_viewers), (800, 2));
@@ -2236,7 +2279,7 @@ mod tests {
                 source: "test".parse().unwrap(),
                 width: 640,
                 height: 360,
-                fps: 25
+                fps: 25..Default::default()
             }
         );
         assert_eq!((c.bitrate_kbps, c.max_viewers), (900, 8));

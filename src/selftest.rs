@@ -30,7 +30,7 @@ use crate::audio::{self, AudioSetting, CHUNK_FRAMES, SAMPLE_RATE};
 use crate::config::SelftestConfig;
 use crate::pattern;
 use crate::video::encode;
-use crate::video::h264::{nal_types, profile_level};
+use crate::video::h264::{Profile, nal_types, profile_level};
 use crate::video::v4l2::{self, V4l2Source};
 use crate::video::{self, VideoSource};
 use crate::view::assemble::Assembler;
@@ -117,6 +117,8 @@ pub struct VideoReport {
     pub stamped: bool,
     /// H.264 profile and level from the SPS, e.g. `constrained baseline, level 3.1`.
     pub h264: String,
+    /// The encoder: `openh264`, `v4l2`, or `passthrough` for a source that delivers H.264.
+    pub encoder: String,
     pub bitrate_kbps: u32,
     pub captured: u64,
     pub encoded: u64,
@@ -184,8 +186,8 @@ impl fmt::Display for Report {
         writeln!(f, "video source:     {}", v.source)?;
         writeln!(
             f,
-            "encoder:          H.264 {}, {}x{}@{}, {} kbit/s",
-            v.h264, v.width, v.height, v.fps, v.bitrate_kbps
+            "encoder:          {}: H.264 {}, {}x{}@{}, {} kbit/s",
+            v.encoder, v.h264, v.width, v.height, v.fps, v.bitrate_kbps
         )?;
         writeln!(
             f,
@@ -354,7 +356,8 @@ fn video_stage(config: &SelftestConfig, report: &mut Report) -> Result<(), Selft
     v.fps = format.fps;
     v.bitrate_kbps = config.bitrate_kbps;
 
-    let mut encoder = encode::open(&format, config.bitrate_kbps)?;
+    let mut encoder = encode::open(&*source, &config.video.encoder, config.bitrate_kbps)?;
+    v.encoder = encoder.name().to_string();
     let mut packetizer = new_packetizer(
         Instant::now(),
         MTU,
@@ -373,12 +376,12 @@ fn video_stage(config: &SelftestConfig, report: &mut Report) -> Result<(), Selft
     let mut previous_stamp: Option<u32> = None;
     for _ in 0..frames {
         let t = Instant::now();
-        let frame = source.next_frame()?;
+        let captured = source.next_captured()?;
         v.timings.capture.add(t.elapsed());
         v.captured += 1;
 
         let t = Instant::now();
-        let encoded = encoder.encode(&frame, false)?;
+        let encoded = encoder.take(&captured, false)?;
         v.timings.encode.add(t.elapsed());
         let Some(encoded) = encoded else { continue };
         v.encoded += 1;
@@ -693,12 +696,9 @@ fn describe_sps(annexb: &[u8]) -> String {
     let Some([profile, constraints, level]) = profile_level(annexb) else {
         return format!("keyframe without SPS (NAL types {:?})", nal_types(annexb));
     };
-    let name = match (profile, constraints & 0x40 != 0) {
-        (66, true) => "constrained baseline".to_string(),
-        (66, false) => "baseline".to_string(),
-        (77, _) => "main".to_string(),
-        (100, _) => "high".to_string(),
-        (p, _) => format!("profile {p}"),
+    let name = match Profile::of(profile, constraints) {
+        Some(known) => known.to_string(),
+        None => format!("profile {profile}"),
     };
     format!(
         "{name} (profile-level-id {profile:02x}{constraints:02x}{level:02x}), level {}.{}",
@@ -719,6 +719,7 @@ mod tests {
                 width,
                 height,
                 fps: 30,
+                ..Default::default()
             },
             pixel_format: None,
             audio: AudioSetting::None,

@@ -602,6 +602,7 @@ mod tests {
             width: 640,
             height: 480,
             fps: 30,
+            ..Default::default()
         };
         let err = V4l2Source::open("/dev/video-nonexistent", &spec)
             .err()
