@@ -1643,7 +1643,8 @@ mod tests {
                 source: "/dev/video0".parse().unwrap(),
                 width: 1280,
                 height: 720,
-                fps: 30..Default::default()
+                fps: 30,
+                ..Default::default()
             }
         );
         assert_eq!(c.bitrate_kbps, 2000);
@@ -1801,7 +1802,8 @@ mod tests {
                 source: "test".parse().unwrap(),
                 width: 640,
                 height: 480,
-                fps: 15..Default::default()
+                fps: 15,
+                ..Default::default()
             }
         );
         assert_eq!((c.bitrate_kbps, c.max_viewers), (800, 2));
@@ -2279,7 +2281,8 @@ mod tests {
                 source: "test".parse().unwrap(),
                 width: 640,
                 height: 360,
-                fps: 25..Default::default()
+                fps: 25,
+                ..Default::default()
             }
         );
         assert_eq!((c.bitrate_kbps, c.max_viewers), (900, 8));

@@ -65,20 +65,27 @@ pub struct PeerFactory {
 pub fn h264_codecs() -> Vec<RTCRtpCodecParameters> {
     [("42e01f", 102u8), ("42001f", 127u8)]
         .into_iter()
-        .map(|(profile, pt)| RTCRtpCodecParameters {
-            rtp_codec: RTCRtpCodec {
-                mime_type: MIME_TYPE_H264.to_owned(),
-                clock_rate: 90000,
-                channels: 0,
-                sdp_fmtp_line: format!(
-                    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile}"
-                ),
-                rtcp_feedback: vec![],
-            },
-            payload_type: pt,
-            ..Default::default()
-        })
+        .map(|(profile, pt)| h264_codec(profile, pt))
         .collect()
+}
+
+/// H.264 with packetization-mode 1 and `profile_level_id` on payload type `pt`. For H.264 passed
+/// through from the source, the one codec a session registers is the offer's entry that decodes
+/// the stream (`sdp::passthrough_codec`): the library then matches exactly that payload type.
+pub fn h264_codec(profile_level_id: &str, pt: u8) -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_H264.to_owned(),
+            clock_rate: 90000,
+            channels: 0,
+            sdp_fmtp_line: format!(
+                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile_level_id}"
+            ),
+            rtcp_feedback: vec![],
+        },
+        payload_type: pt,
+        ..Default::default()
+    }
 }
 
 /// The Opus we send: 48 kHz, `opus/48000/2` as RFC 7587 requires whatever the channel count, 20 ms
@@ -120,8 +127,17 @@ impl PeerFactory {
         &self,
         handler: Arc<dyn PeerConnectionEventHandler>,
     ) -> Result<Arc<dyn PeerConnection>, PeerError> {
+        self.build_for(handler, h264_codecs()).await
+    }
+
+    /// [`build`](Self::build), with `video_codecs` as the H.264 variants it may send.
+    pub async fn build_for(
+        &self,
+        handler: Arc<dyn PeerConnectionEventHandler>,
+        video_codecs: Vec<RTCRtpCodecParameters>,
+    ) -> Result<Arc<dyn PeerConnection>, PeerError> {
         let mut media = MediaEngine::default();
-        for codec in h264_codecs() {
+        for codec in video_codecs {
             media
                 .register_codec(codec, RtpCodecKind::Video)
                 .map_err(PeerError::Webrtc)?;

@@ -37,12 +37,14 @@ use webrtc::peer_connection::{
 };
 
 use super::control::{self, ControlContext, SessionCounters};
-use super::sdp::{OfferVideo, offer_has_audio, offer_video};
-use super::{PeerFactory, h264_codecs, opus_codec};
+use super::sdp::{OfferVideo, offer_has_audio, offer_video, offered_h264, passthrough_codec};
+use super::{PeerFactory, h264_codec, h264_codecs, opus_codec};
 use crate::audio::CHUNK_DURATION;
 use crate::audio::hub::{AudioHub, AudioSubscription};
 use crate::signaling::SessionKey;
-use crate::video::hub::{Hub, KeyframeReason, Subscription};
+use crate::video::encode::passthrough;
+use crate::video::h264::ProfileLevel;
+use crate::video::hub::{Hub, KeyframeReason, StreamInfo, Subscription};
 
 /// Why an offer could not be answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +98,62 @@ const DTLS_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// A viewer that connects starts with the frames buffered since its answer (no wait for a new
 /// keyframe) when their keyframe is at most this old; an older backlog would only add delay.
 const MAX_BACKLOG_AGE: Duration = Duration::from_millis(100);
+
+/// How long an offer waits for a source that passes its own H.264 through to show its SPS (its
+/// profile goes into the answer): a process that starts a camera first (10 s), and a margin.
+const STREAM_PROFILE_WAIT: Duration = Duration::from_secs(12);
+
+/// What the session sends: our encoder's constrained baseline, or the source's own H.264 of
+/// this profile, passed through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VideoPlan {
+    Encoded,
+    Passthrough(ProfileLevel),
+}
+
+/// Find out what the hub sends. Only a source that may deliver H.264 needs the pipeline running
+/// for that (its SPS tells the profile): then the pipeline is started here, and its subscription
+/// returned to be the session's warm-up. An offer without any usable H.264 is left for
+/// [`answer`] to refuse, without starting anything.
+async fn video_plan(
+    hub: &Hub,
+    offer_sdp: &str,
+) -> Result<(VideoPlan, Option<Subscription>), AnswerError> {
+    if !hub.may_pass_through()
+        || !offered_h264(offer_sdp)
+            .iter()
+            .any(|o| o.packetization_mode_1)
+    {
+        return Ok((VideoPlan::Encoded, None));
+    }
+    let warm = hub.subscribe();
+    let mut stream = hub.stream();
+    let deadline = tokio::time::Instant::now() + STREAM_PROFILE_WAIT;
+    loop {
+        {
+            let info: StreamInfo = stream.borrow_and_update().clone();
+            match (info.encoder, info.profile) {
+                (Some(name), _) if name != passthrough::NAME => {
+                    return Ok((VideoPlan::Encoded, Some(warm)));
+                }
+                (Some(_), Some(profile)) => {
+                    return Ok((VideoPlan::Passthrough(profile), Some(warm)));
+                }
+                _ => {}
+            }
+        }
+        match tokio::time::timeout_at(deadline, stream.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => {
+                let state = hub.state().borrow().clone();
+                return Err(AnswerError::Internal(format!(
+                    "the camera's H.264 stream showed no SPS within {} s ({state:?})",
+                    STREAM_PROFILE_WAIT.as_secs()
+                )));
+            }
+        }
+    }
+}
 
 /// Start a session that answers `offer_sdp`. Events go to `events`.
 pub fn start(
@@ -177,9 +235,23 @@ async fn answer(
     factory: &PeerFactory,
     with_audio: bool,
     offer_sdp: String,
+    plan: VideoPlan,
     news: mpsc::UnboundedSender<PeerNews>,
 ) -> Result<(Answered, String), AnswerError> {
-    let video = offer_video(&offer_sdp);
+    let video = match plan {
+        VideoPlan::Encoded => offer_video(&offer_sdp),
+        VideoPlan::Passthrough(_) => OfferVideo::H264 {
+            payload_types: vec![],
+        },
+    };
+    let codecs = match plan {
+        VideoPlan::Encoded => h264_codecs(),
+        VideoPlan::Passthrough(stream) => {
+            let (pt, profile_level) =
+                passthrough_codec(&offer_sdp, stream).map_err(AnswerError::Unsupported)?;
+            vec![h264_codec(&profile_level.to_string(), pt)]
+        }
+    };
     let with_audio = with_audio && offer_has_audio(&offer_sdp);
     let offer = RTCSessionDescription::offer(offer_sdp)
         .map_err(|e| AnswerError::BadOffer(format!("offer SDP: {e}")))?;
@@ -195,12 +267,15 @@ async fn answer(
     }
     let internal =
         |what: &str, e: &dyn std::fmt::Display| AnswerError::Internal(format!("{what}: {e}"));
+    let codec = codecs
+        .first()
+        .map(|c| c.rtp_codec.clone())
+        .ok_or_else(|| AnswerError::Internal("no video codec".into()))?;
     let pc = factory
-        .build(Arc::new(Forwarder(news)))
+        .build_for(Arc::new(Forwarder(news)), codecs)
         .await
         .map_err(|e| internal("peer connection", &e))?;
     let ssrc: u32 = rand::random();
-    let codec = h264_codecs().remove(0).rtp_codec;
     let track = Arc::new(
         TrackLocalStaticSample::new(
             Instant::now(),
@@ -359,7 +434,15 @@ async fn run(
     };
     let (news_tx, mut news) = mpsc::unbounded_channel();
     let started = Instant::now();
-    let (session, answer_sdp) = match answer(&factory, audio.is_some(), offer_sdp, news_tx).await {
+    let (plan, early) = match video_plan(&hub, &offer_sdp).await {
+        Ok(ok) => ok,
+        Err(err) => {
+            emit(SessionEvent::Failed(err));
+            return;
+        }
+    };
+    let answered = answer(&factory, audio.is_some(), offer_sdp, plan, news_tx).await;
+    let (session, answer_sdp) = match answered {
         Ok(ok) => ok,
         Err(err) => {
             emit(SessionEvent::Failed(err));
@@ -371,7 +454,7 @@ async fn run(
     // Start the video pipeline now, while ICE and DTLS run, so that a cold start (opening the
     // source, creating the encoder, the first frame) is over by the time the viewer connects.
     // Held until the viewer's own feed exists; an unconnected session ends at --peer-timeout.
-    let mut warm_up = Some(hub.subscribe());
+    let mut warm_up = Some(early.unwrap_or_else(|| hub.subscribe()));
     // The same for audio when this viewer gets it: Chromium holds video back until it can play
     // audio in sync, so a cold audio start would delay the first picture too.
     let mut audio_warm_up = audio

@@ -198,15 +198,18 @@ impl AccessUnitSplitter {
         self.buffer.extend_from_slice(bytes);
         // A start code is 00 00 01; the header byte after it must be here too, and for a slice
         // the byte after that (first_mb_in_slice == 0 shows as its top bit).
+        let mut waiting = false;
         while let Some(at) = find_start_code(&self.buffer, self.scan) {
             let header = at + 3;
             let Some(&nal_header) = self.buffer.get(header) else {
+                (self.scan, waiting) = (at, true);
                 break;
             };
             let nal_type = nal_header & 0x1f;
             let is_slice = matches!(nal_type, NAL_SLICE | NAL_IDR);
             let first_slice = if is_slice {
                 let Some(&next) = self.buffer.get(header + 1) else {
+                    (self.scan, waiting) = (at, true);
                     break;
                 };
                 next & 0x80 != 0
@@ -251,12 +254,12 @@ impl AccessUnitSplitter {
                 return Err(SplitError::NoStartCode(self.limit));
             }
             // Keep only what could still be the start of a start code.
-            let keep = self.buffer.len().min(3);
+            let keep = self.buffer.len().min(4);
             self.buffer.drain(..self.buffer.len() - keep);
             self.scan = 0;
         } else if self.buffer.len() > self.limit {
             return Err(SplitError::TooLarge(self.limit));
-        } else {
+        } else if !waiting {
             // Next time, look again at the last bytes: a start code may straddle two pieces.
             self.scan = self.scan.max(self.buffer.len().saturating_sub(3));
         }
@@ -365,7 +368,7 @@ mod tests {
             result.is_ok(),
             "noise without start codes is dropped as it comes"
         );
-        assert!(splitter.held() <= 3);
+        assert!(splitter.held() <= 4);
         // One NAL that never ends.
         splitter.push(&[0, 0, 1, 0x65, 0x88], |_| {}).unwrap();
         let mut err = None;

@@ -322,15 +322,28 @@ mod tests {
                 .unwrap()
                 .is(&fault_injection::BACKEND)
         );
+        let command = parse("exec:rpicam-vid -o -").unwrap();
+        assert!(command.is(&exec::BACKEND));
+        assert_eq!(command.as_str(), "exec:rpicam-vid -o -");
         let camera = parse("/dev/video2").unwrap();
         assert!(camera.is(&v4l2::BACKEND));
         assert_eq!(camera.to_string(), "/dev/video2");
         assert_eq!(camera, parse("/dev/video2").unwrap());
         assert_ne!(camera, parse("/dev/video3").unwrap());
-        for bad in ["", "/", "video0", "test-faults:", "Test"] {
+        for bad in [
+            "",
+            "/",
+            "video0",
+            "test-faults:",
+            "Test",
+            "exec:",
+            "exec:  ",
+        ] {
             assert_eq!(
                 parse(bad).unwrap_err(),
-                format!("expected `test` or a V4L2 device path such as /dev/video0, got {bad:?}")
+                format!(
+                    "expected `test`, `exec:COMMAND` or a V4L2 device path such as /dev/video0, got {bad:?}"
+                )
             );
         }
     }

@@ -198,6 +198,20 @@ impl fmt::Display for EncoderChoice {
     }
 }
 
+/// The encoder a stream of `spec` is expected to get, for the status before the pipeline first
+/// runs (a camera that offers H.264 is passed through, which shows once it ran).
+pub fn expected(spec: &super::VideoSpec) -> &'static str {
+    if spec.source.is(&super::exec::BACKEND) && spec.exec_format == super::exec::ExecFormat::H264 {
+        return passthrough::NAME;
+    }
+    match &spec.encoder {
+        EncoderChoice::Openh264 => openh264::BACKEND.name,
+        EncoderChoice::V4l2(_) => v4l2::NAME,
+        EncoderChoice::Auto if v4l2::find_encoder().is_some() => v4l2::NAME,
+        EncoderChoice::Auto => openh264::BACKEND.name,
+    }
+}
+
 /// The encoder for the stream `source` delivers, at `bitrate_kbps`: the one place that chooses.
 /// H.264 from the source is passed through; raw pictures go to the encoder `choice` names, and
 /// with `auto` to the first row of [`ENCODERS`] that opens (a log line says when the hardware
