@@ -69,6 +69,16 @@ pub fn h264_codecs() -> Vec<RTCRtpCodecParameters> {
         .collect()
 }
 
+/// The H.264 variants the headless viewer offers to receive: those of [`h264_codecs`], and Main
+/// and High, which openh264's decoder takes too (a camera's H.264 passed through is often one
+/// of them).
+pub fn viewer_codecs() -> Vec<RTCRtpCodecParameters> {
+    let mut codecs = h264_codecs();
+    codecs.push(h264_codec("4d001f", 116));
+    codecs.push(h264_codec("64001f", 118));
+    codecs
+}
+
 /// H.264 with packetization-mode 1 and `profile_level_id` on payload type `pt`. For H.264 passed
 /// through from the source, the one codec a session registers is the offer's entry that decodes
 /// the stream (`sdp::passthrough_codec`): the library then matches exactly that payload type.

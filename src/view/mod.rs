@@ -342,7 +342,7 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
     .map_err(|e| ViewError::Setup(e.to_string()))?;
     let (news_tx, mut news) = mpsc::unbounded_channel();
     let pc = factory
-        .build(Arc::new(Forwarder(news_tx)))
+        .build_for(Arc::new(Forwarder(news_tx)), crate::peer::viewer_codecs())
         .await
         .map_err(|e| ViewError::Setup(e.to_string()))?;
     let setup = async {
