@@ -912,13 +912,18 @@ mod tests {
         for jpeg in [&jpeg_420, &jpeg_422, &strip_dht(&jpeg_422)] {
             let (mut turbo, mut zune) = (Vec::new(), Vec::new());
             MjpegDecoder::new().decode(jpeg, W, H, &mut turbo).unwrap();
-            ZuneMjpegDecoder::new().decode(jpeg, W, H, &mut zune).unwrap();
+            ZuneMjpegDecoder::new()
+                .decode(jpeg, W, H, &mut zune)
+                .unwrap();
             // Both give the picture that was encoded; libjpeg-turbo, without the 4:4:4 round
             // trip, at least as closely.
             let turbo_off = plane_diffs(&turbo, &reference());
             let zune_off = plane_diffs(&zune, &reference());
             for ((plane, (t, _)), (z, _)) in ["Y", "U", "V"].iter().zip(turbo_off).zip(zune_off) {
-                assert!(t < 3.0 && t <= z + 0.25, "{plane}: {turbo_off:?} vs {zune_off:?}");
+                assert!(
+                    t < 3.0 && t <= z + 0.25,
+                    "{plane}: {turbo_off:?} vs {zune_off:?}"
+                );
             }
         }
     }

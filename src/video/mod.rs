@@ -24,6 +24,7 @@ pub mod exec;
 pub mod fault_injection;
 pub mod h264;
 pub mod hub;
+pub mod m2m;
 pub mod negotiate;
 pub mod snapshot;
 pub mod test_pattern;
