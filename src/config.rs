@@ -1458,6 +1458,9 @@ pub struct SelftestConfig {
     pub bitrate_kbps: u32,
     /// Print the report as JSON.
     pub json: bool,
+    /// Drive a memory-to-memory encoder of this codec (`FWHT`: the kernel's vicodec) instead of
+    /// the H.264 path; for the emulated board's tests.
+    pub m2m_codec: Option<[u8; 4]>,
 }
 
 #[derive(Args, Debug)]
@@ -1510,6 +1513,14 @@ struct SelftestArgs {
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Tests only: encode through a V4L2 memory-to-memory device making this fourcc (e.g. FWHT,
+    /// the kernel's vicodec) and check its frames, instead of H.264.
+    #[arg(long, value_name = "FOURCC", value_parser = parse_fourcc, hide = true)]
+    m2m_codec: Option<[u8; 4]>,
+}
+
+fn parse_fourcc(s: &str) -> Result<[u8; 4], String> {
+    <[u8; 4]>::try_from(s.as_bytes()).map_err(|_| format!("expected four characters, got {s:?}"))
 }
 
 fn parse_selftest_audio(s: &str) -> Result<AudioSetting, String> {
@@ -1551,6 +1562,7 @@ fn resolve_selftest(args: SelftestArgs) -> SelftestConfig {
         seconds: args.seconds,
         bitrate_kbps: args.bitrate,
         json: args.json,
+        m2m_codec: args.m2m_codec,
     }
 }
 

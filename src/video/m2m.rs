@@ -284,6 +284,15 @@ impl M2mDevice {
     }
 }
 
+/// Set a control of the device at `path` through a handle of its own (a camera's
+/// force-key-frame control while another handle streams).
+pub fn set_control_at(path: &str, id: u32, value: i32) -> io::Result<()> {
+    let fd = v4l2::open(path, libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC)?;
+    let result = set_control(fd, id, value);
+    let _ = v4l2::close(fd);
+    result
+}
+
 fn set_control(fd: c_int, id: u32, value: i32) -> io::Result<()> {
     let mut control = v4l2_control { id, value };
     // SAFETY: VIDIOC_S_CTRL takes a v4l2_control.
