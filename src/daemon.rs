@@ -23,12 +23,20 @@ use crate::web::{self, WebSettings};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Threads the async runtime may start for blocking work (file reads for the viewer page,
+/// viewers' snapshot and control requests, which also wait for the hub's request workers);
+/// more work waits for one. Keeps the thread count well under the unit's `TasksMax=128`.
+pub const MAX_BLOCKING_THREADS: usize = 32;
+
 /// On SIGTERM, how long to wait for the sessions to close before going offline anyway.
 const SHUTDOWN_SESSION_WAIT: Duration = Duration::from_millis(800);
 
 /// Run until SIGINT or SIGTERM.
 pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let started = Instant::now();
+    for warning in cfg.exposed_secrets() {
+        warn!("{warning}");
+    }
     let topics = Topics::new(cfg.id.clone())?;
     let factory = PeerFactory::new(peer_settings(&cfg))?;
     let hub = Hub::new(cfg.video.clone(), cfg.bitrate_kbps)?;
@@ -54,6 +62,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     status.audio = audio_status.clone();
     let limits = Limits {
         max_viewers: cfg.max_viewers as usize,
+        max_connecting: cfg.max_connecting as usize,
         peer_timeout: cfg.peer_timeout,
         ..Limits::default()
     };
@@ -66,6 +75,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 root: cfg.web_root.clone(),
                 id: cfg.id.clone(),
                 broker: cfg.web_broker_url.clone(),
+                max_connections: cfg.http_max_connections as usize,
             })
             .await?,
         ),
@@ -75,7 +85,12 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let mut conn = mqtt::connect(MqttSettings {
         host: cfg.mqtt.host.clone(),
         port: cfg.mqtt.port,
-        client_id: format!("spyglass-{}", cfg.id.replace('/', "-")),
+        client_id: match &cfg.mqtt_client_id {
+            Some(id) => mqtt::ClientId::Fixed(id.clone()),
+            None => mqtt::ClientId::Random {
+                prefix: format!("spyglass-{}", cfg.id.replace('/', "-")),
+            },
+        },
         username: cfg.username.clone(),
         password: cfg.password.clone(),
         will: Some((topics.status(), offline.clone())),
@@ -261,7 +276,14 @@ impl Executor {
                 Action::Publish {
                     topic,
                     payload,
+                    lossy: true,
+                    ..
+                } => self.mqtt.publish_lossy(topic, payload),
+                Action::Publish {
+                    topic,
+                    payload,
                     retain,
+                    lossy: false,
                 } => self.mqtt.publish(topic, payload, retain).await,
                 Action::Start { key, offer_sdp } => {
                     let handle = session::start(

@@ -8,6 +8,7 @@ pub mod mqtt;
 pub mod pattern;
 pub mod peer;
 pub mod pipeline;
+pub mod rate;
 pub mod selftest;
 pub mod service;
 pub mod signaling;

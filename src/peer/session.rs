@@ -465,6 +465,7 @@ async fn run(
     let mut media: Vec<JoinHandle<()>> = Vec::new();
     let mut channels: Vec<JoinHandle<()>> = Vec::new();
     let counters = Arc::new(SessionCounters::default());
+    let budget = Arc::new(control::ViewerBudget::default());
     let mut check = tokio::time::interval(DTLS_CHECK_INTERVAL);
     let reason = loop {
         tokio::select! {
@@ -499,11 +500,17 @@ async fn run(
                     let label = channel.label().await.unwrap_or_default();
                     debug!(cid = %key.cid, label, "data channel opened by the viewer");
                     channels.retain(|task| !task.is_finished());
+                    if channels.len() >= control::MAX_CHANNELS {
+                        debug!(cid = %key.cid, label, "data channel refused: too many open");
+                        let _ = channel.close().await;
+                        continue;
+                    }
                     channels.push(if label == control::LABEL {
                         tokio::spawn(control::serve(channel, ControlContext {
                             hub: hub.clone(),
                             counters: Arc::clone(&counters),
                             pc: Arc::clone(&session.pc),
+                            budget: Arc::clone(&budget),
                         }))
                     } else {
                         tokio::spawn(control::ignore(channel))

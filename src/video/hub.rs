@@ -26,6 +26,12 @@ pub use crate::pipeline::State as VideoState;
 
 /// Requests from viewers that lost pictures are served at most this often.
 const MIN_LOSS_KEYFRAME_INTERVAL: Duration = Duration::from_millis(250);
+/// Keyframes viewers ask for on the data channel, from all viewers together: per second, and
+/// at once after a pause. Each costs every viewer a burst of bitrate.
+const ON_DEMAND_KEYFRAMES: (f64, u32) = (1.0, 2);
+/// Viewers' blocking requests served at once on the whole device (snapshot encodes, each with a
+/// frame-sized buffer; control listings and changes, V4L2 ioctls); more wait for a turn.
+pub const REQUEST_WORKERS: usize = 2;
 
 const POLICY: Policy = Policy {
     name: "capture",
@@ -132,6 +138,10 @@ pub struct Video {
     controls: Controls,
     /// The newest raw frame that was encoded, for snapshots; `None` while idle.
     latest: Mutex<Option<Arc<Frame>>>,
+    /// Keyframes asked for on the data channel, by everyone.
+    on_demand: Mutex<crate::rate::TokenBucket>,
+    /// Turns for viewers' blocking requests.
+    request_workers: Arc<tokio::sync::Semaphore>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -285,6 +295,11 @@ impl Hub {
             keyframes_encoded: AtomicU64::new(0),
             controls,
             latest: Mutex::new(None),
+            on_demand: Mutex::new(crate::rate::TokenBucket::new(
+                ON_DEMAND_KEYFRAMES.0,
+                ON_DEMAND_KEYFRAMES.1,
+            )),
+            request_workers: Arc::new(tokio::sync::Semaphore::new(REQUEST_WORKERS)),
         })?;
         Ok(Hub {
             pipeline,
@@ -318,6 +333,25 @@ impl Hub {
 
     pub fn request_keyframe(&self, reason: KeyframeReason) {
         lock(&self.pipeline.media().keyframes).request(reason);
+    }
+
+    /// A keyframe a viewer asked for on the data channel: requested (coalesced like a loss) if
+    /// the device-wide budget allows, else how long until it would.
+    pub fn request_keyframe_on_demand(&self, now: Instant) -> Result<(), Duration> {
+        let mut budget = lock(&self.pipeline.media().on_demand);
+        if budget.try_take(now) {
+            drop(budget);
+            self.request_keyframe(KeyframeReason::Loss);
+            Ok(())
+        } else {
+            Err(budget.wait(now))
+        }
+    }
+
+    /// Turns for viewers' blocking requests (snapshots, controls), shared by every viewer
+    /// ([`REQUEST_WORKERS`]).
+    pub fn request_workers(&self) -> Arc<tokio::sync::Semaphore> {
+        Arc::clone(&self.pipeline.media().request_workers)
     }
 
     /// Follows the pipeline's state.

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod board;
 pub mod netlab;
 
 use std::io::Read;
