@@ -746,7 +746,7 @@ mod tests {
                     }],
                 },
                 Offered {
-                    fourcc: FourCc::Other(*b"H264"),
+                    fourcc: FourCc::H264,
                     sizes: vec![OfferedSize {
                         size: FrameSize::Discrete {
                             width: 1920,
