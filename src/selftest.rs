@@ -522,6 +522,7 @@ fn m2m_stage(
     let frames = u64::from(config.seconds) * u64::from(config.video.fps);
     let mut previous: Option<Vec<u8>> = None;
     let mut keyframes_at = Vec::new();
+    let mut bad_header: Option<Vec<u32>> = None;
     for index in 0..frames {
         let t = Instant::now();
         let frame = source.next_frame()?;
@@ -535,10 +536,7 @@ fn m2m_stage(
         for c in out {
             v.encoded += 1;
             v.encoded_bytes += c.data.len() as u64;
-            if c.keyframe {
-                v.keyframes += 1;
-                keyframes_at.push(index);
-            }
+            let mut keyframe = c.keyframe;
             if &codec == b"FWHT" {
                 // 'OOOO', 0xffffffff, then big-endian version, width, height, flags, four
                 // colour fields, payload size.
@@ -554,7 +552,19 @@ fn m2m_stage(
                     && word(10).is_some_and(|size| size as usize + 44 == c.data.len());
                 if !header_ok {
                     v.wrong_size += 1;
+                    bad_header.get_or_insert_with(|| {
+                        let mut words: Vec<u32> = (0..11).filter_map(word).collect();
+                        words.push(c.data.len() as u32);
+                        words
+                    });
                 }
+                // vicodec marks an I-frame in its header (V4L2_FWHT_FL_I_FRAME), not in the
+                // buffer's flags.
+                keyframe |= word(5).is_some_and(|flags| flags & (1 << 10) != 0);
+            }
+            if keyframe {
+                v.keyframes += 1;
+                keyframes_at.push(index);
             }
             if previous.as_ref().is_some_and(|p| *p != c.data) {
                 v.changed += 1;
@@ -569,16 +579,19 @@ fn m2m_stage(
             v.encoded
         ));
     }
+    // Keyframes at least at every GOP start (an encoder may make more: a picture that changed
+    // too much), and not every picture one.
     let expected: Vec<u64> = (0..frames).step_by(GOP as usize).collect();
-    if keyframes_at != expected {
+    if !expected.iter().all(|k| keyframes_at.contains(k)) || keyframes_at.len() as u64 >= frames {
         report.failures.push(format!(
-            "keyframes at pictures {keyframes_at:?}, wanted {expected:?} (GOP {GOP})"
+            "keyframes at pictures {keyframes_at:?}, wanted at least {expected:?} (GOP {GOP}) and fewer than every picture"
         ));
     }
     if v.wrong_size > 0 {
-        report
-            .failures
-            .push(format!("{} frames with a wrong FWHT header", v.wrong_size));
+        report.failures.push(format!(
+            "{} frames with a wrong FWHT header, the first: {bad_header:?} (words, then its length)",
+            v.wrong_size
+        ));
     }
     if v.changed + 1 < v.encoded {
         report.failures.push(format!(

@@ -17,7 +17,7 @@ use std::time::Duration;
 use v4l::v4l_sys::{
     V4L2_BUF_FLAG_KEYFRAME, V4L2_CAP_DEVICE_CAPS, V4L2_CAP_STREAMING, V4L2_CAP_VIDEO_M2M_MPLANE,
     v4l2_buffer, v4l2_capability, v4l2_control, v4l2_fmtdesc, v4l2_format, v4l2_plane,
-    v4l2_requestbuffers, v4l2_streamparm,
+    v4l2_requestbuffers, v4l2_selection, v4l2_streamparm,
 };
 use v4l::v4l2::{self, vidioc};
 
@@ -26,6 +26,13 @@ pub const BUFFERS: u32 = 4;
 const BUF_TYPE_CAPTURE_MPLANE: u32 = 9;
 const BUF_TYPE_OUTPUT_MPLANE: u32 = 10;
 const MEMORY_MMAP: u32 = 1;
+/// `VIDIOC_S_SELECTION`, `_IOWR('V', 95, struct v4l2_selection)` (the v4l crate has no constant).
+const VIDIOC_S_SELECTION: vidioc::_IOC_TYPE = 0xc040_565f;
+const _: () = assert!(std::mem::size_of::<v4l2_selection>() == 64);
+/// `V4L2_BUF_TYPE_VIDEO_OUTPUT`: the selection API's name for the OUTPUT queue.
+const BUF_TYPE_OUTPUT: u32 = 2;
+/// `V4L2_SEL_TGT_CROP`.
+const SEL_TGT_CROP: u32 = 0;
 
 /// The two queues of a memory-to-memory device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,6 +254,18 @@ impl M2mDevice {
             )));
         }
         let layout = PlaneLayout::from_driver(config.width, config.height, stride, size);
+        // The visible picture, when the driver padded the height (bcm2835-codec's 1080 -> 1088,
+        // vicodec's 360 -> 368): without it the stream would announce the padded size.
+        if height != config.height {
+            let mut sel: v4l2_selection = zeroed();
+            sel.type_ = BUF_TYPE_OUTPUT;
+            sel.target = SEL_TGT_CROP;
+            sel.r.width = config.width;
+            sel.r.height = config.height;
+            // SAFETY: VIDIOC_S_SELECTION takes a v4l2_selection (size checked above).
+            unsafe { xioctl(self.fd, VIDIOC_S_SELECTION, &mut sel) }
+                .map_err(|e| self.io("cannot set the visible size (crop)", e))?;
+        }
         let mut parm: v4l2_streamparm = zeroed();
         parm.type_ = BUF_TYPE_OUTPUT_MPLANE;
         // The output member, for an OUTPUT queue.
