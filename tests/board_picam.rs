@@ -25,6 +25,8 @@ NO_COLOR=1 spyglass selftest --video test --size 640x360 --fps 10 --seconds 3 --
 echo "rc $?"
 feed-h264 /dev/video10 /test/au 15 320 180 &
 sleep 1
+echo "=== devices"
+NO_COLOR=1 spyglass devices 2>&1
 NO_COLOR=1 spyglass --id {id} --mqtt {broker} --video /dev/video10 --size 320x180 --fps 15 \
   --rtc-bind {ip} --mdns off --http off --audio none 2>/tmp/daemon.log &
 daemon=$!
@@ -133,6 +135,14 @@ fn vicodec_through_the_m2m_queue_code_and_a_v4l2_h264_camera_passed_through() {
         selftest.contains("FWHT") && selftest.contains("PASS"),
         "{selftest}"
     );
+    // `spyglass devices` shows the camera's H.264 and that no H.264 encoder is there (vicodec
+    // makes FWHT).
+    let devices = run.section("devices");
+    assert!(
+        devices.contains("H264 (passed through with --encoder auto)"),
+        "{devices}"
+    );
+    assert!(devices.contains("no V4L2 H.264 encoder"), "{devices}");
     let log = run.section("daemon log");
     assert!(log.contains("passthrough"), "{log}");
     assert!(

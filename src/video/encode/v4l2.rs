@@ -57,6 +57,21 @@ pub fn find_encoder() -> Option<String> {
         .map(|(path, _, _)| path)
 }
 
+/// The text of `spyglass devices` about hardware encoders.
+pub fn list_encoders() -> String {
+    let found = m2m::find(m2m::fourcc(b"YU12"), m2m::fourcc(b"H264"));
+    if found.is_empty() {
+        return "no V4L2 H.264 encoder (--encoder auto uses openh264, in software)\n".to_string();
+    }
+    let mut text = String::from("V4L2 H.264 encoders (--encoder auto uses the first):\n");
+    for (path, card, driver) in found {
+        text.push_str(&format!(
+            "{path}: {card} (driver {driver}): I420 to H.264\n"
+        ));
+    }
+    text
+}
+
 /// The controls an H.264 session starts with: bitrate, constrained baseline, a level for the
 /// size, an IDR every 4 s as a safety net (joins and losses force keyframes), and SPS/PPS before
 /// every IDR.
