@@ -146,7 +146,7 @@ async fn h264_from_a_process_is_passed_through_in_its_own_profile() {
         ],
     );
     let status_topic = format!("{}/status", daemon.id);
-    let mut watcher = TestClient::connect(&broker, &[status_topic.clone()]).await;
+    let mut watcher = TestClient::connect(&broker, std::slice::from_ref(&status_topic)).await;
     let status = watcher
         .wait_json(&status_topic, Duration::from_secs(20), |v| {
             v["online"] == true
@@ -178,7 +178,7 @@ async fn h264_from_a_process_is_passed_through_in_its_own_profile() {
     // An offer that takes only baseline H.264 cannot receive High: `unsupported`, no picture.
     let cid = format!("baseline-{}", rand::random::<u32>());
     let error_topic = format!("{}/error/{cid}", daemon.id);
-    let mut client = TestClient::connect(&broker, &[error_topic.clone()]).await;
+    let mut client = TestClient::connect(&broker, std::slice::from_ref(&error_topic)).await;
     let sdp = recvonly_offer(&[RtpCodecKind::Video], true).await;
     let offer = serde_json::json!({"type": "offer", "sdp": sdp}).to_string();
     client

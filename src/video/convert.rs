@@ -515,7 +515,7 @@ fn resample_chroma(src: &[u8], sw: usize, sh: usize, dst: &mut [u8], dw: usize, 
             let top = &src[2 * row * sw..][..dw];
             let bottom = &src[(2 * row + 1) * sw..][..dw];
             for ((d, &t), &b) in out.iter_mut().zip(top).zip(bottom) {
-                *d = ((u16::from(t) + u16::from(b) + 1) / 2) as u8;
+                *d = (u16::from(t) + u16::from(b)).div_ceil(2) as u8;
             }
         }
     } else if sw == 2 * dw && sh == 2 * dh {
