@@ -313,12 +313,14 @@ def pipeline_ratio(args, broker, tmp, res):
 
 def ffmpeg_producer(kind, size, idr_frames=FPS):
     """Debian's ffmpeg as a stand-in for rpicam-vid: raw I420, or H.264 with headers before every
-    IDR and an IDR every `idr_frames` frames (1 s at 30 fps), no B-frames."""
+    IDR and an IDR every `idr_frames` frames (1 s at 30 fps), no B-frames, at the daemon's
+    2 Mbit/s (so that both pipelines send the same bytes per frame)."""
     src = (f"ffmpeg -hide_banner -nostats -loglevel error -re -f lavfi "
            f"-i testsrc2=size={size}:rate={FPS}")
     if kind == "i420":
         return f"exec:{src} -f rawvideo -pix_fmt yuv420p -"
     return (f"exec:{src} -c:v libx264 -preset ultrafast -tune zerolatency -bf 0 "
+            f"-b:v 2M -maxrate 2M -bufsize 1M "
             f"-g {idr_frames} -pix_fmt yuv420p -x264-params repeat-headers=1 -f h264 -")
 
 
