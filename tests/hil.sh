@@ -85,7 +85,8 @@ sleep 0.5
 # 3. spyglass on the camera; media stays on loopback.
 id=hil-$$
 "$bin" --id "$id" --mqtt "mqtt://127.0.0.1:$port" --video "$video" --exec-format "$exec_format" \
-  --size "$size" --fps "$fps" --rtc-bind 127.0.0.1 --mdns off > "$work/spyglass.log" 2>&1 &
+  --size "$size" --fps "$fps" --rtc-bind 127.0.0.1 --rtc-allow-loopback on --mdns off \
+  > "$work/spyglass.log" 2>&1 &
 daemon=$!
 pids+=($daemon)
 sleep 1

@@ -131,6 +131,8 @@ pub struct Video {
     stream: watch::Sender<StreamInfo>,
     /// When the source's last keyframe came (for its IDR period).
     last_keyframe: Mutex<Option<Instant>>,
+    /// The bitrate rate control wants from the encoder, bits/s (0: none yet, keep `bitrate_kbps`).
+    target_bps: AtomicU64,
     keyframes: Mutex<KeyframeGate>,
     /// Keyframes encoded, periodic ones included.
     keyframes_encoded: AtomicU64,
@@ -221,6 +223,10 @@ impl Media for Video {
         encoder: &mut Box<dyn Encoder>,
         captured: Captured,
     ) -> Result<Option<EncodedFrame>, PipelineError> {
+        let target = self.target_bps.load(Ordering::Relaxed);
+        if target > 0 {
+            encoder.set_bitrate(target.min(u64::from(u32::MAX)) as u32);
+        }
         let force = lock(&self.keyframes).should_force(Instant::now());
         let encoded = encoder.take(&captured, force)?;
         if let Some(encoded) = &encoded {
@@ -291,6 +297,7 @@ impl Hub {
             encoder_choice,
             stream: watch::channel(StreamInfo::default()).0,
             last_keyframe: Mutex::new(None),
+            target_bps: AtomicU64::new(0),
             keyframes: Mutex::new(KeyframeGate::default()),
             keyframes_encoded: AtomicU64::new(0),
             controls,
@@ -329,6 +336,15 @@ impl Hub {
             waiting_for_keyframe: true,
             max_backlog_age: None,
         }
+    }
+
+    /// The bitrate the shared encoder aims at from its next frame on (rate control, from the
+    /// viewers' bandwidth estimates; [`crate::peer::bitrate`]).
+    pub fn set_target_bitrate(&self, bps: u64) {
+        self.pipeline
+            .media()
+            .target_bps
+            .store(bps, Ordering::Relaxed);
     }
 
     pub fn request_keyframe(&self, reason: KeyframeReason) {

@@ -36,6 +36,13 @@ pub struct EncodedFrame {
     pub seq: u64,
     pub captured_at: SystemTime,
     pub instant: Instant,
+    /// The frame's temporal layer (0: the base layer, which every viewer gets; higher layers are
+    /// never referenced by lower ones, so a viewer can be sent layers `0..=n` only). 0 from an
+    /// encoder that makes one layer.
+    pub temporal_id: u8,
+    /// The frame's RTP payloads, made once for every viewer by the first one that sends it
+    /// (`peer::packetize`).
+    pub rtp_payloads: std::sync::OnceLock<Vec<Bytes>>,
 }
 
 /// Why an encoder could not be set up or could not encode a picture.
@@ -115,10 +122,13 @@ pub trait Encoder: Send {
         true
     }
 
-    /// Aim at `bps` from the next frame on (rate control), where the encoder can. Passthrough
-    /// cannot: the source sets its own rate, and this does nothing.
-    fn set_bitrate(&mut self, bps: u32) {
-        let _ = bps;
+    /// Aim at `bps` from now on (rate control, from the viewers' bandwidth estimates), where the
+    /// encoder can. One that cannot (passthrough: the source sets its own rate) keeps the rate
+    /// it was opened with.
+    fn set_bitrate(&mut self, _bps: u32) {}
+    /// The bitrate the encoder aims at, bits/s.
+    fn bitrate(&self) -> u32 {
+        0
     }
 }
 
