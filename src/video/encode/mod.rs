@@ -86,6 +86,9 @@ impl EncodedFrame {
             seq,
             captured_at,
             instant,
+            // Passthrough and the M2M encoder make no temporal layers.
+            temporal_id: 0,
+            rtp_payloads: Default::default(),
         }
     }
 }
