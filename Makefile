@@ -17,6 +17,9 @@ APT_PACKAGES += iproute2 nftables coturn ethtool iputils-ping python3
 # Standards counterparts the browser tests start (issue 17): Janus as the SFU behind the tests'
 # WHIP front-end (web/test/standards/), djpeg to decode Home Assistant camera snapshots.
 APT_PACKAGES += janus libjpeg-turbo-progs
+# The process source's tests and `make bench` (issue 16): Debian's ffmpeg with libx264 stands in
+# for rpicam-vid (raw I420, and H.264 with headers before every IDR).
+APT_PACKAGES += ffmpeg
 CARGO ?= cargo
 # Where cargo puts its builds (.ci/run moves it out of the tree); the browser tests need the binary.
 TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')

@@ -130,15 +130,15 @@ class StatusWatch:
 
 
 class Daemon:
-    def __init__(self, args, broker, uid, size, tmp):
+    def __init__(self, args, broker, uid, size, tmp, video="test", extra=()):
         self.watch = StatusWatch(broker, uid)
         self.log = open(os.path.join(tmp, f"daemon-{uid}.log"), "w")
         self.started = time.monotonic()
         self.proc = subprocess.Popen(
-            [args.bin, "--id", uid, "--mqtt", broker.url, "--video", "test", "--size", size,
+            [args.bin, "--id", uid, "--mqtt", broker.url, "--video", video, "--size", size,
              "--fps", str(FPS), "--bitrate", "2000", "--max-viewers", "20", "--rtc-bind",
              "127.0.0.1", "--rtc-allow-loopback", "on", "--mdns", "off", "--http", "off",
-             "--audio", "none", "--log", "info"],
+             "--audio", "none", "--log", "info", *extra],
             stdout=self.log, stderr=self.log)
         t, _ = self.watch.wait(lambda s: s.get("online") is True, 10)
         if t is None:
@@ -217,7 +217,8 @@ def criterion_stages(args, res, run=True):
                        stdout=sys.stderr)
     base = os.path.join(target_dir(), "criterion")
     stages = {}
-    for stage in ["yuyv_to_i420", "nv12_to_i420", "mjpeg_to_i420", "h264_encode", "h264_packetize", "srtp_protect"]:
+    for stage in ["yuyv_to_i420", "nv12_to_i420", "mjpeg_to_i420", "mjpeg_zune_to_i420",
+                  "h264_encode", "h264_packetize", "srtp_protect"]:
         for size in SIZES:
             path = os.path.join(base, f"{stage}_{size}", "new", "estimates.json")
             try:
@@ -306,6 +307,94 @@ def pipeline_ratio(args, broker, tmp, res):
         out[size] = {"cpu": cpu, "hub_cpu": hub, "fps": fps, "frames": report.get("frames")}
         log(size, out[size])
     res["pipeline_cpu"] = out
+
+
+# --- issue 16: process source, passthrough, MJPEG -------------------------------------------
+
+def ffmpeg_producer(kind, size, idr_frames=FPS):
+    """Debian's ffmpeg as a stand-in for rpicam-vid: raw I420, or H.264 with headers before every
+    IDR and an IDR every `idr_frames` frames (1 s at 30 fps), no B-frames, at the daemon's
+    2 Mbit/s (so that both pipelines send the same bytes per frame)."""
+    src = (f"ffmpeg -hide_banner -nostats -loglevel error -re -f lavfi "
+           f"-i testsrc2=size={size}:rate={FPS}")
+    if kind == "i420":
+        return f"exec:{src} -f rawvideo -pix_fmt yuv420p -"
+    return (f"exec:{src} -c:v libx264 -preset ultrafast -tune zerolatency -bf 0 "
+            f"-b:v 2M -maxrate 2M -bufsize 1M "
+            f"-g {idr_frames} -pix_fmt yuv420p -x264-params repeat-headers=1 -f h264 -")
+
+
+def view_json(args, broker, uid, frames, timeout=120):
+    return subprocess.Popen(
+        ["nice", "-n", "10", args.bin, "view", "--mqtt", broker.url, "--id", uid, "--frames",
+         str(frames), "--timeout", str(timeout), "--rtc-bind", "127.0.0.1", "--mdns", "off",
+         "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def picam(args, broker, tmp, res):
+    """Daemon CPU per frame at 1280x720 for the test pattern, the process source writing raw I420
+    (both encoded by openh264) and the process source writing H.264 (passed through), with 1 and
+    10 viewers; frames/s read from a `spyglass view` that counts what it decoded. The producer is
+    a child of the daemon: utime+stime of the daemon's own process do not include it."""
+    log("issue 16: process source and passthrough, daemon CPU per frame, 1280x720")
+    size = "1280x720"
+    runs = [("pattern", "test", ["--encoder", "openh264"], [1]),
+            ("exec_i420", ffmpeg_producer("i420", size), ["--encoder", "openh264"], [1, 10]),
+            ("passthrough", ffmpeg_producer("h264", size), ["--exec-format", "h264"], [1, 10])]
+    out = {}
+    for name, video, extra, counts in runs:
+        uid = f"bench-picam-{name}"
+        d = Daemon(args, broker, uid, size, tmp, video, extra)
+        counter = None
+        v = Viewers(args, broker, uid)
+        try:
+            for n in counts:
+                frames = int((args.settle + args.window + 3) * FPS)
+                t0 = time.monotonic()
+                counter = view_json(args, broker, uid, frames)
+                v.add(n - 1 - len(v.procs))
+                ok = wait_viewers(d, n)
+                time.sleep(args.settle)
+                cpu = measure_cpu(d.proc.pid, args.window)
+                report = json.loads(counter.communicate(timeout=120)[0] or "{}")
+                t1 = time.monotonic()
+                fps = None
+                if report.get("frames") and report.get("first_frame_ms"):
+                    fps = report["frames"] / (t1 - t0 - report["first_frame_ms"] / 1000)
+                row = {"cpu": cpu, "fps": fps, "reached": ok, "load": loadavg()[0],
+                       "ms_per_frame": cpu * 1000 / fps if fps else None}
+                out[f"{name}/{n}"] = row
+                log(name, n, row)
+        finally:
+            if counter and counter.poll() is None:
+                counter.kill()
+                counter.wait()
+            v.close()
+            d.close()
+    res["picam"] = out
+
+    log("issue 16: offer → first frame, passthrough with a 1 s IDR period")
+    uid = "bench-picam-first"
+    d = Daemon(args, broker, uid, size, tmp, ffmpeg_producer("h264", size), ["--exec-format", "h264"])
+    firsts = {"cold": [], "warm": []}
+    holder = Viewers(args, broker, uid)
+    try:
+        for phase in ["cold", "warm"]:
+            if phase == "warm":
+                holder.add(1)
+                wait_viewers(d, 1)
+                time.sleep(2)
+            for _ in range(args.picam_sessions):
+                if phase == "cold":
+                    time.sleep(1.5)  # the pipeline stops and the producer ends between sessions
+                r = json.loads(view_json(args, broker, uid, 1, 40).communicate(timeout=60)[0] or "{}")
+                if r.get("first_frame_ms"):
+                    firsts[phase].append(r["first_frame_ms"])
+    finally:
+        holder.close()
+        d.close()
+    res["picam_first_frame"] = firsts
+    log(firsts)
 
 
 def view_first_frame(args, res):
@@ -414,6 +503,41 @@ def mb(entry, key):
     return entry[key] / 1e6 if entry and entry.get(key) is not None else None
 
 
+def picam_table(args, res):
+    """Issue 16's figures."""
+    L = ["| issue 16 figure (1280x720) | value | target | |", "|---|---|---|---|"]
+    st = res.get("stages", {})
+    turbo, zune = st.get(("mjpeg_to_i420", "1280x720")), st.get(("mjpeg_zune_to_i420", "1280x720"))
+    ratio = turbo / zune if turbo and zune else None
+    L.append(f"| MJPEG → I420: libjpeg-turbo ÷ before (zune-jpeg), same frames, one run | "
+             f"{fmt(turbo, 3)} ÷ {fmt(zune, 3)} ms = {fmt(ratio, 2)} | ≤ 0.5 | "
+             f"{verdict(None if ratio is None else ratio <= 0.5)} |")
+    pc = res.get("picam", {})
+    per = {k: v.get("ms_per_frame") for k, v in pc.items()}
+    for n in [1, 10]:
+        p, e = per.get(f"passthrough/{n}"), per.get(f"exec_i420/{n}")
+        r = p / e if p and e else None
+        L.append(f"| passthrough daemon CPU per frame ÷ openh264 pipeline's (same source), {n} viewer(s) | "
+                 f"{fmt(p, 3)} ÷ {fmt(e, 3)} ms = {fmt(r, 3)} | ≤ 0.1 | "
+                 f"{verdict(None if r is None else r <= 0.1)} |")
+    e, t = per.get("exec_i420/1"), per.get("pattern/1")
+    r = e / t if e and t else None
+    L.append(f"| process source (raw I420 from ffmpeg) ÷ test pattern, spyglass's CPU per frame, "
+             f"1 viewer, both openh264 | {fmt(e, 2)} ÷ {fmt(t, 2)} ms = {fmt(r, 2)} | | |")
+    for k, v in sorted(pc.items()):
+        L.append(f"| daemon: {k} viewer(s): CPU % of one core at frames/s | "
+                 f"{v['cpu'] * 100:.1f} % at {fmt(v.get('fps'), 1)} fps (load {v['load']}) | | |")
+    ff = res.get("picam_first_frame", {})
+    for phase, label in [("warm", "pipeline running (waits for the next IDR)"),
+                         ("cold", "pipeline idle (starts the producer)")]:
+        v = ff.get(phase) or []
+        L.append(f"| passthrough, 1 s IDR period: offer → first frame, {label}, median / max "
+                 f"({len(v)} sessions) | "
+                 + (f"{statistics.median(v):.0f} / {max(v):.0f} ms" if v else "n/a") + " | | |")
+    L.append("")
+    return "\n".join(L)
+
+
 def table(args, res):
     cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                       if l.startswith("model name")), "?")
@@ -434,7 +558,8 @@ def table(args, res):
     L.append("|---|" + "---|" * len(SIZES) + "---|---|")
     names = [("yuyv_to_i420", "YUYV → I420, ms/frame (criterion median)"),
              ("nv12_to_i420", "NV12 → I420, ms/frame"),
-             ("mjpeg_to_i420", "MJPEG decode → I420, ms/frame"),
+             ("mjpeg_to_i420", "MJPEG decode → I420 (libjpeg-turbo), ms/frame"),
+             ("mjpeg_zune_to_i420", "MJPEG decode → I420, before (zune-jpeg, 4:4:4), ms/frame"),
              ("h264_encode", "openh264 encode, ms/frame"),
              ("h264_packetize", "H.264 packetize (RTP, MTU 1200), ms/frame"),
              ("srtp_protect", "SRTP protect (AES-128-GCM), per viewer, ms/frame")]
@@ -460,6 +585,7 @@ def table(args, res):
              + " | ".join(fmt(same.get(s), 2) for s in SIZES)
              + f" | ≤ 1.15 | {verdict(None if r720 is None else r720 <= 1.15)} |")
     L.append("")
+    L.append(picam_table(args, res))
 
     L.append("| figure (1280x720) | value | target | |")
     L.append("|---|---|---|---|")
@@ -550,7 +676,9 @@ def main():
     ap.add_argument("--window", type=float, default=10)
     ap.add_argument("--settle", type=float, default=3)
     ap.add_argument("--encode-seconds", type=int, default=5)
-    ap.add_argument("--skip", default="", help="comma list: criterion,encode,view,chromium,daemon,sfu")
+    ap.add_argument("--picam-sessions", type=int, default=5)
+    ap.add_argument("--skip", default="",
+                    help="comma list: criterion,encode,view,chromium,daemon,sfu,picam")
     ap.add_argument("--merge", default=None,
                     help="bench.json of an earlier run: its figures fill in the skipped parts")
     args = ap.parse_args()
@@ -572,6 +700,12 @@ def main():
             start_to_online(args, broker, tmp, res)
             viewers_scaling(args, broker, tmp, res)
             pipeline_ratio(args, broker, tmp, res)
+        finally:
+            broker.close()
+    if "picam" not in skip:
+        broker = Broker(tmp)
+        try:
+            picam(args, broker, tmp, res)
         finally:
             broker.close()
     if "view" not in skip:

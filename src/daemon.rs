@@ -64,6 +64,8 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         width: cfg.video.width,
         height: cfg.video.height,
         fps: cfg.video.fps,
+        encoder: crate::video::encode::expected(&cfg.video).to_string(),
+        idr_period_ms: None,
     };
     // A named microphone that does not open is an error; `auto` without one is video only.
     let audio = crate::audio::resolve(&cfg.audio)?
@@ -187,6 +189,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let mut notifier = crate::service::Notifier::from_env();
     notifier.tick(Instant::now(), hub.heartbeat_age());
     let mut video_state = hub.state();
+    let mut stream = hub.stream();
     loop {
         tokio::select! {
             event = conn.events.recv() => match event {
@@ -287,6 +290,14 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 };
                 let actions = core.set_video_state(state);
                 exec.run(actions).await;
+            }
+            Ok(()) = stream.changed() => {
+                let info = stream.borrow_and_update().clone();
+                if let Some(encoder) = info.encoder {
+                    let period = info.idr_period.map(|p| p.as_millis() as u64);
+                    let actions = core.set_video_stream(encoder, period);
+                    exec.run(actions).await;
+                }
             }
             Some(running) = async {
                 match audio_running.as_mut() {

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     match command {
         Command::Devices => {
             print!("{}", spyglass::video::v4l2::list_devices());
+            print!("{}", spyglass::video::encode::v4l2::list_encoders());
             print!("{}", spyglass::audio::list_devices());
             ExitCode::SUCCESS
         }

@@ -18,7 +18,7 @@ use super::values::{
     AtLeast1, Audio, Broker, CredentialLifetime, DeviceId, DirPath, FilePath, Fps, HttpBind,
     HttpMaxConnections, Ip, Kbps, Kind, LogFilter, MaxConnecting, MqttClientId, NonEmpty, OnOff,
     PictureSize, PixelFormat, Seconds, SelftestAudio, SelftestSeconds, Size, SnapshotInterval,
-    StunUrl, ToneHz, TopicPrefix, TurnUrl, VideoSource, ViewTurnUrl, ViewerId, ViewerTurnUrl,
+    StunUrl, ToneHz, TopicPrefix, TurnUrl, VideoSource, ExecFormat, Encoder, ViewTurnUrl, ViewerId, ViewerTurnUrl,
     WebBrokerUrl, WhipUrl,
 };
 use super::{
@@ -167,11 +167,26 @@ pub struct DaemonOptions {
     #[serde(deserialize_with = "MqttClientId::file")]
     pub mqtt_client_id: Option<String>,
 
-    /// Video source: `test` for the built-in test pattern, or a V4L2 device path
+    /// Video source: `test` for the built-in test pattern, a V4L2 device path, or
+    /// `exec:COMMAND`, a command (run by `sh -c`) that writes pictures to its standard output,
+    /// e.g. `exec:rpicam-vid -t 0 -n --codec yuv420 --width 1280 --height 720 -o -`
     /// (`test-faults:FILE` is a test pattern that fails on command, for testing).
     #[arg(long, value_name = "SRC", value_parser = VideoSource::parse, default_value = DEFAULT_VIDEO, help_heading = "Video")]
     #[serde(deserialize_with = "VideoSource::file")]
     pub(super) video: video::Source,
+
+    /// What an `exec:` command writes: `i420` (raw pictures at --size) or `h264` (Annex B,
+    /// passed through to the viewers without re-encoding).
+    #[arg(long, value_name = "i420|h264", value_parser = ExecFormat::parse, default_value = "i420", help_heading = "Video")]
+    #[serde(deserialize_with = "ExecFormat::file")]
+    pub(super) exec_format: video::exec::ExecFormat,
+
+    /// H.264 encoder for raw pictures: `auto` (the V4L2 hardware encoder when there is one,
+    /// else openh264; a camera that offers H.264 is passed through), `openh264`, `v4l2` or
+    /// `v4l2:/dev/videoN`.
+    #[arg(long, value_name = "ENC", value_parser = Encoder::parse, default_value = "auto", help_heading = "Video")]
+    #[serde(deserialize_with = "Encoder::file")]
+    pub(super) encoder: video::encode::EncoderChoice,
 
     /// Picture size WIDTHxHEIGHT; each even, from 16 to 4096.
     #[arg(long, value_name = "WxH", value_parser = Size::parse, default_value_t = DEFAULT_SIZE, help_heading = "Video")]
@@ -433,11 +448,26 @@ pub(super) struct ViewArgs {
     pub json: bool,
 }
 
+/// Four characters, a V4L2 pixel format code.
+fn parse_fourcc(s: &str) -> Result<[u8; 4], String> {
+    <[u8; 4]>::try_from(s.as_bytes()).map_err(|_| format!("expected four characters, got {s:?}"))
+}
+
 #[derive(Args, Debug)]
 pub(super) struct SelftestArgs {
-    /// Video source: `test` for the built-in test pattern, or a V4L2 device path.
+    /// Video source: `test` for the built-in test pattern, a V4L2 device path, or
+    /// `exec:COMMAND` (see `--exec-format`).
     #[arg(long, value_name = "SRC", value_parser = VideoSource::parse, default_value = DEFAULT_VIDEO)]
     pub video: video::Source,
+
+    /// What an `exec:` command writes: `i420` (raw pictures at --size) or `h264` (passed
+    /// through, and checked by decoding it).
+    #[arg(long, value_name = "i420|h264", value_parser = ExecFormat::parse, default_value = "i420")]
+    pub exec_format: video::exec::ExecFormat,
+
+    /// H.264 encoder for raw pictures: `auto`, `openh264`, `v4l2` or `v4l2:/dev/videoN`.
+    #[arg(long, value_name = "ENC", value_parser = Encoder::parse, default_value = "auto")]
+    pub encoder: video::encode::EncoderChoice,
 
     /// Audio source: `none`, `tone` (the built-in 1 kHz beeps), or an ALSA PCM name such as
     /// `hw:1,0`: capture, Opus encode, packetize, depacketize, decode, check it is not silence.
@@ -473,4 +503,9 @@ pub(super) struct SelftestArgs {
     /// Print the report as one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+
+    /// Tests only: encode through a V4L2 memory-to-memory device making this fourcc (e.g. FWHT,
+    /// the kernel's vicodec) and check its frames, instead of H.264.
+    #[arg(long, value_name = "FOURCC", value_parser = parse_fourcc, hide = true)]
+    pub m2m_codec: Option<[u8; 4]>,
 }

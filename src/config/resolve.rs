@@ -144,6 +144,9 @@ pub struct SelftestConfig {
     pub bitrate_kbps: u32,
     /// Print the report as JSON.
     pub json: bool,
+    /// Drive a memory-to-memory encoder of this codec (`FWHT`: the kernel's vicodec) instead of
+    /// the H.264 path; for the emulated board's tests.
+    pub m2m_codec: Option<[u8; 4]>,
 }
 
 /// What the process environment contributes; a parameter so tests need not touch the real one.
@@ -303,6 +306,8 @@ fn resolve_daemon(
         width: options.size.width,
         height: options.size.height,
         fps: options.fps,
+        encoder: options.encoder.clone(),
+        exec_format: options.exec_format,
     };
     let turn_username = options.turn_username.clone();
     let turn_password = match &options.turn_password_file {
@@ -473,6 +478,8 @@ fn resolve_selftest(args: SelftestArgs) -> SelftestConfig {
             width: args.size.width,
             height: args.size.height,
             fps: args.fps,
+            encoder: args.encoder,
+            exec_format: args.exec_format,
         },
         pixel_format: args.pixel_format,
         expect_tone_hz: args.expect_tone.or(args.audio.tone_hz()),
@@ -480,6 +487,7 @@ fn resolve_selftest(args: SelftestArgs) -> SelftestConfig {
         seconds: args.seconds,
         bitrate_kbps: args.bitrate,
         json: args.json,
+        m2m_codec: args.m2m_codec,
     }
 }
 

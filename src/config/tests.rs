@@ -281,7 +281,8 @@ fn defaults() {
             source: "/dev/video0".parse().unwrap(),
             width: 1280,
             height: 720,
-            fps: 30
+            fps: 30,
+            ..Default::default()
         }
     );
     assert_eq!(c.bitrate_kbps, 2000);
@@ -468,7 +469,8 @@ fn flags_set_every_option() {
             source: "test".parse().unwrap(),
             width: 640,
             height: 480,
-            fps: 15
+            fps: 15,
+            ..Default::default()
         }
     );
     assert_eq!((c.bitrate_kbps, c.max_viewers), (800, 2));
@@ -868,7 +870,8 @@ fn file_sets_every_key() {
             source: "test".parse().unwrap(),
             width: 640,
             height: 360,
-            fps: 25
+            fps: 25,
+            ..Default::default()
         }
     );
     assert_eq!((c.bitrate_kbps, c.max_viewers), (900, 8));
@@ -1342,6 +1345,8 @@ fn selftest_args_parse() {
         &["--pixel-format", "RGB3"],
         &["--seconds", "0"],
         &["--video", "cam"],
+        &["--exec-format", "yuv"],
+        &["--encoder", "x264"],
     ] {
         assert_eq!(
             usage_error(selftest(bad)).kind(),
@@ -1530,6 +1535,8 @@ fn error_texts_are_pinned() {
         "mqtt-client-id = 7",
         "video = \"cam\"",
         "video = 0",
+        "exec-format = \"nv12\"",
+        "encoder = 1",
         "stun = [\"stun:a\", \"b\"]",
         "stun = [1]",
         "stun = 1",

@@ -227,7 +227,11 @@ text_kinds! {
     /// The broker's URL (the MQTT transport's [`BrokerUrl`]).
     Broker: BrokerUrl = "a broker URL string", broker;
     /// A video source.
-    VideoSource: video::Source = "`test` or a device path", str::parse;
+    VideoSource: video::Source = "`test`, a device path or exec:COMMAND", str::parse;
+    /// What an `exec:` video command writes.
+    ExecFormat: video::exec::ExecFormat = "i420 or h264", str::parse;
+    /// An H.264 encoder choice.
+    Encoder: video::encode::EncoderChoice = "auto, openh264, v4l2 or v4l2:PATH", str::parse;
     /// An audio setting: `auto`, `none`, `tone` or an ALSA PCM name.
     Audio: AudioSetting = "auto, none, tone or an ALSA PCM name", str::parse;
     /// An audio source the self-test can check: not `auto`.

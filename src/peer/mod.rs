@@ -158,20 +158,37 @@ pub struct PeerFactory {
 pub fn h264_codecs() -> Vec<RTCRtpCodecParameters> {
     [("42e01f", 102u8), ("42001f", 127u8)]
         .into_iter()
-        .map(|(profile, pt)| RTCRtpCodecParameters {
-            rtp_codec: RTCRtpCodec {
-                mime_type: MIME_TYPE_H264.to_owned(),
-                clock_rate: 90000,
-                channels: 0,
-                sdp_fmtp_line: format!(
-                    "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile}"
-                ),
-                rtcp_feedback: vec![],
-            },
-            payload_type: pt,
-            ..Default::default()
-        })
+        .map(|(profile, pt)| h264_codec(profile, pt))
         .collect()
+}
+
+/// The H.264 variants the headless viewer offers to receive: those of [`h264_codecs`], and Main
+/// and High, which openh264's decoder takes too (a camera's H.264 passed through is often one
+/// of them).
+pub fn viewer_codecs() -> Vec<RTCRtpCodecParameters> {
+    let mut codecs = h264_codecs();
+    codecs.push(h264_codec("4d001f", 116));
+    codecs.push(h264_codec("64001f", 118));
+    codecs
+}
+
+/// H.264 with packetization-mode 1 and `profile_level_id` on payload type `pt`. For H.264 passed
+/// through from the source, the one codec a session registers is the offer's entry that decodes
+/// the stream (`sdp::passthrough_codec`): the library then matches exactly that payload type.
+pub fn h264_codec(profile_level_id: &str, pt: u8) -> RTCRtpCodecParameters {
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_H264.to_owned(),
+            clock_rate: 90000,
+            channels: 0,
+            sdp_fmtp_line: format!(
+                "level-asymmetry-allowed=1;packetization-mode=1;profile-level-id={profile_level_id}"
+            ),
+            rtcp_feedback: vec![],
+        },
+        payload_type: pt,
+        ..Default::default()
+    }
 }
 
 /// The Opus we send: 48 kHz, `opus/48000/2` as RFC 7587 requires whatever the channel count, 20 ms
@@ -189,10 +206,10 @@ pub fn opus_codec() -> RTCRtpCodecParameters {
     }
 }
 
-/// H.264 and Opus, as every peer connection here speaks them.
-fn media_engine() -> Result<MediaEngine, PeerError> {
+/// H.264 (the variants in `video_codecs`) and Opus.
+fn media_engine(video_codecs: Vec<RTCRtpCodecParameters>) -> Result<MediaEngine, PeerError> {
     let mut media = MediaEngine::default();
-    for codec in h264_codecs() {
+    for codec in video_codecs {
         media
             .register_codec(codec, RtpCodecKind::Video)
             .map_err(PeerError::Webrtc)?;
@@ -242,7 +259,16 @@ impl PeerFactory {
         &self,
         handler: Arc<dyn PeerConnectionEventHandler>,
     ) -> Result<(Arc<dyn PeerConnection>, Arc<connectivity::Connectivity>), PeerError> {
-        let mut media = media_engine()?;
+        self.build_watched_for(handler, h264_codecs()).await
+    }
+
+    /// [`Self::build_watched`], with `video_codecs` as the H.264 variants it takes.
+    pub async fn build_watched_for(
+        &self,
+        handler: Arc<dyn PeerConnectionEventHandler>,
+        video_codecs: Vec<RTCRtpCodecParameters>,
+    ) -> Result<(Arc<dyn PeerConnection>, Arc<connectivity::Connectivity>), PeerError> {
+        let mut media = media_engine(video_codecs)?;
         let registry = register_default_interceptors(Registry::new(), &mut media)
             .map_err(PeerError::Webrtc)?
             .with(
@@ -256,9 +282,12 @@ impl PeerFactory {
     /// pacing, bounded retransmission, RTX). Its [`link::Link`] tells how the viewer's link fares,
     /// its [`connectivity::Connectivity`] what its ICE agent tries and selects.
     #[allow(clippy::type_complexity)]
+    /// `video_codecs` are the H.264 variants it may send ([`h264_codecs`] for our encoder, one
+    /// codec for H.264 passed through).
     pub async fn build_sender(
         &self,
         handler: Arc<dyn PeerConnectionEventHandler>,
+        video_codecs: Vec<RTCRtpCodecParameters>,
     ) -> Result<
         (
             Arc<dyn PeerConnection>,
@@ -267,7 +296,7 @@ impl PeerFactory {
         ),
         PeerError,
     > {
-        let mut media = media_engine()?;
+        let mut media = media_engine(video_codecs)?;
         chain::register(&mut media).map_err(PeerError::Webrtc)?;
         let link = Arc::new(link::Link::new(self.settings.rate.start_bps));
         let registry = chain::registry(&link, &self.settings.rate);

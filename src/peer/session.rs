@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use rtc::media::Sample;
 use rtc::peer_connection::transport::RTCDtlsTransportState;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters, RtpCodecKind,
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{
     RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit,
@@ -64,12 +64,14 @@ use super::control::{self, ControlContext, SessionCounters};
 use super::keyframes::{Cause, KeyframePolicy};
 use super::link::Link;
 use super::packetize::{self, RtpStream};
-use super::sdp::{OfferVideo, offer_has_audio, offer_video};
-use super::{ICE_VANISHED_AFTER, PeerFactory, h264_codecs, opus_codec};
+use super::sdp::{OfferVideo, offer_has_audio, offer_video, offered_h264, passthrough_codec};
+use super::{ICE_VANISHED_AFTER, PeerFactory, h264_codec, h264_codecs, opus_codec};
 use crate::audio::CHUNK_DURATION;
 use crate::audio::hub::{AudioHub, AudioSubscription};
 use crate::signaling::SessionKey;
-use crate::video::hub::{Hub, KeyframeReason, Subscription};
+use crate::video::encode::passthrough;
+use crate::video::h264::ProfileLevel;
+use crate::video::hub::{Hub, KeyframeReason, StreamInfo, Subscription};
 use rtc::peer_connection::configuration::media_engine::MIME_TYPE_H264;
 
 /// Why an offer could not be answered.
@@ -372,8 +374,7 @@ struct AudioSend {
 /// The camera's track, stream `spyglass` (clients such as picamera.js need a stream id), SSRC
 /// `ssrc`. Packets come ready-made from the packetizer shared by every viewer (`packetize`); RTX,
 /// when the peer negotiates it, goes out on its own SSRC (`retransmit`).
-fn video_track(ssrc: u32) -> Arc<TrackLocalStaticRTP> {
-    let codec = h264_codecs().remove(0).rtp_codec;
+fn video_track(ssrc: u32, codec: RTCRtpCodec) -> Arc<TrackLocalStaticRTP> {
     Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
         "spyglass".to_string(),
         "video".to_string(),
@@ -460,17 +461,92 @@ async fn hand_in(
     }
 }
 
+/// How long an offer waits for a source that passes its own H.264 through to show its SPS (its
+/// profile goes into the answer): a process that starts a camera first (10 s), and a margin.
+const STREAM_PROFILE_WAIT: Duration = Duration::from_secs(12);
+
+/// What the session sends: our encoder's constrained baseline, or the source's own H.264 of
+/// this profile, passed through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VideoPlan {
+    Encoded,
+    Passthrough(ProfileLevel),
+}
+
+/// Find out what the hub sends. Only a source that may deliver H.264 needs the pipeline running
+/// for that (its SPS tells the profile): then the pipeline is started here, and its subscription
+/// returned to be the session's warm-up. An offer without any usable H.264 is left for
+/// [`answer`] to refuse, without starting anything.
+async fn video_plan(
+    hub: &Hub,
+    offer_sdp: &str,
+) -> Result<(VideoPlan, Option<Subscription>), AnswerError> {
+    if !hub.may_pass_through()
+        || !offered_h264(offer_sdp)
+            .iter()
+            .any(|o| o.packetization_mode_1)
+    {
+        return Ok((VideoPlan::Encoded, None));
+    }
+    let warm = hub.subscribe();
+    let mut stream = hub.stream();
+    let deadline = tokio::time::Instant::now() + STREAM_PROFILE_WAIT;
+    loop {
+        {
+            let info: StreamInfo = stream.borrow_and_update().clone();
+            match (info.encoder, info.profile) {
+                (Some(name), _) if name != passthrough::NAME => {
+                    return Ok((VideoPlan::Encoded, Some(warm)));
+                }
+                (Some(_), Some(profile)) => {
+                    return Ok((VideoPlan::Passthrough(profile), Some(warm)));
+                }
+                _ => {}
+            }
+        }
+        match tokio::time::timeout_at(deadline, stream.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => {
+                let state = hub.state().borrow().clone();
+                return Err(AnswerError::Internal(format!(
+                    "the camera's H.264 stream showed no SPS within {} s ({state:?})",
+                    STREAM_PROFILE_WAIT.as_secs()
+                )));
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn answer(
     factory: &PeerFactory,
     with_audio: bool,
     offer_sdp: String,
+    plan: VideoPlan,
     news: mpsc::UnboundedSender<PeerNews>,
     gate: &mut CandidateGate,
     cid: &str,
 ) -> Result<(Answered, String), AnswerError> {
     // The offer's candidates go in after the answer exists, through the gate like trickled ones.
     let (offer_sdp, offered) = candidates::split_offer(&offer_sdp);
-    let video = offer_video(&offer_sdp);
+    let video = match plan {
+        VideoPlan::Encoded => offer_video(&offer_sdp),
+        VideoPlan::Passthrough(_) => OfferVideo::H264 {
+            payload_types: vec![],
+        },
+    };
+    let codecs = match plan {
+        VideoPlan::Encoded => h264_codecs(),
+        VideoPlan::Passthrough(stream) => {
+            let (pt, profile_level) =
+                passthrough_codec(&offer_sdp, stream).map_err(AnswerError::Unsupported)?;
+            vec![h264_codec(&profile_level.to_string(), pt)]
+        }
+    };
+    let codec = codecs
+        .first()
+        .map(|c| c.rtp_codec.clone())
+        .ok_or_else(|| AnswerError::Internal("no video codec".into()))?;
     let with_audio = with_audio && offer_has_audio(&offer_sdp);
     let offer = RTCSessionDescription::offer(offer_sdp)
         .map_err(|e| AnswerError::BadOffer(format!("offer SDP: {e}")))?;
@@ -487,11 +563,11 @@ async fn answer(
     let internal =
         |what: &str, e: &dyn std::fmt::Display| AnswerError::Internal(format!("{what}: {e}"));
     let (pc, link, connectivity) = factory
-        .build_sender(Arc::new(Forwarder(news)))
+        .build_sender(Arc::new(Forwarder(news)), codecs)
         .await
         .map_err(|e| internal("peer connection", &e))?;
     let ssrc: u32 = rand::random();
-    let track = video_track(ssrc);
+    let track = video_track(ssrc, codec);
     let audio_ssrc: u32 = rand::random();
     let audio_track = if with_audio {
         Some(audio_track(audio_ssrc).map_err(|e| internal("audio track", &e))?)
@@ -628,12 +704,12 @@ async fn offer(
     let internal =
         |what: &str, e: &dyn std::fmt::Display| AnswerError::Internal(format!("{what}: {e}"));
     let (pc, link, connectivity) = factory
-        .build_sender(Arc::new(Forwarder(news)))
+        .build_sender(Arc::new(Forwarder(news)), h264_codecs())
         .await
         .map_err(|e| internal("peer connection", &e))?;
     let result = async {
         let ssrc: u32 = rand::random();
-        let track = video_track(ssrc);
+        let track = video_track(ssrc, h264_codecs().remove(0).rtp_codec);
         let transceiver = pc
             .add_transceiver_from_track(Arc::clone(&track) as Arc<dyn TrackLocal>, sendonly())
             .await
@@ -854,12 +930,22 @@ async fn run(
         Role::Answer(offer_sdp) => (false, ice_ufrag(offer_sdp)),
         Role::Offer => (true, None),
     };
+    // A source that passes its H.264 through decides the codec of the answer (its profile); its
+    // pipeline is then running already, and its subscription is this session's warm-up.
+    let (plan, early) = match &role {
+        Role::Answer(offer_sdp) => match video_plan(&hub, offer_sdp).await {
+            Ok(ok) => ok,
+            Err(err) => return SessionEvent::Failed(err),
+        },
+        Role::Offer => (VideoPlan::Encoded, None),
+    };
     let made = match role {
         Role::Answer(offer_sdp) => {
             answer(
                 &factory,
                 audio.is_some(),
                 offer_sdp,
+                plan,
                 news_tx,
                 &mut gate,
                 &key.cid,
@@ -891,7 +977,7 @@ async fn run(
     // Start the video pipeline now, while ICE and DTLS run, so that a cold start (opening the
     // source, creating the encoder, the first frame) is over by the time the viewer connects.
     // Held until the viewer's own feed exists; an unconnected session ends at --peer-timeout.
-    let mut warm_up = Some(hub.subscribe());
+    let mut warm_up = Some(early.unwrap_or_else(|| hub.subscribe()));
     // The same for audio when this viewer gets it: Chromium holds video back until it can play
     // audio in sync, so a cold audio start would delay the first picture too.
     let mut audio_warm_up = audio

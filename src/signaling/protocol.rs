@@ -467,6 +467,14 @@ pub struct VideoStatus {
     /// the device retries).
     #[serde(default)]
     pub state: MediaState,
+    /// What makes the H.264: `openh264`, `v4l2` (the hardware encoder) or `passthrough` (the
+    /// source's own H.264).
+    #[serde(default)]
+    pub encoder: String,
+    /// Passthrough from a source that cannot be asked for a keyframe: the time between its IDRs
+    /// in milliseconds, which a joining viewer may wait for its first picture; `null` otherwise.
+    #[serde(default)]
+    pub idr_period_ms: Option<u64>,
 }
 
 /// State of a media source in [`Status`].
@@ -1525,6 +1533,8 @@ mod tests {
             width: 1280,
             height: 720,
             fps: 30,
+            encoder: "openh264".into(),
+            idr_period_ms: None,
         };
         Status::online("0.1.0", video, 0, 4)
     }
@@ -1537,7 +1547,8 @@ mod tests {
             serde_json::json!({
                 "online": true,
                 "version": "0.1.0",
-                "video": {"codec": "H264", "width": 1280, "height": 720, "fps": 30, "state": "idle"},
+                "video": {"codec": "H264", "width": 1280, "height": 720, "fps": 30, "state": "idle",
+                          "encoder": "openh264", "idr_period_ms": null},
                 "audio": null,
                 "viewers": 0,
                 "max_viewers": 4,

@@ -428,6 +428,18 @@ impl Signaling {
         vec![self.status_action()]
     }
 
+    /// The stream's encoder or IDR period changed: returns the status to publish when that
+    /// changes it.
+    pub fn set_video_stream(&mut self, encoder: &str, idr_period_ms: Option<u64>) -> Vec<Action> {
+        let video = &mut self.status.video;
+        if video.encoder == encoder && video.idr_period_ms == idr_period_ms {
+            return vec![];
+        }
+        video.encoder = encoder.to_string();
+        video.idr_period_ms = idr_period_ms;
+        vec![self.status_action()]
+    }
+
     /// The retained status message as it stands now.
     pub fn status_action(&mut self) -> Action {
         self.status.viewers = self.viewers() as u32;
@@ -1262,6 +1274,8 @@ mod tests {
             width: 320,
             height: 240,
             fps: 30,
+            encoder: "openh264".into(),
+            idr_period_ms: None,
         };
         Signaling::new(
             Topics::new("home/cam").unwrap(),

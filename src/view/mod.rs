@@ -412,7 +412,7 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
     .map_err(|e| ViewError::Setup(e.to_string()))?;
     let (news_tx, mut news) = mpsc::unbounded_channel();
     let (pc, connectivity) = factory
-        .build_watched(Arc::new(Forwarder(news_tx)))
+        .build_watched_for(Arc::new(Forwarder(news_tx)), crate::peer::viewer_codecs())
         .await
         .map_err(|e| ViewError::Setup(e.to_string()))?;
     let setup = async {

@@ -115,7 +115,7 @@ export class Broker {
 }
 
 export class Spyglass {
-  /** Options: size, maxViewers, webBrokerUrl, webRoot, httpPort, id, extra (argv). */
+  /** Options: video, size, maxViewers, webBrokerUrl, webRoot, httpPort, id, extra (argv). */
   static async start(broker, options = {}) {
     const s = new Spyglass();
     s.broker = broker;
@@ -125,7 +125,7 @@ export class Spyglass {
     s.args = [
       '--id', s.id,
       '--mqtt', broker.url,
-      '--video', 'test',
+      '--video', options.video ?? 'test',
       '--size', options.size ?? '352x288',
       '--bitrate', '600',
       '--max-viewers', String(options.maxViewers ?? 4),
