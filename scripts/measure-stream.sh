@@ -6,8 +6,10 @@
 # the rate delivered, and the CPU of the daemon's encoder thread ("hub") and capture thread as a
 # share of one core over the same window.
 # Usage: scripts/measure-stream.sh BINARY [WxH] [FPS] [FRAMES]   (default 1280x720 30 300)
+# VIEWER=BINARY runs the viewer from another build (to compare daemons with one viewer).
 set -euo pipefail
 BIN=$1 SIZE=${2:-1280x720} FPS=${3:-30} FRAMES=${4:-300}
+VIEWER=${VIEWER:-$BIN}
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 dir=$(mktemp -d)
 printf 'persistence false\nallow_anonymous true\nlistener %s 127.0.0.1\n' "$PORT" > "$dir/m.conf"
@@ -19,7 +21,7 @@ sleep 0.3
   --rtc-bind 127.0.0.1 --mdns off --http off 2>"$dir/daemon.log" & daemon=$!
 sleep 1
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
-python3 - "$daemon" "$FPS" "$FRAMES" nice -n 10 "$BIN" view --mqtt "mqtt://127.0.0.1:$PORT" --id stream \
+python3 - "$daemon" "$FPS" "$FRAMES" nice -n 10 "$VIEWER" view --mqtt "mqtt://127.0.0.1:$PORT" --id stream \
   --frames "$FRAMES" --timeout $((FRAMES / FPS + 60)) --rtc-bind 127.0.0.1 --mdns off --json <<'PY'
 import json, os, subprocess, sys, time
 daemon, fps, frames, view = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
