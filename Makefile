@@ -10,6 +10,13 @@ APT_PACKAGES += openssl
 # The viewer page's browser tests drive Debian's Chromium; node and npm build the page (Debian's
 # nodejs/npm only where no node is installed already).
 APT_PACKAGES += chromium $(if $(shell command -v node),,nodejs) $(if $(shell command -v npm),,npm)
+# The namespace test network (tests/netlab): iproute2 (ip, tc), nftables for the NAT routers,
+# coturn for STUN/TURN, ethtool (checksum/segmentation offloads off where the link emulator
+# reads frames), ping for the tests' own RTT check, python3 for the tool itself (stdlib only).
+APT_PACKAGES += iproute2 nftables coturn ethtool iputils-ping python3
+# Standards counterparts the browser tests start (issue 17): Janus as the SFU behind the tests'
+# WHIP front-end (web/test/standards/), djpeg to decode Home Assistant camera snapshots.
+APT_PACKAGES += janus libjpeg-turbo-progs
 CARGO ?= cargo
 # Where cargo puts its builds (.ci/run moves it out of the tree); the browser tests need the binary.
 TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
@@ -89,6 +96,12 @@ CROSS_APT_PACKAGES := gcc-aarch64-linux-gnu g++-aarch64-linux-gnu gcc-arm-linux-
                       g++-arm-linux-gnueabihf qemu-user-static libasound2-dev:arm64 libasound2-dev:armhf \
                       libstdc++6:arm64 libstdc++6:armhf
 EMULATED_APT_PACKAGES := qemu-system-x86 linux-image-amd64 busybox-static cpio kmod alsa-utils
+# The board's network and extra kernel drivers (tests/vm/README.md): v4l2loopback's source
+# (Debian's DKMS package) and the kernel's own vim2m/vicodec/v4l2-mem2mem sources (Debian's
+# kernel builds none of the three) are built for the guest's kernel against its headers;
+# v4l2-ctl (v4l-utils) runs in the guest; ffmpeg/libx264 make the H.264 clip it feeds;
+# mosquitto and Chromium (from `deps`) are the broker and the browser in the board's namespace.
+EMULATED_APT_PACKAGES += linux-headers-amd64 linux-source v4l2loopback-dkms v4l-utils ffmpeg xz-utils
 DEB_APT_PACKAGES := dpkg-dev adduser
 
 .PHONY: deps-cross deps-emulated deps-deb cross deb deb-test test-emulated test-qemu-user test-vm hil
@@ -142,19 +155,36 @@ deb-test: deb
 	tests/deb.sh $(TARGET_DIR)/deb $$(ls $(TARGET_DIR)/deb-upgrade/*.deb)
 
 # The emulated checks, part of `make test`: the ARM binaries under qemu-user, and an x86-64
-# board under qemu-system with real kernel camera and sound drivers.
+# board under qemu-system with real kernel camera, sound, loopback and M2M drivers and a network.
 test-emulated: test-qemu-user test-vm
 
 test-qemu-user: cross-local
 	tests/qemu-user.sh $(foreach t,$(CROSS_TRIPLES),$(TARGET_DIR)/$(t)/$(LOCAL_PROFILE)/spyglass)
 
-test-vm: deps-emulated
+# The board (tests/vm/README.md): selftests on its drivers, then the daemon in it streaming over a
+# namespace network to `spyglass view` and Chromium. (tests/board.rs runs with the cargo tests.)
+test-vm: deps-emulated web
 	$(CARGO) build --bin spyglass
 	tests/vm/run.sh $(TARGET_DIR)/debug/spyglass
+	cd web && SPYGLASS_BIN="$(TARGET_DIR)/debug/spyglass" node --test test/vm/*.test.mjs
 
 # Hardware in the loop, on a Pi or any Linux box with a USB webcam: see docs/HARDWARE.md.
 hil: release
 	tests/hil.sh $(TARGET_DIR)/release/spyglass
+
+# --- Dependency audit (issue 12), not part of `make test` ---
+.PHONY: audit
+
+# RustSec advisories for every crate in Cargo.lock (cargo-deny, installed if missing). The
+# advisory database comes from github.com: where it cannot be fetched, this says so and fails.
+audit:
+	@command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny --locked
+	@out=$$($(CARGO) deny check advisories 2>&1); rc=$$?; echo "$$out"; \
+	if [ $$rc -ne 0 ] && echo "$$out" | grep -q "failed to fetch advisory database"; then \
+	  echo "make audit: the RustSec advisory database could not be fetched (no access to github.com?):"; \
+	  echo "make audit: NOTHING WAS CHECKED. Run it where github.com is reachable; docs/SECURITY.md lists the crates."; \
+	  exit 2; \
+	fi; exit $$rc
 
 # --- Long runs (issue 5), not part of `make test` ---
 .PHONY: fuzz soak deps-fuzz

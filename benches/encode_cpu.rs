@@ -7,7 +7,8 @@
 
 use std::time::Instant;
 
-use spyglass::encode::{EncoderSettings, H264Encoder};
+use spyglass::video::encode::openh264::H264Encoder;
+use spyglass::video::encode::{Encoder, EncoderSettings};
 use spyglass::video::{VideoSource, VideoSpec, test_pattern::TestPattern};
 
 fn thread_cpu_ms() -> f64 {
@@ -39,7 +40,7 @@ fn main() {
     let fps = 30;
     for (w, h) in sizes {
         let mut source = TestPattern::new(&VideoSpec {
-            source: "test".into(),
+            source: "test".parse().unwrap(),
             width: w,
             height: h,
             fps,

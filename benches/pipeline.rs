@@ -18,8 +18,9 @@ use rtc::rtp::sequence::new_random_sequencer;
 use rtc::shared::marshal::Marshal;
 use rtc::srtp::context::Context as SrtpContext;
 use rtc::srtp::protection_profile::ProtectionProfile;
-use spyglass::encode::{EncoderSettings, H264Encoder};
 use spyglass::video::convert::{Layout, MjpegDecoder, nv12_to_i420, yuyv_to_i420};
+use spyglass::video::encode::openh264::H264Encoder;
+use spyglass::video::encode::{Encoder, EncoderSettings};
 use spyglass::video::{Frame, VideoSource, VideoSpec, test_pattern::TestPattern};
 
 const SIZES: [(u32, u32); 3] = [(640, 480), (1280, 720), (1920, 1080)];
@@ -104,7 +105,7 @@ fn mjpeg(w: u32, h: u32) -> Vec<u8> {
 /// One second of the test pattern, as the daemon captures it.
 fn pattern_frames(w: u32, h: u32) -> Vec<Frame> {
     let mut source = TestPattern::new(&VideoSpec {
-        source: "test".into(),
+        source: "test".parse().unwrap(),
         width: w,
         height: h,
         fps: FPS,

@@ -7,30 +7,30 @@
 //! `--mqtt-password-file` or `SPYGLASS_MQTT_PASSWORD`, the TURN password from
 //! `--turn-password-file`, and the config types redact them in their `Debug` output.
 
-use std::collections::hash_map::RandomState;
 use std::ffi::OsString;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::audio::AudioSetting;
 use crate::signaling::protocol::{validate_cid, validate_uid};
-use crate::video::VideoSpec;
+use crate::video::{self, VideoSpec};
 
 pub const DEFAULT_MQTT_HOST: &str = "127.0.0.1";
 pub const DEFAULT_MQTT_PORT: u16 = 1883;
-pub const DEFAULT_VIDEO: &str = "/dev/video0";
-pub const DEFAULT_AUDIO: &str = "auto";
+pub const DEFAULT_VIDEO: &str = video::DEFAULT_SOURCE;
 pub const DEFAULT_WIDTH: u32 = 1280;
 pub const DEFAULT_HEIGHT: u32 = 720;
 pub const DEFAULT_FPS: u32 = 30;
 pub const DEFAULT_BITRATE_KBPS: u32 = 2000;
 pub const DEFAULT_MAX_VIEWERS: u32 = 4;
 pub const DEFAULT_PEER_TIMEOUT_SECS: u32 = 30;
+pub const DEFAULT_MAX_CONNECTING: u32 = 8;
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: u32 = 64;
 pub const DEFAULT_VIEW_FRAMES: u32 = 30;
 pub const DEFAULT_VIEW_TIMEOUT_SECS: u32 = 20;
 /// Environment variable holding the MQTT password when no password file is given.
@@ -53,12 +53,14 @@ pub const FILE_KEYS: &[&str] = &[
     "mqtt-ca",
     "mqtt-cert",
     "mqtt-key",
+    "mqtt-client-id",
     "video",
     "size",
     "fps",
     "bitrate",
     "max-viewers",
     "peer-timeout",
+    "max-connecting",
     "stun",
     "turn",
     "turn-username",
@@ -66,6 +68,7 @@ pub const FILE_KEYS: &[&str] = &[
     "rtc-bind",
     "mdns",
     "http",
+    "http-max-connections",
     "web-broker-url",
     "web-root",
     "log",
@@ -98,12 +101,16 @@ pub struct DaemonConfig {
     pub password: Option<String>,
     /// CA and client certificate files for `mqtts://` and `wss://` brokers.
     pub tls: MqttTls,
+    /// `--mqtt-client-id`: a fixed MQTT client id; `None` is a random one per connection.
+    pub mqtt_client_id: Option<String>,
     pub video: VideoSpec,
     /// `--audio`: `auto`, `none`, `tone`, or an ALSA PCM name (resolved by `audio::resolve`).
-    pub audio: String,
+    pub audio: AudioSetting,
     pub bitrate_kbps: u32,
     pub max_viewers: u32,
     pub peer_timeout: Duration,
+    /// Sessions still connecting at once; beyond, the one connecting longest gives way.
+    pub max_connecting: u32,
     /// `stun:` URLs.
     pub stun: Vec<String>,
     /// `turn:` / `turns:` URLs; when non-empty, `turn_username` and `turn_password` are set.
@@ -115,6 +122,8 @@ pub struct DaemonConfig {
     pub mdns: bool,
     /// Where the viewer page's HTTP server listens; `None` is `--http off`.
     pub http: Option<SocketAddr>,
+    /// Open HTTP connections at most; beyond, the oldest idle one is closed.
+    pub http_max_connections: u32,
     /// The broker's WebSocket URL for browsers (`ws://` or `wss://`); `None` lets the page use its
     /// own host name with [`crate::web::DEFAULT_BROKER_WS_PORT`].
     pub web_broker_url: Option<String>,
@@ -124,6 +133,9 @@ pub struct DaemonConfig {
     pub log: Option<String>,
     /// The config file the values came from, if any.
     pub config_file: Option<PathBuf>,
+    /// Files holding secrets (passwords, private keys), named by what they hold; checked at start
+    /// for modes that let other users read them ([`DaemonConfig::exposed_secrets`]).
+    pub secret_files: Vec<(&'static str, PathBuf)>,
 }
 
 /// Everything the headless viewer needs. `Debug` redacts the password.
@@ -161,10 +173,12 @@ impl fmt::Debug for DaemonConfig {
             .field("username", &self.username)
             .field("password", &redact(&self.password))
             .field("tls", &self.tls)
+            .field("mqtt_client_id", &self.mqtt_client_id)
             .field("video", &self.video)
             .field("bitrate_kbps", &self.bitrate_kbps)
             .field("max_viewers", &self.max_viewers)
             .field("peer_timeout", &self.peer_timeout)
+            .field("max_connecting", &self.max_connecting)
             .field("stun", &self.stun)
             .field("turn", &self.turn)
             .field("turn_username", &self.turn_username)
@@ -172,11 +186,13 @@ impl fmt::Debug for DaemonConfig {
             .field("rtc_bind", &self.rtc_bind)
             .field("mdns", &self.mdns)
             .field("http", &self.http)
+            .field("http_max_connections", &self.http_max_connections)
             .field("web_broker_url", &self.web_broker_url)
             .field("web_root", &self.web_root)
             .field("log", &self.log)
             .field("config_file", &self.config_file)
             .field("audio", &self.audio)
+            .field("secret_files", &self.secret_files)
             .finish()
     }
 }
@@ -565,11 +581,18 @@ struct DaemonArgs {
     #[arg(long, value_name = "FILE", value_parser = parse_path, help_heading = "MQTT")]
     mqtt_key: Option<PathBuf>,
 
+    /// A fixed MQTT client id, for brokers that bind client ids to credentials (AWS IoT Core
+    /// policies). Without it the id is `spyglass-<id>-` and 16 random hex digits, new at every
+    /// connection: a broker hands a client id to its newest connection, so anyone who could
+    /// guess it could knock the device off (docs/SECURITY.md). [default: random]
+    #[arg(long, value_name = "ID", value_parser = parse_client_id, help_heading = "MQTT")]
+    mqtt_client_id: Option<String>,
+
     /// Video source: `test` for the built-in test pattern, or a V4L2 device path
     /// (`test-faults:FILE` is a test pattern that fails on command, for testing).
     /// [default: /dev/video0]
     #[arg(long, value_name = "SRC", value_parser = parse_video, help_heading = "Video")]
-    video: Option<String>,
+    video: Option<video::Source>,
 
     /// Picture size WIDTHxHEIGHT; each even, from 16 to 4096. [default: 1280x720]
     #[arg(long, value_name = "WxH", value_parser = parse_size, help_heading = "Video")]
@@ -591,6 +614,12 @@ struct DaemonArgs {
     /// this many seconds. [default: 30]
     #[arg(long, value_name = "SECS", value_parser = parse_peer_timeout, help_heading = "WebRTC")]
     peer_timeout: Option<u32>,
+
+    /// Most sessions connecting at once (offer received, not yet connected). They hold no
+    /// viewer's place; beyond this many, the one that has been connecting longest is closed
+    /// with `busy`. [default: 8]
+    #[arg(long, value_name = "N", value_parser = parse_max_connecting, help_heading = "WebRTC")]
+    max_connecting: Option<u32>,
 
     /// STUN server, e.g. stun:stun.example.org:3478. Repeat for more. [default: none]
     #[arg(long, value_name = "URL", value_parser = parse_stun, help_heading = "WebRTC")]
@@ -622,6 +651,11 @@ struct DaemonArgs {
     #[arg(long, value_name = "ADDR|off", value_parser = parse_http, help_heading = "Web page")]
     http: Option<HttpBind>,
 
+    /// Most open connections to the viewer page's HTTP server; beyond, the oldest idle one is
+    /// closed. Idle connections are closed after 10 s in any case. [default: 64]
+    #[arg(long, value_name = "N", value_parser = parse_http_max_connections, help_heading = "Web page")]
+    http_max_connections: Option<u32>,
+
     /// The MQTT broker's WebSocket URL that browsers connect to, ws://HOST[:PORT][/PATH] or
     /// wss://... [default: the page's own host name, port 9001: ws://<host>:9001]
     #[arg(long, value_name = "URL", value_parser = parse_web_broker_url, help_heading = "Web page")]
@@ -640,7 +674,7 @@ struct DaemonArgs {
     /// `none`, `tone` (a 1 kHz beep at every second, in step with the test pattern's flash), or
     /// an ALSA PCM name such as `default`, `hw:1,0` or `plughw:CARD=Device`. [default: auto]
     #[arg(long, value_name = "SRC", value_parser = parse_audio, help_heading = "Audio")]
-    audio: Option<String>,
+    audio: Option<AudioSetting>,
 }
 
 #[derive(Args, Debug)]
@@ -716,6 +750,8 @@ const AT_LEAST_1: IntRange = IntRange {
     lo: 1,
     hi: u32::MAX,
 };
+const MAX_CONNECTING: IntRange = IntRange { lo: 1, hi: 256 };
+const HTTP_MAX_CONNECTIONS: IntRange = IntRange { lo: 4, hi: 4096 };
 
 impl IntRange {
     fn expected(self) -> String {
@@ -753,6 +789,24 @@ fn parse_max_viewers(s: &str) -> Result<u32, String> {
 fn parse_peer_timeout(s: &str) -> Result<u32, String> {
     AT_LEAST_1.parse(s)
 }
+fn parse_max_connecting(s: &str) -> Result<u32, String> {
+    MAX_CONNECTING.parse(s)
+}
+fn parse_http_max_connections(s: &str) -> Result<u32, String> {
+    HTTP_MAX_CONNECTIONS.parse(s)
+}
+
+/// An MQTT client id: 1 to 128 printable ASCII characters (MQTT allows more; brokers differ,
+/// and AWS IoT Core takes at most 128).
+fn parse_client_id(s: &str) -> Result<String, String> {
+    if (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "expected 1 to 128 printable ASCII characters without spaces, got {s:?}"
+        ))
+    }
+}
 fn parse_frames(s: &str) -> Result<u32, String> {
     AT_LEAST_1.parse(s)
 }
@@ -786,28 +840,12 @@ fn parse_path(s: &str) -> Result<PathBuf, String> {
     parse_nonempty(s).map(PathBuf::from)
 }
 
-fn parse_video(s: &str) -> Result<String, String> {
-    let fault_control = s.strip_prefix(crate::video::fault_injection::PREFIX);
-    if s == "test"
-        || (s.starts_with('/') && s.len() > 1)
-        || fault_control.is_some_and(|p| !p.is_empty())
-    {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "expected `test` or a V4L2 device path such as /dev/video0, got {s:?}"
-        ))
-    }
+fn parse_video(s: &str) -> Result<video::Source, String> {
+    s.parse()
 }
 
-fn parse_audio(s: &str) -> Result<String, String> {
-    if !s.is_empty() && !s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        Ok(s.to_owned())
-    } else {
-        Err(format!(
-            "expected auto, none, tone or an ALSA PCM name such as hw:1,0, got {s:?}"
-        ))
-    }
+fn parse_audio(s: &str) -> Result<AudioSetting, String> {
+    s.parse()
 }
 
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
@@ -935,12 +973,14 @@ struct FileValues {
     mqtt_ca: Option<PathBuf>,
     mqtt_cert: Option<PathBuf>,
     mqtt_key: Option<PathBuf>,
-    video: Option<String>,
+    mqtt_client_id: Option<String>,
+    video: Option<video::Source>,
     size: Option<(u32, u32)>,
     fps: Option<u32>,
     bitrate: Option<u32>,
     max_viewers: Option<u32>,
     peer_timeout: Option<u32>,
+    max_connecting: Option<u32>,
     stun: Option<Vec<String>>,
     turn: Option<Vec<String>>,
     turn_username: Option<String>,
@@ -948,10 +988,11 @@ struct FileValues {
     rtc_bind: Option<Vec<IpAddr>>,
     mdns: Option<bool>,
     http: Option<HttpBind>,
+    http_max_connections: Option<u32>,
     web_broker_url: Option<String>,
     web_root: Option<PathBuf>,
     log: Option<String>,
-    audio: Option<String>,
+    audio: Option<AudioSetting>,
 }
 
 /// How a TOML value reads in an error message.
@@ -1055,6 +1096,8 @@ fn parse_config_text(path: &Path, text: &str) -> Result<FileValues, ConfigError>
                 file_str(value, "a file path", parse_path).map(|x| v.mqtt_cert = Some(x))
             }
             "mqtt-key" => file_str(value, "a file path", parse_path).map(|x| v.mqtt_key = Some(x)),
+            "mqtt-client-id" => file_str(value, "a client id string", parse_client_id)
+                .map(|x| v.mqtt_client_id = Some(x)),
             "video" => {
                 file_str(value, "`test` or a device path", parse_video).map(|x| v.video = Some(x))
             }
@@ -1065,6 +1108,7 @@ fn parse_config_text(path: &Path, text: &str) -> Result<FileValues, ConfigError>
             "bitrate" => file_int(value, BITRATE).map(|x| v.bitrate = Some(x)),
             "max-viewers" => file_int(value, AT_LEAST_1).map(|x| v.max_viewers = Some(x)),
             "peer-timeout" => file_int(value, AT_LEAST_1).map(|x| v.peer_timeout = Some(x)),
+            "max-connecting" => file_int(value, MAX_CONNECTING).map(|x| v.max_connecting = Some(x)),
             "stun" => file_list(value, "stun: URL strings", parse_stun).map(|x| v.stun = Some(x)),
             "turn" => file_list(value, "turn: or turns: URL strings", parse_turn)
                 .map(|x| v.turn = Some(x)),
@@ -1080,6 +1124,9 @@ fn parse_config_text(path: &Path, text: &str) -> Result<FileValues, ConfigError>
             "mdns" => file_on_off(value).map(|x| v.mdns = Some(x)),
             "http" => {
                 file_str(value, "off or a string IP:PORT", parse_http).map(|x| v.http = Some(x))
+            }
+            "http-max-connections" => {
+                file_int(value, HTTP_MAX_CONNECTIONS).map(|x| v.http_max_connections = Some(x))
             }
             "web-broker-url" => file_str(value, "a ws:// or wss:// URL", parse_web_broker_url)
                 .map(|x| v.web_broker_url = Some(x)),
@@ -1160,6 +1207,8 @@ fn resolve_daemon(args: DaemonArgs, env: &Env) -> Result<DaemonConfig, ConfigErr
     };
     let username = args.mqtt_username.or(file.mqtt_username);
     let password_file = args.mqtt_password_file.or(file.mqtt_password_file);
+    let mut secret_files: Vec<(&'static str, PathBuf)> = Vec::new();
+    secret_files.extend(password_file.clone().map(|p| ("MQTT password", p)));
     let password = mqtt_password(password_file.as_deref(), env, username.as_deref())?;
     let mqtt = args.mqtt.or(file.mqtt).unwrap_or_default();
     let config = args.config.as_deref();
@@ -1174,10 +1223,7 @@ fn resolve_daemon(args: DaemonArgs, env: &Env) -> Result<DaemonConfig, ConfigErr
         .or(file.size)
         .unwrap_or((DEFAULT_WIDTH, DEFAULT_HEIGHT));
     let video = VideoSpec {
-        source: args
-            .video
-            .or(file.video)
-            .unwrap_or_else(|| DEFAULT_VIDEO.to_owned()),
+        source: args.video.or(file.video).unwrap_or_default(),
         width,
         height,
         fps: args.fps.or(file.fps).unwrap_or(DEFAULT_FPS),
@@ -1200,9 +1246,14 @@ fn resolve_daemon(args: DaemonArgs, env: &Env) -> Result<DaemonConfig, ConfigErr
     };
     let turn_username = args.turn_username.or(file.turn_username);
     let turn_password = match args.turn_password_file.or(file.turn_password_file) {
-        Some(path) => Some(read_secret(&path, "TURN password")?),
+        Some(path) => {
+            let password = read_secret(&path, "TURN password")?;
+            secret_files.push(("TURN password", path));
+            Some(password)
+        }
         None => None,
     };
+    secret_files.extend(tls.key.clone().map(|p| ("MQTT private key", p)));
     if !turn.is_empty() && (turn_username.is_none() || turn_password.is_none()) {
         return Err(ConfigError::Invalid(
             "--turn needs --turn-username and --turn-password-file (or the keys turn-username and \
@@ -1236,11 +1287,9 @@ fn resolve_daemon(args: DaemonArgs, env: &Env) -> Result<DaemonConfig, ConfigErr
         username,
         password,
         tls,
+        mqtt_client_id: args.mqtt_client_id.or(file.mqtt_client_id),
         video,
-        audio: args
-            .audio
-            .or(file.audio)
-            .unwrap_or_else(|| DEFAULT_AUDIO.to_owned()),
+        audio: args.audio.or(file.audio).unwrap_or_default(),
         bitrate_kbps: args
             .bitrate
             .or(file.bitrate)
@@ -1250,6 +1299,10 @@ fn resolve_daemon(args: DaemonArgs, env: &Env) -> Result<DaemonConfig, ConfigErr
             .or(file.max_viewers)
             .unwrap_or(DEFAULT_MAX_VIEWERS),
         peer_timeout: Duration::from_secs(peer_timeout.into()),
+        max_connecting: args
+            .max_connecting
+            .or(file.max_connecting)
+            .unwrap_or(DEFAULT_MAX_CONNECTING),
         stun,
         turn,
         turn_username,
@@ -1257,11 +1310,38 @@ fn resolve_daemon(args: DaemonArgs, env: &Env) -> Result<DaemonConfig, ConfigErr
         rtc_bind,
         mdns: args.mdns.or(file.mdns).unwrap_or(true),
         http,
+        http_max_connections: args
+            .http_max_connections
+            .or(file.http_max_connections)
+            .unwrap_or(DEFAULT_HTTP_MAX_CONNECTIONS),
         web_broker_url: args.web_broker_url.or(file.web_broker_url),
         web_root,
         log: args.log.or(file.log),
         config_file: args.config,
+        secret_files,
     })
+}
+
+impl DaemonConfig {
+    /// Warnings for secret files that users other than the owner may read (mode bits for
+    /// "others"): `chmod 600` them, or hand them to the service with `LoadCredential=`.
+    pub fn exposed_secrets(&self) -> Vec<String> {
+        use std::os::unix::fs::PermissionsExt;
+        self.secret_files
+            .iter()
+            .filter_map(|(what, path)| {
+                let mode = std::fs::metadata(path).ok()?.permissions().mode();
+                (mode & 0o004 != 0).then(|| {
+                    format!(
+                        "the {what} file {} is readable by every user (mode {:03o}): \
+                         chmod 600 it, or hand it over with systemd's LoadCredential=",
+                        path.display(),
+                        mode & 0o777
+                    )
+                })
+            })
+            .collect()
+    }
 }
 
 fn resolve_view(args: ViewArgs, env: &Env) -> Result<ViewConfig, ConfigError> {
@@ -1427,15 +1507,9 @@ fn read_secret(path: &Path, what: &'static str) -> Result<String, ConfigError> {
     Ok(text)
 }
 
-/// `view-` and 16 hex digits, from the standard library's randomly seeded hasher.
+/// `view-` and 16 random hex digits.
 fn random_cid() -> String {
-    let mut hasher = RandomState::new().build_hasher();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    hasher.write_u128(nanos);
-    hasher.write_u32(std::process::id());
-    format!("view-{:016x}", hasher.finish())
+    format!("view-{:016x}", rand::random::<u64>())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1450,7 +1524,7 @@ pub struct SelftestConfig {
     /// Negotiate only this V4L2 pixel format (`--pixel-format`); `None` lets negotiation choose.
     pub pixel_format: Option<crate::video::negotiate::FourCc>,
     /// Audio source: `none`, `tone`, or an ALSA PCM name.
-    pub audio: String,
+    pub audio: AudioSetting,
     /// The audio must carry this frequency (Hz): 1000 for `tone`, `--expect-tone` for a device.
     pub expect_tone_hz: Option<u32>,
     pub seconds: u32,
@@ -1463,12 +1537,12 @@ pub struct SelftestConfig {
 struct SelftestArgs {
     /// Video source: `test` for the built-in test pattern, or a V4L2 device path.
     #[arg(long, value_name = "SRC", value_parser = parse_video, default_value = DEFAULT_VIDEO)]
-    video: String,
+    video: video::Source,
 
     /// Audio source: `none`, `tone` (the built-in 1 kHz beeps), or an ALSA PCM name such as
     /// `hw:1,0`: capture, Opus encode, packetize, depacketize, decode, check it is not silence.
     #[arg(long, value_name = "SRC", value_parser = parse_selftest_audio, default_value = "none")]
-    audio: String,
+    audio: AudioSetting,
 
     /// Check that the captured sound carries a tone of this frequency (Hz, 50 to 20000), e.g.
     /// one played into the device's other end. [default: 1000 for `tone`, no check for a device]
@@ -1501,13 +1575,13 @@ struct SelftestArgs {
     json: bool,
 }
 
-fn parse_selftest_audio(s: &str) -> Result<String, String> {
-    match s {
-        "auto" => Err(
+fn parse_selftest_audio(s: &str) -> Result<AudioSetting, String> {
+    match parse_audio(s)? {
+        AudioSetting::Auto => Err(
             "the self-test needs a named audio source: none, tone or an ALSA PCM name such as hw:1,0"
                 .to_owned(),
         ),
-        _ => parse_audio(s),
+        setting => Ok(setting),
     }
 }
 
@@ -1520,16 +1594,7 @@ fn parse_selftest_seconds(s: &str) -> Result<u32, String> {
 }
 
 fn parse_pixel_format(s: &str) -> Result<crate::video::negotiate::FourCc, String> {
-    let upper = s.to_ascii_uppercase();
-    let fourcc = match <[u8; 4]>::try_from(upper.as_bytes()) {
-        Ok(code) => crate::video::negotiate::FourCc::from_bytes(code),
-        Err(_) => crate::video::negotiate::FourCc::Other(*b"????"),
-    };
-    if fourcc.is_supported() {
-        Ok(fourcc)
-    } else {
-        Err(format!("expected YUYV, NV12, YU12 or MJPG, got {s:?}"))
-    }
+    crate::video::negotiate::FourCc::parse_supported(s)
 }
 
 fn resolve_selftest(args: SelftestArgs) -> SelftestConfig {
@@ -1542,9 +1607,7 @@ fn resolve_selftest(args: SelftestArgs) -> SelftestConfig {
             fps: args.fps,
         },
         pixel_format: args.pixel_format,
-        expect_tone_hz: args
-            .expect_tone
-            .or((args.audio == "tone").then_some(crate::audio::tone::BEEP_HZ as u32)),
+        expect_tone_hz: args.expect_tone.or(args.audio.tone_hz()),
         audio: args.audio,
         seconds: args.seconds,
         bitrate_kbps: args.bitrate,
@@ -1557,31 +1620,27 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
     use clap::error::ErrorKind;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// A scratch directory removed on drop.
-    struct Scratch(PathBuf);
+    /// A scratch directory, removed on drop: its path, and the directory.
+    struct Scratch(
+        PathBuf,
+        #[expect(dead_code, reason = "held for its drop, which removes the directory")]
+        tempfile::TempDir,
+    );
 
     impl Scratch {
         fn new() -> Self {
-            static NEXT: AtomicUsize = AtomicUsize::new(0);
-            let n = NEXT.fetch_add(1, Ordering::Relaxed);
-            let dir =
-                std::env::temp_dir().join(format!("spyglass-config-{}-{n}", std::process::id()));
-            std::fs::create_dir_all(&dir).unwrap();
-            Scratch(dir)
+            let dir = tempfile::Builder::new()
+                .prefix("spyglass-config-")
+                .tempdir()
+                .unwrap();
+            Scratch(dir.path().to_path_buf(), dir)
         }
 
         fn file(&self, name: &str, contents: &str) -> PathBuf {
             let path = self.0.join(name);
             std::fs::write(&path, contents).unwrap();
             path
-        }
-    }
-
-    impl Drop for Scratch {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 
@@ -1631,6 +1690,62 @@ mod tests {
         (scratch, path, result)
     }
 
+    // --- the limits of issue 12
+
+    #[test]
+    fn limit_settings_from_flags_and_file_with_defaults_and_ranges() {
+        let c = daemon(&[]).unwrap();
+        assert_eq!(c.max_connecting, DEFAULT_MAX_CONNECTING);
+        assert_eq!(c.http_max_connections, DEFAULT_HTTP_MAX_CONNECTIONS);
+        assert_eq!(c.mqtt_client_id, None);
+        let c = daemon(&[
+            "--max-connecting",
+            "3",
+            "--http-max-connections",
+            "16",
+            "--mqtt-client-id",
+            "thing-garage",
+        ])
+        .unwrap();
+        assert_eq!((c.max_connecting, c.http_max_connections), (3, 16));
+        assert_eq!(c.mqtt_client_id.as_deref(), Some("thing-garage"));
+        let (_s, _p, c) = with_file(
+            "max-connecting = 2\nhttp-max-connections = 8\nmqtt-client-id = \"cam\"\n",
+            &["--max-connecting", "5"],
+        );
+        let c = c.unwrap();
+        assert_eq!((c.max_connecting, c.http_max_connections), (5, 8));
+        assert_eq!(c.mqtt_client_id.as_deref(), Some("cam"));
+        for (args, want) in [
+            (&["--max-connecting", "0"][..], "from 1 to 256"),
+            (&["--http-max-connections", "2"][..], "from 4 to 4096"),
+            (&["--mqtt-client-id", "has space"][..], "printable ASCII"),
+        ] {
+            let e = usage_error(daemon(args)).to_string();
+            assert!(e.contains(want), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn secret_files_readable_by_others_are_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let scratch = Scratch::new();
+        let password = scratch.file("password", "pw\n");
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let c = daemon(&[
+            "--mqtt-username",
+            "u",
+            "--mqtt-password-file",
+            password.to_str().unwrap(),
+        ])
+        .unwrap();
+        let warnings = c.exposed_secrets();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("MQTT password") && warnings[0].contains("644"));
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(c.exposed_secrets().is_empty());
+    }
+
     // --- defaults and help
 
     #[test]
@@ -1642,7 +1757,7 @@ mod tests {
         assert_eq!(
             c.video,
             VideoSpec {
-                source: "/dev/video0".into(),
+                source: "/dev/video0".parse().unwrap(),
                 width: 1280,
                 height: 720,
                 fps: 30
@@ -1800,7 +1915,7 @@ mod tests {
         assert_eq!(
             c.video,
             VideoSpec {
-                source: "test".into(),
+                source: "test".parse().unwrap(),
                 width: 640,
                 height: 480,
                 fps: 15
@@ -2278,7 +2393,7 @@ mod tests {
         assert_eq!(
             c.video,
             VideoSpec {
-                source: "test".into(),
+                source: "test".parse().unwrap(),
                 width: 640,
                 height: 360,
                 fps: 25

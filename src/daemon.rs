@@ -10,7 +10,6 @@ use webrtc::peer_connection::{RTCIceCandidateInit, RTCIceServer};
 
 use crate::audio::hub::AudioHub;
 use crate::config::DaemonConfig;
-use crate::hub::{Hub, VideoState};
 use crate::mqtt::{self, Mqtt, MqttEvent, MqttSettings};
 use crate::peer::session::{self, AnswerError, SessionEvent, SessionHandle};
 use crate::peer::{PeerFactory, PeerSettings};
@@ -19,9 +18,15 @@ use crate::signaling::protocol::{
     VideoStatus, offline_status_json,
 };
 use crate::signaling::sessions::{Action, Limits, PeerEvent, SessionKey, Signaling};
+use crate::video::hub::{Hub, VideoState};
 use crate::web::{self, WebSettings};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Threads the async runtime may start for blocking work (file reads for the viewer page,
+/// viewers' snapshot and control requests, which also wait for the hub's request workers);
+/// more work waits for one. Keeps the thread count well under the unit's `TasksMax=128`.
+pub const MAX_BLOCKING_THREADS: usize = 32;
 
 /// On SIGTERM, how long to wait for the sessions to close before going offline anyway.
 const SHUTDOWN_SESSION_WAIT: Duration = Duration::from_millis(800);
@@ -29,9 +34,12 @@ const SHUTDOWN_SESSION_WAIT: Duration = Duration::from_millis(800);
 /// Run until SIGINT or SIGTERM.
 pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let started = Instant::now();
+    for warning in cfg.exposed_secrets() {
+        warn!("{warning}");
+    }
     let topics = Topics::new(cfg.id.clone())?;
     let factory = PeerFactory::new(peer_settings(&cfg))?;
-    let hub = Hub::new(cfg.video.clone(), cfg.bitrate_kbps);
+    let hub = Hub::new(cfg.video.clone(), cfg.bitrate_kbps)?;
     let video = VideoStatus {
         state: MediaState::Idle,
         codec: VIDEO_CODEC_H264.to_string(),
@@ -40,7 +48,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         fps: cfg.video.fps,
     };
     // A named microphone that does not open is an error; `auto` without one is video only.
-    let audio = crate::audio::resolve(&cfg.audio)?.map(AudioHub::new);
+    let audio = crate::audio::resolve(&cfg.audio)?
+        .map(AudioHub::new)
+        .transpose()?;
     let audio_status = audio.as_ref().map(|a| AudioStatus {
         codec: "opus".to_string(),
         channels: u32::from(a.channels()),
@@ -50,6 +60,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     status.audio = audio_status.clone();
     let limits = Limits {
         max_viewers: cfg.max_viewers as usize,
+        max_connecting: cfg.max_connecting as usize,
         peer_timeout: cfg.peer_timeout,
         ..Limits::default()
     };
@@ -62,6 +73,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 root: cfg.web_root.clone(),
                 id: cfg.id.clone(),
                 broker: cfg.web_broker_url.clone(),
+                max_connections: cfg.http_max_connections as usize,
             })
             .await?,
         ),
@@ -71,7 +83,12 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let mut conn = mqtt::connect(MqttSettings {
         host: cfg.mqtt.host.clone(),
         port: cfg.mqtt.port,
-        client_id: format!("spyglass-{}", cfg.id.replace('/', "-")),
+        client_id: match &cfg.mqtt_client_id {
+            Some(id) => mqtt::ClientId::Fixed(id.clone()),
+            None => mqtt::ClientId::Random {
+                prefix: format!("spyglass-{}", cfg.id.replace('/', "-")),
+            },
+        },
         username: cfg.username.clone(),
         password: cfg.password.clone(),
         will: Some((topics.status(), offline.clone())),
@@ -248,7 +265,14 @@ impl Executor {
                 Action::Publish {
                     topic,
                     payload,
+                    lossy: true,
+                    ..
+                } => self.mqtt.publish_lossy(topic, payload),
+                Action::Publish {
+                    topic,
+                    payload,
                     retain,
+                    lossy: false,
                 } => self.mqtt.publish(topic, payload, retain).await,
                 Action::Start { key, offer_sdp } => {
                     let handle = session::start(

@@ -4,11 +4,11 @@
 pub mod audio;
 pub mod config;
 pub mod daemon;
-pub mod encode;
-pub mod hub;
 pub mod mqtt;
 pub mod pattern;
 pub mod peer;
+pub mod pipeline;
+pub mod rate;
 pub mod selftest;
 pub mod service;
 pub mod signaling;

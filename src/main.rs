@@ -81,6 +81,7 @@ fn main() -> ExitCode {
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
+        .max_blocking_threads(spyglass::daemon::MAX_BLOCKING_THREADS)
         .enable_all()
         .build()
         .expect("starting the async runtime")

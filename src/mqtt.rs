@@ -1,6 +1,11 @@
 //! The MQTT 5 transport: connects to the broker, keeps the connection up (reconnecting with
 //! capped exponential backoff and jitter), subscribes with No-Local after every connect, and
-//! moves messages in and out. It knows nothing of what the messages mean.
+//! moves messages in and out. It knows nothing of what the messages mean, only that some of them
+//! may be dropped under load (lossy ones, which never delay the others).
+//!
+//! The device's client id is random and new at every connection unless one is configured: a
+//! broker hands a client id to its newest connection, so a guessable one would let anyone who can
+//! log in knock the device off the broker (docs/SECURITY.md).
 //!
 //! The broker URL's scheme chooses the transport: `mqtt://` plain TCP, `mqtts://` TLS, `ws://`
 //! and `wss://` MQTT over a WebSocket (without and with TLS). TLS is rustls with the ring crypto
@@ -13,8 +18,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Filter, LastWill, Packet};
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Filter, LastWill, Packet};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, StateError};
 use rumqttc::{NetworkOptions, TlsConfiguration, Transport};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -35,11 +40,35 @@ const MAX_INFLIGHT: u16 = 128;
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// Messages the broker may deliver to us in one go, at most. The subscriptions are QoS 0 (see
+/// [`drive`]), so this is no flow-control window, only the depth of the hand-over to the caller.
+const EVENTS_DEPTH: usize = 256;
+
+/// The MQTT client id to connect with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientId {
+    /// Always this one: a viewer's CID, or a device whose broker binds client ids to
+    /// credentials (AWS IoT Core policies, for example).
+    Fixed(String),
+    /// `{prefix}-` and 16 random hex digits, new at every connection.
+    Random { prefix: String },
+}
+
+impl ClientId {
+    /// The id for the next connection.
+    pub fn next(&self) -> String {
+        match self {
+            ClientId::Fixed(id) => id.clone(),
+            ClientId::Random { prefix } => format!("{prefix}-{:016x}", rand::random::<u64>()),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct MqttSettings {
     pub host: String,
     pub port: u16,
-    pub client_id: String,
+    pub client_id: ClientId,
     pub username: Option<String>,
     pub password: Option<String>,
     /// Retained last will: topic and payload.
@@ -179,6 +208,7 @@ pub enum MqttEvent {
 pub struct Mqtt {
     client: AsyncClient,
     outbox: mpsc::Sender<(String, Vec<u8>, bool)>,
+    lossy: mpsc::Sender<(String, Vec<u8>)>,
 }
 
 /// Messages waiting to be handed to the MQTT client. Publishing never blocks the caller: the
@@ -186,6 +216,9 @@ pub struct Mqtt {
 /// so a caller blocked on a full request queue would deadlock with it under a flood. When this
 /// many are waiting (the broker is gone or slow), further messages are dropped.
 const OUTBOX_DEPTH: usize = 1024;
+/// Lossy messages (error replies) waiting; more are dropped. They are handed to the client only
+/// when no other message waits, and only when its request queue has room.
+const LOSSY_DEPTH: usize = 64;
 
 pub struct MqttConnection {
     pub client: Mqtt,
@@ -228,7 +261,7 @@ pub fn connect(settings: MqttSettings) -> anyhow::Result<MqttConnection> {
         ),
         _ => (settings.host.clone(), Transport::tcp()),
     };
-    let mut options = MqttOptions::new(settings.client_id.clone(), addr, settings.port);
+    let mut options = MqttOptions::new(settings.client_id.next(), addr, settings.port);
     options.set_transport(transport);
     options.set_keep_alive(Duration::from_secs(15));
     options.set_clean_start(true);
@@ -252,37 +285,61 @@ pub fn connect(settings: MqttSettings) -> anyhow::Result<MqttConnection> {
         ));
     }
     let (client, eventloop) = AsyncClient::new(options, 64);
-    let (tx, events) = mpsc::channel(256);
+    let (tx, events) = mpsc::channel(EVENTS_DEPTH);
     let task = tokio::spawn(drive(
         eventloop,
         client.clone(),
         settings.subscriptions.clone(),
+        settings.client_id.clone(),
         tx,
     ));
-    let (outbox, mut pending) = mpsc::channel::<(String, Vec<u8>, bool)>(OUTBOX_DEPTH);
-    let sender = client.clone();
-    tokio::spawn(async move {
-        while let Some((topic, payload, retain)) = pending.recv().await {
-            tracing::trace!(topic, "publishing");
-            if let Err(err) = sender
-                .publish(topic.clone(), QoS::AtLeastOnce, retain, payload)
-                .await
-            {
-                warn!(topic, "MQTT publish: {err}");
-            }
-        }
-    });
+    let (outbox, pending) = mpsc::channel::<(String, Vec<u8>, bool)>(OUTBOX_DEPTH);
+    let (lossy, lossy_pending) = mpsc::channel::<(String, Vec<u8>)>(LOSSY_DEPTH);
+    tokio::spawn(hand_over(client.clone(), pending, lossy_pending));
     Ok(MqttConnection {
-        client: Mqtt { client, outbox },
+        client: Mqtt {
+            client,
+            outbox,
+            lossy,
+        },
         events,
         task,
     })
+}
+
+/// Hands queued messages to the MQTT client: every waiting message first, a lossy one only when
+/// none waits (and dropped when the client's own queue is full), so error replies never hold up
+/// answers, candidates or the status.
+async fn hand_over(
+    client: AsyncClient,
+    mut pending: mpsc::Receiver<(String, Vec<u8>, bool)>,
+    mut lossy: mpsc::Receiver<(String, Vec<u8>)>,
+) {
+    loop {
+        tokio::select! {
+            biased;
+            message = pending.recv() => {
+                let Some((topic, payload, retain)) = message else { return };
+                tracing::trace!(topic, "publishing");
+                if let Err(err) = client.publish(topic.clone(), QoS::AtLeastOnce, retain, payload).await {
+                    warn!(topic, "MQTT publish: {err}");
+                }
+            }
+            message = lossy.recv() => {
+                let Some((topic, payload)) = message else { return };
+                if client.try_publish(topic.clone(), QoS::AtLeastOnce, false, payload).is_err() {
+                    debug!(topic, "MQTT client busy: lossy message dropped");
+                }
+            }
+        }
+    }
 }
 
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
     subscriptions: Vec<String>,
+    client_id: ClientId,
     tx: mpsc::Sender<MqttEvent>,
 ) {
     let mut failures: u32 = 0;
@@ -290,10 +347,15 @@ async fn drive(
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 failures = 0;
+                debug!(client_id = %eventloop.options.client_id(), "MQTT connected");
                 if !subscriptions.is_empty() {
+                    // QoS 0: the broker delivers to us without waiting for acknowledgements (at
+                    // QoS 1 Mosquitto keeps at most 20 unacknowledged, which on a slow link
+                    // queues a viewer's offer behind a flood). Nothing is lost that QoS 1 would
+                    // keep: the session is clean, so a broken connection loses both alike.
                     let filters = subscriptions.iter().map(|path| Filter {
                         nolocal: true,
-                        ..Filter::new(path.clone(), QoS::AtLeastOnce)
+                        ..Filter::new(path.clone(), QoS::AtMostOnce)
                     });
                     if let Err(err) = client.subscribe_many(filters).await {
                         warn!("MQTT subscribe: {err}");
@@ -324,6 +386,13 @@ async fn drive(
             }
             Ok(_) => {}
             Err(err) => {
+                let taken_over = matches!(
+                    &err,
+                    ConnectionError::MqttState(StateError::ServerDisconnect {
+                        reason_code: DisconnectReasonCode::SessionTakenOver,
+                        ..
+                    })
+                );
                 let message = err.to_string();
                 if tx
                     .send(MqttEvent::Disconnected(message.clone()))
@@ -333,7 +402,21 @@ async fn drive(
                     return;
                 }
                 failures = failures.saturating_add(1);
-                let delay = backoff(failures, rand::random::<f64>());
+                let mut delay = backoff(failures, rand::random::<f64>());
+                if taken_over {
+                    // Another connection took our client id: come back at once, under a new id
+                    // when ours is random (so that whoever learnt it cannot do it again).
+                    warn!(
+                        "the broker gave this client id to another connection; reconnecting{}",
+                        if matches!(client_id, ClientId::Random { .. }) {
+                            " with a new one"
+                        } else {
+                            ""
+                        }
+                    );
+                    delay = Duration::ZERO;
+                }
+                eventloop.options.set_client_id(client_id.next());
                 if failures <= 3 || failures.is_multiple_of(10) {
                     warn!(
                         "MQTT connection: {message}; retrying in {} ms",
@@ -362,6 +445,14 @@ impl Mqtt {
             self.outbox.try_send((topic, payload, retain))
         {
             warn!(topic, "MQTT outbox full: message dropped");
+        }
+    }
+
+    /// Publish at QoS 1 (not retained) if the connection has time for it: only when no message
+    /// from [`Mqtt::publish`] waits, and dropped when [`LOSSY_DEPTH`] lossy ones already wait.
+    pub fn publish_lossy(&self, topic: String, payload: Vec<u8>) {
+        if self.lossy.try_send((topic, payload)).is_err() {
+            debug!("MQTT lossy outbox full: message dropped");
         }
     }
 }

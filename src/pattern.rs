@@ -1,7 +1,8 @@
 //! The test pattern code: a frame counter and capture time drawn into a picture as large
 //! black/white blocks, and the A/V sync flash. The writer (the `--video test` source) and the
-//! readers (the headless viewer, later a browser page) share this module. `docs/TEST_PATTERN.md`
-//! is the public contract: it describes the same layout for readers written in other languages.
+//! readers in Rust (the headless viewer, the self-test) share this module; the viewer page has a
+//! reader of its own (`web/src/pattern.js`). `docs/TEST_PATTERN.md` is the public contract: it
+//! describes the same layout for readers written in other languages.
 //!
 //! Layout in short, with `B` the block size in pixels (see [`block_size`]):
 //! a 4×24 grid of `B`×`B` cells at `(B, B)` inside a black `26B`×`6B` box at the top-left corner;
@@ -219,19 +220,10 @@ fn cells(stamp: &Stamp) -> [[bool; COLS]; ROWS] {
 }
 
 /// CRC-8/AUTOSAR: polynomial 0x2F, initial value 0xFF, final XOR 0xFF, not reflected.
+const CRC8: crc::Crc<u8> = crc::Crc::<u8>::new(&crc::CRC_8_AUTOSAR);
+
 fn crc8(bytes: &[u8]) -> u8 {
-    let mut crc = 0xFFu8;
-    for &byte in bytes {
-        crc ^= byte;
-        for _ in 0..8 {
-            crc = if crc & 0x80 != 0 {
-                crc << 1 ^ 0x2F
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc ^ 0xFF
+    CRC8.checksum(bytes)
 }
 
 #[cfg(test)]
@@ -587,7 +579,7 @@ mod tests {
         use openh264::formats::{YUVBuffer, YUVSource};
 
         let spec = VideoSpec {
-            source: "test".into(),
+            source: "test".parse().unwrap(),
             width,
             height,
             fps: 30,

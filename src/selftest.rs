@@ -25,10 +25,13 @@ use rtc::rtp::packetizer::{Packetizer, new_packetizer};
 use rtc::rtp::sequence::new_random_sequencer;
 use serde::Serialize;
 
-use crate::audio::{self, CHUNK_FRAMES, SAMPLE_RATE};
+use crate::audio::encode::OpusEncoder;
+use crate::audio::{self, AudioSetting, CHUNK_FRAMES, SAMPLE_RATE};
 use crate::config::SelftestConfig;
-use crate::encode::{EncoderSettings, H264Encoder, nal_types};
 use crate::pattern;
+use crate::video::encode;
+use crate::video::h264::{nal_types, profile_level};
+use crate::video::v4l2::{self, V4l2Source};
 use crate::video::{self, VideoSource};
 use crate::view::assemble::Assembler;
 
@@ -72,16 +75,34 @@ impl fmt::Display for StageTime {
     }
 }
 
-/// Per-stage timings of the video path.
+/// Per-stage timings of one path, per video frame or per 20 ms audio chunk.
 #[derive(Debug, Default, Clone, Serialize)]
-pub struct VideoTimings {
-    /// Waiting for and converting the next picture (paced by the source: a camera's clock or
-    /// the test pattern's timer, so this is mostly waiting).
+pub struct Timings {
+    /// Waiting for the next picture or chunk, and converting a picture: paced by the source (a
+    /// camera's or a sound card's clock, the test pattern's or the tone's timer), so this is
+    /// mostly waiting.
     pub capture: StageTime,
     pub encode: StageTime,
     pub packetize: StageTime,
     pub depacketize: StageTime,
     pub decode: StageTime,
+}
+
+impl Timings {
+    /// One line per stage, each after its label.
+    fn write(&self, f: &mut fmt::Formatter<'_>, labels: [&str; 5]) -> fmt::Result {
+        let stages = [
+            &self.capture,
+            &self.encode,
+            &self.packetize,
+            &self.depacketize,
+            &self.decode,
+        ];
+        for (label, stage) in labels.iter().zip(stages) {
+            writeln!(f, "{label}{stage}")?;
+        }
+        Ok(())
+    }
 }
 
 /// What the video stage saw.
@@ -92,6 +113,8 @@ pub struct VideoReport {
     pub width: u32,
     pub height: u32,
     pub fps: u32,
+    /// The source's frames carry the test pattern's code, so their counters are checked.
+    pub stamped: bool,
     /// H.264 profile and level from the SPS, e.g. `constrained baseline, level 3.1`.
     pub h264: String,
     pub bitrate_kbps: u32,
@@ -113,18 +136,7 @@ pub struct VideoReport {
     pub stamps_out_of_order: u64,
     pub first_stamp: Option<u32>,
     pub last_stamp: Option<u32>,
-    pub timings: VideoTimings,
-}
-
-/// Per-stage timings of the audio path, per 20 ms chunk.
-#[derive(Debug, Default, Clone, Serialize)]
-pub struct AudioTimings {
-    /// Waiting for the next 20 ms (paced by the sound card's or the tone's clock).
-    pub capture: StageTime,
-    pub encode: StageTime,
-    pub packetize: StageTime,
-    pub depacketize: StageTime,
-    pub decode: StageTime,
+    pub timings: Timings,
 }
 
 /// What the audio stage saw.
@@ -150,7 +162,7 @@ pub struct AudioReport {
     pub expected_tone_hz: Option<u32>,
     /// Power at the expected tone over the strongest other probed frequency, dB.
     pub tone_margin_db: Option<f64>,
-    pub timings: AudioTimings,
+    pub timings: Timings,
 }
 
 /// The self-test's one report.
@@ -192,7 +204,7 @@ impl fmt::Display for Report {
             "pictures:         {} changed from the one before, {} of the wrong size",
             v.changed, v.wrong_size
         )?;
-        if v.source.starts_with("test") {
+        if v.stamped {
             writeln!(
                 f,
                 "test pattern:     {} counters read, {} out of order, first {}, last {}",
@@ -202,12 +214,16 @@ impl fmt::Display for Report {
                 v.last_stamp.map_or("-".into(), |n| n.to_string())
             )?;
         }
-        let t = &v.timings;
-        writeln!(f, "capture:          {}", t.capture)?;
-        writeln!(f, "encode:           {}", t.encode)?;
-        writeln!(f, "packetize:        {}", t.packetize)?;
-        writeln!(f, "depacketize:      {}", t.depacketize)?;
-        writeln!(f, "decode:           {}", t.decode)?;
+        v.timings.write(
+            f,
+            [
+                "capture:          ",
+                "encode:           ",
+                "packetize:        ",
+                "depacketize:      ",
+                "decode:           ",
+            ],
+        )?;
         let a = &self.audio;
         writeln!(f, "audio source:     {}", a.source)?;
         if a.source != "none" {
@@ -236,12 +252,16 @@ impl fmt::Display for Report {
                 "audio sound:      level {:.1} dBFS, strongest at {} Hz{tone}",
                 a.level_dbfs, a.dominant_hz
             )?;
-            let t = &a.timings;
-            writeln!(f, "audio capture:    {}", t.capture)?;
-            writeln!(f, "audio encode:     {}", t.encode)?;
-            writeln!(f, "audio packetize:  {}", t.packetize)?;
-            writeln!(f, "audio depacketize: {}", t.depacketize)?;
-            writeln!(f, "audio decode:     {}", t.decode)?;
+            a.timings.write(
+                f,
+                [
+                    "audio capture:    ",
+                    "audio encode:     ",
+                    "audio packetize:  ",
+                    "audio depacketize: ",
+                    "audio decode:     ",
+                ],
+            )?;
         }
         writeln!(f, "wall time:        {:.0} ms", self.wall_ms)?;
         for failure in &self.failures {
@@ -261,7 +281,7 @@ pub enum SelftestError {
     #[error("video source: {0}")]
     Video(#[from] video::VideoError),
     #[error("{0}")]
-    Encode(#[from] crate::encode::EncodeError),
+    Encode(#[from] crate::video::encode::EncodeError),
     #[error("RTP packetizer: {0}")]
     Packetize(String),
     #[error("H.264 decoder: {0}")]
@@ -270,6 +290,8 @@ pub enum SelftestError {
     Audio(#[from] audio::AudioError),
     #[error("Opus: {0}")]
     Opus(#[from] opus::Error),
+    #[error("the {0} stage panicked")]
+    Panicked(&'static str),
 }
 
 /// Run every stage and check the result.
@@ -286,10 +308,13 @@ pub fn run(config: &SelftestConfig) -> Result<Report, SelftestError> {
     // The audio stage runs beside the video stage (both mostly wait for their source's clock),
     // as in the daemon.
     std::thread::scope(|scope| {
-        let audio = (config.audio != "none").then(|| scope.spawn(|| audio_stage(config)));
+        let audio =
+            (config.audio != AudioSetting::None).then(|| scope.spawn(|| audio_stage(config)));
         video_stage(config, &mut report)?;
         if let Some(audio) = audio {
-            let (a, failures) = audio.join().expect("the audio stage panicked")?;
+            let (a, failures) = audio
+                .join()
+                .map_err(|_| SelftestError::Panicked("audio"))??;
             report.audio = a;
             report.failures.extend(failures);
         }
@@ -302,40 +327,34 @@ pub fn run(config: &SelftestConfig) -> Result<Report, SelftestError> {
 
 fn open_video(config: &SelftestConfig) -> Result<Box<dyn VideoSource>, SelftestError> {
     let spec = &config.video;
-    Ok(match (spec.source.as_str(), config.pixel_format) {
-        ("test", Some(fourcc)) => {
-            return Err(SelftestError::Video(video::VideoError::Failed {
-                device: "test".into(),
-                message: format!(
-                    "--pixel-format {fourcc} applies to V4L2 devices, not the test pattern"
-                ),
-            }));
-        }
-        (path, Some(fourcc)) if path != "test" => Box::new(
-            video::v4l2::V4l2Source::open_with_format(path, spec, Some(fourcc))?,
-        ),
-        _ => video::open(spec)?,
-    })
+    match config.pixel_format {
+        None => Ok(video::open(spec)?),
+        Some(fourcc) if spec.source.is(&v4l2::BACKEND) => Ok(Box::new(
+            V4l2Source::open_with_format(spec.source.as_str(), spec, Some(fourcc))?,
+        )),
+        Some(fourcc) => Err(SelftestError::Video(video::VideoError::Failed {
+            device: spec.source.to_string(),
+            message: format!(
+                "--pixel-format {fourcc} applies to V4L2 devices, not the test pattern"
+            ),
+        })),
+    }
 }
 
 /// Capture → encode → packetize → depacketize → decode, frame by frame, then the checks.
 fn video_stage(config: &SelftestConfig, report: &mut Report) -> Result<(), SelftestError> {
     let mut source = open_video(config)?;
     let format = source.format().clone();
-    let is_pattern = config.video.source == "test";
+    let is_pattern = config.video.source.backend().stamped;
     let v = &mut report.video;
     v.source = format.description.clone();
+    v.stamped = is_pattern;
     v.width = format.width;
     v.height = format.height;
     v.fps = format.fps;
     v.bitrate_kbps = config.bitrate_kbps;
 
-    let mut encoder = H264Encoder::new(EncoderSettings {
-        width: format.width,
-        height: format.height,
-        fps: format.fps.max(1),
-        bitrate_kbps: config.bitrate_kbps,
-    })?;
+    let mut encoder = encode::open(&format, config.bitrate_kbps)?;
     let mut packetizer = new_packetizer(
         Instant::now(),
         MTU,
@@ -510,16 +529,13 @@ fn audio_stage(config: &SelftestConfig) -> Result<(AudioReport, Vec<String>), Se
     let Some(plan) = audio::resolve(&config.audio)? else {
         return Ok((a, failures));
     };
-    let mut source = audio::open(&plan.source, plan.channels)?;
+    let mut source = plan.source.open(plan.channels)?;
     let channels = source.channels();
     a.source = source.description().to_string();
     a.channels = channels;
     a.expected_tone_hz = config.expect_tone_hz;
-    let (mut encoder, _lookahead) = audio::hub::new_encoder(channels)?;
-    a.bitrate_kbps = match encoder.get_bitrate()? {
-        opus::Bitrate::Bits(b) => (b / 1000) as u32,
-        _ => 0,
-    };
+    let mut encoder = OpusEncoder::new(channels)?;
+    a.bitrate_kbps = encoder.bitrate_kbps()?;
     let mut decoder = opus::Decoder::new(
         SAMPLE_RATE,
         if channels == 1 {
@@ -539,7 +555,6 @@ fn audio_stage(config: &SelftestConfig) -> Result<(AudioReport, Vec<String>), Se
     );
     let mut depacketizer = OpusPacket;
     let ch = usize::from(channels);
-    let mut encoded = vec![0u8; 4000];
     let mut decoded = vec![0i16; CHUNK_FRAMES * 6 * ch];
     let mut mono: Vec<i16> = Vec::new();
     let mut previous: Option<(u16, u32)> = None;
@@ -551,18 +566,14 @@ fn audio_stage(config: &SelftestConfig) -> Result<(AudioReport, Vec<String>), Se
         a.chunks += 1;
 
         let t = Instant::now();
-        let len = encoder.encode(&chunk.samples, &mut encoded)?;
+        let encoded = encoder.encode(&chunk)?;
         a.timings.encode.add(t.elapsed());
         a.encoded += 1;
-        a.encoded_bytes += len as u64;
+        a.encoded_bytes += encoded.data.len() as u64;
 
         let t = Instant::now();
         let packets = packetizer
-            .packetize(
-                Instant::now(),
-                &Bytes::copy_from_slice(&encoded[..len]),
-                CHUNK_FRAMES as u32,
-            )
+            .packetize(Instant::now(), &encoded.data, CHUNK_FRAMES as u32)
             .map_err(|e| SelftestError::Packetize(e.to_string()))?;
         a.timings.packetize.add(t.elapsed());
         a.rtp_packets += packets.len() as u64;
@@ -679,18 +690,9 @@ fn check_audio(a: &AudioReport, chunks: u64, failures: &mut Vec<String>) {
 
 /// Profile and level from the first SPS in an Annex-B access unit.
 fn describe_sps(annexb: &[u8]) -> String {
-    let types = nal_types(annexb);
-    let Some(start) = annexb
-        .windows(4)
-        .position(|w| w[..3] == [0, 0, 1] && w[3] & 0x1f == 7)
-    else {
-        return format!("keyframe without SPS (NAL types {types:?})");
+    let Some([profile, constraints, level]) = profile_level(annexb) else {
+        return format!("keyframe without SPS (NAL types {:?})", nal_types(annexb));
     };
-    let sps = &annexb[start + 4..];
-    if sps.len() < 3 {
-        return "truncated SPS".into();
-    }
-    let (profile, constraints, level) = (sps[0], sps[1], sps[2]);
     let name = match (profile, constraints & 0x40 != 0) {
         (66, true) => "constrained baseline".to_string(),
         (66, false) => "baseline".to_string(),
@@ -713,13 +715,13 @@ mod tests {
     fn config(width: u32, height: u32) -> SelftestConfig {
         SelftestConfig {
             video: VideoSpec {
-                source: "test".into(),
+                source: "test".parse().unwrap(),
                 width,
                 height,
                 fps: 30,
             },
             pixel_format: None,
-            audio: "none".into(),
+            audio: AudioSetting::None,
             expect_tone_hz: None,
             seconds: 1,
             bitrate_kbps: 500,
@@ -756,7 +758,7 @@ mod tests {
     #[test]
     fn tone_passes_the_audio_stage() {
         let mut c = config(320, 240);
-        c.audio = "tone".into();
+        c.audio = "tone".parse().unwrap();
         c.expect_tone_hz = Some(1000);
         let report = run(&c).unwrap();
         assert!(report.passed, "{report}");
@@ -771,7 +773,7 @@ mod tests {
     #[test]
     fn a_tone_that_is_not_there_fails() {
         let mut c = config(320, 240);
-        c.audio = "tone".into();
+        c.audio = "tone".parse().unwrap();
         c.expect_tone_hz = Some(440);
         let report = run(&c).unwrap();
         assert!(!report.passed);

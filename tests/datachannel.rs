@@ -313,3 +313,130 @@ async fn bad_requests_get_errors_and_the_video_goes_on() {
     );
     assert_eq!(report.counter_resets, 0, "the source never restarted");
 }
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Issue 12, item 6: one viewer opens 64 channels, stops reading, and asks for snapshots at
+/// quality 100 on all of them for 30 s. The daemon's RSS grows by less than 50 MB and another
+/// viewer keeps at least 90 % of its frame rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_that_floods_snapshots_on_64_channels_changes_nothing_for_others() {
+    let mut w = watch().await;
+    let broker = &w._broker;
+    // The attacker: a second viewer with its own data channel, and 63 more.
+    let (links, mut link_rx) = mpsc::unbounded_channel::<DataLink>();
+    let stop_attacker = Arc::new(Notify::new());
+    let mut options = view_options(broker, &w.daemon, u64::MAX);
+    options.timeout = Duration::from_secs(300);
+    options.stop = Some(Arc::clone(&stop_attacker));
+    options.data_channel = Some(links);
+    let attacker = tokio::spawn(run(options));
+    let link = tokio::time::timeout(WAIT, link_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let pc = Arc::clone(&link.pc);
+    let mut channels = vec![link.channel];
+    for i in 1..64 {
+        channels.push(
+            pc.create_data_channel("spyglass", None)
+                .await
+                .unwrap_or_else(|e| panic!("channel {i}: {e}")),
+        );
+    }
+    // Wait until each has opened (or been closed by the device), reading nothing after that.
+    let mut open = Vec::new();
+    for channel in channels {
+        let opened = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match channel.poll().await {
+                    Some(webrtc::data_channel::DataChannelEvent::OnOpen) => return true,
+                    Some(webrtc::data_channel::DataChannelEvent::OnClose) | None => return false,
+                    Some(_) => {}
+                }
+            }
+        })
+        .await
+        .unwrap_or(false);
+        if opened {
+            open.push(channel);
+        }
+    }
+    // The victim's frame rate over 10 s before the flood.
+    let _ = w.ask(json!({"type": "stats"})).await;
+    let quiet_from = Instant::now();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let flood_from = Instant::now();
+    let rss_before = rss_kb(w.daemon.pid());
+    let mut sent = 0u64;
+    let mut refused = 0u64;
+    let request = json!({"type": "snapshot", "quality": 100}).to_string();
+    while flood_from.elapsed() < Duration::from_secs(30) {
+        for channel in &open {
+            match tokio::time::timeout(Duration::from_millis(50), channel.try_send_text(&request))
+                .await
+            {
+                Ok(Ok(())) => sent += 1,
+                _ => refused += 1,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let flood_to = Instant::now();
+    let rss_after = rss_kb(w.daemon.pid());
+    let threads = std::fs::read_to_string(format!("/proc/{}/status", w.daemon.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:").map(|t| t.trim().to_string()))
+        .unwrap_or_default();
+    // What the device left open: it closes channels beyond its limit as they open, and those
+    // whose viewer takes no replies.
+    let mut still_open = 0;
+    for channel in &open {
+        if matches!(
+            channel.ready_state().await,
+            Ok(webrtc::data_channel::RTCDataChannelState::Open)
+        ) {
+            still_open += 1;
+        }
+    }
+    // The victim is still served.
+    let stats = w.ask(json!({"type": "stats"})).await;
+    assert_eq!(stats["type"], "stats");
+    stop_attacker.notify_one();
+    let _ = attacker.await;
+    let report = w.finish().await;
+    let rate = |from: Instant, to: Instant| {
+        let n = report
+            .luma
+            .iter()
+            .filter(|(t, _)| *t >= from && *t < to)
+            .count();
+        n as f64 / (to - from).as_secs_f64()
+    };
+    let quiet = rate(quiet_from, flood_from);
+    let flooded = rate(flood_from, flood_to);
+    eprintln!(
+        "snapshot flood: {} of 64 channels opened, {still_open} still open after the flood; \
+         {sent} requests sent ({refused} not taken by a full buffer); daemon RSS {rss_before} kB -> {rss_after} kB (+{} kB, limit \
+         51200 kB); other viewer {quiet:.1} fps before, {flooded:.1} fps during ({:.0} %, \
+         limit >= 90 %); daemon threads {threads}",
+        open.len(),
+        rss_after.saturating_sub(rss_before),
+        flooded / quiet * 100.0
+    );
+    assert!(still_open <= 8, "{still_open} channels open");
+    assert!(
+        rss_after < rss_before + 50 * 1024,
+        "RSS +{} kB",
+        rss_after - rss_before
+    );
+    assert!(flooded >= 0.9 * quiet, "{quiet:.1} fps -> {flooded:.1} fps");
+}

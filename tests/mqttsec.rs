@@ -517,19 +517,25 @@ fn acl_for(uid: &str, device_user: &str) -> String {
         .replace("cam-garage-cam1", device_user)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_acl_keeps_viewers_out_of_each_others_sessions_and_strangers_out() {
-    let n = rand::random::<u32>();
-    let uid = format!("acl/cam-{n}");
-    let device_user = format!("cam-{n}");
-    let broker = Broker::start_with(|dir, port| {
+/// A Mosquitto with `allow_anonymous false`, a password file (the device's user with password
+/// `device-secret`, `viewer` with `viewer-secret`) and the ACL of docs/SECURITY.md for `uid`. The
+/// device's password is also in the broker's directory, as `device-password`.
+fn broker_with_acl(uid: &str, device_user: &str) -> Broker {
+    broker_with_acl_and(uid, device_user, |_| String::new())
+}
+
+/// [`broker_with_acl`] with more listeners: `listeners` gets the broker's directory and returns
+/// config lines appended after the plain listener.
+fn broker_with_acl_and(
+    uid: &str,
+    device_user: &str,
+    listeners: impl FnOnce(&Path) -> String,
+) -> Broker {
+    Broker::start_with(|dir, port| {
         let passwd = dir.join("passwd");
-        for (i, (user, password)) in [
-            (device_user.as_str(), "device-secret"),
-            ("viewer", "viewer-secret"),
-        ]
-        .into_iter()
-        .enumerate()
+        for (i, (user, password)) in [(device_user, "device-secret"), ("viewer", "viewer-secret")]
+            .into_iter()
+            .enumerate()
         {
             let mut cmd = Command::new("mosquitto_passwd");
             if i == 0 {
@@ -544,15 +550,24 @@ async fn the_acl_keeps_viewers_out_of_each_others_sessions_and_strangers_out() {
                 .success();
             assert!(ok, "mosquitto_passwd failed");
         }
-        std::fs::write(dir.join("acl"), acl_for(&uid, &device_user)).unwrap();
+        std::fs::write(dir.join("acl"), acl_for(uid, device_user)).unwrap();
         std::fs::write(dir.join("device-password"), "device-secret\n").unwrap();
         format!(
             "persistence false\nallow_anonymous false\npassword_file {}\nacl_file {}\n\
-             listener {port} 127.0.0.1\n",
+             listener {port} 127.0.0.1\n{}",
             passwd.display(),
-            dir.join("acl").display()
+            dir.join("acl").display(),
+            listeners(dir)
         )
-    });
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_acl_keeps_viewers_out_of_each_others_sessions_and_strangers_out() {
+    let n = rand::random::<u32>();
+    let uid = format!("acl/cam-{n}");
+    let device_user = format!("cam-{n}");
+    let broker = broker_with_acl(&uid, &device_user);
     let pw_file = broker.dir().join("device-password");
     let daemon = Daemon::start(
         &broker,
@@ -715,5 +730,372 @@ async fn the_acl_keeps_viewers_out_of_each_others_sessions_and_strangers_out() {
     }
     for (topic, _) in other.drain() {
         assert!(!topic.ends_with(&victim), "intruder received {topic}");
+    }
+}
+
+/// The device's MQTT client id as the daemon logged it last (`MQTT connected client_id=...`).
+fn logged_client_id(log: &str) -> Option<String> {
+    let plain: String = {
+        let mut out = String::new();
+        let mut chars = log.chars();
+        while let Some(c) = chars.next() {
+            if c == '\x1b' {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    plain
+        .lines()
+        .rev()
+        .filter(|l| l.contains("MQTT connected"))
+        .filter_map(|l| l.split("client_id=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .next()
+}
+
+/// Issue 12, item 5: a viewer with broker credentials connects with the device's client id —
+/// first the one it could guess (`spyglass-{id}`, what spyglass used), then the real one (as if
+/// it had learnt it) — under the ACL of docs/SECURITY.md. The device stays online (its retained
+/// status says offline for no longer than one reconnect) and answers the next offer each time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_that_takes_the_device_client_id_does_not_knock_it_off() {
+    let n = rand::random::<u32>();
+    let uid = format!("acl/cam-{n}");
+    let device_user = format!("cam-{n}");
+    let broker = broker_with_acl(&uid, &device_user);
+    let pw_file = broker.dir().join("device-password");
+    let daemon = Daemon::start(
+        &broker,
+        &[
+            "--id",
+            &uid,
+            "--mqtt-username",
+            &device_user,
+            "--mqtt-password-file",
+            s(&pw_file),
+        ],
+    );
+    // An observer with the device's rights records every status, with its arrival time.
+    let mut observer = raw_connect(
+        broker.port,
+        &format!("observer-{n}"),
+        Some((&device_user, "device-secret")),
+    )
+    .await
+    .unwrap();
+    let status_topic = format!("{uid}/status");
+    assert!(matches!(
+        observer.subscribe(&status_topic).await,
+        SubscribeReasonCode::Success(_)
+    ));
+    let (status_tx, mut statuses) = mpsc::unbounded_channel();
+    let mut packets = std::mem::replace(&mut observer.packets, mpsc::unbounded_channel().1);
+    let status_bytes = status_topic.clone().into_bytes();
+    let recorder = tokio::spawn(async move {
+        while let Some(packet) = packets.recv().await {
+            if let Packet::Publish(p) = packet
+                && p.topic == status_bytes
+            {
+                let online = p.payload.windows(13).any(|w| w == b"\"online\":true");
+                let _ = status_tx.send((std::time::Instant::now(), online));
+            }
+        }
+    });
+    let first_online = loop {
+        let (t, online) = tokio::time::timeout(Duration::from_secs(20), statuses.recv())
+            .await
+            .expect("the device comes online")
+            .unwrap();
+        if online {
+            break t;
+        }
+    };
+    let _ = first_online;
+    let watch = |frames: u64| {
+        let mut opts = view_options(&broker, &daemon, frames);
+        opts.id = uid.clone();
+        opts.username = Some("viewer".into());
+        opts.password = Some("viewer-secret".into());
+        opts.cid = format!("viewer-{}", rand::random::<u32>());
+        spyglass::view::run(opts)
+    };
+
+    // 1. The client id a viewer could guess from the public device id.
+    let guessed = format!("spyglass-{}", uid.replace('/', "-"));
+    let intruder = raw_connect(broker.port, &guessed, Some(("viewer", "viewer-secret")))
+        .await
+        .expect("a viewer may connect with any client id");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut seen = Vec::new();
+    while let Ok(status) = statuses.try_recv() {
+        seen.push(status);
+    }
+    assert!(
+        seen.iter().all(|(_, online)| *online),
+        "the status went offline after a viewer connected as {guessed}"
+    );
+    let report = watch(20).await.unwrap();
+    assert_streamed(&report, 20);
+    eprintln!(
+        "a viewer connected as {guessed:?}: the device stayed online and answered the next offer"
+    );
+    drop(intruder);
+
+    // 2. The real client id, as if the viewer had learnt it (from the daemon's log here).
+    let real = logged_client_id(&daemon.log()).expect("the daemon logs its client id");
+    assert!(
+        real.starts_with(&guessed) && real.len() == guessed.len() + 17,
+        "{real}"
+    );
+    let took_over = std::time::Instant::now();
+    let _intruder = raw_connect(broker.port, &real, Some(("viewer", "viewer-secret")))
+        .await
+        .unwrap();
+    let mut offline_at = None;
+    let back_online = loop {
+        let (t, online) = tokio::time::timeout(Duration::from_secs(20), statuses.recv())
+            .await
+            .expect("the device's status after the takeover")
+            .unwrap();
+        match (online, offline_at) {
+            (false, None) => offline_at = Some(t),
+            (true, Some(_)) => break t,
+            _ => {}
+        }
+    };
+    let offline_ms = offline_at.map(|t| (back_online - t).as_millis());
+    eprintln!(
+        "a viewer connected as the device's real client id: the status said offline for {:?} ms; \
+         online again {} ms after the takeover",
+        offline_ms,
+        (back_online - took_over).as_millis()
+    );
+    // One reconnect: no backoff, just the connection itself.
+    assert!(offline_ms.is_some_and(|ms| ms < 2000), "{offline_ms:?}");
+    let renewed = logged_client_id(&daemon.log()).unwrap();
+    assert_ne!(renewed, real, "the device reconnects under a new client id");
+    let report = watch(20).await.unwrap();
+    assert_streamed(&report, 20);
+    recorder.abort();
+}
+
+/// The first fenced block of `lang` after `heading` in `doc`.
+fn fenced_after<'d>(doc: &'d str, heading: &str, lang: &str) -> &'d str {
+    doc.split(heading)
+        .nth(1)
+        .and_then(|rest| rest.split(&format!("```{lang}\n")).nth(1))
+        .and_then(|rest| rest.split("```").next())
+        .unwrap_or_else(|| panic!("no ```{lang} block after {heading:?}"))
+}
+
+/// Issue 12, item 11: docs/SECURITY.md's device example works the way the packaged service runs
+/// it: as a transient unprivileged user (`DynamicUser=yes`) that cannot read the root-only
+/// password file, with the password handed over as `LoadCredential=` lays it out (a directory
+/// of the service's own, the file readable by its user only). Taken from the document: the
+/// TOML and the drop-in's `LoadCredential=` line. Here the user is `nobody` (65534) and the
+/// credential directory a temporary one; the broker has the ACL and a TLS listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_security_md_device_example_runs_as_a_transient_user_with_its_credential() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    const NOBODY: u32 = 65534;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (to hand a file to another user, as systemd does)");
+        return;
+    }
+    let n = rand::random::<u32>();
+    let uid = format!("garage/cam-{n}");
+    let device_user = format!("cam-garage-{n}");
+    let tls_port = free_port();
+    let mut pki = None;
+    let broker = broker_with_acl_and(&uid, &device_user, |dir| {
+        let p = make_pki(dir);
+        let lines = format!("listener {tls_port} 127.0.0.1\n{}", tls_lines(&p));
+        pki = Some(p);
+        lines
+    });
+    let pki = pki.unwrap();
+    wait_port(tls_port);
+
+    let doc = include_str!("../docs/SECURITY.md");
+    let toml = fenced_after(doc, "### The device\n", "toml");
+    let dropin = fenced_after(doc, "### The device\n", "ini");
+    let (name, source) = dropin
+        .lines()
+        .find_map(|l| l.strip_prefix("LoadCredential="))
+        .and_then(|v| v.split_once(':'))
+        .expect("the drop-in has LoadCredential=NAME:PATH");
+    assert!(
+        toml.contains(&format!("\"/run/credentials/spyglass.service/{name}\"")),
+        "the config reads the credential {name}:\n{toml}"
+    );
+
+    // /etc/spyglass as packaged: the password root-only, the CA public.
+    let root = temp_dir("dynamic-user");
+    let mode = |path: &Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    mode(&root, 0o755);
+    let etc = root.join("etc-spyglass");
+    std::fs::create_dir_all(&etc).unwrap();
+    mode(&etc, 0o755);
+    let source_file = etc.join(Path::new(source).file_name().unwrap());
+    std::fs::write(&source_file, "device-secret\n").unwrap();
+    mode(&source_file, 0o600);
+    std::fs::copy(&pki.ca, etc.join("mqtt-ca.pem")).unwrap();
+    mode(&etc.join("mqtt-ca.pem"), 0o644);
+    // What LoadCredential= makes of it: a directory and a copy owned by the service's user.
+    let creds = root.join("credentials");
+    std::fs::create_dir_all(&creds).unwrap();
+    std::fs::copy(&source_file, creds.join(name)).unwrap();
+    std::os::unix::fs::chown(creds.join(name), Some(NOBODY), Some(NOBODY)).unwrap();
+    mode(&creds.join(name), 0o400);
+    std::os::unix::fs::chown(&creds, Some(NOBODY), Some(NOBODY)).unwrap();
+    mode(&creds, 0o500);
+    // The binary where the unprivileged user can run it.
+    let bin = root.join("spyglass");
+    std::fs::copy(spyglass_bin(), &bin).unwrap();
+    mode(&bin, 0o755);
+
+    let config_for = |password_path: &str| {
+        toml.replace(
+            "mqtts://broker.lan:8883",
+            &format!("mqtts://127.0.0.1:{tls_port}"),
+        )
+        .replace(
+            &format!("/run/credentials/spyglass.service/{name}"),
+            password_path,
+        )
+        .replace("/etc/spyglass/", &format!("{}/", etc.display()))
+        .replace("garage/cam1", &uid)
+        .replace("cam-garage-cam1", &device_user)
+    };
+    let run_as_nobody = |config: &str, tag: &str| {
+        let file = root.join(format!("{tag}.toml"));
+        std::fs::write(&file, config).unwrap();
+        mode(&file, 0o644);
+        let log = root.join(format!("{tag}.log"));
+        let mut command = std::process::Command::new(&bin);
+        command
+            .arg("--config")
+            .arg(&file)
+            .args([
+                "--video",
+                "test",
+                "--size",
+                "320x240",
+                "--rtc-bind",
+                "127.0.0.1",
+            ])
+            .args(["--mdns", "off", "--http", "off", "--audio", "none"])
+            .env("RUST_LOG", "spyglass=debug,info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        // SAFETY: setgroups/setgid/setuid are async-signal-safe; nothing else runs before exec.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(NOBODY) != 0
+                    || libc::setuid(NOBODY) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        (command.spawn().expect("starting spyglass as nobody"), log)
+    };
+
+    // Pointed at the root-only file itself, the transient user cannot start.
+    let (mut direct, log) = run_as_nobody(&config_for(source_file.to_str().unwrap()), "direct");
+    let status = tokio::task::block_in_place(|| direct.wait()).unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    eprintln!(
+        "as nobody, reading {}: {status:?}: {}",
+        source_file.display(),
+        text.trim()
+    );
+    assert!(
+        !status.success() && text.contains("Permission denied"),
+        "{text}"
+    );
+
+    // With the credential, as the document says, it comes online and serves a viewer.
+    let credential = creds.join(name);
+    let (mut child, log) = run_as_nobody(&config_for(credential.to_str().unwrap()), "credential");
+    let status_topic = format!("{uid}/status");
+    let mut observer = raw_connect(
+        broker.port,
+        &format!("observer-{n}"),
+        Some((&device_user, "device-secret")),
+    )
+    .await
+    .unwrap();
+    observer.subscribe(&status_topic).await;
+    let online = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Packet::Publish(p) = observer.next().await
+                && p.payload.windows(13).any(|w| w == b"\"online\":true")
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    if online.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the device did not come online:\n{text}");
+    }
+    let mut opts = ViewOptions {
+        id: uid.clone(),
+        username: Some("viewer".into()),
+        password: Some("viewer-secret".into()),
+        cid: format!("viewer-{n}"),
+        frames: 20,
+        timeout: Duration::from_secs(30),
+        ..view_options_without_daemon(&broker)
+    };
+    opts = via(opts, tls_port, BrokerScheme::Mqtts, "", ca_only(&pki));
+    let report = spyglass::view::run(opts).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let report = report.unwrap_or_else(|e| panic!("{e}\n{text}"));
+    eprintln!(
+        "the SECURITY.md device example as uid {NOBODY} with its credential: online, a viewer got \
+         {} frames over mqtts://",
+        report.frames
+    );
+    assert_streamed(&report, 20);
+    assert!(!text.contains("readable by every user"), "{text}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+fn view_options_without_daemon(broker: &Broker) -> ViewOptions {
+    ViewOptions {
+        host: "127.0.0.1".into(),
+        port: broker.port,
+        username: None,
+        password: None,
+        transport: Default::default(),
+        id: String::new(),
+        cid: String::new(),
+        frames: 30,
+        timeout: Duration::from_secs(30),
+        bind: vec!["127.0.0.1".parse().unwrap()],
+        mdns: false,
+        stop: None,
+        data_channel: None,
     }
 }

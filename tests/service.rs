@@ -80,6 +80,10 @@ fn the_unit_is_hardened() {
         "DeviceAllow=char-alsa rw",
         "SystemCallFilter=@system-service",
         "MemoryDenyWriteExecute=yes",
+        "LimitNOFILE=1024",
+        "MemoryHigh=192M",
+        "MemoryMax=256M",
+        "TasksMax=128",
     ] {
         let unit_text = std::fs::read_to_string(&unit).unwrap();
         assert!(
@@ -421,4 +425,42 @@ fn strip_ansi(s: &str) -> String {
         }
     }
     out
+}
+
+/// Issue 12, item 11: a secret file that other users may read is named in a warning at start;
+/// the same file with mode 600 is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_files_readable_by_others_are_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let broker = Broker::start();
+    let dir = temp_dir("secrets");
+    let password = dir.join("mqtt-password");
+    for (mode, warned) in [(0o644, true), (0o600, false)] {
+        std::fs::write(&password, "secret\n").unwrap();
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(mode)).unwrap();
+        let daemon = Daemon::start(
+            &broker,
+            &[
+                "--mqtt-username",
+                "cam",
+                "--mqtt-password-file",
+                password.to_str().unwrap(),
+            ],
+        );
+        wait_online(&broker, &daemon).await;
+        let log = strip_ansi(&daemon.log());
+        let warning = log
+            .lines()
+            .find(|l| l.contains("readable by every user"))
+            .map(str::to_string);
+        eprintln!("mode {mode:03o}: {warning:?}");
+        assert_eq!(warning.is_some(), warned, "{log}");
+        if let Some(w) = warning {
+            assert!(
+                w.contains(password.to_str().unwrap()) && w.contains("644"),
+                "{w}"
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -223,16 +223,26 @@ async fn a_clean_stop_publishes_offline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_that_never_connects_is_reaped_after_the_peer_timeout() {
     let broker = Broker::start();
-    let daemon = Daemon::start(&broker, &["--max-viewers", "1", "--peer-timeout", "2"]);
+    let daemon = Daemon::start(
+        &broker,
+        &[
+            "--max-viewers",
+            "1",
+            "--max-connecting",
+            "1",
+            "--peer-timeout",
+            "2",
+        ],
+    );
     wait_online(&broker, &daemon).await;
     let ghost_answer = format!("{}/answer/ghost", daemon.id);
-    let other_error = format!("{}/error/other", daemon.id);
+    let ghost_error = format!("{}/error/ghost", daemon.id);
     let other_answer = format!("{}/answer/other", daemon.id);
     let mut client = TestClient::connect(
         &broker,
         &[
             ghost_answer.clone(),
-            other_error.clone(),
+            ghost_error.clone(),
             other_answer.clone(),
         ],
     )
@@ -250,22 +260,30 @@ async fn a_session_that_never_connects_is_reaped_after_the_peer_timeout() {
         })
         .await;
 
-    // While the ghost holds the only place, another viewer is busy...
-    client
-        .publish(&format!("{}/offer/other", daemon.id), msg.clone())
-        .await;
-    let err = client
-        .wait_json(&other_error, Duration::from_secs(10), |_| true)
-        .await;
-    assert_eq!(err["code"], "busy");
-    // ...and after the peer timeout the place is free again.
-    tokio::time::sleep(Duration::from_millis(2600)).await;
+    // A session still connecting holds no viewer's place: another offer is answered, and the
+    // ghost (the one connecting longest, with --max-connecting 1) gives way with `busy`.
     client
         .publish(&format!("{}/offer/other", daemon.id), msg)
         .await;
+    let err = client
+        .wait_json(&ghost_error, Duration::from_secs(10), |_| true)
+        .await;
+    assert_eq!(err["code"], "busy", "{err}");
     client
         .wait_json(&other_answer, Duration::from_secs(10), |v| {
             v["type"] == "answer"
         })
         .await;
+    // After the peer timeout the daemon closes that one too, and a real viewer streams.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !daemon.log().lines().any(|l| {
+        l.contains("session did not connect within the peer timeout") && l.contains("other")
+    }) {
+        assert!(std::time::Instant::now() < deadline, "{}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let report = spyglass::view::run(view_options(&broker, &daemon, 10))
+        .await
+        .unwrap();
+    assert_eq!(report.frames, 10, "{report:?}");
 }

@@ -12,7 +12,16 @@ use alsa::pcm::{Access, Format, HwParams, PCM};
 use alsa::{Direction, ValueOr};
 use tracing::{debug, info, warn};
 
-use super::{AudioChunk, AudioError, AudioSource, CHUNK_FRAMES, SAMPLE_RATE};
+use super::{AudioChunk, AudioError, AudioSource, Backend, CHUNK_FRAMES, SAMPLE_RATE, remix};
+
+/// The row in [`super::SOURCES`]: any other `--audio` value is an ALSA PCM name.
+pub static BACKEND: Backend = Backend {
+    usage: "an ALSA PCM name such as hw:1,0",
+    claims: |name| !name.is_empty() && !name.chars().any(|c| c.is_whitespace() || c.is_control()),
+    probe,
+    open: |name, channels| Ok(Box::new(AlsaSource::open(name, channels)?)),
+    tone_hz: None,
+};
 
 pub struct AlsaSource {
     pcm: PCM,
@@ -231,35 +240,9 @@ impl AudioSource for AlsaSource {
     }
 }
 
-/// Convert interleaved samples from `from` channels to `to` channels (1 or 2): stereo to mono
-/// averages, mono to stereo duplicates, more channels keep the first ones.
-pub fn remix(samples: &[i16], from: usize, to: usize) -> Vec<i16> {
-    if from == to {
-        return samples.to_vec();
-    }
-    let frames = samples.len() / from.max(1);
-    let mut out = Vec::with_capacity(frames * to);
-    for frame in samples.chunks_exact(from) {
-        match (from, to) {
-            (1, _) => out.extend(std::iter::repeat_n(frame[0], to)),
-            (_, 1) => out.push(((i32::from(frame[0]) + i32::from(frame[1])) / 2) as i16),
-            _ => out.extend_from_slice(&frame[..to]),
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn remix_between_mono_and_stereo() {
-        assert_eq!(remix(&[1, 3, -4, 8], 2, 1), vec![2, 2]);
-        assert_eq!(remix(&[5, -6], 1, 2), vec![5, 5, -6, -6]);
-        assert_eq!(remix(&[1, 2, 3, 4, 5, 6], 3, 2), vec![1, 2, 4, 5]);
-        assert_eq!(remix(&[7, 8], 2, 2), vec![7, 8]);
-    }
 
     #[test]
     fn a_missing_device_is_named_with_the_devices_found() {

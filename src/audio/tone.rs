@@ -5,7 +5,18 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::{AudioChunk, AudioError, AudioSource, CHUNK_DURATION, CHUNK_FRAMES, SAMPLE_RATE};
+use super::{
+    AudioChunk, AudioError, AudioSource, Backend, CHUNK_DURATION, CHUNK_FRAMES, SAMPLE_RATE,
+};
+
+/// The row in [`super::SOURCES`]: `--audio tone`.
+pub static BACKEND: Backend = Backend {
+    usage: "tone",
+    claims: |name| name == "tone",
+    probe: |_| Ok(CHANNELS),
+    open: |_, channels| Ok(Box::new(Tone::new(channels))),
+    tone_hz: Some(BEEP_HZ as u32),
+};
 
 /// The tone is mono.
 pub const CHANNELS: u16 = 1;

@@ -4,9 +4,15 @@
 //! Parsing and reply building are plain functions; [`serve`] moves messages between them and the
 //! channel. Requests are served one at a time per channel; the slow ones (snapshot encoding,
 //! V4L2 ioctls) run on blocking threads, so no request can hold up the media tasks.
+//!
+//! Bounds (docs/SECURITY.md): [`MAX_CHANNELS`] channels per viewer; [`SEND_BUFFER_BYTES`] sent
+//! and not yet acknowledged per channel, and a reply the viewer does not take within
+//! [`SEND_TIMEOUT`] closes the channel; per viewer ([`ViewerBudget`], over all its channels) one
+//! snapshot at a time and a rate for snapshots, control requests and keyframes; device-wide,
+//! the hub's request workers and keyframe budget.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -15,7 +21,8 @@ use tracing::debug;
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::PeerConnection;
 
-use crate::hub::{Hub, KeyframeReason};
+use crate::rate::TokenBucket;
+use crate::video::hub::Hub;
 use crate::video::snapshot;
 
 /// The label of the channel this module serves; channels with other labels are ignored.
@@ -31,6 +38,23 @@ const STATS_INTERVAL_MIN: Duration = Duration::from_millis(500);
 const STATS_INTERVAL_MAX: Duration = Duration::from_secs(60);
 /// Stated in every reply that changes the shared stream.
 pub const SHARED_NOTE: &str = "applies to the shared stream: every viewer sees the change";
+/// Data channels (of any label) one viewer may have open; more are closed at once.
+pub const MAX_CHANNELS: usize = 8;
+/// Bytes handed to one channel and not yet acknowledged by the viewer, at most; a reply waits
+/// for room (the peer connection is built with this limit).
+pub const SEND_BUFFER_BYTES: usize = 256 * 1024;
+/// A reply the viewer does not make room for within this long closes the channel.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Snapshots per viewer: on average one per this interval, [`SNAPSHOT_BURST`] after a pause,
+/// and never two at once.
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(2);
+pub const SNAPSHOT_BURST: u32 = 2;
+/// `controls` and `set-control` requests per viewer: per second, and at once after a pause
+/// (each is V4L2 ioctls on a blocking thread).
+pub const CONTROL_CHANGES: (f64, u32) = (10.0, 20);
+/// `keyframe` requests per viewer: at most one per this interval (and the hub's device-wide
+/// budget).
+pub const KEYFRAME_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What one session has sent, counted by its video task.
 #[derive(Debug)]
@@ -49,6 +73,88 @@ impl Default for SessionCounters {
             keyframes: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
         }
+    }
+}
+
+/// What one viewer may still ask for, shared by all its channels.
+#[derive(Debug)]
+pub struct ViewerBudget {
+    snapshot_under_way: AtomicBool,
+    buckets: Mutex<Buckets>,
+}
+
+#[derive(Debug)]
+struct Buckets {
+    snapshots: TokenBucket,
+    controls: TokenBucket,
+    keyframes: TokenBucket,
+}
+
+impl Default for ViewerBudget {
+    fn default() -> Self {
+        ViewerBudget {
+            snapshot_under_way: AtomicBool::new(false),
+            buckets: Mutex::new(Buckets {
+                snapshots: TokenBucket::new(1.0 / SNAPSHOT_INTERVAL.as_secs_f64(), SNAPSHOT_BURST),
+                controls: TokenBucket::new(CONTROL_CHANGES.0, CONTROL_CHANGES.1),
+                keyframes: TokenBucket::every(KEYFRAME_INTERVAL),
+            }),
+        }
+    }
+}
+
+/// The `rate-limited` error for a request that may be retried after `wait`.
+fn rate_limited(what: &str, wait: Duration) -> RequestError {
+    RequestError::new(
+        "rate-limited",
+        format!("{what}; retry in {} ms", wait.as_millis().max(1)),
+    )
+}
+
+impl ViewerBudget {
+    fn take(
+        &self,
+        now: Instant,
+        pick: impl FnOnce(&mut Buckets) -> &mut TokenBucket,
+    ) -> Result<(), Duration> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = pick(&mut buckets);
+        if bucket.try_take(now) {
+            Ok(())
+        } else {
+            Err(bucket.wait(now))
+        }
+    }
+
+    /// A snapshot may start: none is under way for this viewer and the rate allows. The
+    /// returned guard marks it under way until dropped.
+    fn start_snapshot(&self, now: Instant) -> Result<SnapshotUnderWay<'_>, RequestError> {
+        if self.snapshot_under_way.swap(true, Ordering::AcqRel) {
+            return Err(RequestError::new(
+                "rate-limited",
+                "one snapshot at a time: retry when the previous one has arrived",
+            ));
+        }
+        let guard = SnapshotUnderWay(self);
+        self.take(now, |b| &mut b.snapshots).map_err(|wait| {
+            rate_limited(
+                &format!(
+                    "at most {SNAPSHOT_BURST} snapshots at once and one per {} s on average",
+                    SNAPSHOT_INTERVAL.as_secs()
+                ),
+                wait,
+            )
+        })?;
+        Ok(guard)
+    }
+}
+
+/// Clears "a snapshot is under way" when dropped.
+struct SnapshotUnderWay<'a>(&'a ViewerBudget);
+
+impl Drop for SnapshotUnderWay<'_> {
+    fn drop(&mut self) {
+        self.0.snapshot_under_way.store(false, Ordering::Release);
     }
 }
 
@@ -324,11 +430,35 @@ pub struct ControlContext {
     pub hub: Hub,
     pub counters: Arc<SessionCounters>,
     pub pc: Arc<dyn PeerConnection>,
+    /// This viewer's budget, shared by its channels.
+    pub budget: Arc<ViewerBudget>,
 }
 
+/// Send a reply, waiting for room in the channel's send buffer for at most [`SEND_TIMEOUT`];
+/// false when the channel is closed or the viewer did not make room (then it is closed).
 async fn send(channel: &Arc<dyn DataChannel>, message: &Value) -> bool {
-    match channel.send_text(&message.to_string()).await {
+    match tokio::time::timeout(SEND_TIMEOUT, channel.send_text(&message.to_string())).await {
+        Ok(Ok(())) => true,
+        Ok(Err(err)) => {
+            debug!("data channel send: {err}");
+            false
+        }
+        Err(_) => {
+            debug!(
+                "data channel: the viewer took no data for {} s; closing",
+                SEND_TIMEOUT.as_secs()
+            );
+            let _ = channel.close().await;
+            false
+        }
+    }
+}
+
+/// Send a stats push if there is room now; a full buffer skips it.
+async fn push(channel: &Arc<dyn DataChannel>, message: &Value) -> bool {
+    match channel.try_send_text(&message.to_string()).await {
         Ok(()) => true,
+        Err(webrtc::error::Error::ErrSendBufferFull) => true,
         Err(err) => {
             debug!("data channel send: {err}");
             false
@@ -339,13 +469,13 @@ async fn send(channel: &Arc<dyn DataChannel>, message: &Value) -> bool {
 /// Serve one `spyglass` channel until it closes.
 pub async fn serve(channel: Arc<dyn DataChannel>, ctx: ControlContext) {
     let mut sampler = StatsSampler::new(&ctx.counters);
-    let mut push: Option<tokio::time::Interval> = None;
+    let mut push_every: Option<tokio::time::Interval> = None;
     loop {
         let event = tokio::select! {
             event = channel.poll() => event,
-            _ = async { match push.as_mut() { Some(i) => { i.tick().await; } None => std::future::pending().await } } => {
+            _ = async { match push_every.as_mut() { Some(i) => { i.tick().await; } None => std::future::pending().await } } => {
                 let stats = sampler.sample(&ctx.hub, &ctx.counters, &ctx.pc).await;
-                if !send(&channel, &stats).await { return; }
+                if !push(&channel, &stats).await { return; }
                 continue;
             }
         };
@@ -355,16 +485,73 @@ pub async fn serve(channel: Arc<dyn DataChannel>, ctx: ControlContext) {
             Some(_) => continue,
         };
         let (id, request) = parse(&message.data);
-        let replies = match request {
-            Ok(request) => handle(&ctx, &mut sampler, &mut push, &id, request).await,
-            Err(err) => vec![error_reply(&id, &err)],
-        };
-        for reply in replies {
-            if !send(&channel, &reply).await {
-                return;
+        let sent = match request {
+            Ok(Request::Snapshot { quality }) => snapshot(&ctx, &channel, &id, quality).await,
+            Ok(request) => {
+                let replies = handle(&ctx, &mut sampler, &mut push_every, &id, request).await;
+                send_all(&channel, &replies).await
             }
+            Err(err) => send(&channel, &error_reply(&id, &err)).await,
+        };
+        if !sent {
+            return;
         }
     }
+}
+
+async fn send_all(channel: &Arc<dyn DataChannel>, replies: &[Value]) -> bool {
+    for reply in replies {
+        if !send(channel, reply).await {
+            return false;
+        }
+    }
+    true
+}
+
+/// Serve a snapshot request: within the viewer's budget, on one of the hub's request workers,
+/// and counted as under way until its last chunk is sent.
+async fn snapshot(
+    ctx: &ControlContext,
+    channel: &Arc<dyn DataChannel>,
+    id: &Value,
+    quality: i64,
+) -> bool {
+    let failed =
+        |code: &'static str, message: String| error_reply(id, &RequestError { code, message });
+    let under_way = match ctx.budget.start_snapshot(Instant::now()) {
+        Ok(guard) => guard,
+        Err(err) => return send(channel, &error_reply(id, &err)).await,
+    };
+    let Some(frame) = ctx.hub.latest_frame() else {
+        return send(
+            channel,
+            &failed("no-frame", "no frame captured yet; try again".into()),
+        )
+        .await;
+    };
+    let replies = {
+        let Ok(_turn) = ctx.hub.request_workers().acquire_owned().await else {
+            return send(channel, &failed("internal", "request workers gone".into())).await;
+        };
+        let encoded = tokio::task::spawn_blocking(move || {
+            snapshot::jpeg(&frame, quality).map(|jpeg| (jpeg, frame))
+        })
+        .await;
+        match encoded {
+            Ok(Ok((jpeg, frame))) => {
+                let captured_ms = frame
+                    .captured_at
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                snapshot_messages(id, &jpeg, frame.width, frame.height, captured_ms)
+            }
+            Ok(Err(err)) => vec![failed("snapshot-failed", err.to_string())],
+            Err(err) => vec![failed("internal", format!("snapshot: {err}"))],
+        }
+    };
+    let sent = send_all(channel, &replies).await;
+    drop(under_way);
+    sent
 }
 
 async fn handle(
@@ -379,8 +566,33 @@ async fn handle(
     };
     match request {
         Request::Keyframe => {
-            ctx.hub.request_keyframe(KeyframeReason::Loss);
-            vec![json!({"id": id, "type": "keyframe", "requested": true, "note": SHARED_NOTE})]
+            let now = Instant::now();
+            let allowed = ctx
+                .budget
+                .take(now, |b| &mut b.keyframes)
+                .map_err(|wait| {
+                    rate_limited(
+                        &format!(
+                            "at most one keyframe per {} s per viewer",
+                            KEYFRAME_INTERVAL.as_secs()
+                        ),
+                        wait,
+                    )
+                })
+                .and_then(|()| {
+                    ctx.hub.request_keyframe_on_demand(now).map_err(|wait| {
+                        rate_limited(
+                            "the device makes keyframes on demand this often at most",
+                            wait,
+                        )
+                    })
+                });
+            match allowed {
+                Ok(()) => vec![
+                    json!({"id": id, "type": "keyframe", "requested": true, "note": SHARED_NOTE}),
+                ],
+                Err(err) => vec![error_reply(id, &err)],
+            }
         }
         Request::Stats => {
             let mut stats = sampler.sample(&ctx.hub, &ctx.counters, &ctx.pc).await;
@@ -403,7 +615,16 @@ async fn handle(
             vec![json!({"id": id, "type": "unsubscribe-stats"})]
         }
         Request::Controls => {
+            if let Err(wait) = ctx.budget.take(Instant::now(), |b| &mut b.controls) {
+                let (per_second, burst) = CONTROL_CHANGES;
+                let what =
+                    format!("at most {per_second} control requests per second ({burst} at once)");
+                return vec![error_reply(id, &rate_limited(&what, wait))];
+            }
             let controls = ctx.hub.controls().clone();
+            let Ok(_turn) = ctx.hub.request_workers().acquire_owned().await else {
+                return failed("internal", "request workers gone".into());
+            };
             match tokio::task::spawn_blocking(move || controls.list()).await {
                 Ok(Ok(list)) => {
                     vec![json!({"id": id, "type": "controls", "controls": list, "shared": true})]
@@ -413,7 +634,16 @@ async fn handle(
             }
         }
         Request::SetControl { name, value } => {
+            if let Err(wait) = ctx.budget.take(Instant::now(), |b| &mut b.controls) {
+                let (per_second, burst) = CONTROL_CHANGES;
+                let what =
+                    format!("at most {per_second} control requests per second ({burst} at once)");
+                return vec![error_reply(id, &rate_limited(&what, wait))];
+            }
             let controls = ctx.hub.controls().clone();
+            let Ok(_turn) = ctx.hub.request_workers().acquire_owned().await else {
+                return failed("internal", "request workers gone".into());
+            };
             let set = tokio::task::spawn_blocking(move || controls.set(&name, value)).await;
             match set {
                 Ok(Ok(control)) => vec![json!({
@@ -430,26 +660,8 @@ async fn handle(
                 Err(err) => failed("internal", format!("setting a control: {err}")),
             }
         }
-        Request::Snapshot { quality } => {
-            let Some(frame) = ctx.hub.latest_frame() else {
-                return failed("no-frame", "no frame captured yet; try again".into());
-            };
-            let encoded = tokio::task::spawn_blocking(move || {
-                snapshot::jpeg(&frame, quality).map(|jpeg| (jpeg, frame))
-            })
-            .await;
-            match encoded {
-                Ok(Ok((jpeg, frame))) => {
-                    let captured_ms = frame
-                        .captured_at
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis() as u64);
-                    snapshot_messages(id, &jpeg, frame.width, frame.height, captured_ms)
-                }
-                Ok(Err(err)) => failed("snapshot-failed", err.to_string()),
-                Err(err) => failed("internal", format!("snapshot: {err}")),
-            }
-        }
+        // Served by `snapshot` (it sends as it goes).
+        Request::Snapshot { .. } => failed("internal", "snapshot routed wrongly".into()),
     }
 }
 

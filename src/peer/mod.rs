@@ -167,6 +167,7 @@ impl PeerFactory {
             .with_interceptor_registry(registry)
             .with_handler(handler)
             .with_udp_addrs(udp_addrs)
+            .with_data_channel_send_buffer_limit(control::SEND_BUFFER_BYTES)
             .build()
             .await?;
         Ok(Arc::new(pc))

@@ -41,8 +41,8 @@ use super::sdp::{OfferVideo, offer_has_audio, offer_video};
 use super::{PeerFactory, h264_codecs, opus_codec};
 use crate::audio::CHUNK_DURATION;
 use crate::audio::hub::{AudioHub, AudioSubscription};
-use crate::hub::{Hub, KeyframeReason, Subscription};
 use crate::signaling::SessionKey;
+use crate::video::hub::{Hub, KeyframeReason, Subscription};
 
 /// Why an offer could not be answered.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -382,6 +382,7 @@ async fn run(
     let mut media: Vec<JoinHandle<()>> = Vec::new();
     let mut channels: Vec<JoinHandle<()>> = Vec::new();
     let counters = Arc::new(SessionCounters::default());
+    let budget = Arc::new(control::ViewerBudget::default());
     let mut check = tokio::time::interval(DTLS_CHECK_INTERVAL);
     let reason = loop {
         tokio::select! {
@@ -416,11 +417,17 @@ async fn run(
                     let label = channel.label().await.unwrap_or_default();
                     debug!(cid = %key.cid, label, "data channel opened by the viewer");
                     channels.retain(|task| !task.is_finished());
+                    if channels.len() >= control::MAX_CHANNELS {
+                        debug!(cid = %key.cid, label, "data channel refused: too many open");
+                        let _ = channel.close().await;
+                        continue;
+                    }
                     channels.push(if label == control::LABEL {
                         tokio::spawn(control::serve(channel, ControlContext {
                             hub: hub.clone(),
                             counters: Arc::clone(&counters),
                             pc: Arc::clone(&session.pc),
+                            budget: Arc::clone(&budget),
                         }))
                     } else {
                         tokio::spawn(control::ignore(channel))

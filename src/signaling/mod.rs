@@ -11,6 +11,7 @@ pub use sessions::SessionKey;
 pub use protocol::{
     AudioStatus, CID_MAX_LEN, EARLY_CANDIDATE_HOLD, ErrorCode, ErrorMsg, IceCandidateMsg,
     MediaState, ProtocolError, SdpType, SessionDescriptionMsg, Status, TopicKind, Topics,
-    VIDEO_CODEC_H264, VideoStatus, offline_status_json, parse_answer, parse_candidate, parse_error,
-    parse_offer, parse_status, parse_topic, validate_cid, validate_uid,
+    VIDEO_CODEC_H264, VideoStatus, check_offer_sdp, offline_status_json, parse_answer,
+    parse_candidate, parse_error, parse_offer, parse_status, parse_topic, validate_cid,
+    validate_uid,
 };

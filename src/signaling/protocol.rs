@@ -24,6 +24,12 @@ pub const CID_MAX_LEN: usize = 64;
 /// How long the device holds ICE candidates that arrive on a CID before its offer.
 pub const EARLY_CANDIDATE_HOLD: Duration = Duration::from_secs(5);
 
+/// Longest `candidate` string accepted (bytes). Real candidates are under 200 bytes (an IPv6
+/// server-reflexive one with every extension); this bounds what the device holds for a viewer.
+pub const CANDIDATE_MAX_LEN: usize = 512;
+/// Longest `sdpMid` accepted (bytes).
+pub const SDP_MID_MAX_LEN: usize = 64;
+
 /// Codec named in [`VideoStatus::codec`].
 pub const VIDEO_CODEC_H264: &str = "H264";
 
@@ -49,6 +55,8 @@ pub enum ProtocolError {
         what: &'static str,
         field: &'static str,
     },
+    #[error("offer SDP is not a WebRTC offer: {0}")]
+    NotWebrtcOffer(&'static str),
     #[error("{what}: field \"{field}\" must be {expected}, got {got}")]
     BadField {
         what: &'static str,
@@ -477,6 +485,27 @@ pub fn parse_offer(payload: &[u8]) -> Result<String, ProtocolError> {
     parse_description(payload, SdpType::Offer)
 }
 
+/// A cheap look at an offer's SDP before it costs a session: every offer a WebRTC stack makes
+/// starts with `v=0` and carries an m-line, ICE credentials and a DTLS fingerprint. Whether the
+/// rest parses, and whether it has H.264 we can send, the session finds out.
+pub fn check_offer_sdp(sdp: &str) -> Result<(), ProtocolError> {
+    if !sdp.trim_start().starts_with("v=0") {
+        return Err(ProtocolError::NotWebrtcOffer("it does not start with v=0"));
+    }
+    let has = |prefix: &str| sdp.lines().any(|l| l.trim_start().starts_with(prefix));
+    for (prefix, missing) in [
+        ("m=", "it has no m-line"),
+        ("a=ice-ufrag:", "it has no a=ice-ufrag"),
+        ("a=ice-pwd:", "it has no a=ice-pwd"),
+        ("a=fingerprint:", "it has no a=fingerprint"),
+    ] {
+        if !has(prefix) {
+            return Err(ProtocolError::NotWebrtcOffer(missing));
+        }
+    }
+    Ok(())
+}
+
 /// Parse an answer payload (what a viewer receives) and return its SDP.
 pub fn parse_answer(payload: &[u8]) -> Result<String, ProtocolError> {
     parse_description(payload, SdpType::Answer)
@@ -519,6 +548,14 @@ pub fn parse_candidate(payload: &[u8]) -> Result<Option<IceCandidateMsg>, Protoc
     if candidate.is_empty() {
         return Ok(None);
     }
+    if candidate.len() > CANDIDATE_MAX_LEN {
+        return Err(ProtocolError::BadField {
+            what,
+            field: "candidate",
+            expected: "a string of at most 512 bytes",
+            got: format!("{} bytes", candidate.len()),
+        });
+    }
     if !candidate.starts_with("candidate:") {
         let got = Value::String(candidate);
         return Err(bad_field(
@@ -530,7 +567,15 @@ pub fn parse_candidate(payload: &[u8]) -> Result<Option<IceCandidateMsg>, Protoc
     }
     let sdp_mid = match obj.remove("sdpMid") {
         None | Some(Value::Null) => None,
-        Some(Value::String(mid)) => Some(mid),
+        Some(Value::String(mid)) if mid.len() <= SDP_MID_MAX_LEN => Some(mid),
+        Some(Value::String(mid)) => {
+            return Err(ProtocolError::BadField {
+                what,
+                field: "sdpMid",
+                expected: "a string of at most 64 bytes",
+                got: format!("{} bytes", mid.len()),
+            });
+        }
         Some(other) => return Err(bad_field(what, "sdpMid", "a string or null", &other)),
     };
     let sdp_mline_index = match obj.remove("sdpMLineIndex") {
@@ -1004,7 +1049,20 @@ mod tests {
                 "got \"0\"",
             ),
         ];
-        for (payload, want) in cases {
+        let long = format!(r#"{{"candidate":"candidate:{}"}}"#, "1".repeat(600));
+        let long_mid = format!(
+            r#"{{"candidate":"candidate:x","sdpMid":"{}"}}"#,
+            "m".repeat(65)
+        );
+        let cases = [
+            cases,
+            &[
+                (long.as_bytes(), "at most 512 bytes, got 610 bytes"),
+                (long_mid.as_bytes(), "at most 64 bytes, got 65 bytes"),
+            ],
+        ]
+        .concat();
+        for (payload, want) in &cases {
             let err = parse_candidate(payload).unwrap_err();
             let msg = err.to_string();
             assert!(msg.starts_with("ICE candidate"), "{msg}");
@@ -1013,6 +1071,26 @@ mod tests {
                 "{:?}: {msg}",
                 String::from_utf8_lossy(payload)
             );
+        }
+    }
+
+    #[test]
+    fn offers_without_what_webrtc_needs_are_refused_cheaply() {
+        let good = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=ice-ufrag:a\r\n\
+                    a=ice-pwd:b\r\na=fingerprint:sha-256 00\r\n";
+        assert_eq!(check_offer_sdp(good), Ok(()));
+        for (sdp, want) in [
+            ("x", "does not start with v=0"),
+            ("v=0\r\na=ice-ufrag:a\r\n", "no m-line"),
+            (&good.replace("a=ice-pwd:b", ""), "no a=ice-pwd"),
+            (&good.replace("a=fingerprint", "a=fp"), "no a=fingerprint"),
+        ] {
+            let err = check_offer_sdp(sdp).unwrap_err().to_string();
+            assert!(
+                err.starts_with("offer SDP is not a WebRTC offer: "),
+                "{err}"
+            );
+            assert!(err.contains(want), "{sdp:?}: {err}");
         }
     }
 

@@ -10,11 +10,15 @@ use tracing::debug;
 
 use super::protocol::{
     AudioStatus, ErrorCode, ErrorMsg, IceCandidateMsg, MediaState, SessionDescriptionMsg, Status,
-    TopicKind, Topics, parse_candidate, parse_offer,
+    TopicKind, Topics, check_offer_sdp, parse_candidate, parse_offer,
 };
+use crate::rate::TokenBucket;
 
-/// The rate limit remembers at most this many CIDs; beyond, CIDs with no recent offer are forgotten.
+/// The per-CID offer limit remembers at most this many offers (the most recent); beyond, the
+/// oldest are forgotten. Each offer costs one entry, removed in arrival order: O(1) per offer.
 const MAX_RATE_TRACKED: usize = 4096;
+/// What one held candidate costs beyond its strings (bookkeeping, allocation).
+const HELD_CANDIDATE_OVERHEAD: usize = 64;
 
 /// Names one session: the viewer's CID and a generation that grows with every session, so that
 /// late events from a replaced session are recognised and ignored.
@@ -45,6 +49,9 @@ pub enum Action {
         topic: String,
         payload: Vec<u8>,
         retain: bool,
+        /// An error reply: it may be dropped when the connection to the broker is busy, and
+        /// never delays answers, candidates or the status.
+        lossy: bool,
     },
     Start {
         key: SessionKey,
@@ -62,32 +69,65 @@ pub enum Action {
 
 #[derive(Debug, Clone)]
 pub struct Limits {
+    /// Connected viewers at most. Sessions still connecting do not count: an offer on a new CID
+    /// gets `busy` exactly when this many viewers are connected (what the status shows).
     pub max_viewers: usize,
+    /// Sessions still connecting (answered or not, ICE and DTLS not done) at most. An offer
+    /// beyond it closes the session that has been connecting the longest.
+    pub max_connecting: usize,
     /// A session that has not connected by then is closed.
     pub peer_timeout: Duration,
     /// How long candidates that arrive before their offer are held.
     pub orphan_ttl: Duration,
     /// At most this many held candidates per CID, and this many CIDs with held candidates.
     pub max_orphans: usize,
+    /// At most this many held candidates in all...
+    pub max_held_candidates: usize,
+    /// ...taking at most this many bytes.
+    pub max_held_bytes: usize,
     /// Largest message accepted.
     pub max_message_bytes: usize,
     /// At most this many offers per CID within `offer_window`; more get an error.
     pub max_offers: usize,
     pub offer_window: Duration,
+    /// Sessions started (offers taken, from all CIDs together): per second and burst. Each builds
+    /// a peer connection; more get an error.
+    pub session_starts: (f64, u32),
+    /// Error replies about messages the device cannot use (not JSON, too large, not an offer,
+    /// too many offers, bad candidates): per second and burst. Beyond, no reply.
+    pub noise_replies: (f64, u32),
+    /// Error replies about offers the device does not serve (`busy`, `unsupported`, failures
+    /// while answering): per second and burst. Beyond, no reply.
+    pub refusal_replies: (f64, u32),
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_viewers: 4,
+            max_connecting: 8,
             peer_timeout: Duration::from_secs(30),
             orphan_ttl: Duration::from_secs(5),
             max_orphans: 64,
+            max_held_candidates: 1024,
+            max_held_bytes: 256 * 1024,
             max_message_bytes: 64 * 1024,
             max_offers: 5,
             offer_window: Duration::from_secs(10),
+            session_starts: (10.0, 20),
+            noise_replies: (10.0, 20),
+            refusal_replies: (20.0, 40),
         }
     }
+}
+
+/// Which budget an error reply comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reply {
+    /// About a message the device cannot use.
+    Noise,
+    /// About an offer it does not serve.
+    Refusal,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,8 +142,57 @@ struct Slot {
     generation: u64,
     phase: Phase,
     created: Instant,
+    /// Since when this CID has been connecting without a break (a re-offer keeps it), for
+    /// choosing who gives way when too many sessions are connecting.
+    connecting_since: Instant,
     local_pending: Vec<Option<IceCandidateMsg>>,
     remote_pending: Vec<Option<IceCandidateMsg>>,
+}
+
+/// Candidates held for CIDs that have no session yet.
+#[derive(Debug, Default)]
+struct Held {
+    by_cid: HashMap<String, Vec<(Instant, Option<IceCandidateMsg>)>>,
+    count: usize,
+    bytes: usize,
+    /// When the oldest held candidate expires: nothing to scan before then.
+    next_expiry: Option<Instant>,
+}
+
+fn held_cost(candidate: &Option<IceCandidateMsg>) -> usize {
+    HELD_CANDIDATE_OVERHEAD
+        + candidate.as_ref().map_or(0, |c| {
+            c.candidate.len() + c.sdp_mid.as_ref().map_or(0, String::len)
+        })
+}
+
+impl Held {
+    fn expire(&mut self, now: Instant, ttl: Duration) {
+        if self.next_expiry.is_none_or(|t| now < t) {
+            return;
+        }
+        let (mut count, mut bytes, mut oldest) = (0, 0, None::<Instant>);
+        self.by_cid.retain(|_, held| {
+            held.retain(|(t, _)| now.saturating_duration_since(*t) <= ttl);
+            for (t, c) in held.iter() {
+                count += 1;
+                bytes += held_cost(c);
+                oldest = Some(oldest.map_or(*t, |o| o.min(*t)));
+            }
+            !held.is_empty()
+        });
+        (self.count, self.bytes) = (count, bytes);
+        self.next_expiry = oldest.map(|t| t + ttl + Duration::from_millis(1));
+    }
+
+    fn take(&mut self, cid: &str) -> Vec<(Instant, Option<IceCandidateMsg>)> {
+        let held = self.by_cid.remove(cid).unwrap_or_default();
+        for (_, c) in &held {
+            self.count -= 1;
+            self.bytes -= held_cost(c);
+        }
+        held
+    }
 }
 
 pub struct Signaling {
@@ -111,9 +200,15 @@ pub struct Signaling {
     limits: Limits,
     status: Status,
     sessions: HashMap<String, Slot>,
-    orphans: HashMap<String, Vec<(Instant, Option<IceCandidateMsg>)>>,
-    /// When each CID made its recent offers (for the rate limit).
-    recent_offers: HashMap<String, VecDeque<Instant>>,
+    held: Held,
+    /// Recent offers in arrival order, and how many of them each CID made (the rate limit).
+    offer_log: VecDeque<(Instant, String)>,
+    offer_counts: HashMap<String, usize>,
+    session_starts: TokenBucket,
+    noise_replies: TokenBucket,
+    refusal_replies: TokenBucket,
+    /// Error replies left out by the two budgets.
+    replies_suppressed: u64,
     next_generation: u64,
 }
 
@@ -122,11 +217,16 @@ impl Signaling {
     pub fn new(topics: Topics, limits: Limits, status: Status) -> Self {
         Signaling {
             topics,
+            session_starts: TokenBucket::new(limits.session_starts.0, limits.session_starts.1),
+            noise_replies: TokenBucket::new(limits.noise_replies.0, limits.noise_replies.1),
+            refusal_replies: TokenBucket::new(limits.refusal_replies.0, limits.refusal_replies.1),
             limits,
             status,
             sessions: HashMap::new(),
-            orphans: HashMap::new(),
-            recent_offers: HashMap::new(),
+            held: Held::default(),
+            offer_log: VecDeque::new(),
+            offer_counts: HashMap::new(),
+            replies_suppressed: 0,
             next_generation: 1,
         }
     }
@@ -142,6 +242,21 @@ impl Signaling {
     /// Sessions in any phase.
     pub fn sessions(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Sessions still connecting.
+    pub fn connecting(&self) -> usize {
+        self.sessions.len() - self.viewers()
+    }
+
+    /// Candidates held for CIDs without a session, and their bytes as counted for the limit.
+    pub fn held_candidates(&self) -> (usize, usize) {
+        (self.held.count, self.held.bytes)
+    }
+
+    /// Error replies left out because of the reply budgets, since start.
+    pub fn replies_suppressed(&self) -> u64 {
+        self.replies_suppressed
     }
 
     /// The video pipeline changed state: returns the status to publish when that changes it.
@@ -160,6 +275,7 @@ impl Signaling {
             topic: self.topics.status(),
             payload: self.status.to_json(),
             retain: true,
+            lossy: false,
         }
     }
 
@@ -169,12 +285,36 @@ impl Signaling {
         self.status_action()
     }
 
-    fn error(&self, cid: &str, code: ErrorCode, message: impl Into<String>) -> Action {
-        Action::Publish {
+    /// An error reply, if its budget allows one now.
+    fn error(
+        &mut self,
+        now: Instant,
+        reply: Reply,
+        cid: &str,
+        code: ErrorCode,
+        message: impl Into<String>,
+    ) -> Option<Action> {
+        let budget = match reply {
+            Reply::Noise => &mut self.noise_replies,
+            Reply::Refusal => &mut self.refusal_replies,
+        };
+        if !budget.try_take(now) {
+            self.replies_suppressed += 1;
+            if self.replies_suppressed.is_power_of_two() {
+                debug!(
+                    cid,
+                    suppressed = self.replies_suppressed,
+                    "error reply left out (too many)"
+                );
+            }
+            return None;
+        }
+        Some(Action::Publish {
             topic: self.topics.error(cid),
             payload: ErrorMsg::new(code, message).to_json(),
             retain: false,
-        }
+            lossy: true,
+        })
     }
 
     fn ice(&self, cid: &str, candidate: &Option<IceCandidateMsg>) -> Action {
@@ -185,7 +325,15 @@ impl Signaling {
             topic: self.topics.ice(cid),
             payload: msg.to_json(),
             retain: false,
+            lossy: false,
         }
+    }
+
+    fn busy_message(&self) -> String {
+        format!(
+            "the device already serves its maximum of {} viewers",
+            self.limits.max_viewers
+        )
     }
 
     /// A message arrived on one of the device's subscriptions.
@@ -197,18 +345,18 @@ impl Signaling {
             );
             return vec![];
         };
-        if payload.len() > self.limits.max_message_bytes {
-            return vec![self.error(
-                &cid,
-                ErrorCode::BadRequest,
-                format!(
-                    "message of {} bytes is over the limit of {} bytes",
-                    payload.len(),
-                    self.limits.max_message_bytes
-                ),
-            )];
-        }
         let cid = cid.to_string();
+        if payload.len() > self.limits.max_message_bytes {
+            let message = format!(
+                "message of {} bytes is over the limit of {} bytes",
+                payload.len(),
+                self.limits.max_message_bytes
+            );
+            return self
+                .error(now, Reply::Noise, &cid, ErrorCode::BadRequest, message)
+                .into_iter()
+                .collect();
+        }
         match kind {
             TopicKind::Offer => self.on_offer(now, cid, payload),
             TopicKind::Ice => self.on_candidate(now, cid, payload),
@@ -221,76 +369,144 @@ impl Signaling {
 
     /// Count an offer against its CID's budget; false when over it.
     fn offer_allowed(&mut self, now: Instant, cid: &str) -> bool {
-        let window = self.limits.offer_window;
-        if !self.recent_offers.contains_key(cid) && self.recent_offers.len() >= MAX_RATE_TRACKED {
-            self.forget_old_offers(now);
-        }
-        let recent = self.recent_offers.entry(cid.to_string()).or_default();
-        while recent
-            .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) >= window)
-        {
-            recent.pop_front();
-        }
-        if recent.len() >= self.limits.max_offers {
+        self.forget_old_offers(now);
+        let made = self.offer_counts.get(cid).copied().unwrap_or(0);
+        if made >= self.limits.max_offers {
             return false;
         }
-        recent.push_back(now);
+        if self.offer_log.len() >= MAX_RATE_TRACKED {
+            self.forget_oldest_offer();
+        }
+        self.offer_log.push_back((now, cid.to_string()));
+        *self.offer_counts.entry(cid.to_string()).or_default() += 1;
         true
+    }
+
+    fn forget_oldest_offer(&mut self) {
+        if let Some((_, cid)) = self.offer_log.pop_front()
+            && let Some(n) = self.offer_counts.get_mut(&cid)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.offer_counts.remove(&cid);
+            }
+        }
     }
 
     fn forget_old_offers(&mut self, now: Instant) {
         let window = self.limits.offer_window;
-        self.recent_offers.retain(|_, times| {
-            times
-                .back()
-                .is_some_and(|t| now.saturating_duration_since(*t) < window)
-        });
+        while self
+            .offer_log
+            .front()
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) >= window)
+        {
+            self.forget_oldest_offer();
+        }
     }
 
     fn on_offer(&mut self, now: Instant, cid: String, payload: &[u8]) -> Vec<Action> {
-        let sdp = match parse_offer(payload) {
+        // Cheap checks first: an offer that cannot be answered never takes a session.
+        let sdp = match parse_offer(payload).and_then(|sdp| check_offer_sdp(&sdp).map(|()| sdp)) {
             Ok(sdp) => sdp,
-            Err(err) => return vec![self.error(&cid, ErrorCode::BadRequest, err.to_string())],
+            Err(err) => {
+                return self
+                    .error(
+                        now,
+                        Reply::Noise,
+                        &cid,
+                        ErrorCode::BadRequest,
+                        err.to_string(),
+                    )
+                    .into_iter()
+                    .collect();
+            }
         };
         // Only well-formed offers cost a session, so only they count against the limit.
         if !self.offer_allowed(now, &cid) {
             let (n, window) = (self.limits.max_offers, self.limits.offer_window.as_secs());
-            return vec![self.error(
-                &cid,
-                ErrorCode::BadRequest,
-                format!("too many offers: at most {n} per {window} s on one CID"),
-            )];
+            let message = format!("too many offers: at most {n} per {window} s on one CID");
+            return self
+                .error(now, Reply::Noise, &cid, ErrorCode::BadRequest, message)
+                .into_iter()
+                .collect();
         }
-        let others = self.sessions.keys().filter(|c| **c != cid).count();
-        if others >= self.limits.max_viewers {
-            return vec![self.error(
-                &cid,
-                ErrorCode::Busy,
-                format!(
-                    "the device already serves its maximum of {} viewers",
-                    self.limits.max_viewers
-                ),
-            )];
+        let replaced = self
+            .sessions
+            .get(&cid)
+            .map(|s| (s.generation, s.phase, s.connecting_since));
+        // Connecting sessions hold no viewer's place: only connected viewers make the device busy.
+        if replaced.is_none() && self.viewers() >= self.limits.max_viewers {
+            let message = self.busy_message();
+            return self
+                .error(now, Reply::Refusal, &cid, ErrorCode::Busy, message)
+                .into_iter()
+                .collect();
+        }
+        // Every session taken builds a peer connection: a device-wide budget, so that offers on
+        // ever new CIDs cannot keep it building and tearing them down.
+        if !self.session_starts.try_take(now) {
+            let wait = self.session_starts.wait(now);
+            let message = format!(
+                "too many offers: the device starts at most {} sessions per second; retry in {} ms",
+                self.limits.session_starts.0,
+                wait.as_millis().max(1)
+            );
+            return self
+                .error(now, Reply::Refusal, &cid, ErrorCode::BadRequest, message)
+                .into_iter()
+                .collect();
         }
         let mut actions = Vec::new();
         let viewers_before = self.viewers();
-        if let Some(old) = self.sessions.remove(&cid) {
+        let mut connecting_since = now;
+        if let Some((generation, phase, since)) = replaced {
+            self.sessions.remove(&cid);
+            if phase != Phase::Connected {
+                connecting_since = since;
+            }
             actions.push(Action::Close {
                 key: SessionKey {
                     cid: cid.clone(),
-                    generation: old.generation,
+                    generation,
                 },
             });
         }
+        // Room among the connecting sessions: the one connecting longest gives way.
+        while self.connecting() >= self.limits.max_connecting.max(1) {
+            let Some((oldest, generation)) = self
+                .sessions
+                .iter()
+                .filter(|(_, s)| s.phase != Phase::Connected)
+                .min_by_key(|(_, s)| s.connecting_since)
+                .map(|(c, s)| (c.clone(), s.generation))
+            else {
+                break;
+            };
+            debug!(
+                cid = oldest,
+                "connecting too long while others wait: closed"
+            );
+            self.sessions.remove(&oldest);
+            actions.push(Action::Close {
+                key: SessionKey {
+                    cid: oldest.clone(),
+                    generation,
+                },
+            });
+            let message = format!(
+                "{} sessions were connecting at once; this one, the oldest, gave way to a newer offer",
+                self.limits.max_connecting
+            );
+            actions.extend(self.error(now, Reply::Refusal, &oldest, ErrorCode::Busy, message));
+        }
         let generation = self.next_generation;
         self.next_generation += 1;
+        let ttl = self.limits.orphan_ttl;
         let remote_pending = self
-            .orphans
-            .remove(&cid)
-            .unwrap_or_default()
+            .held
+            .take(&cid)
             .into_iter()
-            .filter(|(t, _)| now.saturating_duration_since(*t) <= self.limits.orphan_ttl)
+            .filter(|(t, _)| now.saturating_duration_since(*t) <= ttl)
             .map(|(_, c)| c)
             .collect();
         self.sessions.insert(
@@ -299,6 +515,7 @@ impl Signaling {
                 generation,
                 phase: Phase::Answering,
                 created: now,
+                connecting_since,
                 local_pending: vec![],
                 remote_pending,
             },
@@ -316,11 +533,27 @@ impl Signaling {
     fn on_candidate(&mut self, now: Instant, cid: String, payload: &[u8]) -> Vec<Action> {
         let candidate = match parse_candidate(payload) {
             Ok(c) => c,
-            Err(err) => return vec![self.error(&cid, ErrorCode::BadRequest, err.to_string())],
+            Err(err) => {
+                return self
+                    .error(
+                        now,
+                        Reply::Noise,
+                        &cid,
+                        ErrorCode::BadRequest,
+                        err.to_string(),
+                    )
+                    .into_iter()
+                    .collect();
+            }
         };
+        let max_per_cid = self.limits.max_orphans;
         if let Some(slot) = self.sessions.get_mut(&cid) {
             if slot.phase == Phase::Answering {
-                slot.remote_pending.push(candidate);
+                if slot.remote_pending.len() < max_per_cid {
+                    slot.remote_pending.push(candidate);
+                } else {
+                    debug!(cid, "dropping candidate: too many before the answer");
+                }
                 return vec![];
             }
             let key = SessionKey {
@@ -330,33 +563,35 @@ impl Signaling {
             return vec![Action::Candidate { key, candidate }];
         }
         // Before its offer: hold it for a while, within bounds.
-        self.expire_orphans(now);
-        if !self.orphans.contains_key(&cid) && self.orphans.len() >= self.limits.max_orphans {
+        self.held.expire(now, self.limits.orphan_ttl);
+        let cost = held_cost(&candidate);
+        let held = &mut self.held;
+        let full = held.count >= self.limits.max_held_candidates
+            || held.bytes + cost > self.limits.max_held_bytes
+            || (!held.by_cid.contains_key(&cid) && held.by_cid.len() >= self.limits.max_orphans)
+            || held
+                .by_cid
+                .get(&cid)
+                .is_some_and(|h| h.len() >= max_per_cid);
+        if full {
             debug!(
                 cid,
-                "dropping early candidate: too many CIDs with held candidates"
+                "dropping early candidate: the device holds as many as it will"
             );
             return vec![];
         }
-        let held = self.orphans.entry(cid).or_default();
-        if held.len() < self.limits.max_orphans {
-            held.push((now, candidate));
-        }
+        held.by_cid.entry(cid).or_default().push((now, candidate));
+        held.count += 1;
+        held.bytes += cost;
+        let expiry = now + self.limits.orphan_ttl + Duration::from_millis(1);
+        held.next_expiry = Some(held.next_expiry.map_or(expiry, |t| t.min(expiry)));
         vec![]
-    }
-
-    fn expire_orphans(&mut self, now: Instant) {
-        let ttl = self.limits.orphan_ttl;
-        self.orphans.retain(|_, held| {
-            held.retain(|(t, _)| now.saturating_duration_since(*t) <= ttl);
-            !held.is_empty()
-        });
     }
 
     /// A session reported something.
     pub fn on_peer_event(
         &mut self,
-        _now: Instant,
+        now: Instant,
         key: &SessionKey,
         event: PeerEvent,
     ) -> Vec<Action> {
@@ -380,8 +615,11 @@ impl Signaling {
                     topic: self.topics.answer(cid),
                     payload: SessionDescriptionMsg::answer(sdp).to_json(),
                     retain: false,
+                    lossy: false,
                 }];
-                let slot = self.sessions.get_mut(cid).expect("checked above");
+                let Some(slot) = self.sessions.get_mut(cid) else {
+                    return vec![];
+                };
                 slot.phase = Phase::Answered;
                 let local = std::mem::take(&mut slot.local_pending);
                 let remote = std::mem::take(&mut slot.remote_pending);
@@ -394,10 +632,14 @@ impl Signaling {
             }
             PeerEvent::Failed { code, message } => {
                 self.sessions.remove(cid);
-                vec![self.error(cid, code, message)]
+                self.error(now, Reply::Refusal, cid, code, message)
+                    .into_iter()
+                    .collect()
             }
             PeerEvent::LocalCandidate(candidate) => {
-                let slot = self.sessions.get_mut(cid).expect("checked above");
+                let Some(slot) = self.sessions.get_mut(cid) else {
+                    return vec![];
+                };
                 if slot.phase == Phase::Answering {
                     slot.local_pending.push(candidate);
                     vec![]
@@ -406,11 +648,23 @@ impl Signaling {
                 }
             }
             PeerEvent::Connected => {
-                let slot = self.sessions.get_mut(cid).expect("checked above");
+                let Some(slot) = self.sessions.get(cid) else {
+                    return vec![];
+                };
                 if slot.phase == Phase::Connected {
                     return vec![];
                 }
-                slot.phase = Phase::Connected;
+                if self.viewers() >= self.limits.max_viewers {
+                    // Others connected first and took the last place.
+                    self.sessions.remove(cid);
+                    let message = self.busy_message();
+                    let mut actions = vec![Action::Close { key: key.clone() }];
+                    actions.extend(self.error(now, Reply::Refusal, cid, ErrorCode::Busy, message));
+                    return actions;
+                }
+                if let Some(slot) = self.sessions.get_mut(cid) {
+                    slot.phase = Phase::Connected;
+                }
                 vec![self.status_action()]
             }
             PeerEvent::Closed => {
@@ -429,7 +683,7 @@ impl Signaling {
 
     /// Time passes: close sessions that did not connect in time, forget stale held candidates.
     pub fn on_tick(&mut self, now: Instant) -> Vec<Action> {
-        self.expire_orphans(now);
+        self.held.expire(now, self.limits.orphan_ttl);
         self.forget_old_offers(now);
         let timeout = self.limits.peer_timeout;
         let expired: Vec<String> = self
@@ -461,7 +715,7 @@ mod tests {
     use super::*;
     use crate::signaling::protocol::{MediaState, VideoStatus};
 
-    const OFFER: &[u8] = br#"{"type":"offer","sdp":"v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\n"}"#;
+    const OFFER: &[u8] = br#"{"type":"offer","sdp":"v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=ice-ufrag:u\r\na=ice-pwd:p\r\na=fingerprint:sha-256 00\r\n"}"#;
 
     fn machine(max_viewers: usize) -> Signaling {
         let video = VideoStatus {
@@ -476,6 +730,8 @@ mod tests {
             Limits {
                 max_viewers,
                 peer_timeout: Duration::from_secs(30),
+                // Most tests start sessions faster than a device would; one test checks this.
+                session_starts: (1e6, 1_000_000),
                 ..Limits::default()
             },
             Status::online("1.0", video, 0, max_viewers as u32),
@@ -607,6 +863,8 @@ mod tests {
         let t0 = Instant::now();
         let mut m = machine(1);
         let first = started(&m.on_message(t0, "home/cam/offer/v1", OFFER));
+        m.on_peer_event(t0, &first, PeerEvent::Answered("v=0".into()));
+        m.on_peer_event(t0, &first, PeerEvent::Connected);
         let out = published(&m.on_message(t0, "home/cam/offer/v2", OFFER));
         assert_eq!(out[0].0, "home/cam/error/v2");
         assert_eq!(out[0].1["code"], "busy");
@@ -632,6 +890,7 @@ mod tests {
             &b"nope"[..],
             br#"{"type":"answer","sdp":"x"}"#,
             br#"{"type":"offer","sdp":""}"#,
+            br#"{"type":"offer","sdp":"x"}"#,
         ] {
             let out = published(&m.on_message(t0, "home/cam/offer/v1", payload));
             assert_eq!(out.len(), 1);
@@ -711,5 +970,272 @@ mod tests {
         );
         assert_eq!(m.sessions(), 1);
         assert_eq!(m.viewers(), 1);
+    }
+
+    fn connect(m: &mut Signaling, now: Instant, cid: &str) -> SessionKey {
+        let key = started(&m.on_message(now, &format!("home/cam/offer/{cid}"), OFFER));
+        m.on_peer_event(now, &key, PeerEvent::Answered("v=0".into()));
+        m.on_peer_event(now, &key, PeerEvent::Connected);
+        key
+    }
+
+    fn status_of(m: &mut Signaling) -> serde_json::Value {
+        published(&[m.status_action()])[0].1.clone()
+    }
+
+    /// What a client reads in the status (viewers < max_viewers) is what the next offer on a
+    /// new CID gets: a session, or `busy`.
+    fn status_promises_a_session(m: &mut Signaling) -> bool {
+        let status = status_of(m);
+        status["viewers"].as_u64() < status["max_viewers"].as_u64()
+    }
+
+    #[test]
+    fn connecting_sessions_hold_no_place_and_the_status_agrees_with_busy() {
+        let t0 = Instant::now();
+        let mut m = machine(2);
+        // Four offers that never connect.
+        for cid in ["g1", "g2", "g3", "g4"] {
+            started(&m.on_message(t0, &format!("home/cam/offer/{cid}"), OFFER));
+        }
+        assert!(status_promises_a_session(&mut m));
+        connect(&mut m, t0, "v1");
+        assert!(status_promises_a_session(&mut m));
+        connect(&mut m, t0, "v2");
+        assert_eq!(status_of(&mut m)["viewers"], 2);
+        assert!(!status_promises_a_session(&mut m));
+        let out = published(&m.on_message(t0, "home/cam/offer/v3", OFFER));
+        assert_eq!(out[0].1["code"], "busy");
+        // A viewer leaves: the status says so, and the next offer is taken.
+        let v1 = SessionKey {
+            cid: "v2".into(),
+            generation: 6,
+        };
+        m.on_peer_event(t0, &v1, PeerEvent::Closed);
+        assert!(status_promises_a_session(&mut m));
+        started(&m.on_message(t0, "home/cam/offer/v3", OFFER));
+    }
+
+    #[test]
+    fn four_cids_that_reoffer_every_29_s_never_keep_a_viewer_out() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        // Five minutes of four ghosts re-offering every 29 s (under the 30 s peer timeout),
+        // and a viewer arriving every 7 s, who is let in at once and connects.
+        let mut admitted = 0;
+        for second in 0..300u64 {
+            let now = t0 + Duration::from_secs(second);
+            m.on_tick(now);
+            if second % 29 == 0 {
+                for g in 1..=4 {
+                    started(&m.on_message(now, &format!("home/cam/offer/ghost{g}"), OFFER));
+                }
+            }
+            if second % 7 == 3 {
+                let key = connect(&mut m, now, &format!("viewer{second}"));
+                admitted += 1;
+                m.on_peer_event(now, &key, PeerEvent::Closed);
+            }
+        }
+        assert_eq!(admitted, 43);
+        assert_eq!(m.viewers(), 0);
+    }
+
+    #[test]
+    fn too_many_connecting_the_longest_connecting_gives_way() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        m.limits.max_connecting = 2;
+        let a = started(&m.on_message(t0, "home/cam/offer/a", OFFER));
+        let b = started(&m.on_message(t0 + Duration::from_secs(1), "home/cam/offer/b", OFFER));
+        // `a` re-offers: its new session keeps a's place in the queue (connecting since t0).
+        let actions = m.on_message(t0 + Duration::from_secs(2), "home/cam/offer/a", OFFER);
+        assert!(actions.contains(&Action::Close { key: a.clone() }));
+        let a2 = started(&actions);
+        let actions = m.on_message(t0 + Duration::from_secs(3), "home/cam/offer/c", OFFER);
+        assert!(actions.contains(&Action::Close { key: a2 }), "{actions:?}");
+        let out = published(&actions);
+        assert_eq!(out[0].0, "home/cam/error/a");
+        assert_eq!(out[0].1["code"], "busy");
+        started(&actions);
+        assert_eq!(m.connecting(), 2);
+        // Connected viewers never give way.
+        m.on_peer_event(t0, &b, PeerEvent::Answered("v=0".into()));
+        m.on_peer_event(t0, &b, PeerEvent::Connected);
+        for cid in ["d", "e", "f"] {
+            started(&m.on_message(
+                t0 + Duration::from_secs(4),
+                &format!("home/cam/offer/{cid}"),
+                OFFER,
+            ));
+        }
+        assert_eq!((m.viewers(), m.connecting()), (1, 2));
+    }
+
+    #[test]
+    fn a_session_that_connects_after_the_last_place_went_gets_busy() {
+        let t0 = Instant::now();
+        let mut m = machine(1);
+        let slow = started(&m.on_message(t0, "home/cam/offer/slow", OFFER));
+        m.on_peer_event(t0, &slow, PeerEvent::Answered("v=0".into()));
+        connect(&mut m, t0, "fast");
+        let actions = m.on_peer_event(t0, &slow, PeerEvent::Connected);
+        assert!(actions.contains(&Action::Close { key: slow }));
+        let out = published(&actions);
+        assert_eq!(out[0].0, "home/cam/error/slow");
+        assert_eq!(out[0].1["code"], "busy");
+        assert_eq!((m.viewers(), m.sessions()), (1, 1));
+    }
+
+    #[test]
+    fn fifty_thousand_minimal_offers_take_no_session_and_a_viewer_is_answered_at_once() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        let began = Instant::now();
+        for i in 0..50_000u32 {
+            let actions = m.on_message(
+                t0,
+                &format!("home/cam/offer/x{i}"),
+                br#"{"type":"offer","sdp":"x"}"#,
+            );
+            assert!(!actions.iter().any(|a| matches!(a, Action::Start { .. })));
+        }
+        // Well-formed ones on distinct CIDs: each takes a connecting place, the oldest gives way.
+        for i in 0..50_000u32 {
+            m.on_message(t0, &format!("home/cam/offer/y{i}"), OFFER);
+        }
+        let spent = began.elapsed();
+        eprintln!(
+            "100,000 offers on distinct CIDs handled in {} ms ({:.1} µs each)",
+            spent.as_millis(),
+            spent.as_secs_f64() * 1e6 / 100_000.0
+        );
+        assert!(m.offer_log.len() <= MAX_RATE_TRACKED);
+        assert_eq!(m.sessions(), Limits::default().max_connecting);
+        connect(&mut m, t0, "viewer");
+        assert_eq!(m.viewers(), 1);
+    }
+
+    #[test]
+    fn error_replies_are_rate_limited_answers_and_status_are_not() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        let mut errors = 0;
+        for i in 0..1000u32 {
+            let out = m.on_message(t0, &format!("home/cam/offer/bad{i}"), b"nope");
+            errors += out.len();
+            assert!(
+                out.iter()
+                    .all(|a| matches!(a, Action::Publish { lossy: true, .. }))
+            );
+        }
+        assert_eq!(errors, 20, "the noise budget's burst");
+        assert_eq!(m.replies_suppressed(), 980);
+        // A second later, ten more are allowed.
+        let later = t0 + Duration::from_secs(1);
+        let n: usize = (0..100)
+            .map(|_| m.on_message(later, "home/cam/offer/bad", b"nope").len())
+            .sum();
+        assert_eq!(n, 10);
+        // Refusals have their own budget: a busy reply still goes out.
+        let mut m1 = machine(1);
+        for i in 0..1000u32 {
+            m1.on_message(t0, &format!("home/cam/offer/bad{i}"), b"nope");
+        }
+        connect(&mut m1, t0, "v1");
+        let out = published(&m1.on_message(t0, "home/cam/offer/v2", OFFER));
+        assert_eq!(out[0].1["code"], "busy");
+        // Answers, candidates and the status are never lossy.
+        let key = started(&m.on_message(later, "home/cam/offer/v1", OFFER));
+        let actions = m.on_peer_event(later, &key, PeerEvent::Answered("v=0".into()));
+        assert!(matches!(&actions[0], Action::Publish { lossy: false, .. }));
+        assert!(matches!(
+            m.status_action(),
+            Action::Publish { lossy: false, .. }
+        ));
+    }
+
+    #[test]
+    fn held_candidates_are_bounded_in_count_bytes_and_length() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        let long = |n: u32| {
+            format!(
+                r#"{{"candidate":"candidate:{n} 1 udp 1 127.0.0.1 {n} typ host {}","sdpMid":"0"}}"#,
+                "x".repeat(400)
+            )
+            .into_bytes()
+        };
+        for cid in 0..64u32 {
+            for n in 0..64u32 {
+                m.on_message(t0, &format!("home/cam/ice/c{cid}"), &long(n));
+            }
+        }
+        let (count, bytes) = m.held_candidates();
+        eprintln!(
+            "held after 64 CIDs x 64 candidates of ~450 bytes: {count} candidates, {bytes} bytes"
+        );
+        assert!(count <= 1024 && bytes <= 256 * 1024, "{count} {bytes}");
+        // A candidate over the length limit is refused with an error, not held.
+        let huge = format!(r#"{{"candidate":"candidate:{}"}}"#, "1".repeat(60_000));
+        let out = published(&m.on_message(
+            t0 + Duration::from_secs(6),
+            "home/cam/ice/new",
+            huge.as_bytes(),
+        ));
+        assert_eq!(out[0].1["code"], "bad-request");
+        // After the hold time everything is let go, and holding works again.
+        m.on_tick(t0 + Duration::from_secs(6));
+        assert_eq!(m.held_candidates(), (0, 0));
+        m.on_message(
+            t0 + Duration::from_secs(6),
+            "home/cam/ice/new",
+            &candidate(1),
+        );
+        assert_eq!(m.held_candidates().0, 1);
+        // Before the answer, a session holds at most 64 too.
+        let key = started(&m.on_message(t0 + Duration::from_secs(6), "home/cam/offer/v", OFFER));
+        for n in 0..500 {
+            m.on_message(t0 + Duration::from_secs(6), "home/cam/ice/v", &candidate(n));
+        }
+        let delivered = m
+            .on_peer_event(t0, &key, PeerEvent::Answered("v=0".into()))
+            .iter()
+            .filter(|a| matches!(a, Action::Candidate { .. }))
+            .count();
+        assert_eq!(delivered, 64);
+    }
+
+    #[test]
+    fn session_starts_are_limited_device_wide() {
+        let t0 = Instant::now();
+        let mut m = machine(4);
+        m.limits.session_starts = Limits::default().session_starts;
+        m.session_starts = TokenBucket::new(10.0, 20);
+        let mut started_now = 0;
+        for i in 0..40 {
+            let actions = m.on_message(t0, &format!("home/cam/offer/c{i}"), OFFER);
+            if actions.iter().any(|a| matches!(a, Action::Start { .. })) {
+                started_now += 1;
+            } else {
+                let out = published(&actions);
+                assert_eq!(out[0].1["code"], "bad-request");
+                let message = out[0].1["message"].as_str().unwrap();
+                assert!(
+                    message.contains("at most 10 sessions per second"),
+                    "{message}"
+                );
+            }
+        }
+        assert_eq!(started_now, 20);
+        let later = t0 + Duration::from_secs(1);
+        let more = (40..80)
+            .filter(|i| {
+                m.on_message(later, &format!("home/cam/offer/c{i}"), OFFER)
+                    .iter()
+                    .any(|a| matches!(a, Action::Start { .. }))
+            })
+            .count();
+        assert_eq!(more, 10);
     }
 }

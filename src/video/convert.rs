@@ -4,7 +4,8 @@
 //! Raw formats (YUYV, NV12, YU12) are taken as limited range, as V4L2 drivers deliver them, and
 //! only repacked; their rows may be padded (`stride`, V4L2's `bytesperline`). MJPEG frames are
 //! JFIF, i.e. full-range YCbCr, and are rescaled to limited range on the way. Every function writes
-//! into a caller-owned `Vec` (resized, never shrunk) so a capture loop reuses its buffers.
+//! into a caller-owned `Vec`, resized to one picture; the V4L2 source gives each frame a new one,
+//! since the frame moves on to the encoder and then to the snapshot slot.
 
 use zune_jpeg::JpegDecoder;
 use zune_jpeg::zune_core::bytestream::ZCursor;

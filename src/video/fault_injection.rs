@@ -7,14 +7,42 @@
 //! - `stall`: reads block and deliver nothing, as a stalled driver does;
 //! - `gone`: the device has been unplugged: reads and opens fail with "no such device".
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::controls::Controls;
 use super::test_pattern::TestPattern;
-use super::{Frame, VideoError, VideoFormat, VideoSource, VideoSpec};
+use super::{Backend, Frame, SourceOpener, VideoError, VideoFormat, VideoSource, VideoSpec};
 
 /// The `--video` prefix that selects this source.
 pub const PREFIX: &str = "test-faults:";
+
+/// The row in [`super::SOURCES`]: `--video test-faults:FILE` (not offered in errors: it is for
+/// tests).
+pub static BACKEND: Backend = Backend {
+    usage: None,
+    claims: |value| {
+        value
+            .strip_prefix(PREFIX)
+            .is_some_and(|file| !file.is_empty())
+    },
+    stamped: true,
+    prepare,
+};
+
+/// No controls; each open reads the control file anew.
+fn prepare(spec: &VideoSpec) -> (Controls, SourceOpener) {
+    let spec = spec.clone();
+    let open: SourceOpener = Box::new(move || {
+        let control = spec
+            .source
+            .as_str()
+            .strip_prefix(PREFIX)
+            .unwrap_or_default();
+        Ok(Box::new(FaultInjection::open(control, &spec)?) as Box<dyn VideoSource>)
+    });
+    (Controls::none(), open)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -29,7 +57,7 @@ pub struct FaultInjection {
     inner: TestPattern,
 }
 
-fn mode(control: &PathBuf) -> Mode {
+fn mode(control: &Path) -> Mode {
     match std::fs::read_to_string(control).map(|s| s.trim().to_ascii_lowercase()) {
         Ok(word) if word == "error" => Mode::Error,
         Ok(word) if word == "stall" => Mode::Stall,
@@ -43,7 +71,7 @@ impl FaultInjection {
         let control = PathBuf::from(control);
         if mode(&control) == Mode::Gone {
             return Err(VideoError::NotFound {
-                device: spec.source.clone(),
+                device: spec.source.to_string(),
             });
         }
         Ok(FaultInjection {
@@ -90,11 +118,10 @@ mod tests {
 
     #[test]
     fn follows_the_control_file() {
-        let dir = std::env::temp_dir().join(format!("spyglass-fault-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let control = dir.join("ctl");
+        let dir = tempfile::tempdir().unwrap();
+        let control = dir.path().join("ctl");
         let spec = VideoSpec {
-            source: "x".into(),
+            source: format!("{PREFIX}{}", control.display()).parse().unwrap(),
             width: 160,
             height: 120,
             fps: 30,
@@ -108,6 +135,5 @@ mod tests {
         assert!(FaultInjection::open(control.to_str().unwrap(), &spec).is_err());
         std::fs::write(&control, "ok").unwrap();
         assert!(src.next_frame().is_ok());
-        let _ = std::fs::remove_dir_all(dir);
     }
 }

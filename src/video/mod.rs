@@ -1,24 +1,140 @@
-//! Video sources: where raw pictures come from before they are encoded.
+//! Video: where pictures come from ([`VideoSource`]), how they are encoded ([`encode`]), and the
+//! hub that shares one source and one encoder among every viewer ([`hub`]).
 //!
-//! Every source yields [`Frame`]s in I420 at the size and rate it negotiated. `--video test` picks
-//! the built-in test pattern, anything else is taken as a V4L2 device path; [`open`] is the one
-//! place that makes that choice.
+//! Every source yields [`Frame`]s in I420 at the size and rate it negotiated. Each kind of source
+//! lives in a file of its own and has one row in [`SOURCES`]: the `--video` values it takes, and
+//! how it opens. A `--video` value is parsed once, into a [`Source`], by that table.
+//!
+//! To add a source: a file with a type that implements [`VideoSource`], its picture controls if
+//! it has any ([`controls::PictureControls`]), and a `static BACKEND: Backend`; then that row in
+//! [`SOURCES`], before any row that would claim its values.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::{Instant, SystemTime};
+
+use controls::Controls;
 
 pub mod controls;
 pub mod convert;
+pub mod encode;
 pub mod fault_injection;
+pub mod h264;
+pub mod hub;
 pub mod negotiate;
 pub mod snapshot;
 pub mod test_pattern;
 pub mod v4l2;
 
-/// What the user asked for: a source name and the wanted size and rate.
+/// One kind of video source: which `--video` values it takes and how it opens.
+pub struct Backend {
+    /// How `--video` names it, for errors (`` `test` ``); `None` for sources only tests use.
+    pub usage: Option<&'static str>,
+    /// Whether this kind takes the `--video` value.
+    pub claims: fn(&str) -> bool,
+    /// Its frames carry the test pattern's code (docs/TEST_PATTERN.md).
+    pub stamped: bool,
+    /// The source's picture controls, and how to open it (each time the pipeline starts).
+    pub prepare: fn(&VideoSpec) -> (Controls, SourceOpener),
+}
+
+/// Every kind of video source; the first row that claims a `--video` value gets it.
+pub static SOURCES: [&Backend; 3] = [
+    &test_pattern::BACKEND,
+    &fault_injection::BACKEND,
+    &v4l2::BACKEND,
+];
+
+/// The source when `--video` is not given: the first camera.
+pub const DEFAULT_SOURCE: &str = "/dev/video0";
+
+/// Opens the source each time the pipeline starts.
+pub type SourceOpener = Box<dyn Fn() -> Result<Box<dyn VideoSource>, VideoError> + Send + Sync>;
+
+/// A `--video` value, parsed: the row of [`SOURCES`] that takes it, and the value itself.
+#[derive(Clone)]
+pub struct Source {
+    backend: &'static Backend,
+    value: String,
+}
+
+impl Source {
+    /// The kind of source.
+    pub fn backend(&self) -> &'static Backend {
+        self.backend
+    }
+
+    /// Whether this is a source of the kind `backend`.
+    pub fn is(&self, backend: &Backend) -> bool {
+        std::ptr::eq(self.backend, backend)
+    }
+
+    /// The value as given, e.g. `/dev/video0`.
+    pub fn as_str(&self) -> &str {
+        &self.value
+    }
+}
+
+impl FromStr for Source {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Source, String> {
+        if let Some(backend) = SOURCES.iter().copied().find(|b| (b.claims)(value)) {
+            return Ok(Source {
+                backend,
+                value: value.to_string(),
+            });
+        }
+        let usages: Vec<&str> = SOURCES.iter().filter_map(|b| b.usage).collect();
+        let expected = match usages.split_last() {
+            Some((last, [])) => last.to_string(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => "a video source".to_string(),
+        };
+        Err(format!("expected {expected}, got {value:?}"))
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.value)
+    }
+}
+
+impl fmt::Debug for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.value, f)
+    }
+}
+
+impl PartialEq for Source {
+    fn eq(&self, other: &Source) -> bool {
+        self.is(other.backend) && self.value == other.value
+    }
+}
+
+impl Eq for Source {}
+
+/// A source equals the text that names it.
+impl PartialEq<&str> for Source {
+    fn eq(&self, other: &&str) -> bool {
+        self.value == *other
+    }
+}
+
+impl Default for Source {
+    fn default() -> Source {
+        Source {
+            backend: &v4l2::BACKEND,
+            value: DEFAULT_SOURCE.to_string(),
+        }
+    }
+}
+
+/// What the user asked for: a source and the wanted size and rate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VideoSpec {
-    /// `test`, or a V4L2 device path such as `/dev/video0`.
-    pub source: String,
+    pub source: Source,
     pub width: u32,
     pub height: u32,
     pub fps: u32,
@@ -90,27 +206,42 @@ pub trait VideoSource: Send {
     fn next_frame(&mut self) -> Result<Frame, VideoError>;
 }
 
-/// Open the source named by `spec.source`.
-pub fn open(spec: &VideoSpec) -> Result<Box<dyn VideoSource>, VideoError> {
-    open_with(spec, &controls::Controls::for_spec(spec))
+impl VideoSpec {
+    /// The source's picture controls, and how to open it: what its row in [`SOURCES`] gives.
+    pub fn prepare(&self) -> (Controls, SourceOpener) {
+        (self.source.backend.prepare)(self)
+    }
 }
 
-/// Open the source named by `spec.source`; the test pattern follows `controls` (a V4L2 camera
-/// keeps its controls in the device).
-pub fn open_with(
-    spec: &VideoSpec,
-    controls: &controls::Controls,
-) -> Result<Box<dyn VideoSource>, VideoError> {
-    match spec.source.as_str() {
-        "test" => Ok(Box::new(match controls {
-            controls::Controls::Pattern(c) => {
-                test_pattern::TestPattern::with_controls(spec, std::sync::Arc::clone(c))
-            }
-            _ => test_pattern::TestPattern::new(spec),
-        })),
-        s if s.starts_with(fault_injection::PREFIX) => Ok(Box::new(
-            fault_injection::FaultInjection::open(&s[fault_injection::PREFIX.len()..], spec)?,
-        )),
-        path => Ok(Box::new(v4l2::V4l2Source::open(path, spec)?)),
+/// Open the source `spec` names, once.
+pub fn open(spec: &VideoSpec) -> Result<Box<dyn VideoSource>, VideoError> {
+    let (_controls, open) = spec.prepare();
+    open()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn video_values_are_parsed_by_the_table() {
+        let parse = |value: &str| value.parse::<Source>();
+        assert!(parse("test").unwrap().is(&test_pattern::BACKEND));
+        assert!(
+            parse("test-faults:/tmp/x")
+                .unwrap()
+                .is(&fault_injection::BACKEND)
+        );
+        let camera = parse("/dev/video2").unwrap();
+        assert!(camera.is(&v4l2::BACKEND));
+        assert_eq!(camera.to_string(), "/dev/video2");
+        assert_eq!(camera, parse("/dev/video2").unwrap());
+        assert_ne!(camera, parse("/dev/video3").unwrap());
+        for bad in ["", "/", "video0", "test-faults:", "Test"] {
+            assert_eq!(
+                parse(bad).unwrap_err(),
+                format!("expected `test` or a V4L2 device path such as /dev/video0, got {bad:?}")
+            );
+        }
     }
 }

@@ -54,6 +54,19 @@ impl FourCc {
         }
     }
 
+    /// A format spyglass converts, by its code in any case (`--pixel-format nv12`).
+    pub fn parse_supported(code: &str) -> Result<FourCc, String> {
+        let fourcc = match <[u8; 4]>::try_from(code.to_ascii_uppercase().as_bytes()) {
+            Ok(bytes) => FourCc::from_bytes(bytes),
+            Err(_) => FourCc::Other(*b"????"),
+        };
+        if fourcc.is_supported() {
+            Ok(fourcc)
+        } else {
+            Err(format!("expected YUYV, NV12, YU12 or MJPG, got {code:?}"))
+        }
+    }
+
     /// Whether this source can convert the format to I420.
     pub fn is_supported(self) -> bool {
         !matches!(self, FourCc::Other(_))

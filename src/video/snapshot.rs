@@ -70,7 +70,7 @@ mod tests {
     #[test]
     fn a_snapshot_decodes_to_the_frame_with_its_code() {
         let spec = crate::video::VideoSpec {
-            source: "test".into(),
+            source: "test".parse().unwrap(),
             width: 320,
             height: 240,
             fps: 100,

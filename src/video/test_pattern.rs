@@ -9,14 +9,33 @@
 //! frame copies rows out of it at a scrolling offset, then fills the box, so a frame costs a
 //! memcpy of the picture and no per-pixel arithmetic.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use std::sync::Arc;
-
-use super::controls::PatternControls;
-use super::{Frame, VideoError, VideoFormat, VideoSource, VideoSpec};
+use super::controls::{Control, ControlError, Controls, PictureControls};
+use super::{Backend, Frame, SourceOpener, VideoError, VideoFormat, VideoSource, VideoSpec};
 use crate::pattern::{self, Stamp};
+
+/// The row in [`super::SOURCES`]: `--video test`.
+pub static BACKEND: Backend = Backend {
+    usage: Some("`test`"),
+    claims: |value| value == "test",
+    stamped: true,
+    prepare,
+};
+
+/// The pattern's controls, shared by the hub and every pattern the pipeline opens.
+fn prepare(spec: &VideoSpec) -> (Controls, SourceOpener) {
+    let controls = Arc::new(PatternControls::default());
+    let (spec, theirs) = (spec.clone(), Arc::clone(&controls));
+    let open: SourceOpener = Box::new(move || {
+        let pattern = TestPattern::with_controls(&spec, Arc::clone(&theirs));
+        Ok(Box::new(pattern) as Box<dyn VideoSource>)
+    });
+    (Controls::new(controls), open)
+}
 
 /// Sizes outside this range are clamped (and made even) so a frame can always be allocated.
 const MIN_SIDE: u32 = 16;
@@ -174,6 +193,92 @@ impl VideoSource for TestPattern {
     }
 }
 
+/// Neutral value of the test pattern's brightness and contrast (as on most UVC cameras).
+pub const PATTERN_NEUTRAL: i64 = 128;
+
+/// The test pattern's controls, applied to the picture's luma (the frame code is drawn after, so
+/// it stays readable): `brightness` adds `value - 128` to every luma sample, `contrast` scales
+/// luma around mid-grey by `value / 128`.
+#[derive(Debug)]
+pub struct PatternControls {
+    brightness: AtomicI64,
+    contrast: AtomicI64,
+}
+
+impl Default for PatternControls {
+    fn default() -> Self {
+        PatternControls {
+            brightness: AtomicI64::new(PATTERN_NEUTRAL),
+            contrast: AtomicI64::new(PATTERN_NEUTRAL),
+        }
+    }
+}
+
+impl PatternControls {
+    fn controls(&self) -> Vec<Control> {
+        let control = |name: &str, value: &AtomicI64| Control {
+            name: name.to_string(),
+            kind: "integer",
+            min: 0,
+            max: 255,
+            step: 1,
+            default: PATTERN_NEUTRAL,
+            value: value.load(Ordering::Relaxed),
+            menu: Vec::new(),
+        };
+        vec![
+            control("brightness", &self.brightness),
+            control("contrast", &self.contrast),
+        ]
+    }
+
+    fn change(&self, name: &str, value: i64) -> Result<Control, ControlError> {
+        let list = self.controls();
+        let control = list
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| ControlError::unknown(name, &list))?;
+        control.check(value)?;
+        let slot = match name {
+            "brightness" => &self.brightness,
+            _ => &self.contrast,
+        };
+        slot.store(value, Ordering::Relaxed);
+        Ok(Control {
+            value,
+            ..control.clone()
+        })
+    }
+
+    /// Apply the current settings to a luma plane, in place.
+    pub fn apply(&self, luma: &mut [u8]) {
+        let offset = self.brightness.load(Ordering::Relaxed) - PATTERN_NEUTRAL;
+        let gain = self.contrast.load(Ordering::Relaxed);
+        if offset == 0 && gain == PATTERN_NEUTRAL {
+            return;
+        }
+        // One table for the 256 possible inputs; the frame then costs a lookup per sample.
+        let mut table = [0u8; 256];
+        for (i, out) in table.iter_mut().enumerate() {
+            let scaled = (i as i64 - 128) * gain / PATTERN_NEUTRAL + 128;
+            *out = (scaled + offset).clamp(0, 255) as u8;
+        }
+        for y in luma.iter_mut() {
+            *y = table[usize::from(*y)];
+        }
+    }
+}
+
+impl PictureControls for PatternControls {
+    fn list(&self) -> Result<Vec<Control>, ControlError> {
+        Ok(self.controls())
+    }
+
+    fn set(&self, name: &str, value: i64) -> Result<Control, ControlError> {
+        self.change(name, value)
+    }
+}
+
 /// When slot `n` is due, counted from slot 0.
 fn slot_offset(n: u64, fps: u64) -> Duration {
     let nanos = u128::from(n) * 1_000_000_000 / u128::from(fps.max(1));
@@ -272,7 +377,7 @@ mod tests {
 
     fn spec(width: u32, height: u32, fps: u32) -> VideoSpec {
         VideoSpec {
-            source: "test".into(),
+            source: "test".parse().unwrap(),
             width,
             height,
             fps,
@@ -372,5 +477,37 @@ mod tests {
                 "picture {index}"
             );
         }
+    }
+
+    #[test]
+    fn pattern_controls_check_names_and_ranges() {
+        let p = PatternControls::default();
+        assert_eq!(p.set("brightness", 200).map(|c| c.value), Ok(200));
+        assert!(matches!(
+            p.set("brightness", 256),
+            Err(ControlError::OutOfRange { value: 256, .. })
+        ));
+        let err = p.set("zoom", 1).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "no control named `zoom`; controls: brightness, contrast"
+        );
+        assert_eq!(p.list().unwrap()[0].value, 200);
+    }
+
+    #[test]
+    fn brightness_shifts_luma_and_contrast_scales_it() {
+        let p = PatternControls::default();
+        let mut y = vec![16u8, 128, 235];
+        p.apply(&mut y);
+        assert_eq!(y, [16, 128, 235]);
+        p.set("brightness", 168).unwrap();
+        p.apply(&mut y);
+        assert_eq!(y, [56, 168, 255]);
+        let p = PatternControls::default();
+        p.set("contrast", 64).unwrap();
+        let mut y = vec![0u8, 128, 255];
+        p.apply(&mut y);
+        assert_eq!(y, [64, 128, 191]);
     }
 }

@@ -6,6 +6,8 @@ use bytes::{Bytes, BytesMut};
 use rtc::rtp::codec::h264::H264Packet;
 use rtc::rtp::packetizer::Depacketizer;
 
+use crate::video::h264::has_idr;
+
 /// What a packet produced.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Pushed {
@@ -26,13 +28,6 @@ pub struct Assembler {
     /// The current access unit is damaged.
     broken: bool,
     pub lost_packets: u64,
-}
-
-/// True when an Annex-B access unit holds an IDR slice (NAL type 5).
-pub fn has_idr(annexb: &[u8]) -> bool {
-    annexb
-        .windows(4)
-        .any(|w| w[0] == 0 && w[1] == 0 && w[2] == 1 && w[3] & 0x1f == 5)
 }
 
 impl Assembler {
@@ -137,10 +132,13 @@ mod tests {
         );
         let got = a.push(12, 900, true, &fu_a(5, false, true, &[8]));
         let au = got.access_unit.unwrap();
-        assert_eq!(crate::encode::nal_types(&au), vec![7, 8, 5]);
+        assert_eq!(crate::video::h264::nal_types(&au), vec![7, 8, 5]);
         assert!(!got.request_keyframe);
         let p = a.push(13, 3900, true, &single(1, &[7, 7, 7]));
-        assert_eq!(crate::encode::nal_types(&p.access_unit.unwrap()), vec![1]);
+        assert_eq!(
+            crate::video::h264::nal_types(&p.access_unit.unwrap()),
+            vec![1]
+        );
         assert_eq!(a.lost_packets, 0);
     }
 

@@ -300,7 +300,7 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
     let mut conn = mqtt::connect(MqttSettings {
         host: opts.host.clone(),
         port: opts.port,
-        client_id: opts.cid.clone(),
+        client_id: mqtt::ClientId::Fixed(opts.cid.clone()),
         username: opts.username.clone(),
         password: opts.password.clone(),
         will: None,

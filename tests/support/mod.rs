@@ -1,8 +1,12 @@
 //! Shared harness for the integration tests: a private Mosquitto broker on a free loopback port,
 //! a real spyglass daemon process, an MQTT client for the test itself, and the in-process
 //! headless viewer. Everything binds to 127.0.0.1; processes are ended by PID on drop.
+//! `netlab` builds namespace networks (NAT, TURN, shaped links) for the field tests.
 
 #![allow(dead_code)]
+
+pub mod board;
+pub mod netlab;
 
 use std::io::Read;
 use std::net::TcpListener;
@@ -23,14 +27,14 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A new directory for one test, kept until its owner removes it (the broker and daemon
+/// harnesses on drop, the tests at their end).
 pub fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "spyglass-test-{tag}-{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    tempfile::Builder::new()
+        .prefix(&format!("spyglass-test-{tag}-"))
+        .tempdir()
+        .unwrap()
+        .keep()
 }
 
 fn wait_for_port(port: u16, timeout: Duration) -> bool {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The emulated board: boot Debian's x86-64 kernel in QEMU (software emulation, no network
-# device) with the vivid camera and snd-aloop sound card, run `spyglass selftest` from
+# The emulated board (board.py): boot Debian's x86-64 kernel in QEMU (software emulation, no
+# network device) with the vivid camera and snd-aloop sound card, run `spyglass selftest` from
 # /dev/video0 in every raw format vivid offers that spyglass supports, at two sizes, and from
 # snd-aloop's hw:Loopback,1,0 while ALSA's speaker-test plays a 1 kHz sine into hw:Loopback,0,0,
 # and check the reports read from the serial console.
@@ -12,72 +12,41 @@ sizes=(320x180 640x480)
 formats=(YUYV NV12 YU12 MJPG)   # what spyglass converts; the guest runs those vivid offers
 fps=15 seconds=2
 
-kernel=$(ls /boot/vmlinuz-* 2>/dev/null | sort -V | tail -1 || true)
-[ -n "$kernel" ] || { echo "tests/vm: no /boot/vmlinuz-*: install linux-image-amd64 (make deps-emulated)" >&2; exit 1; }
-[ -r "$kernel" ] || { echo "tests/vm: cannot read $kernel (Debian keeps it root-only): run as root" >&2; exit 1; }
-kv=${kernel#/boot/vmlinuz-}
-for tool in qemu-system-x86_64 cpio depmod busybox speaker-test; do
-  command -v "$tool" >/dev/null || [ -x "/bin/$tool" ] || { echo "tests/vm: $tool missing: run 'make deps-emulated'" >&2; exit 1; }
-done
-
-# The base image depends only on the kernel and on build-base.sh and init: cache it on that.
-cache=${SPYGLASS_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/spyglass-vm}
-mkdir -p "$cache"
-key=$(cat "$here/build-base.sh" "$here/init" | sha256sum | cut -c1-12)
-base=$cache/base-$kv-$key.cpio.gz
-if [ ! -s "$base" ]; then
-  echo "tests/vm: building $base"
-  "$here/build-base.sh" "$kv" "$base"
-fi
-
+command -v speaker-test >/dev/null || { echo "tests/vm: speaker-test missing: run 'make deps-emulated'" >&2; exit 1; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-# Second archive: the binary under test, its shared libraries, and the script /init runs.
-overlay=$work/root
-mkdir -p "$overlay/test"
-cp "$binary" "$overlay/test/spyglass"
-# The tone player: ALSA's speaker-test (30 KB; libasound and libc, which spyglass needs anyway).
-player=$(command -v speaker-test)
-cp "$player" "$overlay/test/speaker-test"
-{ ldd "$binary"; ldd "$player"; } | grep -o '/[^ ]*' | sort -u | while read -r lib; do
-  mkdir -p "$overlay$(dirname "$lib")"
-  cp -L "$lib" "$overlay$lib"
-done
+# The guest's script; board.py (the emulated board, tests/vm/README.md) boots it with the binary
+# and ALSA's speaker-test (30 KB; libasound and libc, which spyglass needs anyway).
 {
-  echo '#!/bin/sh'
-  echo 'echo "=== devices"; /test/spyglass devices; echo "=== end devices"'
-  echo 'offered=$(/test/spyglass devices 2>&1)'
+  echo 'echo "=== devices"; spyglass devices; echo "=== end devices"'
+  echo 'offered=$(spyglass devices 2>&1)'
   for f in "${formats[@]}"; do
     echo "if echo \"\$offered\" | grep -q '$f'; then"
     for s in "${sizes[@]}"; do
       echo "  echo '=== selftest $f $s'"
-      echo "  /test/spyglass selftest --video /dev/video0 --pixel-format $f --size $s --fps $fps --seconds $seconds 2>&1"
+      echo "  spyglass selftest --video /dev/video0 --pixel-format $f --size $s --fps $fps --seconds $seconds 2>&1"
       echo "  echo \"=== rc \$?\""
     done
     echo "else echo '=== not offered $f'; fi"
   done
   # Audio: the real snd-aloop driver through the real libasound; what plays into
   # hw:Loopback,0,0 is captured from hw:Loopback,1,0.
-  echo "/test/speaker-test -D hw:Loopback,0,0 -c 1 -r 48000 -F S16_LE -t sine -f 1000 -l 0 >/dev/null 2>&1 &"
+  echo "speaker-test -D hw:Loopback,0,0 -c 1 -r 48000 -F S16_LE -t sine -f 1000 -l 0 >/dev/null 2>&1 &"
   echo 'player=$!; sleep 1'
   echo "echo '=== selftest AUDIO hw:Loopback,1,0'"
-  echo "/test/spyglass selftest --video test --size 320x240 --fps $fps --seconds $seconds --audio hw:Loopback,1,0 --expect-tone 1000 2>&1"
+  echo "spyglass selftest --video test --size 320x240 --fps $fps --seconds $seconds --audio hw:Loopback,1,0 --expect-tone 1000 2>&1"
   echo "echo \"=== rc \$?\""
   echo 'kill $player'
-} > "$overlay/test/run"
-chmod +x "$overlay/test/run"
-(cd "$overlay" && find . | cpio -o -H newc --quiet) | gzip -1 > "$work/overlay.cpio.gz"
-cat "$base" "$work/overlay.cpio.gz" > "$work/initrd"
+} > "$work/run"
 
-log=${SPYGLASS_VM_LOG:-$work/console.log}
-echo "tests/vm: booting $kernel under qemu-system-x86_64 (TCG)"
+echo "tests/vm: booting the emulated board (qemu-system-x86_64, TCG)"
 start=$(date +%s)
-timeout 1200 qemu-system-x86_64 -accel tcg -cpu max -m 768 -smp 1 -nographic -no-reboot \
-  -nic none -monitor none -serial stdio \
-  -kernel "$kernel" -initrd "$work/initrd" \
-  -append "console=ttyS0 quiet panic=-1 rdinit=/init" < /dev/null > "$log" 2>&1 || {
-    rc=$?; tail -40 "$log"; echo "tests/vm: qemu exited with $rc" >&2; exit 1; }
+python3 "$here/board.py" run --binary "$binary" --file "$(command -v speaker-test)" \
+  --run "@$work/run" --timeout 1200 --out "$work/out" > "$work/result.json" || {
+    echo "tests/vm: the board could not run" >&2; exit 1; }
+log=$work/out/console.log
 tr -d '\r' < "$log" > "$log.txt"
+[ -n "${SPYGLASS_VM_LOG:-}" ] && cp "$log" "$SPYGLASS_VM_LOG"
 cat "$log.txt"
 echo "tests/vm: the guest ran for $(( $(date +%s) - start )) s"
 

@@ -1,56 +1,35 @@
-//! H.264 encoding: one openh264 encoder per stream, constrained baseline, Annex-B access units.
+//! The openh264 encoder (software, Cisco's openh264 built from source): constrained baseline,
+//! one thread, rate-controlled to the configured bitrate.
 //!
-//! The output is what WebRTC's H.264 payloader takes as one sample: SPS+PPS+IDR together for a
+//! Its output is what WebRTC's H.264 payloader takes as one sample: SPS+PPS+IDR together for a
 //! keyframe (`[7, 8, 5]`), a single slice NAL otherwise.
-
-use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use openh264::OpenH264API;
 use openh264::encoder::{
-    BitRate, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Profile,
+    BitRate, Encoder as Openh264, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Profile,
     RateControlMode, UsageType,
 };
 use openh264::formats::YUVSlices;
 
+use super::{Backend, EncodeError, EncodedFrame, Encoder, EncoderSettings, check_size};
 use crate::video::Frame;
 
-/// One encoded picture, shared by every viewer.
-#[derive(Debug, Clone)]
-pub struct EncodedFrame {
-    /// Annex-B access unit (start codes included).
-    pub data: Bytes,
-    pub keyframe: bool,
-    /// Counts encoded frames since the pipeline started.
-    pub seq: u64,
-    pub captured_at: SystemTime,
-    pub instant: Instant,
-}
+/// The row in [`super::ENCODERS`].
+pub static BACKEND: Backend = Backend {
+    name: "openh264",
+    open: |settings| Ok(Box::new(H264Encoder::new(settings)?)),
+};
 
-#[derive(Debug, thiserror::Error)]
-pub enum EncodeError {
-    #[error("H.264 encoder: {0}")]
-    Openh264(#[from] openh264::Error),
-    #[error("H.264 encoder: frame is {got_w}x{got_h}, encoder was set up for {want_w}x{want_h}")]
-    SizeMismatch {
-        got_w: u32,
-        got_h: u32,
-        want_w: u32,
-        want_h: u32,
-    },
-}
-
-/// Encoder settings for one stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EncoderSettings {
-    pub width: u32,
-    pub height: u32,
-    pub fps: u32,
-    pub bitrate_kbps: u32,
+fn failed(err: openh264::Error) -> EncodeError {
+    EncodeError::Failed {
+        encoder: BACKEND.name,
+        message: err.to_string(),
+    }
 }
 
 pub struct H264Encoder {
-    encoder: Encoder,
+    encoder: Openh264,
     settings: EncoderSettings,
     seq: u64,
 }
@@ -71,7 +50,8 @@ impl H264Encoder {
             ))
             .skip_frames(false)
             .num_threads(1);
-        let encoder = Encoder::with_api_config(OpenH264API::from_source(), config)?;
+        let encoder =
+            Openh264::with_api_config(OpenH264API::from_source(), config).map_err(failed)?;
         Ok(H264Encoder {
             encoder,
             settings,
@@ -82,29 +62,27 @@ impl H264Encoder {
     pub fn settings(&self) -> EncoderSettings {
         self.settings
     }
+}
+
+impl Encoder for H264Encoder {
+    fn name(&self) -> &'static str {
+        BACKEND.name
+    }
 
     /// Encode one I420 frame. Returns `None` when the encoder produced nothing for it.
-    pub fn encode(
+    fn encode(
         &mut self,
         frame: &Frame,
         force_keyframe: bool,
     ) -> Result<Option<EncodedFrame>, EncodeError> {
-        let s = self.settings;
-        if frame.width != s.width || frame.height != s.height {
-            return Err(EncodeError::SizeMismatch {
-                got_w: frame.width,
-                got_h: frame.height,
-                want_w: s.width,
-                want_h: s.height,
-            });
-        }
+        check_size(&self.settings, frame)?;
         if force_keyframe {
             self.encoder.force_intra_frame();
         }
-        let (w, h) = (s.width as usize, s.height as usize);
+        let (w, h) = (self.settings.width as usize, self.settings.height as usize);
         let (y, u, v) = frame.planes();
         let yuv = YUVSlices::new((y, u, v), (w, h), (w, w / 2, w / 2));
-        let bitstream = self.encoder.encode(&yuv)?;
+        let bitstream = self.encoder.encode(&yuv).map_err(failed)?;
         let keyframe = matches!(bitstream.frame_type(), FrameType::IDR | FrameType::I);
         let mut data = Vec::new();
         bitstream.write_vec(&mut data);
@@ -123,24 +101,12 @@ impl H264Encoder {
     }
 }
 
-/// NAL unit types in an Annex-B access unit, in order (handy for checks and logs).
-pub fn nal_types(annexb: &[u8]) -> Vec<u8> {
-    let mut types = Vec::new();
-    let mut i = 0;
-    while i + 3 < annexb.len() {
-        if annexb[i] == 0 && annexb[i + 1] == 0 && annexb[i + 2] == 1 {
-            types.push(annexb[i + 3] & 0x1f);
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    types
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::{Instant, SystemTime};
+
     use super::*;
+    use crate::video::h264::{nal_types, profile_level};
 
     fn grey_frame(w: u32, h: u32, shade: u8) -> Frame {
         Frame {
@@ -152,15 +118,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn first_frame_is_a_keyframe_with_parameter_sets_and_forcing_works() {
-        let mut enc = H264Encoder::new(EncoderSettings {
+    fn encoder_320x240() -> H264Encoder {
+        H264Encoder::new(EncoderSettings {
             width: 320,
             height: 240,
             fps: 30,
             bitrate_kbps: 500,
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn first_frame_is_a_keyframe_with_parameter_sets_and_forcing_works() {
+        let mut enc = encoder_320x240();
         let first = enc
             .encode(&grey_frame(320, 240, 100), false)
             .unwrap()
@@ -180,25 +150,14 @@ mod tests {
         assert!(forced.keyframe);
         assert_eq!(nal_types(&forced.data), vec![7, 8, 5]);
         // Constrained baseline: profile_idc 66, constraint_set0+1.
-        let sps = &forced.data[forced
-            .data
-            .windows(4)
-            .position(|w| w == [0, 0, 1, 0x67])
-            .unwrap()
-            + 3..];
-        assert_eq!(&sps[1..3], &[0x42, 0xc0]);
+        let [profile, constraints, _level] = profile_level(&forced.data).unwrap();
+        assert_eq!([profile, constraints], [0x42, 0xc0]);
         assert_eq!((first.seq, second.seq, forced.seq), (0, 1, 2));
     }
 
     #[test]
     fn wrong_size_is_an_error() {
-        let mut enc = H264Encoder::new(EncoderSettings {
-            width: 320,
-            height: 240,
-            fps: 30,
-            bitrate_kbps: 500,
-        })
-        .unwrap();
+        let mut enc = encoder_320x240();
         let err = enc.encode(&grey_frame(160, 120, 0), false).unwrap_err();
         assert!(err.to_string().contains("160x120"), "{err}");
     }

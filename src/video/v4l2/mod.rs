@@ -1,4 +1,5 @@
-//! V4L2 camera source (`--video /dev/videoN`) and the device listing behind `spyglass devices`.
+//! V4L2 camera source (`--video /dev/videoN`), its picture controls ([`controls`]) and the
+//! device listing behind `spyglass devices`.
 //!
 //! Opening a device reads what it offers into the [`negotiate`] model, lets [`negotiate`] choose,
 //! sets format and frame interval, and checks what the driver actually took. Capture streams
@@ -19,9 +20,32 @@ use v4l::video::Capture;
 use v4l::video::capture::Parameters;
 use v4l::{Device, Format, FourCC, Fraction};
 
+use super::controls::Controls;
 use super::convert::{self, Layout, MjpegDecoder};
 use super::negotiate::{self, FourCc, FrameSize, Interval, Offered, OfferedSize, Rates};
-use super::{Frame, VideoError, VideoFormat, VideoSource, VideoSpec};
+use super::{Backend, Frame, SourceOpener, VideoError, VideoFormat, VideoSource, VideoSpec};
+
+pub mod controls;
+
+/// The row in [`super::SOURCES`]: `--video /dev/videoN`, any absolute path.
+pub static BACKEND: Backend = Backend {
+    usage: Some("a V4L2 device path such as /dev/video0"),
+    claims: |value| value.starts_with('/') && value.len() > 1,
+    stamped: false,
+    prepare,
+};
+
+/// The device's own controls; each open negotiates anew.
+fn prepare(spec: &VideoSpec) -> (Controls, SourceOpener) {
+    let spec = spec.clone();
+    let path = spec.source.to_string();
+    let controls = Controls::new(std::sync::Arc::new(controls::V4l2Controls {
+        path: path.clone(),
+    }));
+    let open: SourceOpener =
+        Box::new(move || Ok(Box::new(V4l2Source::open(&path, &spec)?) as Box<dyn VideoSource>));
+    (controls, open)
+}
 
 /// Buffers queued to the driver.
 const BUFFERS: u32 = 4;
@@ -30,10 +54,8 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Consecutive unusable frames (driver error flag, corrupt JPEG, short buffer) before giving up.
 const MAX_BAD_FRAMES: u32 = 30;
 
-// errno values (Linux, the same on every architecture) that io::ErrorKind does not name.
-const ENXIO: i32 = 6;
-const ENODEV: i32 = 19;
-const ENOTTY: i32 = 25;
+// errno values that io::ErrorKind does not name.
+use libc::{ENODEV, ENOTTY, ENXIO};
 
 /// A V4L2 capture device, streaming.
 pub struct V4l2Source {
@@ -47,7 +69,8 @@ pub struct V4l2Source {
 
 impl V4l2Source {
     /// Open `path`, negotiate the format closest to `spec` and start streaming. Waits for the
-    /// first frame (up to 5 s), so a device that cannot stream fails here, not later.
+    /// first frame (up to [`STALL_TIMEOUT`]), so a device that cannot stream fails here, not
+    /// later.
     pub fn open(path: &str, spec: &VideoSpec) -> Result<Self, VideoError> {
         Self::open_with_format(path, spec, None)
     }
@@ -215,7 +238,14 @@ impl VideoSource for V4l2Source {
                     FourCc::Nv12 => convert::nv12_to_i420(data, &self.layout, &mut out),
                     FourCc::Yu12 => convert::yu12_to_i420(data, &self.layout, &mut out),
                     FourCc::Mjpeg => self.mjpeg.decode(data, width, height, &mut out),
-                    FourCc::Other(_) => unreachable!("negotiate only picks convertible formats"),
+                    // Negotiation picks only formats it can convert; a driver that switched
+                    // formats is refused at open.
+                    FourCc::Other(_) => {
+                        return Err(failed(
+                            &self.path,
+                            format!("spyglass cannot convert {}", self.fourcc),
+                        ));
+                    }
                 };
                 match converted {
                     Ok(()) => {
@@ -568,7 +598,7 @@ mod tests {
     #[test]
     fn open_errors_name_the_device() {
         let spec = VideoSpec {
-            source: "/dev/video-nonexistent".into(),
+            source: "/dev/video-nonexistent".parse().unwrap(),
             width: 640,
             height: 480,
             fps: 30,
