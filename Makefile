@@ -54,7 +54,7 @@ test:
 	@$(STAGE) begin
 	@$(STAGE) 'deps'                        -- $(MAKE) --no-print-directory deps deps-cross deps-emulated
 	@$(STAGE) 'viewer page'                 -- $(MAKE) --no-print-directory web
-	@$(STAGE) 'build (debug, test binaries)' -- $(CARGO) test --all-targets --no-run
+	@$(STAGE) 'build (debug, test binaries)' -- $(MAKE) --no-print-directory test-build
 	@$(STAGE) 'Rust tests'                  -- $(CARGO) test --all-targets
 	@$(STAGE) 'browser tests'               -- $(MAKE) --no-print-directory test-web
 	@$(STAGE) 'emulated board (qemu-system)' -- $(MAKE) --no-print-directory test-vm
@@ -62,9 +62,15 @@ test:
 	@$(STAGE) 'ARM selftest (qemu-user)'    -- $(MAKE) --no-print-directory test-qemu-user
 	@$(STAGE) end
 
-# The browser tests alone, against the debug binary.
-.PHONY: test-web
-test-web: build
+# The debug build that every test runs: `cargo test` builds the spyglass binary too, with the
+# dev-dependencies' features (serde's among them), so a plain `cargo build` would build much of
+# the tree a second time. The browser tests and the emulated board run this binary.
+.PHONY: test-build test-web
+test-build: deps web
+	$(CARGO) test --all-targets --no-run
+
+# The browser tests alone.
+test-web: test-build
 	cd web && SPYGLASS_BIN="$(TARGET_DIR)/debug/spyglass" node --test test/*.test.mjs
 
 # The viewer page: npm packages from package-lock.json, then the bundle in web/dist.
@@ -163,8 +169,7 @@ test-qemu-user: cross-local
 
 # The board (tests/vm/README.md): selftests on its drivers, then the daemon in it streaming over a
 # namespace network to `spyglass view` and Chromium. (tests/board.rs runs with the cargo tests.)
-test-vm: deps-emulated web
-	$(CARGO) build --bin spyglass
+test-vm: deps-emulated test-build
 	tests/vm/run.sh $(TARGET_DIR)/debug/spyglass
 	cd web && SPYGLASS_BIN="$(TARGET_DIR)/debug/spyglass" node --test test/vm/*.test.mjs
 
