@@ -17,6 +17,9 @@ APT_PACKAGES += iproute2 nftables coturn ethtool iputils-ping python3
 # Standards counterparts the browser tests start (issue 17): Janus as the SFU behind the tests'
 # WHIP front-end (web/test/standards/), djpeg to decode Home Assistant camera snapshots.
 APT_PACKAGES += janus libjpeg-turbo-progs
+# The process source's tests and `make bench` (issue 16): Debian's ffmpeg with libx264 stands in
+# for rpicam-vid (raw I420, and H.264 with headers before every IDR).
+APT_PACKAGES += ffmpeg
 CARGO ?= cargo
 # Where cargo puts its builds (.ci/run moves it out of the tree); the browser tests need the binary.
 TARGET_DIR = $(shell $(CARGO) metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
@@ -93,6 +96,16 @@ demo: deps web
 bench: release
 	python3 bench/run.py --bin $(TARGET_DIR)/release/spyglass --out $(TARGET_DIR)/bench.md
 
+# Figures on real networks (issues 14 and 15; needs root): offer -> first frame through NATs and
+# TURN with `spyglass view` and Chromium (each case's candidate pair, the median of
+# NETBENCH_SESSIONS sessions, default 10; ~3 minutes), then headless Chromium viewers behind shaped
+# links (loss, jitter, caps, a cut, a shared uplink) and the daemon's CPU with 10 viewers against 1
+# (~12 minutes; also in $(TARGET_DIR)/ratebench.md). Benchmarks: nothing here fails on a time.
+.PHONY: netbench
+netbench: release
+	cd web && SPYGLASS_BIN="$(TARGET_DIR)/release/spyglass" node test/netbench.mjs $(or $(NETBENCH_SESSIONS),10)
+	cd web && SPYGLASS_BIN="$(TARGET_DIR)/release/spyglass" node test/ratebench.mjs --out $(TARGET_DIR)/ratebench.md
+
 clean:
 	$(CARGO) clean
 
@@ -164,8 +177,11 @@ deb-test: deb
 # board under qemu-system with real kernel camera, sound, loopback and M2M drivers and a network.
 test-emulated: test-qemu-user test-vm
 
+# The self-test, then (issue 12) the daemon under qemu with its clock moved days ahead, streaming to
+# a viewer built for this machine.
 test-qemu-user: cross-local
-	tests/qemu-user.sh $(foreach t,$(CROSS_TRIPLES),$(TARGET_DIR)/$(t)/$(LOCAL_PROFILE)/spyglass)
+	$(CARGO) build --bin spyglass
+	SPYGLASS_HOST_BIN=$(TARGET_DIR)/debug/spyglass tests/qemu-user.sh $(foreach t,$(CROSS_TRIPLES),$(TARGET_DIR)/$(t)/$(LOCAL_PROFILE)/spyglass)
 
 # The board (tests/vm/README.md): selftests on its drivers, then the daemon in it streaming over a
 # namespace network to `spyglass view` and Chromium. (tests/board.rs runs with the cargo tests.)
@@ -203,7 +219,8 @@ deps-fuzz: deps
 fuzz: deps-fuzz
 	FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) scripts/fuzz.sh
 
-# 1000 sessions one after another and 20 at once (leaks), then a SOAK_MINUTES (default 10)
-# stream measuring latency drift; release build. SOAK_SESSIONS, SOAK_PARALLEL scale it.
+# 1000 sessions one after another and 20 at once (leaks), then SOAK_MINUTES (default 1440: 24 h)
+# of sessions in a loop beside one connected viewer: RSS, fds, threads and latency at the start
+# and the end; release build. SOAK_SESSIONS, SOAK_PARALLEL scale part 1.
 soak: release
 	scripts/soak.sh $(TARGET_DIR)

@@ -44,6 +44,7 @@ fn main() {
             width: w,
             height: h,
             fps,
+            ..Default::default()
         });
         let frames: Vec<_> = (0..seconds * fps)
             .map(|_| source.next_frame().expect("test pattern"))

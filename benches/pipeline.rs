@@ -18,7 +18,9 @@ use rtc::rtp::sequence::new_random_sequencer;
 use rtc::shared::marshal::Marshal;
 use rtc::srtp::context::Context as SrtpContext;
 use rtc::srtp::protection_profile::ProtectionProfile;
-use spyglass::video::convert::{Layout, MjpegDecoder, nv12_to_i420, yuyv_to_i420};
+use spyglass::video::convert::{
+    Layout, MjpegDecoder, ZuneMjpegDecoder, nv12_to_i420, yuyv_to_i420,
+};
 use spyglass::video::encode::openh264::H264Encoder;
 use spyglass::video::encode::{Encoder, EncoderSettings};
 use spyglass::video::{Frame, VideoSource, VideoSpec, test_pattern::TestPattern};
@@ -109,6 +111,7 @@ fn pattern_frames(w: u32, h: u32) -> Vec<Frame> {
         width: w,
         height: h,
         fps: FPS,
+        ..Default::default()
     });
     (0..FPS)
         .map(|_| source.next_frame().expect("test pattern"))
@@ -146,6 +149,11 @@ fn stages(c: &mut Criterion) {
         let mut decoder = MjpegDecoder::new();
         c.bench_function(&format!("mjpeg_to_i420/{size}"), |b| {
             b.iter(|| decoder.decode(black_box(&jpeg), w, h, &mut out).unwrap())
+        });
+        // The same frames through the decoder used before libjpeg-turbo (issue 16's ratio).
+        let mut zune = ZuneMjpegDecoder::new();
+        c.bench_function(&format!("mjpeg_zune_to_i420/{size}"), |b| {
+            b.iter(|| zune.decode(black_box(&jpeg), w, h, &mut out).unwrap())
         });
 
         // Encode: the pattern's frames in a loop, one encoder, as in the daemon (P frames, with

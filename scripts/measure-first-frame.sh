@@ -10,7 +10,7 @@ dir=$(mktemp -d)
 printf 'persistence false\nallow_anonymous true\nlistener %s 127.0.0.1\n' "$PORT" > "$dir/m.conf"
 mosquitto -c "$dir/m.conf" >/dev/null 2>&1 & broker=$!
 sleep 0.3
-"$BIN" --id measure --mqtt "mqtt://127.0.0.1:$PORT" --video test --size "$SIZE" --rtc-bind 127.0.0.1 --mdns off 2>"$dir/d.log" & daemon=$!
+"$BIN" --id measure --mqtt "mqtt://127.0.0.1:$PORT" --video test --size "$SIZE" --rtc-bind 127.0.0.1 --rtc-allow-loopback on --mdns off 2>"$dir/d.log" & daemon=$!
 trap 'kill $daemon $broker 2>/dev/null; rm -rf "$dir"' EXIT
 sleep 1
 for i in $(seq "$N"); do

@@ -1,16 +1,21 @@
-//! The daemon: wires the MQTT transport, the signaling state machine, the WebRTC sessions and the
-//! shared video hub together, and carries out what the state machine decides.
+//! The daemon: wires the MQTT transport, the WHEP endpoint, the signaling state machine, the
+//! WebRTC sessions and the shared video hub together, and carries out what the state machine
+//! decides.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{info, warn};
 use webrtc::peer_connection::{RTCIceCandidateInit, RTCIceServer};
 
+use crate::VERSION;
 use crate::audio::hub::AudioHub;
 use crate::config::DaemonConfig;
+use crate::homeassistant::{self, HomeAssistant};
 use crate::mqtt::{self, Mqtt, MqttEvent, MqttSettings};
+use crate::peer::bitrate::{self, BitrateRange, RateControl};
+use crate::peer::candidates::RemotePolicy;
 use crate::peer::session::{self, AnswerError, SessionEvent, SessionHandle};
 use crate::peer::{PeerFactory, PeerSettings};
 use crate::signaling::protocol::{
@@ -18,10 +23,12 @@ use crate::signaling::protocol::{
     VideoStatus, offline_status_json,
 };
 use crate::signaling::sessions::{Action, Limits, PeerEvent, SessionKey, Signaling};
+use crate::signaling::whep::{WhepError, ice_server_link};
+use crate::turn_rest::{IceServerGrant, TurnSecret};
 use crate::video::hub::{Hub, VideoState};
 use crate::web::{self, WebSettings};
-
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+use crate::whep::{self as whep_http, WhepSettings};
+use crate::whip::{self, Publisher, WhipSettings};
 
 /// Threads the async runtime may start for blocking work (file reads for the viewer page,
 /// viewers' snapshot and control requests, which also wait for the hub's request workers);
@@ -39,13 +46,26 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     }
     let topics = Topics::new(cfg.id.clone())?;
     let factory = PeerFactory::new(peer_settings(&cfg))?;
+    // The device's TURN servers are tried now and, while they fail, again and again; new
+    // sessions get only those that work.
+    let relay_servers = factory.clone();
+    let _relay_watch = AbortOnDrop(tokio::spawn(crate::peer::relay::watch(
+        move || relay_servers.settings().ice_servers_now(),
+        cfg.rtc_bind.first().copied(),
+        std::sync::Arc::clone(factory.relays()),
+    )));
     let hub = Hub::new(cfg.video.clone(), cfg.bitrate_kbps)?;
+    // Every viewer's bandwidth estimate → one target for the shared encoder.
+    let rate = RateControl::new(bitrate_range(&cfg));
+    let _rate_task = tokio::spawn(follow_rate(rate.clone(), hub.clone()));
     let video = VideoStatus {
         state: MediaState::Idle,
         codec: VIDEO_CODEC_H264.to_string(),
         width: cfg.video.width,
         height: cfg.video.height,
         fps: cfg.video.fps,
+        encoder: crate::video::encode::expected(&cfg.video).to_string(),
+        idr_period_ms: None,
     };
     // A named microphone that does not open is an error; `auto` without one is video only.
     let audio = crate::audio::resolve(&cfg.audio)?
@@ -56,8 +76,10 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         channels: u32::from(a.channels()),
     });
     let mut audio_running = audio.as_ref().map(AudioHub::running);
+    let grant = ice_server_grant(&cfg);
     let mut status = Status::online(VERSION, video, 0, cfg.max_viewers);
     status.audio = audio_status.clone();
+    status.ice_servers = !grant.is_empty();
     let limits = Limits {
         max_viewers: cfg.max_viewers as usize,
         max_connecting: cfg.max_connecting as usize,
@@ -65,6 +87,21 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         ..Limits::default()
     };
     let mut core = Signaling::new(topics.clone(), limits, status);
+    // The WHEP endpoint, only with a token (docs/SECURITY.md, "WHEP").
+    let (whep, mut whep_requests) = match (&cfg.whep_token, cfg.http) {
+        (Some(token), Some(_)) => {
+            let (endpoint, requests) = whep_http::Endpoint::new(WhepSettings {
+                token: token.clone(),
+                links: cfg
+                    .stun
+                    .iter()
+                    .map(|url| ice_server_link(url, None))
+                    .collect(),
+            });
+            (Some(endpoint), Some(requests))
+        }
+        _ => (None, None),
+    };
     // The viewer page; kept alive until the daemon returns.
     let _web = match cfg.http {
         Some(bind) => Some(
@@ -74,12 +111,20 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 id: cfg.id.clone(),
                 broker: cfg.web_broker_url.clone(),
                 max_connections: cfg.http_max_connections as usize,
+                whep,
+                stun: cfg.stun.clone(),
             })
             .await?,
         ),
         None => None,
     };
     let offline = offline_status_json();
+    // Home Assistant discovery and snapshots, only when asked for.
+    let home_assistant = cfg.homeassistant.then(|| HomeAssistant::new(&cfg));
+    let mut subscriptions = topics.device_filters().to_vec();
+    if let Some(ha) = &home_assistant {
+        subscriptions.push(ha.request_topic());
+    }
     let mut conn = mqtt::connect(MqttSettings {
         host: cfg.mqtt.host.clone(),
         port: cfg.mqtt.port,
@@ -92,19 +137,51 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
         username: cfg.username.clone(),
         password: cfg.password.clone(),
         will: Some((topics.status(), offline.clone())),
-        subscriptions: topics.device_filters().to_vec(),
+        subscriptions,
         transport: mqtt::MqttTransport::new(&cfg.mqtt, &cfg.tls),
     })?;
     info!(id = %cfg.id, broker = %cfg.mqtt, video = %cfg.video.source, "spyglass {VERSION} starting");
 
+    let snapshot_requests = home_assistant.as_ref().map(|ha| {
+        let (requests, incoming) = mpsc::channel(homeassistant::REQUEST_QUEUE);
+        tokio::spawn(homeassistant::snapshots(
+            ha.clone(),
+            hub.clone(),
+            conn.client.clone(),
+            incoming,
+        ));
+        (ha.request_topic(), requests)
+    });
+    // Publishing to an SFU over WHIP, when asked for.
+    let (whip_status_tx, mut whip_status) = watch::channel(None);
+    let publisher = match &cfg.whip {
+        Some(endpoint) => Some(Publisher::start(
+            WhipSettings {
+                endpoint: url::Url::parse(endpoint)?,
+                token: cfg.whip_token.clone(),
+            },
+            whip::Media {
+                factory: factory.clone(),
+                hub: hub.clone(),
+                audio: audio.clone(),
+                rate: rate.clone(),
+            },
+            whip_status_tx,
+        )),
+        None => None,
+    };
     let (session_tx, mut session_rx) = mpsc::unbounded_channel::<(SessionKey, SessionEvent)>();
     let mut exec = Executor {
         mqtt: conn.client.clone(),
         factory,
         hub: hub.clone(),
         audio: audio.clone(),
+        rate,
         session_tx,
         sessions: HashMap::new(),
+        whep_replies: HashMap::new(),
+        abandoned: Vec::new(),
+        grant,
     };
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -112,6 +189,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     let mut notifier = crate::service::Notifier::from_env();
     notifier.tick(Instant::now(), hub.heartbeat_age());
     let mut video_state = hub.state();
+    let mut stream = hub.stream();
     loop {
         tokio::select! {
             event = conn.events.recv() => match event {
@@ -124,6 +202,11 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                     }
                     let action = core.status_action();
                     exec.run(vec![action]).await;
+                    if let Some(ha) = &home_assistant {
+                        for (topic, payload) in ha.discovery() {
+                            exec.mqtt.publish(topic, payload, true).await;
+                        }
+                    }
                     notifier.ready();
                     notifier.status("online");
                 }
@@ -134,6 +217,13 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                     }
                 }
                 Some(MqttEvent::Message { topic, payload }) => {
+                    if let Some((request_topic, requests)) = &snapshot_requests
+                        && topic == *request_topic
+                    {
+                        // A full queue means snapshots are under way: this one is not needed.
+                        let _ = requests.try_send(());
+                        continue;
+                    }
                     let actions = core.on_message(Instant::now(), &topic, &payload);
                     exec.run(actions).await;
                 }
@@ -142,12 +232,18 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             Some((key, event)) = session_rx.recv() => {
                 let event = match event {
                     SessionEvent::Answered(sdp) => PeerEvent::Answered(sdp),
+                    // Only the WHIP publisher's session offers; it reports to the publisher.
+                    SessionEvent::Offered(_) => continue,
                     SessionEvent::Failed(err) => {
                         exec.sessions.remove(&key);
                         let (code, message) = match err {
                             AnswerError::BadOffer(m) => (ErrorCode::BadRequest, m),
                             AnswerError::Unsupported(m) => (ErrorCode::Unsupported, m),
-                            AnswerError::Internal(m) => (ErrorCode::Internal, m),
+                            AnswerError::Internal(m) => {
+                                // The viewer only learns that it failed; the log says why.
+                                warn!(cid = %key.cid, "answering `internal`: {m}");
+                                (ErrorCode::Internal, m)
+                            }
                         };
                         PeerEvent::Failed { code, message }
                     }
@@ -155,16 +251,37 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                         candidate: init.candidate,
                         sdp_mid: init.sdp_mid,
                         sdp_mline_index: init.sdp_mline_index,
+                        username_fragment: None,
                     })),
                     SessionEvent::Connected => PeerEvent::Connected,
+                    SessionEvent::Unreachable(message) => {
+                        exec.sessions.remove(&key);
+                        PeerEvent::Failed { code: ErrorCode::Unreachable, message }
+                    }
                     SessionEvent::Closed(_) => {
                         exec.sessions.remove(&key);
+                        // A WHEP request still waiting for this session's answer gets 503.
+                        exec.whep_replies.remove(&key.cid);
                         PeerEvent::Closed
                     }
                 };
                 let actions = core.on_peer_event(Instant::now(), &key, event);
                 exec.run(actions).await;
+                exec.end_abandoned(&mut core).await;
             },
+            Some(request) = async {
+                match whep_requests.as_mut() {
+                    Some(requests) => requests.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                exec.on_whep_request(&mut core, request).await;
+            }
+            Ok(()) = whip_status.changed() => {
+                let report = whip_status.borrow_and_update().clone();
+                let action = core.set_whip(report);
+                exec.run(vec![action]).await;
+            }
             Ok(()) = video_state.changed() => {
                 let state = match &*video_state.borrow_and_update() {
                     VideoState::Idle => MediaState::Idle,
@@ -173,6 +290,14 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 };
                 let actions = core.set_video_state(state);
                 exec.run(actions).await;
+            }
+            Ok(()) = stream.changed() => {
+                let info = stream.borrow_and_update().clone();
+                if let Some(encoder) = info.encoder {
+                    let period = info.idr_period.map(|p| p.as_millis() as u64);
+                    let actions = core.set_video_stream(encoder, period);
+                    exec.run(actions).await;
+                }
             }
             Some(running) = async {
                 match audio_running.as_mut() {
@@ -187,6 +312,18 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             _ = tick.tick() => {
                 let actions = core.on_tick(Instant::now());
                 exec.run(actions).await;
+                exec.end_abandoned(&mut core).await;
+                // A session whose task died (a panic) never says so: count it out here.
+                for (key, handle) in session::take_unreported(&mut exec.sessions) {
+                    let fault = handle.fault().await;
+                    warn!(cid = %key.cid, "session task {fault}; counting the viewer out");
+                    let actions = core.on_peer_event(Instant::now(), &key, PeerEvent::Closed);
+                    exec.run(actions).await;
+                }
+                let now = std::time::SystemTime::now();
+                if let Err(err) = exec.factory.certificates().renew_if_due(now) {
+                    warn!("renewing the DTLS certificate: {err}");
+                }
                 notifier.tick(Instant::now(), hub.heartbeat_age());
             }
             _ = tokio::signal::ctrl_c() => break,
@@ -195,11 +332,19 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     }
     info!("stopping");
     notifier.stopping();
+    // The SFU's resource is deleted while the viewers' sessions close.
+    let unpublished = tokio::spawn(async move {
+        if let Some(publisher) = publisher {
+            publisher.stop().await;
+        }
+    });
     for handle in exec.sessions.values() {
         handle.close();
     }
     // Let the sessions close their peer connections (ICE and DTLS shut down), but
     // never for long: SIGTERM must end the process within 2 s.
+    // A session whose task already died will not report its close: do not wait for it.
+    drop(session::take_unreported(&mut exec.sessions));
     let closing = exec.sessions.len();
     let deadline = tokio::time::Instant::now() + SHUTDOWN_SESSION_WAIT;
     while !exec.sessions.is_empty() {
@@ -218,6 +363,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
             "sessions closed"
         );
     }
+    let _ = unpublished.await;
     hub.shutdown();
     if let Some(audio) = &audio {
         audio.shutdown();
@@ -234,18 +380,76 @@ fn peer_settings(cfg: &DaemonConfig) -> PeerSettings {
             ..Default::default()
         });
     }
+    // With a TURN REST secret the credentials are made for each new peer connection
+    // (PeerSettings::turn_rest); without one they are the configured long-term ones.
     if !cfg.turn.is_empty() {
         ice_servers.push(RTCIceServer {
             urls: cfg.turn.clone(),
             username: cfg.turn_username.clone().unwrap_or_default(),
-            credential: cfg.turn_password.clone().unwrap_or_default(),
+            credential: cfg.turn_password.as_deref().unwrap_or_default().to_owned(),
         });
     }
     PeerSettings {
         bind: cfg.rtc_bind.clone(),
         mdns: cfg.mdns,
         ice_servers,
+        remote: RemotePolicy {
+            allow_loopback: cfg.rtc_allow_loopback,
+        },
+        connect_timeout: cfg.peer_timeout,
+        check_interval: Some(crate::peer::ICE_CHECK_INTERVAL),
+        turn_rest: cfg
+            .turn_secret
+            .as_deref()
+            .and_then(TurnSecret::new)
+            .map(|secret| crate::peer::TurnRest {
+                secret,
+                name: crate::turn_rest::user_name(&cfg.id),
+                lifetime: Duration::from_secs(cfg.turn_credential_lifetime.into()),
+            }),
+        regather_on_ice_restart: false,
+        rate: bitrate_range(cfg),
     }
+}
+
+fn bitrate_range(cfg: &DaemonConfig) -> BitrateRange {
+    BitrateRange {
+        start_bps: u64::from(cfg.bitrate_kbps) * 1000,
+        min_bps: u64::from(cfg.min_bitrate_kbps) * 1000,
+        max_bps: u64::from(cfg.max_bitrate_kbps) * 1000,
+    }
+}
+
+/// Re-evaluate the shared encoder's target from the viewers' estimates, and hand it on.
+async fn follow_rate(rate: RateControl, hub: Hub) {
+    let mut tick = tokio::time::interval(bitrate::UPDATE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Some(bps) = rate.update(Instant::now()) {
+            hub.set_target_bitrate(bps);
+        }
+    }
+}
+
+/// Aborts a background task when the daemon returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// What viewers that ask for ICE servers get: the device's STUN servers, and the viewers' TURN
+/// servers with credentials made from the secret (none without one).
+fn ice_server_grant(cfg: &DaemonConfig) -> IceServerGrant {
+    IceServerGrant::new(
+        cfg.stun.clone(),
+        cfg.viewer_turn.clone(),
+        cfg.turn_secret.as_deref().and_then(TurnSecret::new),
+        Duration::from_secs(cfg.turn_credential_lifetime.into()),
+    )
 }
 
 /// Carries out the state machine's actions.
@@ -254,8 +458,14 @@ struct Executor {
     factory: PeerFactory,
     hub: Hub,
     audio: Option<AudioHub>,
+    rate: RateControl,
     session_tx: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
     sessions: HashMap<SessionKey, SessionHandle>,
+    /// WHEP requests waiting for their session's answer, by session name.
+    whep_replies: HashMap<String, oneshot::Sender<Result<String, WhepError>>>,
+    /// WHEP resources whose viewer left before the answer reached it.
+    abandoned: Vec<String>,
+    grant: IceServerGrant,
 }
 
 impl Executor {
@@ -279,11 +489,21 @@ impl Executor {
                         self.factory.clone(),
                         self.hub.clone(),
                         self.audio.clone(),
+                        self.rate.clone(),
                         key.clone(),
                         offer_sdp,
                         self.session_tx.clone(),
                     );
                     self.sessions.insert(key, handle);
+                }
+                Action::Renegotiate { key, offer_sdp } => {
+                    if let Some(handle) = self.sessions.get(&key) {
+                        handle.renegotiate(offer_sdp);
+                    }
+                }
+                Action::GrantIceServers { cid, topic } => {
+                    let reply = self.grant.grant(&cid, SystemTime::now());
+                    self.mqtt.publish(topic, reply.to_json(), false).await;
                 }
                 Action::Candidate { key, candidate } => {
                     if let Some(handle) = self.sessions.get(&key) {
@@ -299,7 +519,75 @@ impl Executor {
                     if let Some(handle) = self.sessions.remove(&key) {
                         handle.close();
                     }
+                    self.whep_replies.remove(&key.cid);
                 }
+                Action::WhepAnswer { key, sdp } => {
+                    let delivered = self
+                        .whep_replies
+                        .remove(&key.cid)
+                        .is_some_and(|reply| reply.send(Ok(sdp)).is_ok());
+                    if !delivered && let Some(id) = key.whep_id() {
+                        self.abandoned.push(id.to_string());
+                    }
+                }
+                Action::WhepFailed { key, code, message } => {
+                    if let Some(reply) = self.whep_replies.remove(&key.cid) {
+                        let _ = reply.send(Err(WhepError::AnswerFailed { code, message }));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A request from the WHEP endpoint: the signaling core decides, the reply goes back (an
+    /// offer's answer later, as [`Action::WhepAnswer`]).
+    async fn on_whep_request(&mut self, core: &mut Signaling, request: whep_http::Request) {
+        let now = Instant::now();
+        match request {
+            whep_http::Request::Offer { id, sdp, reply } => match core.whep_offer(now, &id, sdp) {
+                Ok(actions) => {
+                    self.whep_replies
+                        .insert(crate::signaling::whep::session_name(&id), reply);
+                    self.run(actions).await;
+                }
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
+            whep_http::Request::Patch {
+                id,
+                if_match,
+                frag,
+                reply,
+            } => {
+                let result = core.whep_patch(now, &id, if_match.as_deref(), frag);
+                let _ = reply.send(match result {
+                    Ok(actions) => {
+                        self.run(actions).await;
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
+                });
+            }
+            whep_http::Request::Delete { id, reply } => {
+                let _ = reply.send(match core.whep_delete(&id) {
+                    Ok(actions) => {
+                        self.run(actions).await;
+                        Ok(())
+                    }
+                    Err(error) => Err(error),
+                });
+            }
+        }
+    }
+
+    /// End the WHEP sessions whose viewer went away before its answer arrived (its request
+    /// timed out or its connection closed): they would hold a connecting place for nothing.
+    async fn end_abandoned(&mut self, core: &mut Signaling) {
+        for id in std::mem::take(&mut self.abandoned) {
+            if let Ok(actions) = core.whep_delete(&id) {
+                tracing::debug!(id, "WHEP viewer left before its answer: session ended");
+                self.run(actions).await;
             }
         }
     }

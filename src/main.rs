@@ -4,40 +4,43 @@
 use std::process::ExitCode;
 
 use spyglass::config::{self, Command};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let command = config::load(std::env::args_os()).unwrap_or_else(|e| e.exit());
     let log = match &command {
-        Command::Daemon(cfg) => cfg.log.clone(),
+        Command::Daemon(cfg) | Command::HomeAssistantRemove(cfg) => cfg.log.clone(),
         _ => None,
     };
-    let filter = log
-        .map(EnvFilter::new)
-        .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let log = log.or_else(|| std::env::var("RUST_LOG").ok());
+    spyglass::logging::init(log.as_deref());
 
     match command {
         Command::Devices => {
             print!("{}", spyglass::video::v4l2::list_devices());
+            print!("{}", spyglass::video::encode::v4l2::list_encoders());
             print!("{}", spyglass::audio::list_devices());
             ExitCode::SUCCESS
         }
-        Command::Daemon(cfg) => match runtime().block_on(spyglass::daemon::run(cfg)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(err) => {
-                eprintln!("spyglass: {err:#}");
-                ExitCode::FAILURE
+        Command::Daemon(cfg) => {
+            match runtime().and_then(|rt| rt.block_on(spyglass::daemon::run(cfg))) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("spyglass: {err:#}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
         Command::View(cfg) => {
             let wanted = u64::from(cfg.frames);
             let json = cfg.json;
-            match runtime().block_on(spyglass::view::run(
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(err) => {
+                    eprintln!("spyglass view: {err:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(spyglass::view::run(
                 spyglass::view::ViewOptions::from_config(&cfg),
             )) {
                 Ok(report) => {
@@ -54,6 +57,18 @@ fn main() -> ExitCode {
                 }
                 Err(err) => {
                     eprintln!("spyglass view: {err}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::HomeAssistantRemove(cfg) => {
+            match runtime().and_then(|rt| rt.block_on(spyglass::homeassistant::remove(cfg))) {
+                Ok(removed) => {
+                    println!("{removed}");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => {
+                    eprintln!("spyglass homeassistant: {err:#}");
                     ExitCode::FAILURE
                 }
             }
@@ -79,10 +94,11 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
     tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(spyglass::daemon::MAX_BLOCKING_THREADS)
         .enable_all()
         .build()
-        .expect("starting the async runtime")
+        .context("starting the async runtime")
 }

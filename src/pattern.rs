@@ -583,6 +583,7 @@ mod tests {
             width,
             height,
             fps: 30,
+            ..Default::default()
         };
         let background = TestPattern::new(&spec);
         let config = EncoderConfig::new()

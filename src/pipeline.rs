@@ -30,6 +30,9 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// How long the supervisor waits on an empty queue before it looks up (to beat, to notice that
 /// the viewers left or that the source stalled).
 const POLL_EVERY: Duration = Duration::from_millis(100);
+/// How long the supervisor beats while it waits for the capture thread to end a run (beyond it,
+/// a capture that does not return stops the beats, as a hang should).
+const JOIN_BEATING: Duration = Duration::from_secs(15);
 
 /// What a pipeline is doing, for the status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +106,9 @@ pub struct Run<M: Media> {
     pub capture: Capture<M>,
     /// Runs on the supervisor thread.
     pub encoder: M::Encoder,
+    /// How much longer than [`Policy::stall_after`] the first item may take (a source that
+    /// starts a process, which first starts a camera).
+    pub startup: Duration,
 }
 
 /// Why a run ended before the viewers left.
@@ -362,6 +368,7 @@ fn run<M: Media>(shared: &Shared<M>) -> Result<(), (RunError<M::Error>, bool)> {
         description,
         mut capture,
         mut encoder,
+        startup,
     } = shared
         .media
         .start()
@@ -395,13 +402,27 @@ fn run<M: Media>(shared: &Shared<M>) -> Result<(), (RunError<M::Error>, bool)> {
             error,
         }),
         Ok(handle) => {
-            let result = pump(shared, &queue, &description, &mut encoder, &mut delivered);
+            let result = pump(
+                shared,
+                &queue,
+                &description,
+                &mut encoder,
+                &mut delivered,
+                startup,
+            );
             stop.store(true, Ordering::Relaxed);
             if matches!(result, Err(RunError::Stalled { .. })) {
                 // The capture thread is stuck in the source; it ends (and closes the source)
                 // when the read returns. Waiting for it here would stall the retry.
                 drop(handle);
             } else {
+                // The source's read in progress returns within its own timeout (a camera's
+                // stall limit, a process's start-up); beat meanwhile, up to a bound.
+                let until = Instant::now() + JOIN_BEATING;
+                while !handle.is_finished() && Instant::now() < until {
+                    shared.beat();
+                    thread::sleep(Duration::from_millis(5));
+                }
                 let _ = handle.join();
             }
             result
@@ -426,23 +447,27 @@ fn pump<M: Media>(
     description: &str,
     encoder: &mut M::Encoder,
     delivered: &mut bool,
+    startup: Duration,
 ) -> Result<(), RunError<M::Error>> {
     let policy = M::POLICY;
     let mut last_item = Instant::now();
+    // The first item may take `startup` longer.
+    let mut stall_after = policy.stall_after + startup;
     while shared.wanted() {
         shared.beat();
         let Some(item) = queue.take(POLL_EVERY) else {
-            if last_item.elapsed() >= policy.stall_after {
+            if last_item.elapsed() >= stall_after {
                 return Err(RunError::Stalled {
                     description: description.to_string(),
                     item: policy.item,
-                    secs: policy.stall_after.as_secs(),
+                    secs: stall_after.as_secs(),
                 });
             }
             continue;
         };
         let raw = item.map_err(RunError::Media)?;
         last_item = Instant::now();
+        stall_after = policy.stall_after;
         if !*delivered {
             *delivered = true;
             shared.state.send_replace(State::Live);

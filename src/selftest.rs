@@ -30,9 +30,9 @@ use crate::audio::{self, AudioSetting, CHUNK_FRAMES, SAMPLE_RATE};
 use crate::config::SelftestConfig;
 use crate::pattern;
 use crate::video::encode;
-use crate::video::h264::{nal_types, profile_level};
+use crate::video::h264::{Profile, nal_types, profile_level};
 use crate::video::v4l2::{self, V4l2Source};
-use crate::video::{self, VideoSource};
+use crate::video::{self, Frame, VideoSource};
 use crate::view::assemble::Assembler;
 
 /// RTP packet size limit, as WebRTC's sample writer uses.
@@ -117,6 +117,8 @@ pub struct VideoReport {
     pub stamped: bool,
     /// H.264 profile and level from the SPS, e.g. `constrained baseline, level 3.1`.
     pub h264: String,
+    /// The encoder: `openh264`, `v4l2`, or `passthrough` for a source that delivers H.264.
+    pub encoder: String,
     pub bitrate_kbps: u32,
     pub captured: u64,
     pub encoded: u64,
@@ -184,8 +186,8 @@ impl fmt::Display for Report {
         writeln!(f, "video source:     {}", v.source)?;
         writeln!(
             f,
-            "encoder:          H.264 {}, {}x{}@{}, {} kbit/s",
-            v.h264, v.width, v.height, v.fps, v.bitrate_kbps
+            "encoder:          {}: H.264 {}, {}x{}@{}, {} kbit/s",
+            v.encoder, v.h264, v.width, v.height, v.fps, v.bitrate_kbps
         )?;
         writeln!(
             f,
@@ -310,7 +312,10 @@ pub fn run(config: &SelftestConfig) -> Result<Report, SelftestError> {
     std::thread::scope(|scope| {
         let audio =
             (config.audio != AudioSetting::None).then(|| scope.spawn(|| audio_stage(config)));
-        video_stage(config, &mut report)?;
+        match config.m2m_codec {
+            Some(codec) => m2m_stage(config, codec, &mut report)?,
+            None => video_stage(config, &mut report)?,
+        }
         if let Some(audio) = audio {
             let (a, failures) = audio
                 .join()
@@ -354,7 +359,8 @@ fn video_stage(config: &SelftestConfig, report: &mut Report) -> Result<(), Selft
     v.fps = format.fps;
     v.bitrate_kbps = config.bitrate_kbps;
 
-    let mut encoder = encode::open(&format, config.bitrate_kbps)?;
+    let mut encoder = encode::open(&*source, &config.video.encoder, config.bitrate_kbps)?;
+    v.encoder = encoder.name().to_string();
     let mut packetizer = new_packetizer(
         Instant::now(),
         MTU,
@@ -373,12 +379,12 @@ fn video_stage(config: &SelftestConfig, report: &mut Report) -> Result<(), Selft
     let mut previous_stamp: Option<u32> = None;
     for _ in 0..frames {
         let t = Instant::now();
-        let frame = source.next_frame()?;
+        let captured = source.next_captured()?;
         v.timings.capture.add(t.elapsed());
         v.captured += 1;
 
         let t = Instant::now();
-        let encoded = encoder.encode(&frame, false)?;
+        let encoded = encoder.take(&captured, false)?;
         v.timings.encode.add(t.elapsed());
         let Some(encoded) = encoded else { continue };
         v.encoded += 1;
@@ -448,6 +454,151 @@ fn video_stage(config: &SelftestConfig, report: &mut Report) -> Result<(), Selft
     }
     let lost = assembler.lost_packets;
     check_video(v, frames, lost, is_pattern, &mut report.failures);
+    Ok(())
+}
+
+/// A memory-to-memory encoder of another codec than H.264 (`--m2m-codec FWHT`: the kernel's
+/// vicodec, in the emulated board): the pictures go through the same queue handling as the
+/// hardware H.264 encoder's, and the checks ask that every picture came out as one coded frame
+/// of the right size, in order, with keyframes at the GOP period set through a control; for FWHT
+/// that each frame's header names the picture. No decoder: the bitstream is not H.264.
+fn m2m_stage(
+    config: &SelftestConfig,
+    codec: [u8; 4],
+    report: &mut Report,
+) -> Result<(), SelftestError> {
+    use crate::video::encode::EncoderChoice;
+    use crate::video::m2m::{self, M2mConfig, M2mDevice};
+    const GOP: u32 = 10;
+    let failed = |message: String| {
+        SelftestError::Video(video::VideoError::Failed {
+            device: "m2m".into(),
+            message,
+        })
+    };
+    let mut source = open_video(config)?;
+    let format = source.format().clone();
+    let raw = m2m::fourcc(b"YU12");
+    let coded = m2m::fourcc(&codec);
+    let path = match &config.video.encoder {
+        EncoderChoice::V4l2(Some(path)) => path.clone(),
+        _ => m2m::find(raw, coded)
+            .into_iter()
+            .next()
+            .map(|(path, _, _)| path)
+            .ok_or_else(|| {
+                failed(format!(
+                    "no memory-to-memory device makes {}",
+                    String::from_utf8_lossy(&codec)
+                ))
+            })?,
+    };
+    let device = M2mDevice::open(&path).map_err(|e| failed(e.to_string()))?;
+    let v = &mut report.video;
+    v.source = format.description.clone();
+    (v.width, v.height, v.fps) = (format.width, format.height, format.fps);
+    v.encoder = format!("{path} ({}, driver {})", device.card, device.driver);
+    v.h264 = format!(
+        "{} (not H.264: no decoding)",
+        String::from_utf8_lossy(&codec)
+    );
+    let m2m_config = M2mConfig {
+        width: format.width,
+        height: format.height,
+        fps: format.fps,
+        raw,
+        coded,
+        coded_size: Frame::i420_len(format.width, format.height) as u32,
+    };
+    let controls = [(v4l::v4l_sys::V4L2_CID_MPEG_VIDEO_GOP_SIZE, GOP as i32)];
+    let (mut session, refused) = device
+        .start(&m2m_config, &controls)
+        .map_err(|e| failed(e.to_string()))?;
+    for (id, error) in refused {
+        report
+            .failures
+            .push(format!("control {id:#x} refused: {error}"));
+    }
+    let frames = u64::from(config.seconds) * u64::from(config.video.fps);
+    let mut previous: Option<Vec<u8>> = None;
+    let mut keyframes_at = Vec::new();
+    let mut bad_header: Option<Vec<u32>> = None;
+    for index in 0..frames {
+        let t = Instant::now();
+        let frame = source.next_frame()?;
+        v.timings.capture.add(t.elapsed());
+        v.captured += 1;
+        let t = Instant::now();
+        let out = session
+            .process(&frame.data, Duration::from_secs(2))
+            .map_err(|e| failed(e.to_string()))?;
+        v.timings.encode.add(t.elapsed());
+        for c in out {
+            v.encoded += 1;
+            v.encoded_bytes += c.data.len() as u64;
+            let mut keyframe = c.keyframe;
+            if &codec == b"FWHT" {
+                // 'OOOO', 0xffffffff, then big-endian version, width, height, flags, four
+                // colour fields, payload size.
+                let word = |i: usize| {
+                    c.data
+                        .get(4 * i..4 * i + 4)
+                        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+                };
+                let header_ok = word(0) == Some(0x4f4f_4f4f)
+                    && word(1) == Some(0xffff_ffff)
+                    && word(3) == Some(format.width)
+                    && word(4) == Some(format.height)
+                    && word(10).is_some_and(|size| size as usize + 44 == c.data.len());
+                if !header_ok {
+                    v.wrong_size += 1;
+                    bad_header.get_or_insert_with(|| {
+                        let mut words: Vec<u32> = (0..11).filter_map(word).collect();
+                        words.push(c.data.len() as u32);
+                        words
+                    });
+                }
+                // vicodec marks an I-frame in its header (V4L2_FWHT_FL_I_FRAME), not in the
+                // buffer's flags.
+                keyframe |= word(5).is_some_and(|flags| flags & (1 << 10) != 0);
+            }
+            if keyframe {
+                v.keyframes += 1;
+                keyframes_at.push(index);
+            }
+            if previous.as_ref().is_some_and(|p| *p != c.data) {
+                v.changed += 1;
+            }
+            previous = Some(c.data);
+        }
+    }
+    drop(session);
+    if v.encoded != frames {
+        report.failures.push(format!(
+            "{} coded frames came out for {frames} pictures",
+            v.encoded
+        ));
+    }
+    // Keyframes at least at every GOP start (an encoder may make more: a picture that changed
+    // too much), and not every picture one.
+    let expected: Vec<u64> = (0..frames).step_by(GOP as usize).collect();
+    if !expected.iter().all(|k| keyframes_at.contains(k)) || keyframes_at.len() as u64 >= frames {
+        report.failures.push(format!(
+            "keyframes at pictures {keyframes_at:?}, wanted at least {expected:?} (GOP {GOP}) and fewer than every picture"
+        ));
+    }
+    if v.wrong_size > 0 {
+        report.failures.push(format!(
+            "{} frames with a wrong FWHT header, the first: {bad_header:?} (words, then its length)",
+            v.wrong_size
+        ));
+    }
+    if v.changed + 1 < v.encoded {
+        report.failures.push(format!(
+            "only {} of {} coded frames differ from the one before",
+            v.changed, v.encoded
+        ));
+    }
     Ok(())
 }
 
@@ -693,12 +844,9 @@ fn describe_sps(annexb: &[u8]) -> String {
     let Some([profile, constraints, level]) = profile_level(annexb) else {
         return format!("keyframe without SPS (NAL types {:?})", nal_types(annexb));
     };
-    let name = match (profile, constraints & 0x40 != 0) {
-        (66, true) => "constrained baseline".to_string(),
-        (66, false) => "baseline".to_string(),
-        (77, _) => "main".to_string(),
-        (100, _) => "high".to_string(),
-        (p, _) => format!("profile {p}"),
+    let name = match Profile::of(profile, constraints) {
+        Some(known) => known.to_string(),
+        None => format!("profile {profile}"),
     };
     format!(
         "{name} (profile-level-id {profile:02x}{constraints:02x}{level:02x}), level {}.{}",
@@ -719,6 +867,7 @@ mod tests {
                 width,
                 height,
                 fps: 30,
+                ..Default::default()
             },
             pixel_format: None,
             audio: AudioSetting::None,
@@ -726,6 +875,7 @@ mod tests {
             seconds: 1,
             bitrate_kbps: 500,
             json: false,
+            m2m_codec: None,
         }
     }
 

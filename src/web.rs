@@ -1,8 +1,9 @@
 //! The viewer page's HTTP server: serves the built page (`web/dist`, or wherever `--web-root`
-//! points) and `/config.json`, which tells the page which device this is and which broker to use.
+//! points) and `/config.json`, which tells the page which device this is and which broker to use,
+//! and, when it has a token, the WHEP endpoint ([`crate::whep`]) under `/whep`.
 //!
 //! It serves files from its root and nothing else: paths with `..` (plain or percent-encoded)
-//! and paths that name no file get 404. Only GET and HEAD are answered.
+//! and paths that name no file get 404. Only GET and HEAD are answered, but under `/whep`.
 //!
 //! Connections are bounded (docs/SECURITY.md): at most `max_connections` are open, and a new one
 //! beyond closes the oldest idle one (no request in progress; if none is idle, the oldest); a
@@ -49,6 +50,11 @@ pub struct WebSettings {
     pub broker: Option<String>,
     /// Open connections at most.
     pub max_connections: usize,
+    /// The WHEP endpoint, when it is on.
+    pub whep: Option<crate::whep::Endpoint>,
+    /// STUN servers for the page's peer connections (never TURN: its credentials go to viewers
+    /// that ask over MQTT, where the broker's ACL keeps them private).
+    pub stun: Vec<String>,
 }
 
 /// The body of `/config.json`.
@@ -61,6 +67,8 @@ pub struct PageConfig {
     pub broker: Option<String>,
     pub broker_ws_port: u16,
     pub version: String,
+    /// Static ICE servers for the page (STUN; `RTCIceServer` objects).
+    pub ice_servers: Vec<crate::signaling::protocol::IceServer>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -230,19 +238,32 @@ pub fn router(settings: &WebSettings) -> Router {
         id: settings.id.clone(),
         broker: settings.broker.clone(),
         broker_ws_port: DEFAULT_BROKER_WS_PORT,
-        version: crate::daemon::VERSION.to_string(),
+        version: crate::VERSION.to_string(),
+        ice_servers: if settings.stun.is_empty() {
+            vec![]
+        } else {
+            vec![crate::signaling::protocol::IceServer {
+                urls: settings.stun.clone(),
+                username: None,
+                credential: None,
+            }]
+        },
     };
     let files = ServeDir::new(&settings.root)
         .append_index_html_on_directories(true)
         .not_found_service(not_found.into_service());
-    Router::new()
-        .route(
-            "/config.json",
-            get(move || {
-                let config = config.clone();
-                async move { Json(config) }
-            }),
-        )
+    let router = Router::new().route(
+        "/config.json",
+        get(move || {
+            let config = config.clone();
+            async move { Json(config) }
+        }),
+    );
+    let router = match &settings.whep {
+        Some(endpoint) => router.merge(crate::whep::routes(endpoint.clone())),
+        None => router,
+    };
+    router
         .fallback_service(files)
         .layer(axum::middleware::map_response(common_headers))
 }

@@ -36,6 +36,7 @@ fn help_documents_every_option_and_version_prints_the_version() {
         "--turn-username",
         "--turn-password-file",
         "--rtc-bind",
+        "--rtc-allow-loopback",
         "--mdns",
     ] {
         assert!(help.contains(option), "--help lacks {option}:\n{help}");

@@ -14,16 +14,51 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 say() { echo "hil: $*"; }
+failed_stages=0
+# stage NAME COMMAND...: run it, keep its output in $work/NAME.txt, print PASS or FAIL.
+stage() {
+  local name=$1; shift
+  if "$@" > "$work/$name.txt" 2>&1; then say "$name: PASS"
+  else say "$name: FAIL"; tail -15 "$work/$name.txt"; failed_stages=$((failed_stages + 1)); fi
+}
+
+# 0. Raspberry Pi stages (issue 16): the hardware H.264 encoder (V4L2 memory-to-memory), and a
+# CSI camera through rpicam-vid, raw into spyglass's encoder and through the Pi's encoder as
+# passthrough. Each prints PASS, FAIL or SKIP.
+if "$bin" devices 2>/dev/null | grep -q '^V4L2 H.264 encoders'; then
+  stage m2m-encoder "$bin" selftest --video test --encoder v4l2 --size "$size" --fps "$fps" --seconds 3
+else
+  say "m2m-encoder: SKIP (no V4L2 H.264 encoder: not a Pi 3/4/Zero 2 W)"
+fi
+csi=0
+if command -v rpicam-vid >/dev/null && rpicam-hello --list-cameras 2>/dev/null | grep -q '^[0-9] :'; then
+  csi=1
+  w=${size%x*} h=${size#*x}
+  raw="exec:rpicam-vid -t 0 -n --codec yuv420 --width $w --height $h --framerate $fps -o -"
+  enc="exec:rpicam-vid -t 0 -n --codec h264 --inline --intra $fps --profile main --flush --width $w --height $h --framerate $fps -o -"
+  stage csi-raw "$bin" selftest --video "$raw" --size "$size" --fps "$fps" --seconds 3
+  stage csi-passthrough "$bin" selftest --video "$enc" --exec-format h264 --size "$size" --fps "$fps" --seconds 3
+else
+  say "csi-raw: SKIP (no rpicam-vid or no camera module)"
+  say "csi-passthrough: SKIP (no rpicam-vid or no camera module)"
+fi
 
 # 1. The camera: HIL_VIDEO, else the first /dev/video* that passes the self-test.
 candidates=(${HIL_VIDEO:-$(ls /dev/video* 2>/dev/null || true)})
+if [ -z "${HIL_VIDEO:-}" ] && [ $csi = 1 ]; then
+  # The CSI camera, passed through, is what the stream stages below watch.
+  candidates=("$enc")
+fi
 if [ ${#candidates[@]} -eq 0 ]; then
   say "skipped: no camera (no /dev/video* device; plug in a USB webcam, or set HIL_VIDEO)"
+  [ $failed_stages -gt 0 ] && exit 1
   [ "${HIL_REQUIRE_CAMERA:-0}" = 1 ] && exit 1 || exit 0
 fi
 video=""
+exec_format=i420
+case "${candidates[0]}" in *"--codec h264"*) exec_format=h264 ;; esac
 for dev in "${candidates[@]}"; do
-  if "$bin" selftest --video "$dev" --size "$size" --fps "$fps" --seconds 3 > "$work/selftest.txt" 2>"$work/selftest.err"; then
+  if "$bin" selftest --video "$dev" --exec-format "$exec_format" --size "$size" --fps "$fps" --seconds 3 > "$work/selftest.txt" 2>"$work/selftest.err"; then
     video=$dev; break
   fi
   say "$dev: $(tail -1 "$work/selftest.err") $(grep -h FAILED "$work/selftest.txt" || true)"
@@ -49,8 +84,9 @@ sleep 0.5
 
 # 3. spyglass on the camera; media stays on loopback.
 id=hil-$$
-"$bin" --id "$id" --mqtt "mqtt://127.0.0.1:$port" --video "$video" --size "$size" --fps "$fps" \
-  --rtc-bind 127.0.0.1 --mdns off > "$work/spyglass.log" 2>&1 &
+"$bin" --id "$id" --mqtt "mqtt://127.0.0.1:$port" --video "$video" --exec-format "$exec_format" \
+  --size "$size" --fps "$fps" --rtc-bind 127.0.0.1 --rtc-allow-loopback on --mdns off \
+  > "$work/spyglass.log" 2>&1 &
 daemon=$!
 pids+=($daemon)
 sleep 1
@@ -84,8 +120,10 @@ if command -v chromium >/dev/null; then
   echo "chromium:       installed, not driven yet (the browser check comes with the viewer page)"
 fi
 if [ $view_rc -ne 0 ]; then
-  say "FAIL: spyglass view exited with $view_rc: $(cat "$work/view.err" | tail -3)"
+  say "stream: FAIL: spyglass view exited with $view_rc: $(cat "$work/view.err" | tail -3)"
   tail -20 "$work/spyglass.log"
   exit 1
 fi
+say "stream: PASS"
+[ $failed_stages -gt 0 ] && { say "FAIL: $failed_stages stage(s) failed"; exit 1; }
 say "pass"

@@ -71,6 +71,8 @@ async fn idle_connections_are_capped_and_closed_and_viewers_and_the_page_still_w
         .args([
             "--rtc-bind",
             "127.0.0.1",
+            "--rtc-allow-loopback",
+            "on",
             "--mdns",
             "off",
             "--audio",
@@ -219,6 +221,7 @@ fn view_options_for(broker: &Broker) -> spyglass::view::ViewOptions {
         timeout: Duration::from_secs(30),
         bind: vec!["127.0.0.1".parse().unwrap()],
         mdns: false,
+        own_servers: Default::default(),
         stop: None,
         data_channel: None,
     }

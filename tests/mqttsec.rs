@@ -13,8 +13,8 @@ use std::time::Duration;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubAckReason, SubscribeReasonCode};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, MqttOptions};
-use spyglass::config::{BrokerScheme, MqttTls};
 use spyglass::mqtt::MqttTransport;
+use spyglass::mqtt::{BrokerScheme, MqttTls};
 use spyglass::view::{ViewOptions, ViewReport};
 use support::*;
 use tokio::sync::mpsc;
@@ -569,6 +569,10 @@ async fn the_acl_keeps_viewers_out_of_each_others_sessions_and_strangers_out() {
     let device_user = format!("cam-{n}");
     let broker = broker_with_acl(&uid, &device_user);
     let pw_file = broker.dir().join("device-password");
+    // With a TURN REST secret, so that viewers who ask get TURN credentials of their own, which
+    // the ACL must keep from the others.
+    let secret_file = broker.dir().join("turn-secret");
+    std::fs::write(&secret_file, format!("turn-secret-{n}\n")).unwrap();
     let daemon = Daemon::start(
         &broker,
         &[
@@ -578,6 +582,10 @@ async fn the_acl_keeps_viewers_out_of_each_others_sessions_and_strangers_out() {
             &device_user,
             "--mqtt-password-file",
             s(&pw_file),
+            "--turn-secret-file",
+            s(&secret_file),
+            "--viewer-turn",
+            "turn:127.0.0.1:9?transport=tcp",
         ],
     );
 
@@ -647,7 +655,12 @@ async fn the_acl_keeps_viewers_out_of_each_others_sessions_and_strangers_out() {
     let candidate = format!(
         r#"{{"candidate":"candidate:1 1 udp 1 127.0.0.1 9 typ host","sdpMid":"0","usernameFragment":"{marker}"}}"#
     );
-    for (kind, payload) in [("offer", &offer), ("ice", &candidate), ("offer", &offer)] {
+    for (kind, payload) in [
+        ("offer", &offer),
+        ("ice", &candidate),
+        ("ice-servers", &"{}".to_string()),
+        ("offer", &offer),
+    ] {
         let reason = other
             .publish(&format!("{uid}/{kind}/{victim}"), payload)
             .await;
@@ -708,6 +721,28 @@ async fn the_acl_keeps_viewers_out_of_each_others_sessions_and_strangers_out() {
             break;
         }
     }
+    // The same for ICE servers: the owner asks on its own topic and gets TURN credentials made
+    // for it; nobody else reads them.
+    let servers_topic = format!("{uid}/ice-servers/{idle}");
+    assert_eq!(
+        owner.publish(&servers_topic, "{}").await,
+        PubAckReason::Success
+    );
+    let granted = loop {
+        if let Packet::Publish(p) = owner.next().await
+            && p.topic == servers_topic.as_bytes()
+        {
+            break String::from_utf8_lossy(&p.payload).into_owned();
+        }
+    };
+    assert!(
+        granted.contains(&format!(":{idle}\"")) && granted.contains("credential"),
+        "{granted}"
+    );
+    assert!(
+        !granted.contains("turn-secret-"),
+        "the secret itself went out: {granted}"
+    );
     // A round trip behind it: anything the broker delivered to the intruder came before this ack.
     let reason = other
         .publish(&format!("{uid}/ice/{intruder}"), &candidate)
@@ -995,6 +1030,8 @@ async fn the_security_md_device_example_runs_as_a_transient_user_with_its_creden
                 "320x240",
                 "--rtc-bind",
                 "127.0.0.1",
+                "--rtc-allow-loopback",
+                "on",
             ])
             .args(["--mdns", "off", "--http", "off", "--audio", "none"])
             .env("RUST_LOG", "spyglass=debug,info")
@@ -1095,6 +1132,7 @@ fn view_options_without_daemon(broker: &Broker) -> ViewOptions {
         timeout: Duration::from_secs(30),
         bind: vec!["127.0.0.1".parse().unwrap()],
         mdns: false,
+        own_servers: Default::default(),
         stop: None,
         data_channel: None,
     }

@@ -323,6 +323,8 @@ async fn the_daemon_streams_under_memory_deny_write_execute() {
         .args([
             "--rtc-bind",
             "127.0.0.1",
+            "--rtc-allow-loopback",
+            "on",
             "--mdns",
             "off",
             "--http",
@@ -365,6 +367,7 @@ async fn the_daemon_streams_under_memory_deny_write_execute() {
         timeout: Duration::from_secs(30),
         bind: vec!["127.0.0.1".parse().unwrap()],
         mdns: false,
+        own_servers: Default::default(),
         stop: None,
         data_channel: None,
         transport: Default::default(),

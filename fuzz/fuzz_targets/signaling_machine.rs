@@ -82,10 +82,11 @@ fuzz_target!(|ops: Vec<Op>| {
         let actions = match op {
             Op::Message { kind, cid, payload } => {
                 let cid = CIDS[cid as usize % CIDS.len()];
-                let topic = match kind % 4 {
+                let topic = match kind % 5 {
                     0 => topics.offer(cid),
                     1 => topics.ice(cid),
                     2 => topics.answer(cid),
+                    3 => topics.ice_servers(cid),
                     _ => topics.error(cid),
                 };
                 let payload = match payload {
@@ -94,6 +95,7 @@ fuzz_target!(|ops: Vec<Op>| {
                         candidate: format!("candidate:{c}"),
                         sdp_mid: Some("0".into()),
                         sdp_mline_index: Some(0),
+                        username_fragment: None,
                     }
                     .to_json(),
                     Payload::EndOfCandidates => IceCandidateMsg::end_of_candidates().to_json(),
@@ -132,6 +134,7 @@ fuzz_target!(|ops: Vec<Op>| {
                         candidate: format!("candidate:{text}"),
                         sdp_mid: None,
                         sdp_mline_index: None,
+                        username_fragment: None,
                     })),
                     3 => PeerEvent::LocalCandidate(None),
                     4 => PeerEvent::Connected,
@@ -171,6 +174,17 @@ fuzz_target!(|ops: Vec<Op>| {
                         started.get(&key.cid).is_some_and(|&g| g >= key.generation),
                         "candidate for a session never started: {key:?}"
                     );
+                }
+                Action::Renegotiate { key, .. } => {
+                    assert_eq!(
+                        started.get(&key.cid),
+                        Some(&key.generation),
+                        "renegotiated a session that is not the CID's current one: {key:?}"
+                    );
+                }
+                Action::GrantIceServers { cid, topic } => {
+                    assert!(validate_cid(&cid).is_ok(), "granted to {cid:?}");
+                    assert_eq!(topic, topics.ice_servers(&cid));
                 }
                 Action::Close { key } => {
                     assert!(

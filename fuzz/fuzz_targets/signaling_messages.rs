@@ -39,4 +39,8 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = p::parse_error(payload);
     let _ = p::parse_status(payload);
+    let _ = p::parse_ice_servers_request(payload);
+    if let Ok(Some(reply)) = p::parse_ice_servers(payload) {
+        assert_eq!(p::parse_ice_servers(&reply.to_json()).unwrap(), Some(reply));
+    }
 });

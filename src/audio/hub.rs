@@ -66,6 +66,7 @@ impl Media for Audio {
             description: source.description().to_string(),
             capture: Box::new(move || Ok(source.next_chunk()?)),
             encoder,
+            startup: Duration::ZERO,
         })
     }
 

@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::{Value, json};
-use tracing::debug;
+use tracing::{debug, warn};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::PeerConnection;
 
+use super::bitrate::{RateControl, ViewerRate};
 use crate::rate::TokenBucket;
 use crate::video::hub::Hub;
 use crate::video::snapshot;
@@ -307,6 +308,13 @@ pub fn parse(message: &[u8]) -> (Value, Result<Request, RequestError>) {
 
 /// The error reply for a request.
 pub fn error_reply(id: &Value, error: &RequestError) -> Value {
+    if error.code == "internal" {
+        // The viewer only learns that it failed; the log says why.
+        warn!(
+            "data channel request answered `internal`: {}",
+            error.message
+        );
+    }
     json!({"id": id, "type": "error", "code": error.code, "message": error.message})
 }
 
@@ -390,12 +398,8 @@ impl StatsSampler {
         }
     }
 
-    async fn sample(
-        &mut self,
-        hub: &Hub,
-        counters: &SessionCounters,
-        pc: &Arc<dyn PeerConnection>,
-    ) -> Value {
+    async fn sample(&mut self, ctx: &ControlContext) -> Value {
+        let (hub, counters, pc) = (&ctx.hub, &ctx.counters, &ctx.pc);
         let now = Instant::now();
         let seconds = now.duration_since(self.at).as_secs_f64().max(1e-3);
         let bytes = counters.bytes.load(Ordering::Relaxed);
@@ -409,7 +413,7 @@ impl StatsSampler {
             bytes,
             cpu,
         };
-        json!({
+        let mut stats = json!({
             "type": "stats",
             "session_seconds": (counters.started.elapsed().as_secs_f64() * 10.0).round() / 10.0,
             "bitrate_kbps": bitrate_kbps,
@@ -420,7 +424,13 @@ impl StatsSampler {
             "cpu_percent": cpu_percent,
             "temperature_c": soc_temperature(),
             "viewers": hub.subscribers(),
-        })
+        });
+        if let (Some((viewer, rate)), Value::Object(map)) = (&ctx.viewer, &mut stats)
+            && let Value::Object(link) = link_stats(viewer, rate)
+        {
+            map.extend(link);
+        }
+        stats
     }
 }
 
@@ -430,8 +440,33 @@ pub struct ControlContext {
     pub hub: Hub,
     pub counters: Arc<SessionCounters>,
     pub pc: Arc<dyn PeerConnection>,
+    /// The viewer's link and layers, and the shared rate control (device sessions).
+    pub viewer: Option<(Arc<ViewerRate>, RateControl)>,
     /// This viewer's budget, shared by its channels.
     pub budget: Arc<ViewerBudget>,
+}
+
+/// The stats about the viewer's link and the rate control: bandwidth estimate, the shared
+/// encoder's target, the temporal layers this viewer receives, loss, retransmissions, what it
+/// was not sent, and its stalls (docs/PROTOCOL.md, "Stats object").
+fn link_stats(viewer: &ViewerRate, rate: &RateControl) -> Value {
+    let link = viewer.link();
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    json!({
+        "estimate_kbps": link.estimate_bps() / 1000,
+        "target_kbps": rate.target_bps() / 1000,
+        "layer": usize::from(viewer.layer()).min(rate.layers().saturating_sub(1)),
+        "layers": rate.layers(),
+        "loss_percent": (link.loss() * 1000.0).round() / 10.0,
+        "nacked_packets": n(&link.nacked_packets),
+        "retransmitted_packets": n(&link.retransmitted_packets),
+        "retransmitted_bytes": n(&link.retransmitted_bytes),
+        "frames_skipped": n(&viewer.frames_skipped),
+        "frames_held_back": n(&viewer.frames_held_back),
+        "stalls": n(&viewer.stalls),
+        "keyframes_requested": n(&viewer.keyframes_requested),
+        "pacer_ms": link.pacer_backlog().as_millis() as u64,
+    })
 }
 
 /// Send a reply, waiting for room in the channel's send buffer for at most [`SEND_TIMEOUT`];
@@ -474,7 +509,7 @@ pub async fn serve(channel: Arc<dyn DataChannel>, ctx: ControlContext) {
         let event = tokio::select! {
             event = channel.poll() => event,
             _ = async { match push_every.as_mut() { Some(i) => { i.tick().await; } None => std::future::pending().await } } => {
-                let stats = sampler.sample(&ctx.hub, &ctx.counters, &ctx.pc).await;
+                let stats = sampler.sample(&ctx).await;
                 if !push(&channel, &stats).await { return; }
                 continue;
             }
@@ -595,7 +630,7 @@ async fn handle(
             }
         }
         Request::Stats => {
-            let mut stats = sampler.sample(&ctx.hub, &ctx.counters, &ctx.pc).await;
+            let mut stats = sampler.sample(ctx).await;
             stats["id"] = id.clone();
             vec![stats]
         }

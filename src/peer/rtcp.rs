@@ -1,6 +1,8 @@
 //! An interceptor that hands keyframe requests (PLI, FIR) from the remote peer to the
-//! application. Without it, webrtc's default interceptors consume them and the encoder never
-//! hears of a viewer that lost a picture.
+//! application. Without it the chain's terminus consumes them and the encoder never hears of a
+//! viewer that lost a picture. Every other packet passes on untouched: attributes the
+//! interceptors below attached (the bandwidth estimate's `TargetBitrateChanged`) must reach the
+//! end of the chain, where rtc copies them into the stats.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -37,12 +39,10 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestForwarder {
                 .filter(|p| is_keyframe_request(p.as_ref()))
                 .cloned()
                 .collect();
-            if requests.is_empty() {
-                // Other RTCP has been seen by the default interceptors already.
-                return Ok(());
+            if !requests.is_empty() {
+                msg.message.packet = Packet::Rtcp(requests);
+                msg.message.add(Attribute::DeliverToApplication);
             }
-            msg.message.packet = Packet::Rtcp(requests);
-            msg.message.add(Attribute::DeliverToApplication);
         }
         self.reads.push_back(msg);
         Ok(())

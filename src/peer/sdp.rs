@@ -1,5 +1,8 @@
 //! What we need to know about an offer before answering it: does it carry H.264 that we can
-//! send (packetization-mode 1, a baseline-family profile)?
+//! send (packetization-mode 1, a baseline-family profile for our encoders; for H.264 passed
+//! through from the source, a profile whose decoder takes the stream's: [`passthrough_codec`])?
+
+use crate::video::h264::ProfileLevel;
 
 /// The result of looking at an offer's video sections.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +96,116 @@ pub fn offer_video(sdp: &str) -> OfferVideo {
     }
 }
 
+/// One H.264 payload type of an offer's video m-lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OfferedH264 {
+    pub payload_type: u8,
+    pub packetization_mode_1: bool,
+    /// `profile-level-id`, or baseline level 1 (`42000a`) when the offer gives none (RFC 6184).
+    pub profile_level: ProfileLevel,
+}
+
+/// The H.264 payload types of the offer's video m-lines, in the offer's order.
+pub fn offered_h264(sdp: &str) -> Vec<OfferedH264> {
+    let mut in_video = false;
+    let mut pts: Vec<u8> = Vec::new();
+    let mut fmtp: Vec<(u8, String)> = Vec::new();
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(m) = line.strip_prefix("m=") {
+            in_video = m.starts_with("video ");
+            continue;
+        }
+        if !in_video {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("a=rtpmap:") {
+            let mut it = rest.splitn(2, ' ');
+            if let (Some(Ok(pt)), Some(codec)) = (it.next().map(str::parse::<u8>), it.next())
+                && codec
+                    .split('/')
+                    .next()
+                    .is_some_and(|name| name.eq_ignore_ascii_case("H264"))
+            {
+                pts.push(pt);
+            }
+        } else if let Some(rest) = line.strip_prefix("a=fmtp:") {
+            let mut it = rest.splitn(2, ' ');
+            if let (Some(Ok(pt)), Some(params)) = (it.next().map(str::parse::<u8>), it.next()) {
+                fmtp.push((pt, params.to_string()));
+            }
+        }
+    }
+    pts.into_iter()
+        .map(|pt| {
+            let params = fmtp
+                .iter()
+                .find(|(p, _)| *p == pt)
+                .map(|(_, s)| s.as_str())
+                .unwrap_or("");
+            let param = |key: &str| {
+                params.split(';').map(str::trim).find_map(|kv| {
+                    let (k, v) = kv.split_once('=')?;
+                    k.trim().eq_ignore_ascii_case(key).then(|| v.trim())
+                })
+            };
+            OfferedH264 {
+                payload_type: pt,
+                packetization_mode_1: param("packetization-mode") == Some("1"),
+                profile_level: param("profile-level-id")
+                    .and_then(ProfileLevel::parse)
+                    .unwrap_or(ProfileLevel([0x42, 0x00, 0x0a])),
+            }
+        })
+        .collect()
+}
+
+/// For a stream of `stream`'s profile passed through as it is: the offer's payload type to
+/// answer with and the `profile-level-id` to answer (the offered profile, whose decoder takes the
+/// stream, with the stream's level). An offer of the very profile is preferred; then the first
+/// that decodes it (a High stream goes to a browser's High 4:4:4 Predictive entry, a constrained
+/// baseline one to any). The error says what the stream is and what was offered.
+pub fn passthrough_codec(sdp: &str, stream: ProfileLevel) -> Result<(u8, ProfileLevel), String> {
+    let offered: Vec<OfferedH264> = offered_h264(sdp)
+        .into_iter()
+        .filter(|o| o.packetization_mode_1)
+        .collect();
+    let Some(profile) = stream.profile() else {
+        return Err(format!(
+            "the camera's H.264 (profile-level-id {stream}) is a profile WebRTC does not name"
+        ));
+    };
+    let decodes = |o: &&OfferedH264| {
+        o.profile_level
+            .profile()
+            .is_some_and(|p| p.decodes(profile))
+    };
+    let exact = offered
+        .iter()
+        .find(|o| o.profile_level.profile() == Some(profile));
+    match exact.or_else(|| offered.iter().find(decodes)) {
+        Some(o) => {
+            let [idc, iop, _] = o.profile_level.0;
+            Ok((o.payload_type, ProfileLevel([idc, iop, stream.level_idc()])))
+        }
+        None => {
+            let list: Vec<String> = offered
+                .iter()
+                .map(|o| o.profile_level.to_string())
+                .collect();
+            Err(format!(
+                "the camera sends H.264 {profile} (profile-level-id {stream}), passed through as \
+                 it is; the offer has no H.264 with packetization-mode=1 that decodes it \
+                 (offered: {})",
+                if list.is_empty() {
+                    "none".to_string()
+                } else {
+                    list.join(", ")
+                }
+            ))
+        }
+    }
+}
+
 /// Does the offer have an audio m-line that is not rejected (port 0)?
 pub fn offer_has_audio(sdp: &str) -> bool {
     sdp.lines()
@@ -144,6 +257,49 @@ a=fmtp:108 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01
 a=fmtp:104 packetization-mode=0;profile-level-id=42e01f\r\na=rtpmap:41 H264/90000\r\n\
 a=fmtp:41 packetization-mode=1;profile-level-id=f4001f\r\n";
         assert!(matches!(offer_video(sdp), OfferVideo::Unsupported(_)));
+    }
+
+    const CHROMIUM_ALL: &str = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 102 104 108 116 39 41\r\n\
+a=rtpmap:102 H264/90000\r\na=fmtp:102 packetization-mode=1;profile-level-id=42001f\r\n\
+a=rtpmap:104 H264/90000\r\na=fmtp:104 packetization-mode=0;profile-level-id=42001f\r\n\
+a=rtpmap:108 H264/90000\r\na=fmtp:108 packetization-mode=1;profile-level-id=42e01f\r\n\
+a=rtpmap:116 H264/90000\r\na=fmtp:116 packetization-mode=1;profile-level-id=4d001f\r\n\
+a=rtpmap:39 H264/90000\r\na=fmtp:39 packetization-mode=0;profile-level-id=4d001f\r\n\
+a=rtpmap:41 H264/90000\r\na=fmtp:41 packetization-mode=1;profile-level-id=f4001f\r\n";
+
+    #[test]
+    fn passthrough_answers_the_offered_profile_that_decodes_the_stream() {
+        let pl = |s| ProfileLevel::parse(s).unwrap();
+        // Main (x264 sets constraint_set1): the offer's Main entry, with the stream's level.
+        assert_eq!(
+            passthrough_codec(CHROMIUM_ALL, pl("4d4028")),
+            Ok((116, pl("4d0028")))
+        );
+        // High: no High entry; High 4:4:4 Predictive decoders take High streams.
+        assert_eq!(
+            passthrough_codec(CHROMIUM_ALL, pl("640028")),
+            Ok((41, pl("f40028")))
+        );
+        // Constrained baseline: its own entry first.
+        assert_eq!(
+            passthrough_codec(CHROMIUM_ALL, pl("42c01f")),
+            Ok((108, pl("42e01f")))
+        );
+        assert_eq!(
+            passthrough_codec(CHROMIUM_VIDEO, pl("42c01f")),
+            Ok((108, pl("42e01f")))
+        );
+        // An offer of baseline only cannot take Main or High.
+        let err = passthrough_codec(CHROMIUM_VIDEO, pl("4d4028")).unwrap_err();
+        assert!(
+            err.contains("main") && err.contains("42001f, 42e01f"),
+            "{err}"
+        );
+        // No profile-level-id means baseline.
+        let bare = "m=video 9 UDP/TLS/RTP/SAVPF 97\r\na=rtpmap:97 H264/90000\r\na=fmtp:97 packetization-mode=1\r\n";
+        assert_eq!(offered_h264(bare)[0].profile_level, pl("42000a"));
+        assert!(passthrough_codec(bare, pl("640028")).is_err());
+        assert!(passthrough_codec(CHROMIUM_ALL, pl("6e0028")).is_err());
     }
 
     #[test]

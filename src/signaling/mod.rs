@@ -1,10 +1,12 @@
 //! Signaling: how viewers and the device find each other over MQTT.
 //!
 //! [`protocol`] owns the wire format (topics and JSON messages, see `docs/PROTOCOL.md`); it does
-//! no I/O. Session bookkeeping (which CID has which peer, timeouts) lives beside it.
+//! no I/O. Session bookkeeping (which CID has which peer, timeouts) lives beside it, for viewers
+//! over MQTT and over WHEP alike; [`whep`] owns WHEP's side of the format.
 
 pub mod protocol;
 pub mod sessions;
+pub mod whep;
 
 pub use sessions::SessionKey;
 

@@ -11,6 +11,7 @@
 //! | `{uid}/answer/{cid}` | device → viewer  | [`SessionDescriptionMsg`] (`answer`) |
 //! | `{uid}/ice/{cid}`    | both ways        | [`IceCandidateMsg`]                  |
 //! | `{uid}/error/{cid}`  | device → viewer  | [`ErrorMsg`]                         |
+//! | `{uid}/ice-servers/{cid}` | both ways   | request: any JSON object; reply: [`IceServersMsg`] |
 //! | `{uid}/status`       | device, retained | [`Status`] or [`offline_status_json`]|
 
 use std::time::Duration;
@@ -29,6 +30,11 @@ pub const EARLY_CANDIDATE_HOLD: Duration = Duration::from_secs(5);
 pub const CANDIDATE_MAX_LEN: usize = 512;
 /// Longest `sdpMid` accepted (bytes).
 pub const SDP_MID_MAX_LEN: usize = 64;
+
+/// Longest ICE-server request accepted (bytes): the request carries nothing.
+pub const ICE_SERVERS_REQUEST_MAX_LEN: usize = 1024;
+/// Longest `usernameFragment` accepted (bytes; RFC 8839 allows 256 characters).
+pub const UFRAG_MAX_LEN: usize = 256;
 
 /// Codec named in [`VideoStatus::codec`].
 pub const VIDEO_CODEC_H264: &str = "H264";
@@ -142,6 +148,8 @@ pub enum TopicKind {
     Answer,
     Ice,
     Error,
+    /// `{uid}/ice-servers/{cid}`: a viewer's request for ICE servers, and the device's reply.
+    IceServers,
     Status,
 }
 
@@ -153,6 +161,7 @@ impl TopicKind {
             TopicKind::Answer => "answer",
             TopicKind::Ice => "ice",
             TopicKind::Error => "error",
+            TopicKind::IceServers => "ice-servers",
             TopicKind::Status => "status",
         }
     }
@@ -210,22 +219,37 @@ impl Topics {
         self.per_viewer(TopicKind::Error, cid)
     }
 
+    /// `{uid}/ice-servers/{cid}`: ICE-server requests (viewer → device) and replies.
+    pub fn ice_servers(&self, cid: &str) -> String {
+        self.per_viewer(TopicKind::IceServers, cid)
+    }
+
     /// `{uid}/status` (retained; also the last-will topic).
     pub fn status(&self) -> String {
         format!("{}/status", self.uid)
     }
 
     /// What the device subscribes to (with No-Local): `{uid}/offer/+`, `{uid}/ice/+`,
-    /// `{uid}/answer/+`.
-    pub fn device_filters(&self) -> [String; 3] {
-        [TopicKind::Offer, TopicKind::Ice, TopicKind::Answer]
-            .map(|kind| format!("{}/{}/+", self.uid, kind.as_str()))
+    /// `{uid}/answer/+`, `{uid}/ice-servers/+`.
+    pub fn device_filters(&self) -> [String; 4] {
+        [
+            TopicKind::Offer,
+            TopicKind::Ice,
+            TopicKind::Answer,
+            TopicKind::IceServers,
+        ]
+        .map(|kind| format!("{}/{}/+", self.uid, kind.as_str()))
     }
 
     /// What a viewer with client id `cid` subscribes to: `{uid}/answer/{cid}`,
-    /// `{uid}/ice/{cid}`, `{uid}/error/{cid}`.
-    pub fn viewer_filters(&self, cid: &str) -> [String; 3] {
-        [self.answer(cid), self.ice(cid), self.error(cid)]
+    /// `{uid}/ice/{cid}`, `{uid}/error/{cid}`, `{uid}/ice-servers/{cid}`.
+    pub fn viewer_filters(&self, cid: &str) -> [String; 4] {
+        [
+            self.answer(cid),
+            self.ice(cid),
+            self.error(cid),
+            self.ice_servers(cid),
+        ]
     }
 
     /// [`parse_topic`] for this device.
@@ -248,6 +272,7 @@ pub fn parse_topic<'t>(uid: &str, topic: &'t str) -> Option<(TopicKind, Option<&
         "answer" => TopicKind::Answer,
         "ice" => TopicKind::Ice,
         "error" => TopicKind::Error,
+        "ice-servers" => TopicKind::IceServers,
         _ => return None,
     };
     validate_cid(cid).ok()?;
@@ -303,8 +328,7 @@ impl SessionDescriptionMsg {
 }
 
 /// `{"candidate":"candidate:…","sdpMid":"0","sdpMLineIndex":0}` on the ice topic. On input,
-/// other fields (such as `usernameFragment`) are ignored; on output, absent optional fields are
-/// left out. An empty `candidate` means end of candidates and is never represented by this type
+/// other fields are ignored; on output, absent optional fields are left out. An empty `candidate` means end of candidates and is never represented by this type
 /// after [`parse_candidate`]; use [`IceCandidateMsg::end_of_candidates`] to send one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IceCandidateMsg {
@@ -317,6 +341,13 @@ pub struct IceCandidateMsg {
         skip_serializing_if = "Option::is_none"
     )]
     pub sdp_mline_index: Option<u16>,
+    /// The ICE username fragment (generation) the candidate belongs to, as browsers send it.
+    #[serde(
+        rename = "usernameFragment",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub username_fragment: Option<String>,
 }
 
 impl IceCandidateMsg {
@@ -326,11 +357,29 @@ impl IceCandidateMsg {
             candidate: String::new(),
             sdp_mid: None,
             sdp_mline_index: None,
+            username_fragment: None,
         }
     }
 
     pub fn is_end_of_candidates(&self) -> bool {
         self.candidate.is_empty()
+    }
+
+    /// The ICE username fragment this candidate belongs to: `usernameFragment`, else the
+    /// `ufrag` extension of the candidate string (Chromium writes both), else `None`.
+    pub fn ufrag(&self) -> Option<&str> {
+        if let Some(u) = self.username_fragment.as_deref().filter(|u| !u.is_empty()) {
+            return Some(u);
+        }
+        let mut words = self.candidate.split_ascii_whitespace();
+        // The extensions follow `typ TYPE` (and raddr/rport) as name-value pairs; `ufrag`
+        // is not a word of the fixed part.
+        while let Some(word) = words.next() {
+            if word == "ufrag" {
+                return words.next();
+            }
+        }
+        None
     }
 
     pub fn to_json(&self) -> Vec<u8> {
@@ -350,6 +399,10 @@ pub enum ErrorCode {
     Unsupported,
     /// Something failed inside the device.
     Internal,
+    /// No connection came about within the device's peer timeout: ICE found no working path
+    /// between the viewer and the device (typically both behind NATs that need a TURN relay).
+    /// The message lists the candidate types tried.
+    Unreachable,
 }
 
 impl ErrorCode {
@@ -359,6 +412,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "bad-request",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unreachable => "unreachable",
         }
     }
 
@@ -368,6 +422,7 @@ impl ErrorCode {
             ErrorCode::BadRequest,
             ErrorCode::Unsupported,
             ErrorCode::Internal,
+            ErrorCode::Unreachable,
         ]
         .into_iter()
         .find(|code| code.as_str() == s)
@@ -412,6 +467,14 @@ pub struct VideoStatus {
     /// the device retries).
     #[serde(default)]
     pub state: MediaState,
+    /// What makes the H.264: `openh264`, `v4l2` (the hardware encoder) or `passthrough` (the
+    /// source's own H.264).
+    #[serde(default)]
+    pub encoder: String,
+    /// Passthrough from a source that cannot be asked for a keyframe: the time between its IDRs
+    /// in milliseconds, which a joining viewer may wait for its first picture; `null` otherwise.
+    #[serde(default)]
+    pub idr_period_ms: Option<u64>,
 }
 
 /// State of a media source in [`Status`].
@@ -441,6 +504,35 @@ pub struct Status {
     pub audio: Option<AudioStatus>,
     pub viewers: u32,
     pub max_viewers: u32,
+    /// The publication to an SFU over WHIP (`--whip`); absent when there is none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whip: Option<WhipStatus>,
+    /// The device answers ICE-server requests with servers (STUN, TURN with time-limited
+    /// credentials): a viewer should ask before it makes its offer.
+    #[serde(default)]
+    pub ice_servers: bool,
+}
+
+/// The WHIP part of [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhipStatus {
+    pub state: WhipState,
+    /// Sessions started after the first (each reconnection starts one).
+    pub reconnects: u32,
+    /// Why the last session ended or could not start; `null` before any did.
+    pub error: Option<String>,
+}
+
+/// What the WHIP publication is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WhipState {
+    /// Offer sent, or waiting for the connection to the SFU.
+    Connecting,
+    /// Media flows to the SFU.
+    Live,
+    /// The last session ended or failed; the next starts after a back-off.
+    Retrying,
 }
 
 impl Status {
@@ -458,12 +550,103 @@ impl Status {
             audio: None,
             viewers,
             max_viewers,
+            whip: None,
+            ice_servers: false,
         }
     }
 
     pub fn to_json(&self) -> Vec<u8> {
         to_json(self)
     }
+}
+
+/// One ICE server as a browser's `RTCIceServer` takes it: `{"urls":[…]}` for STUN,
+/// `{"urls":[…],"username":…,"credential":…}` for TURN.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// The device's reply on `{uid}/ice-servers/{cid}`: `{"iceServers":[…],"ttl":3600}` (the
+/// servers, usable for `ttl` seconds), or `{"iceServers":[],"ttl":0,"error":{…}}` when the
+/// request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServersMsg {
+    #[serde(rename = "iceServers")]
+    pub ice_servers: Vec<IceServer>,
+    pub ttl: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorMsg>,
+}
+
+impl IceServersMsg {
+    pub fn granted(ice_servers: Vec<IceServer>, ttl: u64) -> Self {
+        IceServersMsg {
+            ice_servers,
+            ttl,
+            error: None,
+        }
+    }
+
+    pub fn refused(code: ErrorCode, message: impl Into<String>) -> Self {
+        IceServersMsg {
+            ice_servers: vec![],
+            ttl: 0,
+            error: Some(ErrorMsg::new(code, message)),
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        to_json(self)
+    }
+}
+
+/// Who made an offer, as far as renegotiation is concerned: the DTLS fingerprint (the peer's
+/// key), the `o=` line's session id (one per peer connection: RFC 8829 keeps it across
+/// renegotiations) and the ICE username fragment (new at an ICE restart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferIdentity {
+    /// The first `a=fingerprint:` value, e.g. `sha-256 8A:3F:…`, hash name lower case and
+    /// digest upper case.
+    pub fingerprint: String,
+    /// The second field of the `o=` line.
+    pub session_id: String,
+    /// The first `a=ice-ufrag:` value.
+    pub ufrag: String,
+}
+
+impl OfferIdentity {
+    /// An offer from the same peer connection with the same DTLS key: what may renegotiate a
+    /// session instead of replacing it.
+    pub fn same_peer(&self, other: &OfferIdentity) -> bool {
+        self.fingerprint == other.fingerprint && self.session_id == other.session_id
+    }
+}
+
+/// The identity of an offer that passed [`check_offer_sdp`]; `None` when it has no `o=` line
+/// or an empty value (such an offer can only replace a session).
+pub fn offer_identity(sdp: &str) -> Option<OfferIdentity> {
+    let value = |prefix: &str| {
+        sdp.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let session_id = value("o=")?.split_ascii_whitespace().nth(1)?.to_string();
+    let mut fingerprint = value("a=fingerprint:")?.split_ascii_whitespace();
+    let hash = fingerprint.next()?.to_ascii_lowercase();
+    let digest = fingerprint.next()?.to_ascii_uppercase();
+    let ufrag = value("a=ice-ufrag:")?.to_string();
+    Some(OfferIdentity {
+        fingerprint: format!("{hash} {digest}"),
+        session_id,
+        ufrag,
+    })
 }
 
 /// The offline status, used as the retained last will: exactly `{"online":false}`.
@@ -592,11 +775,64 @@ pub fn parse_candidate(payload: &[u8]) -> Result<Option<IceCandidateMsg>, Protoc
             }
         },
     };
+    let username_fragment = match obj.remove("usernameFragment") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(u)) if u.len() <= UFRAG_MAX_LEN => Some(u),
+        Some(Value::String(u)) => {
+            return Err(ProtocolError::BadField {
+                what,
+                field: "usernameFragment",
+                expected: "a string of at most 256 bytes",
+                got: format!("{} bytes", u.len()),
+            });
+        }
+        Some(other) => {
+            return Err(bad_field(
+                what,
+                "usernameFragment",
+                "a string or null",
+                &other,
+            ));
+        }
+    };
     Ok(Some(IceCandidateMsg {
         candidate,
         sdp_mid,
         sdp_mline_index,
+        username_fragment,
     }))
+}
+
+/// Check an ICE-server request (viewer → device): a JSON object of at most
+/// [`ICE_SERVERS_REQUEST_MAX_LEN`] bytes. Its fields are ignored.
+pub fn parse_ice_servers_request(payload: &[u8]) -> Result<(), ProtocolError> {
+    let what = "ICE-server request";
+    if payload.len() > ICE_SERVERS_REQUEST_MAX_LEN {
+        return Err(ProtocolError::BadField {
+            what,
+            field: "(payload)",
+            expected: "a JSON object of at most 1024 bytes",
+            got: format!("{} bytes", payload.len()),
+        });
+    }
+    json_object(payload, what).map(drop)
+}
+
+/// Parse the device's reply to an ICE-server request (what a viewer receives). A viewer's own
+/// request, echoed by a broker to a viewer that does not use No-Local, has no `iceServers` and
+/// is `Ok(None)`.
+pub fn parse_ice_servers(payload: &[u8]) -> Result<Option<IceServersMsg>, ProtocolError> {
+    let what = "ICE servers";
+    let obj = json_object(payload, what)?;
+    if !obj.contains_key("iceServers") {
+        return Ok(None);
+    }
+    serde_json::from_value(Value::Object(obj))
+        .map(Some)
+        .map_err(|e| ProtocolError::NotJson {
+            what,
+            detail: e.to_string(),
+        })
 }
 
 /// Parse an error payload (what a viewer receives).
@@ -608,7 +844,7 @@ pub fn parse_error(payload: &[u8]) -> Result<ErrorMsg, ProtocolError> {
         bad_field(
             what,
             "code",
-            "one of \"busy\", \"bad-request\", \"unsupported\", \"internal\"",
+            "one of \"busy\", \"bad-request\", \"unsupported\", \"internal\", \"unreachable\"",
             &Value::String(code),
         )
     })?;
@@ -782,13 +1018,15 @@ mod tests {
         assert_eq!(t.answer("viewer1"), "garage/cam1/answer/viewer1");
         assert_eq!(t.ice("viewer1"), "garage/cam1/ice/viewer1");
         assert_eq!(t.error("viewer1"), "garage/cam1/error/viewer1");
+        assert_eq!(t.ice_servers("viewer1"), "garage/cam1/ice-servers/viewer1");
         assert_eq!(t.status(), "garage/cam1/status");
         assert_eq!(
             t.device_filters(),
             [
                 "garage/cam1/offer/+",
                 "garage/cam1/ice/+",
-                "garage/cam1/answer/+"
+                "garage/cam1/answer/+",
+                "garage/cam1/ice-servers/+"
             ]
         );
         assert_eq!(
@@ -796,7 +1034,8 @@ mod tests {
             [
                 "garage/cam1/answer/viewer1",
                 "garage/cam1/ice/viewer1",
-                "garage/cam1/error/viewer1"
+                "garage/cam1/error/viewer1",
+                "garage/cam1/ice-servers/viewer1"
             ]
         );
     }
@@ -842,6 +1081,10 @@ mod tests {
         );
         assert_eq!(t.parse(&t.ice("v_3")), Some((TopicKind::Ice, Some("v_3"))));
         assert_eq!(t.parse(&t.error("x")), Some((TopicKind::Error, Some("x"))));
+        assert_eq!(
+            t.parse(&t.ice_servers("x")),
+            Some((TopicKind::IceServers, Some("x")))
+        );
         assert_eq!(t.parse(&t.status()), Some((TopicKind::Status, None)));
         assert_eq!(
             parse_topic("a/b/c", "a/b/c/offer/z"),
@@ -973,6 +1216,113 @@ mod tests {
         assert_eq!(c.candidate, CAND);
         assert_eq!(c.sdp_mid.as_deref(), Some("0"));
         assert_eq!(c.sdp_mline_index, Some(0));
+        assert_eq!(c.ufrag(), Some("abcd"));
+    }
+
+    #[test]
+    fn a_candidates_ufrag_comes_from_the_field_or_the_candidate_string() {
+        let chromium = "candidate:2547613475 1 udp 2113937151 10.200.2.10 54400 typ host \
+                        generation 0 ufrag Yd3c network-cost 999";
+        let c = parse_candidate(
+            serde_json::json!({ "candidate": chromium })
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.ufrag(), Some("Yd3c"));
+        let plain = parse_candidate(
+            serde_json::json!({ "candidate": CAND })
+                .to_string()
+                .as_bytes(),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(plain.ufrag(), None);
+        // Bounded like the other strings; what is sent keeps the field only when present.
+        let long = serde_json::json!({"candidate": CAND, "usernameFragment": "u".repeat(300)});
+        assert!(parse_candidate(long.to_string().as_bytes()).is_err());
+        let bad = serde_json::json!({"candidate": CAND, "usernameFragment": 7});
+        assert!(parse_candidate(bad.to_string().as_bytes()).is_err());
+        assert!(
+            !String::from_utf8(plain.to_json())
+                .unwrap()
+                .contains("usernameFragment")
+        );
+    }
+
+    // --- ICE servers
+
+    #[test]
+    fn ice_server_requests_are_small_json_objects() {
+        assert_eq!(parse_ice_servers_request(b"{}"), Ok(()));
+        assert_eq!(parse_ice_servers_request(br#"{"anything":[1,2]}"#), Ok(()));
+        for bad in [&b"[]"[..], b"nope", b"\xff"] {
+            assert!(parse_ice_servers_request(bad).is_err());
+        }
+        let big = format!(r#"{{"x":"{}"}}"#, "a".repeat(2000));
+        let err = parse_ice_servers_request(big.as_bytes()).unwrap_err();
+        assert!(err.to_string().contains("at most 1024 bytes"), "{err}");
+    }
+
+    #[test]
+    fn ice_servers_replies_serialize_in_the_browsers_form_and_parse() {
+        let msg = IceServersMsg::granted(
+            vec![
+                IceServer {
+                    urls: vec!["stun:s:3478".into()],
+                    username: None,
+                    credential: None,
+                },
+                IceServer {
+                    urls: vec!["turn:t:3478".into()],
+                    username: Some("1:v".into()),
+                    credential: Some("pw".into()),
+                },
+            ],
+            3600,
+        );
+        let value: Value = serde_json::from_slice(&msg.to_json()).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"iceServers": [
+                {"urls": ["stun:s:3478"]},
+                {"urls": ["turn:t:3478"], "username": "1:v", "credential": "pw"}
+            ], "ttl": 3600})
+        );
+        assert_eq!(parse_ice_servers(&msg.to_json()).unwrap(), Some(msg));
+        let refused = IceServersMsg::refused(ErrorCode::BadRequest, "too many");
+        let back = parse_ice_servers(&refused.to_json()).unwrap().unwrap();
+        assert_eq!(back.error.unwrap().code, ErrorCode::BadRequest);
+        // A request echoed back is not a reply.
+        assert_eq!(parse_ice_servers(b"{}").unwrap(), None);
+        assert!(parse_ice_servers(br#"{"iceServers":7}"#).is_err());
+    }
+
+    // --- offer identity
+
+    #[test]
+    fn an_offers_identity_is_its_fingerprint_session_id_and_ufrag() {
+        let sdp = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+                   a=fingerprint:SHA-256 8a:3f:5c\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n\
+                   a=ice-ufrag:Yd3c\r\na=ice-pwd:jV1v5mNPfk4kS7q2cOu0lB3X\r\n";
+        let id = offer_identity(sdp).unwrap();
+        assert_eq!(id.fingerprint, "sha-256 8A:3F:5C");
+        assert_eq!(id.session_id, "4611731400430051336");
+        assert_eq!(id.ufrag, "Yd3c");
+        // After restartIce(): same peer connection, new ufrag, higher session version.
+        let restarted = sdp
+            .replace("a=ice-ufrag:Yd3c", "a=ice-ufrag:Zz9q")
+            .replace(" 2 IN IP4", " 3 IN IP4");
+        let again = offer_identity(&restarted).unwrap();
+        assert!(id.same_peer(&again));
+        assert_ne!(id.ufrag, again.ufrag);
+        // A new peer connection: new key, new session id.
+        let other = sdp.replace("8a:3f:5c", "11:22:33");
+        assert!(!id.same_peer(&offer_identity(&other).unwrap()));
+        let other = sdp.replace("4611731400430051336", "1");
+        assert!(!id.same_peer(&offer_identity(&other).unwrap()));
+        assert_eq!(offer_identity("v=0\r\nm=video 9 x\r\n"), None);
     }
 
     #[test]
@@ -1008,6 +1358,7 @@ mod tests {
             candidate: CAND.into(),
             sdp_mid: Some("0".into()),
             sdp_mline_index: Some(0),
+            username_fragment: None,
         };
         let value: Value = serde_json::from_slice(&c.to_json()).unwrap();
         assert_eq!(
@@ -1103,6 +1454,7 @@ mod tests {
             (ErrorCode::BadRequest, "bad-request"),
             (ErrorCode::Unsupported, "unsupported"),
             (ErrorCode::Internal, "internal"),
+            (ErrorCode::Unreachable, "unreachable"),
         ];
         for (code, name) in codes {
             assert_eq!(code.as_str(), name);
@@ -1163,6 +1515,8 @@ mod tests {
                 TopicKind::Ice => parse_candidate(payload).map(drop),
                 TopicKind::Error => parse_error(payload).map(drop),
                 TopicKind::Status => parse_status(payload).map(drop),
+                // Requests and replies share the topic: a request is any object.
+                TopicKind::IceServers => parse_ice_servers(payload).map(drop),
             };
             assert_eq!(result, Ok(()), "{topic}: {}", pair[1]);
             checked += 1;
@@ -1179,6 +1533,8 @@ mod tests {
             width: 1280,
             height: 720,
             fps: 30,
+            encoder: "openh264".into(),
+            idr_period_ms: None,
         };
         Status::online("0.1.0", video, 0, 4)
     }
@@ -1191,12 +1547,17 @@ mod tests {
             serde_json::json!({
                 "online": true,
                 "version": "0.1.0",
-                "video": {"codec": "H264", "width": 1280, "height": 720, "fps": 30, "state": "idle"},
+                "video": {"codec": "H264", "width": 1280, "height": 720, "fps": 30, "state": "idle",
+                          "encoder": "openh264", "idr_period_ms": null},
                 "audio": null,
                 "viewers": 0,
-                "max_viewers": 4
+                "max_viewers": 4,
+                "ice_servers": false
             })
         );
+        // A status without the field (an older device) says no ICE servers.
+        let old = br#"{"online":true,"version":"0.1.0","video":{"codec":"H264","width":1,"height":1,"fps":1},"audio":null,"viewers":0,"max_viewers":4}"#;
+        assert!(!parse_status(old).unwrap().unwrap().ice_servers);
     }
 
     #[test]

@@ -6,6 +6,12 @@
 //! JFIF, i.e. full-range YCbCr, and are rescaled to limited range on the way. Every function writes
 //! into a caller-owned `Vec`, resized to one picture; the V4L2 source gives each frame a new one,
 //! since the frame moves on to the encoder and then to the snapshot slot.
+//!
+//! MJPEG goes through libjpeg-turbo ([`MjpegDecoder`]), which decodes to the JPEG's own planar
+//! YCbCr: a 4:2:0 JPEG straight into the I420 picture, a 4:2:2 one (what most webcams send) with
+//! its chroma rows averaged in pairs, never through 4:4:4. [`ZuneMjpegDecoder`] is the pure-Rust
+//! decoder used before (full 4:4:4, then subsampled), kept as the reference `make bench` measures
+//! against.
 
 use zune_jpeg::JpegDecoder;
 use zune_jpeg::zune_core::bytestream::ZCursor;
@@ -337,13 +343,69 @@ const fn range_table(span: u32, lo: u32) -> [u8; 256] {
     t
 }
 
-/// Decodes MJPEG frames to I420, keeping its scratch buffers between frames.
-#[derive(Debug, Default)]
+/// Rescale a full-range plane to limited range in place: `lo + round(v * span / 255)`, the same
+/// as [`range_table`], in arithmetic the compiler vectorises.
+fn to_limited(plane: &mut [u8], span: u16) {
+    for v in plane.iter_mut() {
+        let x = u16::from(*v) * span + 127;
+        // x / 255, exact for x < 65535.
+        *v = 16 + ((x + 1 + (x >> 8)) >> 8) as u8;
+    }
+}
+
+/// Check the size, find the start marker, and put the standard Huffman tables into a frame that
+/// comes without them (into `patched`). Returns the JPEG to decode.
+fn prepare_jpeg<'a>(
+    jpeg: &'a [u8],
+    width: u32,
+    height: u32,
+    patched: &'a mut Vec<u8>,
+) -> Result<&'a [u8], ConvertError> {
+    if width == 0 || height == 0 || width % 2 == 1 || height % 2 == 1 {
+        return Err(ConvertError::BadGeometry {
+            format: "MJPG",
+            width,
+            height,
+            stride: 0,
+            min_stride: 0,
+        });
+    }
+    if jpeg.len() < 4 || jpeg[0] != 0xff || jpeg[1] != 0xd8 {
+        return Err(ConvertError::CorruptJpeg(format!(
+            "no JPEG start marker in {} bytes",
+            jpeg.len()
+        )));
+    }
+    if has_huffman_tables(jpeg) {
+        return Ok(jpeg);
+    }
+    patched.clear();
+    patched.extend_from_slice(&jpeg[..2]);
+    patched.extend_from_slice(&STANDARD_DHT);
+    patched.extend_from_slice(&jpeg[2..]);
+    Ok(patched)
+}
+
+/// Decodes MJPEG frames to I420 with libjpeg-turbo, keeping its decompressor and scratch
+/// buffers between frames.
+#[derive(Default)]
 pub struct MjpegDecoder {
     /// The frame with the standard Huffman tables put in, when it came without.
     patched: Vec<u8>,
-    /// Decoded full-resolution YCbCr (or luma for a greyscale JPEG), interleaved.
-    decoded: Vec<u8>,
+    /// Made at the first frame.
+    decompressor: Option<turbojpeg::Decompressor>,
+    /// The JPEG's own planes, when its chroma is not 4:2:0.
+    planes: Vec<u8>,
+}
+
+impl std::fmt::Debug for MjpegDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MjpegDecoder").finish_non_exhaustive()
+    }
+}
+
+fn turbo_error(e: turbojpeg::Error) -> ConvertError {
+    ConvertError::CorruptJpeg(e.to_string())
 }
 
 impl MjpegDecoder {
@@ -353,7 +415,8 @@ impl MjpegDecoder {
 
     /// Decode one JPEG of `width`x`height` (baseline, any chroma subsampling, with or without
     /// Huffman tables) into `out` as limited-range I420. `jpeg` should be only the bytes the
-    /// driver filled (`bytesused`), though trailing padding is tolerated.
+    /// driver filled (`bytesused`), though trailing padding is tolerated. A damaged JPEG (libjpeg's
+    /// warnings included, e.g. a truncated frame) is an error, never a half-grey picture.
     pub fn decode(
         &mut self,
         jpeg: &[u8],
@@ -361,30 +424,148 @@ impl MjpegDecoder {
         height: u32,
         out: &mut Vec<u8>,
     ) -> Result<(), ConvertError> {
-        if width == 0 || height == 0 || width % 2 == 1 || height % 2 == 1 {
-            return Err(ConvertError::BadGeometry {
-                format: "MJPG",
+        let data = prepare_jpeg(jpeg, width, height, &mut self.patched)?;
+        let decompressor = match &mut self.decompressor {
+            Some(d) => d,
+            None => self
+                .decompressor
+                .insert(turbojpeg::Decompressor::new().map_err(turbo_error)?),
+        };
+        let header = decompressor.read_header(data).map_err(turbo_error)?;
+        if (header.width, header.height) != (width as usize, height as usize) {
+            return Err(ConvertError::JpegSize {
                 width,
                 height,
-                stride: 0,
-                min_stride: 0,
+                got_width: header.width,
+                got_height: header.height,
             });
         }
-        if jpeg.len() < 4 || jpeg[0] != 0xff || jpeg[1] != 0xd8 {
-            return Err(ConvertError::CorruptJpeg(format!(
-                "no JPEG start marker in {} bytes",
-                jpeg.len()
-            )));
+        let (w, h) = (width as usize, height as usize);
+        let (cw, ch) = (w / 2, h / 2);
+        out.resize(Frame::i420_len(width, height), 0);
+        if header.subsamp == turbojpeg::Subsamp::Sub2x2 {
+            // The JPEG's planes are I420's: decode straight into the picture.
+            let image = turbojpeg::YuvImage {
+                pixels: out.as_mut_slice(),
+                width: w,
+                align: 1,
+                height: h,
+                subsamp: header.subsamp,
+            };
+            decompressor
+                .decompress_to_yuv(data, image)
+                .map_err(turbo_error)?;
+            let (y, chroma) = out.split_at_mut(w * h);
+            to_limited(y, 219);
+            to_limited(chroma, 224);
+            return Ok(());
         }
-        let data: &[u8] = if has_huffman_tables(jpeg) {
-            jpeg
-        } else {
-            self.patched.clear();
-            self.patched.extend_from_slice(&jpeg[..2]);
-            self.patched.extend_from_slice(&STANDARD_DHT);
-            self.patched.extend_from_slice(&jpeg[2..]);
-            &self.patched
+        let len = turbojpeg::yuv_pixels_len(w, 1, h, header.subsamp).map_err(turbo_error)?;
+        self.planes.resize(len, 0);
+        let image = turbojpeg::YuvImage {
+            pixels: self.planes.as_mut_slice(),
+            width: w,
+            align: 1,
+            height: h,
+            subsamp: header.subsamp,
         };
+        decompressor
+            .decompress_to_yuv(data, image)
+            .map_err(turbo_error)?;
+        let (y, u, v) = i420_planes(out, w, h);
+        y.copy_from_slice(&self.planes[..w * h]);
+        to_limited(y, 219);
+        if header.subsamp == turbojpeg::Subsamp::Gray {
+            u.fill(128);
+            v.fill(128);
+            return Ok(());
+        }
+        // The JPEG's chroma planes: their size from what is left (both the same size).
+        let chroma = &self.planes[w * h..];
+        let (sw, sh) = match header.subsamp {
+            turbojpeg::Subsamp::Sub2x1 => (cw, h),
+            turbojpeg::Subsamp::None => (w, h),
+            turbojpeg::Subsamp::Sub1x2 => (w, ch),
+            turbojpeg::Subsamp::Sub4x1 => (w.div_ceil(4), h),
+            turbojpeg::Subsamp::Sub1x4 => (w, h.div_ceil(4)),
+            other => {
+                return Err(ConvertError::CorruptJpeg(format!(
+                    "chroma subsampling {other:?} is not supported"
+                )));
+            }
+        };
+        if chroma.len() < 2 * sw * sh {
+            return Err(ConvertError::CorruptJpeg("short chroma planes".into()));
+        }
+        let (cb, cr) = chroma.split_at(sw * sh);
+        for (dst, src) in [(u, cb), (v, &cr[..sw * sh])] {
+            resample_chroma(src, sw, sh, dst, cw, ch);
+            to_limited(dst, 224);
+        }
+        Ok(())
+    }
+}
+
+/// Chroma plane `src` (`sw`x`sh`) to `dst` (`dw`x`dh`, half the picture each way): 4:2:2 (the
+/// common webcam case) averages each pair of rows; 4:4:4 averages 2x2 blocks; other layouts
+/// take the nearest sample.
+fn resample_chroma(src: &[u8], sw: usize, sh: usize, dst: &mut [u8], dw: usize, dh: usize) {
+    if sw == dw && sh == 2 * dh {
+        for (row, out) in dst.chunks_exact_mut(dw).enumerate() {
+            let top = &src[2 * row * sw..][..dw];
+            let bottom = &src[(2 * row + 1) * sw..][..dw];
+            for ((d, &t), &b) in out.iter_mut().zip(top).zip(bottom) {
+                *d = (u16::from(t) + u16::from(b)).div_ceil(2) as u8;
+            }
+        }
+    } else if sw == 2 * dw && sh == 2 * dh {
+        for (row, out) in dst.chunks_exact_mut(dw).enumerate() {
+            let top = &src[2 * row * sw..][..sw];
+            let bottom = &src[(2 * row + 1) * sw..][..sw];
+            for ((d, t), b) in out
+                .iter_mut()
+                .zip(top.chunks_exact(2))
+                .zip(bottom.chunks_exact(2))
+            {
+                let sum = u16::from(t[0]) + u16::from(t[1]) + u16::from(b[0]) + u16::from(b[1]);
+                *d = ((sum + 2) / 4) as u8;
+            }
+        }
+    } else {
+        for (row, out) in dst.chunks_exact_mut(dw).enumerate() {
+            let sy = (row * sh / dh).min(sh - 1);
+            for (x, d) in out.iter_mut().enumerate() {
+                *d = src[sy * sw + (x * sw / dw).min(sw - 1)];
+            }
+        }
+    }
+}
+
+/// The pure-Rust MJPEG decoder spyglass used before libjpeg-turbo: zune-jpeg to full-resolution
+/// YCbCr 4:4:4, then 2x2 chroma averages. Kept as the reference that `make bench` measures
+/// [`MjpegDecoder`] against, and that the tests compare it with.
+#[derive(Debug, Default)]
+pub struct ZuneMjpegDecoder {
+    /// The frame with the standard Huffman tables put in, when it came without.
+    patched: Vec<u8>,
+    /// Decoded full-resolution YCbCr (or luma for a greyscale JPEG), interleaved.
+    decoded: Vec<u8>,
+}
+
+impl ZuneMjpegDecoder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// As [`MjpegDecoder::decode`].
+    pub fn decode(
+        &mut self,
+        jpeg: &[u8],
+        width: u32,
+        height: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ConvertError> {
+        let data = prepare_jpeg(jpeg, width, height, &mut self.patched)?;
 
         let options = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::YCbCr);
         let mut decoder = JpegDecoder::new_with_options(ZCursor::new(data), options);
@@ -713,5 +894,57 @@ mod tests {
             ),
             (16, 128, 240)
         );
+    }
+
+    #[test]
+    fn libjpeg_turbo_and_the_zune_reference_agree() {
+        // 4:2:2 (a webcam's) and 4:2:0 (the snapshot encoder's) JPEGs, with and without
+        // Huffman tables.
+        let frame = Frame {
+            width: W,
+            height: H,
+            data: reference(),
+            captured_at: std::time::SystemTime::now(),
+            instant: std::time::Instant::now(),
+        };
+        let jpeg_420 = crate::video::snapshot::jpeg(&frame, 90).unwrap();
+        let jpeg_422 = fixture("testsrc2_320x240_422.jpg");
+        for jpeg in [&jpeg_420, &jpeg_422, &strip_dht(&jpeg_422)] {
+            let (mut turbo, mut zune) = (Vec::new(), Vec::new());
+            MjpegDecoder::new().decode(jpeg, W, H, &mut turbo).unwrap();
+            ZuneMjpegDecoder::new()
+                .decode(jpeg, W, H, &mut zune)
+                .unwrap();
+            // Both give the picture that was encoded; libjpeg-turbo, without the 4:4:4 round
+            // trip, at least as closely.
+            let turbo_off = plane_diffs(&turbo, &reference());
+            let zune_off = plane_diffs(&zune, &reference());
+            for ((plane, (t, _)), (z, _)) in ["Y", "U", "V"].iter().zip(turbo_off).zip(zune_off) {
+                assert!(
+                    t < 3.0 && t <= z + 0.25,
+                    "{plane}: {turbo_off:?} vs {zune_off:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_truncated_jpeg_is_an_error_not_a_grey_picture() {
+        let jpeg = fixture("testsrc2_320x240_422.jpg");
+        let mut out = Vec::new();
+        let err = MjpegDecoder::new()
+            .decode(&jpeg[..jpeg.len() / 2], W, H, &mut out)
+            .unwrap_err();
+        assert!(matches!(err, ConvertError::CorruptJpeg(_)), "{err}");
+    }
+
+    #[test]
+    fn range_arithmetic_matches_the_tables() {
+        let mut all: Vec<u8> = (0..=255).collect();
+        to_limited(&mut all, 219);
+        assert_eq!(all, LUMA_TO_LIMITED);
+        let mut all: Vec<u8> = (0..=255).collect();
+        to_limited(&mut all, 224);
+        assert_eq!(all, CHROMA_TO_LIMITED);
     }
 }

@@ -125,6 +125,7 @@ mod tests {
             width: 160,
             height: 120,
             fps: 30,
+            ..Default::default()
         };
         let mut src = FaultInjection::open(control.to_str().unwrap(), &spec).unwrap();
         assert!(src.next_frame().is_ok());

@@ -11,12 +11,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
 use tracing::{debug, warn};
 
 pub use super::SourceOpener;
 use super::controls::Controls;
-use super::encode::{self, EncodeError, EncodedFrame, Encoder};
-use super::{Frame, VideoError, VideoSpec};
+use super::encode::{self, EncodeError, EncodedFrame, Encoder, EncoderChoice};
+use super::h264::ProfileLevel;
+use super::{Captured, Frame, VideoError, VideoSpec};
 use crate::pipeline::{self, Media, Pipeline, Policy, Run, RunError};
 
 /// What the video pipeline is doing, for the status.
@@ -105,10 +107,32 @@ pub enum PipelineError {
     Encode(#[from] EncodeError),
 }
 
+/// What the stream is, as far as the pipeline's runs have shown it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// The newest run's encoder (`openh264`, `v4l2`, `passthrough`); `None` before the first.
+    pub encoder: Option<&'static str>,
+    /// The `profile-level-id` of the newest SPS; `None` before the first keyframe of a run of
+    /// this encoder.
+    pub profile: Option<ProfileLevel>,
+    /// For a source that makes its own keyframes and cannot be asked for one: the time between
+    /// its last IDRs (to 10 ms), which is how long a joining viewer may wait for its first picture.
+    pub idr_period: Option<Duration>,
+}
+
+/// A new IDR period is told when it differs from the last by more than this share.
+const IDR_PERIOD_CHANGE: f64 = 0.1;
+
 /// Video's half of the pipeline.
 pub struct Video {
     opener: SourceOpener,
     bitrate_kbps: u32,
+    encoder_choice: EncoderChoice,
+    stream: watch::Sender<StreamInfo>,
+    /// When the source's last keyframe came (for its IDR period).
+    last_keyframe: Mutex<Option<Instant>>,
+    /// The bitrate rate control wants from the encoder, bits/s (0: none yet, keep `bitrate_kbps`).
+    target_bps: AtomicU64,
     keyframes: Mutex<KeyframeGate>,
     /// Keyframes encoded, periodic ones included.
     keyframes_encoded: AtomicU64,
@@ -126,8 +150,43 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+impl Video {
+    /// After each output: the stream's profile from a keyframe's SPS, and the IDR period of a
+    /// source that cannot be asked for keyframes.
+    fn observe(&self, encoder: &dyn Encoder, encoded: &EncodedFrame) {
+        if !encoded.keyframe {
+            return;
+        }
+        let now = Instant::now();
+        let period = lock(&self.last_keyframe)
+            .replace(now)
+            .map(|last| now - last)
+            .filter(|_| !encoder.keyframes_on_request())
+            .map(|p| Duration::from_millis((p.as_millis() as u64).div_ceil(10) * 10));
+        let profile = ProfileLevel::of_access_unit(&encoded.data);
+        self.stream.send_if_modified(|info| {
+            let mut changed = false;
+            if profile.is_some() && info.profile != profile {
+                info.profile = profile;
+                changed = true;
+            }
+            if let Some(period) = period {
+                let differs = info.idr_period.is_none_or(|old| {
+                    (period.as_secs_f64() - old.as_secs_f64()).abs()
+                        > old.as_secs_f64() * IDR_PERIOD_CHANGE
+                });
+                if differs {
+                    info.idr_period = Some(period);
+                    changed = true;
+                }
+            }
+            changed
+        });
+    }
+}
+
 impl Media for Video {
-    type Raw = Frame;
+    type Raw = Captured;
     type Out = EncodedFrame;
     type Error = PipelineError;
     type Encoder = Box<dyn Encoder>;
@@ -137,11 +196,24 @@ impl Media for Video {
     fn start(&self) -> Result<Run<Self>, PipelineError> {
         let mut source = (self.opener)()?;
         let format = source.format().clone();
-        let encoder = encode::open(&format, self.bitrate_kbps)?;
+        let encoder = encode::open(&*source, &self.encoder_choice, self.bitrate_kbps)?;
         debug!(encoder = encoder.name(), "encoder open");
+        let name = encoder.name();
+        self.stream.send_if_modified(|info| {
+            if info.encoder == Some(name) {
+                return false;
+            }
+            *info = StreamInfo {
+                encoder: Some(name),
+                ..StreamInfo::default()
+            };
+            true
+        });
+        lock(&self.last_keyframe).take();
         Ok(Run {
-            description: format.description,
-            capture: Box::new(move || Ok(source.next_frame()?)),
+            description: format!("{} → {name}", format.description),
+            startup: source.startup(),
+            capture: Box::new(move || Ok(source.next_captured()?)),
             encoder,
         })
     }
@@ -149,17 +221,24 @@ impl Media for Video {
     fn encode(
         &self,
         encoder: &mut Box<dyn Encoder>,
-        frame: Frame,
+        captured: Captured,
     ) -> Result<Option<EncodedFrame>, PipelineError> {
+        let target = self.target_bps.load(Ordering::Relaxed);
+        if target > 0 {
+            encoder.set_bitrate(target.min(u64::from(u32::MAX)) as u32);
+        }
         let force = lock(&self.keyframes).should_force(Instant::now());
-        let encoded = encoder.encode(&frame, force)?;
+        let encoded = encoder.take(&captured, force)?;
         if let Some(encoded) = &encoded {
             lock(&self.keyframes).encoded(Instant::now(), encoded.keyframe);
             if encoded.keyframe {
                 self.keyframes_encoded.fetch_add(1, Ordering::Relaxed);
             }
+            self.observe(&**encoder, encoded);
         }
-        *lock(&self.latest) = Some(Arc::new(frame));
+        if let Captured::Raw(frame) = captured {
+            *lock(&self.latest) = Some(Arc::new(frame));
+        }
         Ok(encoded)
     }
 
@@ -179,13 +258,17 @@ impl Media for Video {
 #[derive(Clone)]
 pub struct Hub {
     pipeline: Pipeline<Video>,
+    /// The source may deliver H.264, which is passed through (see [`Hub::may_pass_through`]).
+    may_pass_through: bool,
 }
 
 impl Hub {
-    /// A hub over the source that `spec` names.
+    /// A hub over the source that `spec` names, encoded as `spec.encoder` says.
     pub fn new(spec: VideoSpec, bitrate_kbps: u32) -> std::io::Result<Hub> {
         let (controls, opener) = spec.prepare();
-        Hub::with_controls(opener, bitrate_kbps, controls)
+        let mut hub = Hub::build(opener, bitrate_kbps, controls, spec.encoder.clone())?;
+        hub.may_pass_through = spec.may_pass_through();
+        Ok(hub)
     }
 
     /// A hub over the sources `opener` opens, without picture controls.
@@ -199,9 +282,22 @@ impl Hub {
         bitrate_kbps: u32,
         controls: Controls,
     ) -> std::io::Result<Hub> {
+        Hub::build(opener, bitrate_kbps, controls, EncoderChoice::default())
+    }
+
+    fn build(
+        opener: SourceOpener,
+        bitrate_kbps: u32,
+        controls: Controls,
+        encoder_choice: EncoderChoice,
+    ) -> std::io::Result<Hub> {
         let pipeline = Pipeline::start(Video {
             opener,
             bitrate_kbps,
+            encoder_choice,
+            stream: watch::channel(StreamInfo::default()).0,
+            last_keyframe: Mutex::new(None),
+            target_bps: AtomicU64::new(0),
             keyframes: Mutex::new(KeyframeGate::default()),
             keyframes_encoded: AtomicU64::new(0),
             controls,
@@ -212,7 +308,22 @@ impl Hub {
             )),
             request_workers: Arc::new(tokio::sync::Semaphore::new(REQUEST_WORKERS)),
         })?;
-        Ok(Hub { pipeline })
+        Ok(Hub {
+            pipeline,
+            may_pass_through: false,
+        })
+    }
+
+    /// Whether the source may deliver H.264 that is passed through as it is (a process that
+    /// writes H.264; a V4L2 camera, which may offer it): then the stream's profile is known only
+    /// from its SPS, once the pipeline runs ([`Hub::stream`]).
+    pub fn may_pass_through(&self) -> bool {
+        self.may_pass_through
+    }
+
+    /// Follows what the stream is: its encoder, profile and IDR period.
+    pub fn stream(&self) -> watch::Receiver<StreamInfo> {
+        self.pipeline.media().stream.subscribe()
     }
 
     /// Start watching: the pipeline runs while any subscription exists, and the next frame
@@ -225,6 +336,15 @@ impl Hub {
             waiting_for_keyframe: true,
             max_backlog_age: None,
         }
+    }
+
+    /// The bitrate the shared encoder aims at from its next frame on (rate control, from the
+    /// viewers' bandwidth estimates; [`crate::peer::bitrate`]).
+    pub fn set_target_bitrate(&self, bps: u64) {
+        self.pipeline
+            .media()
+            .target_bps
+            .store(bps, Ordering::Relaxed);
     }
 
     pub fn request_keyframe(&self, reason: KeyframeReason) {
@@ -412,6 +532,7 @@ mod tests {
                 width: 320,
                 height: 240,
                 fps: 30,
+                ..Default::default()
             },
             500,
         )

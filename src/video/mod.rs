@@ -11,16 +11,20 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::{Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
+use bytes::Bytes;
 use controls::Controls;
 
 pub mod controls;
 pub mod convert;
 pub mod encode;
+pub mod exec;
 pub mod fault_injection;
 pub mod h264;
 pub mod hub;
+pub mod m2m;
 pub mod negotiate;
 pub mod snapshot;
 pub mod test_pattern;
@@ -39,9 +43,10 @@ pub struct Backend {
 }
 
 /// Every kind of video source; the first row that claims a `--video` value gets it.
-pub static SOURCES: [&Backend; 3] = [
+pub static SOURCES: [&Backend; 4] = [
     &test_pattern::BACKEND,
     &fault_injection::BACKEND,
+    &exec::BACKEND,
     &v4l2::BACKEND,
 ];
 
@@ -131,13 +136,32 @@ impl Default for Source {
     }
 }
 
-/// What the user asked for: a source and the wanted size and rate.
+/// What the user asked for: a source, the wanted size and rate, and how to encode it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VideoSpec {
     pub source: Source,
     pub width: u32,
     pub height: u32,
     pub fps: u32,
+    /// `--encoder`: which encoder turns raw pictures into H.264 (sources that deliver H.264
+    /// pass it through whatever this says, unless it names an encoder).
+    pub encoder: encode::EncoderChoice,
+    /// `--exec-format`: what a process source (`exec:COMMAND`) writes.
+    pub exec_format: exec::ExecFormat,
+}
+
+impl Default for VideoSpec {
+    /// The first camera at 1280x720, 30 fps, the encoder chosen automatically.
+    fn default() -> VideoSpec {
+        VideoSpec {
+            source: Source::default(),
+            width: 1280,
+            height: 720,
+            fps: 30,
+            encoder: encode::EncoderChoice::default(),
+            exec_format: exec::ExecFormat::default(),
+        }
+    }
 }
 
 /// What a source actually delivers once opened.
@@ -180,6 +204,36 @@ impl Frame {
     }
 }
 
+/// One H.264 access unit from a source that encodes by itself (a camera that delivers H.264, a
+/// process that writes it): Annex B, start codes included, as the source made it.
+#[derive(Debug, Clone)]
+pub struct AccessUnit {
+    pub data: Bytes,
+    /// When its first bytes arrived.
+    pub captured_at: SystemTime,
+    pub instant: Instant,
+}
+
+/// What a source delivers, each time: a raw picture for an encoder, or H.264 to pass through.
+#[derive(Debug, Clone)]
+pub enum Captured {
+    Raw(Frame),
+    H264(AccessUnit),
+}
+
+/// What kind of pictures an open source delivers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivers {
+    /// Raw I420 [`Frame`]s, which an encoder turns into H.264.
+    I420,
+    /// H.264 [`AccessUnit`]s, passed through to the viewers as they are.
+    H264,
+}
+
+/// Asks a source that encodes by itself for an IDR soon (V4L2's force-key-frame control). Called
+/// from the encoder's thread while the source captures on its own.
+pub type KeyframeTrigger = Arc<dyn Fn() -> Result<(), VideoError> + Send + Sync>;
+
 /// Why a source could not be opened or stopped delivering. Every variant names the device.
 #[derive(Debug, thiserror::Error)]
 pub enum VideoError {
@@ -199,14 +253,51 @@ pub enum VideoError {
     Failed { device: String, message: String },
 }
 
-/// A source of raw pictures. `next_frame` blocks until the next picture is ready, paced by the
+/// A source of pictures. `next_frame` blocks until the next picture is ready, paced by the
 /// source (a camera's clock, or the test pattern's timer).
+///
+/// Most sources deliver raw pictures and implement only `format` and `next_frame`. A source that
+/// delivers H.264 says so in [`delivers`](Self::delivers) and implements
+/// [`next_captured`](Self::next_captured) (its `next_frame` is an error), and
+/// [`keyframe_trigger`](Self::keyframe_trigger) when it can be asked for an IDR.
 pub trait VideoSource: Send {
     fn format(&self) -> &VideoFormat;
     fn next_frame(&mut self) -> Result<Frame, VideoError>;
+
+    /// What [`next_captured`](Self::next_captured) gives.
+    fn delivers(&self) -> Delivers {
+        Delivers::I420
+    }
+
+    /// The next picture, raw or H.264.
+    fn next_captured(&mut self) -> Result<Captured, VideoError> {
+        self.next_frame().map(Captured::Raw)
+    }
+
+    /// How to ask this source for an IDR; `None` when it cannot be asked (it makes them at its
+    /// own period) or makes no H.264.
+    fn keyframe_trigger(&self) -> Option<KeyframeTrigger> {
+        None
+    }
+
+    /// How long the first picture may take after the source opened, beyond the pipeline's stall
+    /// limit (a process that first starts a camera).
+    fn startup(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 impl VideoSpec {
+    /// Whether the source may deliver H.264, which is then passed through: a process that writes
+    /// H.264, or a V4L2 camera when the encoder is chosen automatically (it may offer H.264).
+    pub fn may_pass_through(&self) -> bool {
+        if self.source.is(&exec::BACKEND) {
+            self.exec_format == exec::ExecFormat::H264
+        } else {
+            self.source.is(&v4l2::BACKEND) && self.encoder.allows_passthrough()
+        }
+    }
+
     /// The source's picture controls, and how to open it: what its row in [`SOURCES`] gives.
     pub fn prepare(&self) -> (Controls, SourceOpener) {
         (self.source.backend.prepare)(self)
@@ -232,15 +323,28 @@ mod tests {
                 .unwrap()
                 .is(&fault_injection::BACKEND)
         );
+        let command = parse("exec:rpicam-vid -o -").unwrap();
+        assert!(command.is(&exec::BACKEND));
+        assert_eq!(command.as_str(), "exec:rpicam-vid -o -");
         let camera = parse("/dev/video2").unwrap();
         assert!(camera.is(&v4l2::BACKEND));
         assert_eq!(camera.to_string(), "/dev/video2");
         assert_eq!(camera, parse("/dev/video2").unwrap());
         assert_ne!(camera, parse("/dev/video3").unwrap());
-        for bad in ["", "/", "video0", "test-faults:", "Test"] {
+        for bad in [
+            "",
+            "/",
+            "video0",
+            "test-faults:",
+            "Test",
+            "exec:",
+            "exec:  ",
+        ] {
             assert_eq!(
                 parse(bad).unwrap_err(),
-                format!("expected `test` or a V4L2 device path such as /dev/video0, got {bad:?}")
+                format!(
+                    "expected `test`, `exec:COMMAND` or a V4L2 device path such as /dev/video0, got {bad:?}"
+                )
             );
         }
     }

@@ -30,6 +30,9 @@ pub enum FourCc {
     Nv12,
     /// I420: Y, U, V planes (V4L2 calls it YU12).
     Yu12,
+    /// H.264 (with start codes): not converted but passed through, when the encoder choice
+    /// allows it (`--encoder auto`).
+    H264,
     Other([u8; 4]),
 }
 
@@ -40,6 +43,7 @@ impl FourCc {
             b"MJPG" => FourCc::Mjpeg,
             b"NV12" => FourCc::Nv12,
             b"YU12" => FourCc::Yu12,
+            b"H264" => FourCc::H264,
             _ => FourCc::Other(code),
         }
     }
@@ -50,6 +54,7 @@ impl FourCc {
             FourCc::Mjpeg => *b"MJPG",
             FourCc::Nv12 => *b"NV12",
             FourCc::Yu12 => *b"YU12",
+            FourCc::H264 => *b"H264",
             FourCc::Other(code) => code,
         }
     }
@@ -60,16 +65,18 @@ impl FourCc {
             Ok(bytes) => FourCc::from_bytes(bytes),
             Err(_) => FourCc::Other(*b"????"),
         };
-        if fourcc.is_supported() {
+        if fourcc.is_supported() || fourcc == FourCc::H264 {
             Ok(fourcc)
         } else {
-            Err(format!("expected YUYV, NV12, YU12 or MJPG, got {code:?}"))
+            Err(format!(
+                "expected YUYV, NV12, YU12, MJPG or H264, got {code:?}"
+            ))
         }
     }
 
     /// Whether this source can convert the format to I420.
     pub fn is_supported(self) -> bool {
-        !matches!(self, FourCc::Other(_))
+        !matches!(self, FourCc::Other(_) | FourCc::H264)
     }
 
     /// Uncompressed formats, preferred when fast enough (no JPEG decoding).
@@ -85,7 +92,7 @@ impl FourCc {
             FourCc::Nv12 => 1,
             FourCc::Yuyv => 2,
             FourCc::Mjpeg => 3,
-            FourCc::Other(_) => 4,
+            FourCc::H264 | FourCc::Other(_) => 4,
         }
     }
 }
@@ -326,9 +333,22 @@ pub struct NoFit {
 /// Choose format, size and rate for a request of `width`x`height` at `fps`. See the module
 /// documentation for the rules.
 pub fn negotiate(offered: &[Offered], width: u32, height: u32, fps: u32) -> Result<Choice, NoFit> {
+    negotiate_with(offered, width, height, fps, false)
+}
+
+/// [`negotiate`], and with `h264` H.264 too, which then comes first when it reaches the rate
+/// (passed through, it costs nothing to convert or encode).
+pub fn negotiate_with(
+    offered: &[Offered],
+    width: u32,
+    height: u32,
+    fps: u32,
+    h264: bool,
+) -> Result<Choice, NoFit> {
     // Every (format, concrete size, rates) the request could use.
     let mut candidates: Vec<(FourCc, u32, u32, &Rates)> = Vec::new();
-    for format in offered.iter().filter(|o| o.fourcc.is_supported()) {
+    let usable = |o: &&Offered| o.fourcc.is_supported() || (h264 && o.fourcc == FourCc::H264);
+    for format in offered.iter().filter(usable) {
         for entry in &format.sizes {
             let (w, h) = entry.size.nearest_to(width, height);
             if w == 0 || h == 0 || w % 2 == 1 || h % 2 == 1 {
@@ -367,12 +387,13 @@ pub fn negotiate(offered: &[Offered], width: u32, height: u32, fps: u32) -> Resu
     let rank = |fourcc: FourCc, max_fps: Option<f64>| -> (u8, f64, u8) {
         let fast_enough = max_fps.is_none_or(|f| reaches(f, fps));
         let class = match (fast_enough, fourcc.is_raw()) {
-            (true, true) => 0,
-            (true, false) => 1,
-            (false, _) => 2,
+            (true, _) if fourcc == FourCc::H264 => 0,
+            (true, true) => 1,
+            (true, false) => 2,
+            (false, _) => 3,
         };
-        // Within class 2 the higher rate wins; elsewhere the rate does not matter.
-        let speed = if class == 2 {
+        // Within class 3 the higher rate wins; elsewhere the rate does not matter.
+        let speed = if class == 3 {
             -max_fps.unwrap_or(0.0)
         } else {
             0.0
@@ -499,7 +520,7 @@ mod tests {
                     discrete(2304, 1536, &[2]),
                 ],
             ),
-            format(FourCc::Other(*b"H264"), vec![discrete(1920, 1080, &all)]),
+            format(FourCc::H264, vec![discrete(1920, 1080, &all)]),
             format(
                 FourCc::Mjpeg,
                 vec![
@@ -598,7 +619,7 @@ mod tests {
             format(FourCc::Yuyv, vec![range()]),
             format(FourCc::Other(*b"RGB3"), vec![range()]),
             format(FourCc::Mjpeg, vec![range()]),
-            format(FourCc::Other(*b"H264"), vec![range()]),
+            format(FourCc::H264, vec![range()]),
             format(FourCc::Nv12, vec![range()]),
         ]
     }
@@ -691,10 +712,7 @@ mod tests {
     #[test]
     fn only_unsupported_formats_is_no_fit_with_a_listing() {
         let offered = vec![
-            format(
-                FourCc::Other(*b"H264"),
-                vec![discrete(1920, 1080, &[30, 15])],
-            ),
+            format(FourCc::H264, vec![discrete(1920, 1080, &[30, 15])]),
             format(FourCc::Other(*b"RGB3"), vec![discrete(640, 480, &[30])]),
         ];
         let err = negotiate(&offered, 1280, 720, 30).unwrap_err();
@@ -747,5 +765,13 @@ mod tests {
         assert_eq!(FourCc::Other([b'A', 0, 1, b'B']).to_string(), "A??B");
         assert_eq!(fps_text(7.5), "7.5");
         assert_eq!(fps_text(30000.0 / 1001.0), "29.97");
+    }
+
+    #[test]
+    fn h264_comes_first_when_passthrough_is_allowed() {
+        assert_eq!(pick(&c920(), 1920, 1080, 30), "MJPG 1920x1080@30");
+        let choice = negotiate_with(&c920(), 1920, 1080, 30, true).unwrap();
+        assert_eq!(choice.to_string(), "H264 1920x1080@30");
+        assert_eq!(FourCc::parse_supported("h264"), Ok(FourCc::H264));
     }
 }

@@ -74,6 +74,7 @@ mod tests {
             width: 320,
             height: 240,
             fps: 100,
+            ..Default::default()
         };
         let mut source = TestPattern::new(&spec);
         source.next_frame().unwrap();

@@ -381,6 +381,7 @@ mod tests {
             width,
             height,
             fps,
+            ..Default::default()
         }
     }
 

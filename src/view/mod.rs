@@ -1,10 +1,13 @@
 //! The headless viewer (`spyglass view`): connects to a device exactly as a browser would
-//! (MQTT 5 signaling, a recvonly WebRTC offer, trickle ICE), decodes the H.264 it receives, reads
-//! the test pattern's frame counter and capture time from the pixels, and reports what it got.
+//! (MQTT 5 signaling, ICE servers from the device when it hands them out, a recvonly WebRTC
+//! offer, trickle ICE), decodes the H.264 it receives, reads the test pattern's frame counter and
+//! capture time from the pixels, and reports what it got. When its connection is lost (its
+//! network changed), it restarts ICE on the same peer connection and CID, as a browser page does.
 
 pub mod assemble;
 pub mod audio;
 pub mod data;
+pub mod ice_servers;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -29,8 +32,10 @@ use webrtc::peer_connection::{
 use crate::mqtt::{self, MqttEvent, MqttSettings};
 use crate::pattern;
 use crate::peer::{PeerFactory, PeerSettings};
+use crate::secret::Secret;
 use crate::signaling::protocol::{
-    ErrorMsg, IceCandidateMsg, SessionDescriptionMsg, TopicKind, Topics, parse_answer, parse_error,
+    ErrorMsg, IceCandidateMsg, IceServer, SessionDescriptionMsg, TopicKind, Topics, parse_answer,
+    parse_error, parse_ice_servers, parse_status,
 };
 
 /// How to watch.
@@ -39,7 +44,7 @@ pub struct ViewOptions {
     pub host: String,
     pub port: u16,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// TCP, TLS or WebSocket (from the broker URL's scheme) and the TLS files.
     pub transport: mqtt::MqttTransport,
     pub id: String,
@@ -49,6 +54,8 @@ pub struct ViewOptions {
     pub timeout: Duration,
     pub bind: Vec<IpAddr>,
     pub mdns: bool,
+    /// The viewer's own STUN and TURN servers (the device's come on top when it hands them out).
+    pub own_servers: ice_servers::OwnServers,
     /// Stop early (successfully) when this is notified. For programs that watch until told.
     pub stop: Option<Arc<tokio::sync::Notify>>,
     /// Open a `spyglass` data channel in the offer and hand it here, for requests to the device.
@@ -69,6 +76,12 @@ impl ViewOptions {
             timeout: cfg.timeout,
             bind: cfg.rtc_bind.clone(),
             mdns: cfg.mdns,
+            own_servers: ice_servers::OwnServers {
+                stun: cfg.stun.clone(),
+                turn: cfg.turn.clone(),
+                username: cfg.turn_username.clone(),
+                password: cfg.turn_password.clone(),
+            },
             stop: None,
             data_channel: None,
         }
@@ -153,6 +166,20 @@ pub struct ViewReport {
     pub connected_ms: Option<f64>,
     /// Offer published → first decoded frame.
     pub first_frame_ms: Option<f64>,
+    /// The candidate pair ICE selected, e.g. `local=host/udp remote=relay/udp` (this viewer's
+    /// candidate first).
+    pub pair: Option<String>,
+    /// The ICE server URLs the device handed out (without credentials); empty when it hands out
+    /// none or was not asked.
+    pub device_ice_servers: Vec<String>,
+    /// ICE restarts made after the connection was lost (its network changed).
+    pub ice_restarts: u32,
+    /// The last ICE restart's offer → connected again.
+    pub reconnect_ms: Option<f64>,
+    /// Frames decoded after the last ICE restart.
+    pub frames_after_restart: u64,
+    /// The longest time between two decoded frames (what a network change cost).
+    pub longest_frame_gap_ms: Option<f64>,
     /// Capture (from the test pattern) → decoded here, per frame.
     pub latency_ms: Option<Spread>,
     /// Latency creep over the session: median of the first window against the last.
@@ -202,6 +229,28 @@ impl std::fmt::Display for ViewReport {
         writeln!(f, "answer after:     {}", ms(self.answer_ms))?;
         writeln!(f, "connected after:  {}", ms(self.connected_ms))?;
         writeln!(f, "first frame after: {}", ms(self.first_frame_ms))?;
+        if let Some(pair) = &self.pair {
+            writeln!(f, "candidate pair:   {pair}")?;
+        }
+        if !self.device_ice_servers.is_empty() {
+            writeln!(
+                f,
+                "ICE servers from the device: {}",
+                self.device_ice_servers.join(" ")
+            )?;
+        }
+        if self.ice_restarts > 0 {
+            writeln!(
+                f,
+                "ICE restarts:     {} (the last connected again after {}; {} frames since)",
+                self.ice_restarts,
+                ms(self.reconnect_ms),
+                self.frames_after_restart
+            )?;
+        }
+        if let Some(gap) = self.longest_frame_gap_ms {
+            writeln!(f, "longest frame gap: {gap:.0} ms")?;
+        }
         match &self.latency_ms {
             Some(l) => writeln!(
                 f,
@@ -297,17 +346,21 @@ struct Decoded {
 /// Watch until `frames` frames are decoded, the device refuses, or the timeout passes.
 pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
     let topics = Topics::new(opts.id.clone()).map_err(|e| ViewError::Setup(e.to_string()))?;
-    let mut conn = mqtt::connect(MqttSettings {
+    let broker = MqttSettings {
         host: opts.host.clone(),
         port: opts.port,
         client_id: mqtt::ClientId::Fixed(opts.cid.clone()),
         username: opts.username.clone(),
         password: opts.password.clone(),
         will: None,
-        subscriptions: topics.viewer_filters(&opts.cid).to_vec(),
+        subscriptions: topics
+            .viewer_filters(&opts.cid)
+            .into_iter()
+            .chain([topics.status()])
+            .collect(),
         transport: opts.transport.clone(),
-    })
-    .map_err(|e| ViewError::Setup(format!("{e:#}")))?;
+    };
+    let mut conn = mqtt::connect(broker.clone()).map_err(|e| ViewError::Setup(format!("{e:#}")))?;
     let deadline = tokio::time::Instant::now() + opts.timeout;
     let mut report = ViewReport::default();
 
@@ -334,15 +387,32 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
         }
     }
 
+    // ICE servers: the viewer's own, and the device's when its status says it hands them out.
+    let granted = device_ice_servers(&mut conn, &topics, &opts.cid, deadline).await;
+    report.device_ice_servers = granted.iter().flat_map(|s| s.urls.clone()).collect();
+    let (servers, left_out) = ice_servers::combine(&opts.own_servers, &granted);
+    if !left_out.is_empty() {
+        info!(
+            "TURN servers from the device left out (this viewer relays over UDP only): {}",
+            left_out.join(" ")
+        );
+    }
     let factory = PeerFactory::new(PeerSettings {
         bind: opts.bind.clone(),
         mdns: opts.mdns,
-        ice_servers: vec![],
+        ice_servers: servers,
+        // The viewer trusts the device it asked for: no policy on the device's candidates.
+        remote: Default::default(),
+        connect_timeout: opts.timeout,
+        check_interval: Some(crate::peer::VIEWER_CHECK_INTERVAL),
+        turn_rest: None,
+        regather_on_ice_restart: true,
+        ..Default::default()
     })
     .map_err(|e| ViewError::Setup(e.to_string()))?;
     let (news_tx, mut news) = mpsc::unbounded_channel();
-    let pc = factory
-        .build(Arc::new(Forwarder(news_tx)))
+    let (pc, connectivity) = factory
+        .build_watched_for(Arc::new(Forwarder(news_tx)), crate::peer::viewer_codecs())
         .await
         .map_err(|e| ViewError::Setup(e.to_string()))?;
     let setup = async {
@@ -404,6 +474,9 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
     let mut previous_counter: Option<u32> = None;
     let steady_after = Duration::from_secs(1);
     let mut first_frame_at: Option<Instant> = None;
+    let mut last_frame_at: Option<Instant> = None;
+    // Set while an ICE restart waits for the connection to come back: its offer's time.
+    let mut restarting: Option<Instant> = None;
 
     let outcome: Result<(), String> = loop {
         tokio::select! {
@@ -470,11 +543,51 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
                 Some(News::Candidate(mut init)) => {
                     init.sdp_mid = Some("0".into());
                     init.sdp_mline_index = Some(0);
-                    let msg = IceCandidateMsg { candidate: init.candidate, sdp_mid: init.sdp_mid, sdp_mline_index: init.sdp_mline_index };
+                    let msg = IceCandidateMsg {
+                        candidate: init.candidate,
+                        sdp_mid: init.sdp_mid,
+                        sdp_mline_index: init.sdp_mline_index,
+                        username_fragment: init.username_fragment.filter(|u| !u.is_empty()),
+                    };
                     conn.client.publish(topics.ice(&opts.cid), msg.to_json(), false).await;
                 }
                 Some(News::State(RTCPeerConnectionState::Connected)) => {
-                    report.connected_ms = Some(ms_since_offer());
+                    match restarting.take() {
+                        Some(at) => {
+                            let ms = at.elapsed().as_secs_f64() * 1000.0;
+                            report.reconnect_ms = Some(ms);
+                            report.frames_after_restart = 0;
+                            info!(ms, "connected again after the ICE restart");
+                        }
+                        None => report.connected_ms = Some(ms_since_offer()),
+                    }
+                    report.pair = connectivity.selected_pair();
+                }
+                // The connection was lost after it worked (the network changed, or went away for
+                // a while): restart ICE on the same peer connection and CID (docs/PROTOCOL.md,
+                // "Replacing a session"), once per loss.
+                Some(News::State(state @ (RTCPeerConnectionState::Disconnected | RTCPeerConnectionState::Failed)))
+                    if report.connected_ms.is_some() && restarting.is_none() && report.ice_restarts < MAX_ICE_RESTARTS =>
+                {
+                    info!("connection {state}: restarting ICE");
+                    // The network may have changed under us, and then the broker connection is
+                    // dead too, which its keepalive would tell only much later: a new one.
+                    match reconnect_broker(&broker, deadline).await {
+                        Ok(fresh) => {
+                            let old = std::mem::replace(&mut conn, fresh);
+                            tokio::spawn(old.close(None));
+                        }
+                        Err(err) => break Err(err),
+                    }
+                    match restart_ice(&pc).await {
+                        Ok(sdp) => {
+                            conn.client.publish(topics.offer(&opts.cid), SessionDescriptionMsg::offer(sdp).to_json(), false).await;
+                            restarting = Some(Instant::now());
+                            report.ice_restarts += 1;
+                            answered = false;
+                        }
+                        Err(err) => break Err(format!("ICE restart: {err}")),
+                    }
                 }
                 Some(News::State(state @ (RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed))) => {
                     break Err(format!("connection {state}"));
@@ -494,6 +607,14 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
             },
             Some(d) = decoded_rx.recv() => {
                 report.frames += 1;
+                report.frames_after_restart += 1;
+                if let Some(last) = last_frame_at {
+                    let gap = last.elapsed().as_secs_f64() * 1000.0;
+                    if report.longest_frame_gap_ms.is_none_or(|g| gap > g) {
+                        report.longest_frame_gap_ms = Some(gap);
+                    }
+                }
+                last_frame_at = Some(Instant::now());
                 report.luma.push((Instant::now(), d.mean_luma));
                 report.width = d.width;
                 report.height = d.height;
@@ -581,6 +702,111 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
             Ok(report)
         }
     }
+}
+
+/// ICE restarts at most per run.
+const MAX_ICE_RESTARTS: u32 = 5;
+/// How long to wait for the device's retained status before offering without its ICE servers.
+const STATUS_WAIT: Duration = Duration::from_secs(2);
+/// How long to wait for the device's ICE servers once asked.
+const ICE_SERVERS_WAIT: Duration = Duration::from_secs(3);
+
+/// The device's ICE servers (docs/PROTOCOL.md, "ICE servers"): read its retained status, and if
+/// it hands servers out, ask on this CID's topic and wait for the reply. Nothing when the device
+/// does not (or does not say so in time): the viewer then uses its own servers only.
+async fn device_ice_servers(
+    conn: &mut mqtt::MqttConnection,
+    topics: &Topics,
+    cid: &str,
+    deadline: tokio::time::Instant,
+) -> Vec<IceServer> {
+    let wait = |d: Duration| deadline.min(tokio::time::Instant::now() + d);
+    let status_by = wait(STATUS_WAIT);
+    let offers = loop {
+        match tokio::time::timeout_at(status_by, conn.events.recv()).await {
+            Ok(Some(MqttEvent::Message { topic, payload })) if topic == topics.status() => {
+                match parse_status(&payload) {
+                    Ok(Some(status)) => break status.ice_servers,
+                    Ok(None) => {
+                        debug!("the device's status says it is offline");
+                        break false;
+                    }
+                    Err(err) => {
+                        debug!("unreadable status: {err}");
+                        break false;
+                    }
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => {
+                debug!("no status from the device: offering without its ICE servers");
+                break false;
+            }
+        }
+    };
+    if !offers {
+        return vec![];
+    }
+    conn.client
+        .publish(topics.ice_servers(cid), b"{}".to_vec(), false)
+        .await;
+    let reply_by = wait(ICE_SERVERS_WAIT);
+    loop {
+        match tokio::time::timeout_at(reply_by, conn.events.recv()).await {
+            Ok(Some(MqttEvent::Message { topic, payload })) if topic == topics.ice_servers(cid) => {
+                match parse_ice_servers(&payload) {
+                    Ok(Some(reply)) => {
+                        if let Some(err) = reply.error {
+                            warn!(
+                                "the device refused ICE servers: {} ({})",
+                                err.message, err.code
+                            );
+                        }
+                        return reply.ice_servers;
+                    }
+                    Ok(None) => {}
+                    Err(err) => {
+                        warn!("unreadable ICE servers from the device: {err}");
+                        return vec![];
+                    }
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => {
+                warn!("the device did not hand out ICE servers in time: offering without them");
+                return vec![];
+            }
+        }
+    }
+}
+
+/// A new connection to the broker, subscribed, to replace one that may be dead.
+async fn reconnect_broker(
+    settings: &MqttSettings,
+    deadline: tokio::time::Instant,
+) -> Result<mqtt::MqttConnection, String> {
+    let mut conn = mqtt::connect(settings.clone()).map_err(|e| format!("{e:#}"))?;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.events.recv()).await {
+            Ok(Some(MqttEvent::Connected)) => return Ok(conn),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return Err("no broker connection after the ICE restart".into()),
+        }
+    }
+}
+
+/// Restart ICE (new credentials, new local candidates) and make the offer that carries it.
+async fn restart_ice(
+    pc: &Arc<dyn webrtc::peer_connection::PeerConnection>,
+) -> Result<String, webrtc::error::Error> {
+    pc.restart_ice().await?;
+    let offer = pc.create_offer(None).await?;
+    pc.set_local_description(offer).await?;
+    Ok(pc
+        .local_description()
+        .await
+        .map(|d| d.sdp)
+        .unwrap_or_default())
 }
 
 /// Receive RTP, assemble access units, decode on a blocking thread. Returns (lost packets,

@@ -184,6 +184,9 @@ impl Daemon {
             "127.0.0.1".into(),
             "--mdns".into(),
             "off".into(),
+            // Everything here runs on loopback: the viewers' candidates name 127.0.0.1.
+            "--rtc-allow-loopback".into(),
+            "on".into(),
             // No viewer page unless a test asks: the default would bind 0.0.0.0:8080.
             "--http".into(),
             "off".into(),
@@ -377,6 +380,7 @@ pub fn view_options(broker: &Broker, daemon: &Daemon, frames: u64) -> spyglass::
         timeout: Duration::from_secs(30),
         bind: vec!["127.0.0.1".parse().unwrap()],
         mdns: false,
+        own_servers: Default::default(),
         stop: None,
         data_channel: None,
     }
@@ -405,7 +409,7 @@ pub async fn recvonly_offer(
     let factory = spyglass::peer::PeerFactory::new(spyglass::peer::PeerSettings {
         bind: vec!["127.0.0.1".parse().unwrap()],
         mdns: false,
-        ice_servers: vec![],
+        ..Default::default()
     })
     .unwrap();
     let pc = factory.build(std::sync::Arc::new(Quiet)).await.unwrap();
@@ -431,5 +435,62 @@ pub async fn recvonly_offer(
             .filter(|l| !l.starts_with("a=candidate"))
             .collect::<Vec<_>>()
             .join("\r\n")
+    }
+}
+
+/// A process's resident memory, open descriptors and threads, from /proc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStats {
+    pub rss_kb: u64,
+    pub fds: usize,
+    pub threads: usize,
+}
+
+pub fn proc_stats(pid: u32) -> ProcStats {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    ProcStats {
+        rss_kb: field("VmRSS:"),
+        fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count(),
+        threads: field("Threads:") as usize,
+    }
+}
+
+/// Publish an offer on `cid` and wait for the device's answer (panics on an error reply).
+pub async fn offer_and_wait_answer(
+    broker: &Broker,
+    daemon: &Daemon,
+    cid: &str,
+    sdp: &str,
+) -> String {
+    let answer_topic = format!("{}/answer/{cid}", daemon.id);
+    let error_topic = format!("{}/error/{cid}", daemon.id);
+    let mut client =
+        TestClient::connect(broker, &[answer_topic.clone(), error_topic.clone()]).await;
+    let msg = serde_json::json!({"type": "offer", "sdp": sdp}).to_string();
+    client
+        .publish(&format!("{}/offer/{cid}", daemon.id), msg)
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match tokio::time::timeout_at(deadline, client.messages.recv()).await {
+            Ok(Some((topic, payload, _))) if topic == answer_topic => {
+                let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+                return v["sdp"].as_str().unwrap().to_string();
+            }
+            Ok(Some((topic, payload, _))) if topic == error_topic => {
+                panic!("offer refused: {}", String::from_utf8_lossy(&payload))
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => panic!("no answer on {answer_topic}"),
+        }
     }
 }

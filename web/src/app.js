@@ -1,5 +1,6 @@
 // The spyglass viewer page: finds cameras by their retained status over MQTT 5 (WebSocket),
-// plays one over WebRTC, and keeps playing it across broker drops and device restarts.
+// plays one over WebRTC, and keeps playing it across broker drops, device restarts and changes of
+// its own network (an ICE restart on the same connection).
 // The signaling is docs/PROTOCOL.md, followed exactly; the latency overlay reads the test
 // pattern's code (docs/TEST_PATTERN.md) from decoded frames.
 
@@ -19,11 +20,19 @@ const view = {
   devices: new Map(), // uid -> online status object
   session: null,
   sessions: 0, // sessions started since the page loaded
+  iceRestarts: 0, // ICE restarts made since the page loaded (the connection was lost)
+  frames: 0, // frames shown since the page loaded
+  frameTimes: [], // Date.now() of the last frames shown (at most 600)
   // firstFrameMs: offer -> first frame per session; stages: per session, ms after the offer at
   // which the answer arrived, ICE and DTLS connected and the first frame was shown.
-  metrics: { firstFrameMs: [], latencyMs: [], stages: [] },
+  // reconnectMs: per ICE restart, ms from its offer to connected again.
+  metrics: { firstFrameMs: [], latencyMs: [], stages: [], reconnectMs: [] },
   lastCode: null, // { frame, captureMs, latencyMs } from the newest decoded frame
   pc: null,
+  // The device's newest stats push for this session (docs/PROTOCOL.md "Stats object"): its
+  // bandwidth estimate for this viewer, the layers it sends, retransmissions. While the overlay
+  // is open the page subscribes to them.
+  deviceStats: null,
 };
 window.spyglass = view;
 
@@ -57,6 +66,9 @@ async function loadConfig() {
     broker: params.get('broker') || config.broker || derived,
     id: params.get('id') || config.id || null,
     username: params.get('username') || '',
+    // Static ICE servers (a public STUN server, say): RTCIceServer objects. The device may hand
+    // out more, TURN with short-lived credentials among them (see requestIceServers).
+    iceServers: Array.isArray(config.ice_servers) ? config.ice_servers : [],
   };
 }
 
@@ -65,6 +77,7 @@ async function loadConfig() {
 
 let client = null;
 let credentials = { username: '', password: '' };
+let staticIceServers = [];
 // The page's CID is also its MQTT client id, so that a broker ACL can tie a viewer's topics to
 // its connection (`{uid}/offer/%c`, docs/SECURITY.md). A new session on the same CID replaces
 // the previous one on the device.
@@ -93,6 +106,7 @@ function connect(broker) {
   client = c;
   c.on('connect', async () => {
     if (c !== client) return;
+    console.log('spyglass: broker connected');
     const filters = [...STATUS_FILTERS];
     if (view.deviceId) filters.push(`${view.deviceId}/status`);
     try {
@@ -116,6 +130,7 @@ function connect(broker) {
       $('broker-settings').open = true;
     }
   });
+  c.on('close', () => console.log('spyglass: broker connection closed'));
   c.on('offline', () => {
     if (c === client && view.state !== 'live') {
       setState('connecting', `Cannot reach the broker ${broker}; retrying…`);
@@ -244,23 +259,36 @@ async function startSession(uid, status) {
     stages: {},
     stream: new MediaStream(),
     disconnectTimer: 0,
+    restartAt: 0, // when the ICE restart under way sent its offer (performance.now())
+    restartTimer: 0,
+    iceServersWaiter: null,
   };
   const topic = (kind) => `${uid}/${kind}/${cid}`;
-  session.topics = { offer: topic('offer'), answer: topic('answer'), ice: topic('ice'), error: topic('error') };
+  session.topics = {
+    offer: topic('offer'),
+    answer: topic('answer'),
+    ice: topic('ice'),
+    error: topic('error'),
+    iceServers: topic('ice-servers'),
+  };
   view.session = session;
   view.sessions += 1;
   setState('starting', `Connecting to ${uid}…`);
 
   // 1. Subscribe first, and wait for the SUBACK.
   try {
-    await client.subscribeAsync([session.topics.answer, session.topics.ice, session.topics.error], { qos: 1, nl: true });
+    await client.subscribeAsync(sessionFilters(session), { qos: 1, nl: true });
   } catch (err) {
     failSession(session, `The broker refused the subscription: ${err.message}`);
     return;
   }
   if (view.session !== session) return;
 
-  const pc = new RTCPeerConnection();
+  // ICE servers: the page's own (config.json), and the device's when its status says it hands
+  // them out (TURN with short-lived credentials, on this CID's own topic).
+  const granted = status.ice_servers ? await requestIceServers(session) : [];
+  if (view.session !== session) return;
+  const pc = new RTCPeerConnection({ iceServers: iceServers(granted) });
   session.pc = pc;
   view.pc = pc;
   pc.addTransceiver('video', { direction: 'recvonly' });
@@ -278,20 +306,26 @@ async function startSession(uid, status) {
     publish(session.topics.ice, c && c.candidate ? c.toJSON() : { candidate: '' });
   };
   pc.oniceconnectionstatechange = () => {
+    console.log(`spyglass: ICE ${pc.iceConnectionState}`);
     if (pc.iceConnectionState === 'connected') mark(session, 'ice');
   };
   pc.onconnectionstatechange = () => {
     if (view.session !== session) return;
     const s = pc.connectionState;
-    if (s === 'connected') mark(session, 'connected');
+    console.log(`spyglass: connection ${s}`);
+    if (s === 'connected') {
+      mark(session, 'connected');
+      watchTraffic(session);
+      reconnected(session);
+    }
     clearTimeout(session.disconnectTimer);
-    if (s === 'failed' || s === 'closed') {
+    if (s === 'closed') {
       restartSession(session, `The connection to ${uid} was lost; reconnecting…`);
+    } else if (s === 'failed') {
+      restartIce(session);
     } else if (s === 'disconnected') {
-      session.disconnectTimer = setTimeout(
-        () => restartSession(session, `The connection to ${uid} was lost; reconnecting…`),
-        5000,
-      );
+      // Often a short gap; if it lasts, the network has probably changed under us.
+      session.disconnectTimer = setTimeout(() => restartIce(session), DISCONNECTED_GRACE_MS);
     }
   };
 
@@ -302,24 +336,202 @@ async function startSession(uid, status) {
   publish(session.topics.offer, { type: 'offer', sdp: pc.localDescription.sdp });
 }
 
+/** The page's static ICE servers and the device's, each once. */
+function iceServers(granted) {
+  const seen = new Set();
+  return [...staticIceServers, ...granted].filter((server) => {
+    const key = JSON.stringify([server.urls, server.username ?? null]);
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
+
+/** An ICE restart under way has a working path again. */
+function reconnected(session) {
+  if (view.session !== session || !session.restartAt || !session.answered) return;
+  const ms = Math.round(performance.now() - session.restartAt);
+  console.log(`spyglass: connected again ${ms} ms after the ICE restart`);
+  view.metrics.reconnectMs.push(ms);
+  session.restartAt = 0;
+  clearTimeout(session.restartTimer);
+  setState('live', `Live: ${session.uid}`);
+}
+
+/** Subscriptions of one session: its replies, on topics ending in its CID. */
+function sessionFilters(session) {
+  const t = session.topics;
+  return [t.answer, t.ice, t.error, t.iceServers];
+}
+
+const ICE_SERVERS_WAIT_MS = 3000;
+const DISCONNECTED_GRACE_MS = 2000;
+const RESTART_ANSWER_WAIT_MS = 8000;
+const MAX_ICE_RESTARTS = 5;
+
+/**
+ * Asks the device for ICE servers on this CID's topic (docs/PROTOCOL.md, "ICE servers") and
+ * waits for the reply: its list (STUN, TURN with credentials valid for `ttl` seconds), or none
+ * when it refuses or does not answer in time.
+ */
+function requestIceServers(session) {
+  return new Promise((resolve) => {
+    const done = (servers) => {
+      clearTimeout(timer);
+      session.iceServersWaiter = null;
+      resolve(servers);
+    };
+    const timer = setTimeout(() => {
+      console.warn('spyglass: the camera did not hand out ICE servers in time');
+      done([]);
+    }, ICE_SERVERS_WAIT_MS);
+    session.iceServersWaiter = (reply) => {
+      if (reply.error) console.warn(`spyglass: ICE servers refused: ${reply.error.message}`);
+      done(Array.isArray(reply.iceServers) ? reply.iceServers : []);
+    };
+    console.log('spyglass: asking the camera for ICE servers');
+    publish(session.topics.iceServers, {});
+  });
+}
+
+/**
+ * The connection was lost after it worked (a phone moving from Wi-Fi to LTE, a laptop changing
+ * networks): restart ICE on the same peer connection and CID. The camera applies the new offer
+ * to the same session (docs/PROTOCOL.md, "Replacing a session"): the picture comes back without a
+ * new DTLS handshake or a new session. If that does not work, a new session.
+ */
+async function restartIce(session) {
+  if (view.session !== session || session.restartAt || !session.pc) return;
+  const uid = session.uid;
+  if (session.restarts >= MAX_ICE_RESTARTS) {
+    restartSession(session, `The connection to ${uid} was lost; reconnecting…`);
+    return;
+  }
+  session.restarts = (session.restarts || 0) + 1;
+  view.iceRestarts += 1;
+  session.restartAt = performance.now();
+  console.log('spyglass: restarting ICE on the same connection');
+  setState('starting', `The connection to ${uid} was lost; reconnecting…`);
+  const fallBack = () => restartSession(session, `The connection to ${uid} was lost; reconnecting…`);
+  session.restartTimer = setTimeout(() => {
+    if (view.session === session && session.restartAt) fallBack();
+  }, RESTART_ANSWER_WAIT_MS + ICE_SERVERS_WAIT_MS);
+  try {
+    // A network change that broke ICE has probably broken the broker connection too, which
+    // mqtt.js would notice only at its next keepalive (a minute): a new one, at once (cheaper
+    // than waiting to find out; harmless when the old one was fine).
+    await reconnectBroker();
+    if (view.session !== session) return;
+    // Subscribed again before anything is asked (mqtt.js renews them only after its queue).
+    const filters = sessionFilters(session);
+    await client.unsubscribeAsync(filters).catch(() => {});
+    await client.subscribeAsync(filters, { qos: 1, nl: true }).catch(() => {});
+    if (view.session !== session) return;
+    // Fresh credentials: the old ones may have expired, and new TURN allocations need them.
+    if (currentStatus()?.ice_servers) {
+      const granted = await requestIceServers(session);
+      if (view.session !== session) return;
+      if (granted.length) {
+        session.pc.setConfiguration({ ...session.pc.getConfiguration(), iceServers: iceServers(granted) });
+      }
+    }
+    session.pc.restartIce();
+    await session.pc.setLocalDescription(await session.pc.createOffer());
+    if (view.session !== session) return;
+    session.answered = false;
+    session.remoteCandidates = [];
+    publish(session.topics.offer, { type: 'offer', sdp: session.pc.localDescription.sdp });
+    console.log('spyglass: ICE restart offer sent');
+  } catch (err) {
+    console.warn(`spyglass: ICE restart failed: ${err.message}`);
+    fallBack();
+  }
+}
+
+const BROKER_RECONNECT_MS = 10000;
+
+const NO_TRAFFIC_MS = 3000;
+
+/**
+ * Restart ICE when nothing at all has arrived for NO_TRAFFIC_MS while connected: the camera's
+ * consent checks and RTCP come every few seconds even when the picture is still, so silence means
+ * the path is gone (a network change). Chromium itself may take much longer to say
+ * "disconnected" (16 s was seen after a move), and the camera gives a vanished viewer 10 s.
+ */
+function watchTraffic(session) {
+  if (session.trafficTimer) return;
+  let bytes = -1;
+  let since = performance.now();
+  session.trafficTimer = setInterval(async () => {
+    const pc = session.pc;
+    if (view.session !== session || !pc) return clearInterval(session.trafficTimer);
+    if (session.restartAt || pc.connectionState !== 'connected') {
+      since = performance.now();
+      return;
+    }
+    let now = 0;
+    (await pc.getStats()).forEach((s) => {
+      if (s.type === 'transport') now += s.bytesReceived ?? 0;
+    });
+    if (now !== bytes) {
+      bytes = now;
+      since = performance.now();
+    } else if (performance.now() - since > NO_TRAFFIC_MS) {
+      console.log(`spyglass: nothing received for ${NO_TRAFFIC_MS / 1000} s`);
+      restartIce(session);
+    }
+  }, 1000);
+}
+
+/** Drop the broker connection and make a new one (the subscriptions are renewed with it). */
+function reconnectBroker() {
+  const c = client;
+  console.log('spyglass: connecting to the broker again');
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, BROKER_RECONNECT_MS);
+    function done() {
+      clearTimeout(timer);
+      c.removeListener('connect', done);
+      resolve();
+    }
+    c.once('connect', done);
+    c.end(true, () => c.reconnect());
+  });
+}
+
 async function onSessionMessage(session, kind, payload) {
   const message = parse(payload);
   if (!message) return;
+  if (kind === 'iceServers') {
+    // Our own request, echoed by a broker that ignores No-Local, has no iceServers.
+    if ('iceServers' in message && session.iceServersWaiter) session.iceServersWaiter(message);
+    return;
+  }
   if (kind === 'answer' && message.type === 'answer' && !session.answered) {
     session.answered = true;
     mark(session, 'answer');
+    if (session.restartAt) console.log('spyglass: answer to the ICE restart');
     try {
       await session.pc.setRemoteDescription({ type: 'answer', sdp: message.sdp });
       const dtls = session.pc.getTransceivers()[0]?.receiver.transport;
-      if (dtls) {
+      if (dtls && !session.dtlsWatched) {
+        session.dtlsWatched = true;
         dtls.addEventListener('statechange', () => {
           if (dtls.state === 'connected') mark(session, 'dtls');
         });
+        // After an ICE restart the connection may never have left "connected" (the page noticed
+        // the silence first): the new pair's selection says that it is back.
+        dtls.iceTransport?.addEventListener('selectedcandidatepairchange', () => reconnected(session));
       }
       for (const c of session.remoteCandidates) await addCandidate(session, c);
       session.remoteCandidates = [];
     } catch (err) {
-      failSession(session, `The camera's answer was not accepted: ${err.message}`);
+      if (session.restartAt) {
+        // The camera no longer had the session (it started a new one): start afresh too.
+        restartSession(session, `Reconnecting to ${session.uid}…`);
+      } else {
+        failSession(session, `The camera's answer was not accepted: ${err.message}`);
+      }
     }
   } else if (kind === 'ice') {
     if (session.answered && session.pc.remoteDescription) await addCandidate(session, message);
@@ -357,14 +569,16 @@ function endSession() {
   if (!session) return;
   view.session = null;
   view.pc = null;
+  view.deviceStats = null;
   clearTimeout(session.disconnectTimer);
+  clearTimeout(session.restartTimer);
+  clearInterval(session.trafficTimer);
+  if (session.iceServersWaiter) session.iceServersWaiter({ iceServers: [] });
   if (session.channel) session.channel.close();
   $('snapshot-button').disabled = true;
   $('picture-button').disabled = true;
   if (session.pc) session.pc.close();
-  if (client && client.connected) {
-    client.unsubscribe([session.topics.answer, session.topics.ice, session.topics.error]);
-  }
+  if (client && client.connected) client.unsubscribe(sessionFilters(session));
 }
 
 function failSession(session, message) {
@@ -391,6 +605,12 @@ let statsVisible = false;
 
 function onVideoFrame(_now, meta) {
   const session = view.session;
+  if (session && video.videoWidth > 0) {
+    if (session.restartAt) reconnected(session);
+    view.frames += 1;
+    view.frameTimes.push(Date.now());
+    if (view.frameTimes.length > 600) view.frameTimes.shift();
+  }
   if (session && !session.firstFrame && video.videoWidth > 0) {
     session.firstFrame = true;
     const ms = Math.round(performance.now() - session.offerAt);
@@ -454,6 +674,7 @@ function openChannel(session, dc) {
     channel.open = true;
     $('snapshot-button').disabled = false;
     $('picture-button').disabled = false;
+    followDeviceStats();
   };
   dc.onclose = () => {
     channel.open = false;
@@ -467,6 +688,10 @@ function openChannel(session, dc) {
     try {
       m = JSON.parse(event.data);
     } catch {
+      return;
+    }
+    if (m.type === 'stats' && m.id === undefined) {
+      if (view.session === session) view.deviceStats = m;
       return;
     }
     const p = pending.get(m.id);
@@ -642,6 +867,15 @@ async function updateStats() {
       lines.push(`bitrate  ${kbps == null ? '—' : kbps >= 1000 ? `${(kbps / 1000).toFixed(2)} Mbit/s` : `${kbps.toFixed(0)} kbit/s`}`);
       lines.push(`lost     ${inbound.packetsLost ?? 0} packets`);
       lines.push(`frames   ${inbound.framesDecoded ?? 0} decoded, ${inbound.framesDropped ?? 0} dropped`);
+      lines.push(`freezes  ${inbound.freezeCount ?? 0} (${(inbound.totalFreezesDuration ?? 0).toFixed(1)} s)`);
+    }
+    const d = view.deviceStats;
+    if (d && d.estimate_kbps != null) {
+      // What the device knows about this viewer's link, and what it sends it.
+      lines.push(`link     estimate ${d.estimate_kbps} kbit/s, loss ${d.loss_percent} %, ${d.retransmitted_packets} resent`);
+      const all = d.layer + 1 === d.layers;
+      lines.push(`layers   receiving ${d.layer + 1} of ${d.layers}${all ? '' : ' (fewer frames: the link is narrow)'}`);
+      lines.push(`encoder  ${d.target_kbps} kbit/s shared target${d.stalls ? `, ${d.stalls} stalls` : ''}`);
     }
     const rtt = pair && pair.currentRoundTripTime;
     lines.push(`rtt      ${rtt == null ? '—' : `${(rtt * 1000).toFixed(1)} ms`}`);
@@ -659,7 +893,16 @@ function showStats(on) {
   $('stats').hidden = !on;
   $('stats-button').setAttribute('aria-pressed', String(on));
   if (!on) view.lastCode = null;
+  followDeviceStats();
   updateStats();
+}
+
+/** Subscribe to the device's stats pushes while the overlay is open, unsubscribe when not. */
+function followDeviceStats() {
+  const channel = view.session && view.session.channel;
+  if (!channel || !channel.open) return;
+  const request = statsVisible ? channel.request('subscribe-stats', { interval_ms: 1000 }) : channel.request('unsubscribe-stats');
+  request.catch(() => {});
 }
 
 setInterval(updateStats, 1000);
@@ -703,6 +946,7 @@ $('broker-form').addEventListener('submit', (event) => {
 
 const config = await loadConfig();
 view.deviceId = config.id;
+staticIceServers = config.iceServers;
 credentials.username = config.username;
 $('broker-username').value = config.username;
 showStats(params.get('stats') === '1');

@@ -282,3 +282,19 @@ test('fetchImage: a message published after subscribing (a snapshot on request) 
   assert.deepEqual(img.payload, jpeg);
   await assert.rejects(fetchImage(broker.url, 'garage/none/snapshot', { timeoutMs: 300 }), /no message on garage\/none\/snapshot within 300 ms/);
 });
+
+test('a button (snapshot on request) is checked against button.mqtt', () => {
+  const button = {
+    name: 'Snapshot', unique_id: 'spyglass_garage_cam1_snapshot', command_topic: 'garage/cam1/snapshot/request',
+    payload_press: 'PRESS', availability: goodCamera().availability, device: { identifiers: ['spyglass_garage_cam1'] },
+    origin: { name: 'spyglass' },
+  };
+  const topic = 'homeassistant/button/garage_cam1/snapshot/config';
+  const good = check(topic, button);
+  assert.deepEqual([good.errors, good.warnings], [[], []]);
+  assert.deepEqual(check(topic, { ...button, command_topic: 'garage/+/snapshot' }).errors, ['"command_topic" is a filter with wildcards, not one topic']);
+  assert.deepEqual(check(topic, { ...button, retain: 'yes' }).errors, ['"retain" must be a boolean']);
+  const { command_topic: _, ...silent } = button;
+  assert.deepEqual(check(topic, silent).errors, ['"command_topic" is needed for the button to send anything']);
+  assert.equal(check(topic, { ...button, topic: 'x' }).warnings[0], '"topic" is not a button option: Home Assistant ignores it');
+});

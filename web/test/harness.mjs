@@ -115,7 +115,7 @@ export class Broker {
 }
 
 export class Spyglass {
-  /** Options: size, maxViewers, webBrokerUrl, webRoot, httpPort, id, extra (argv). */
+  /** Options: video, size, maxViewers, webBrokerUrl, webRoot, httpPort, id, extra (argv). */
   static async start(broker, options = {}) {
     const s = new Spyglass();
     s.broker = broker;
@@ -125,11 +125,12 @@ export class Spyglass {
     s.args = [
       '--id', s.id,
       '--mqtt', broker.url,
-      '--video', 'test',
+      '--video', options.video ?? 'test',
       '--size', options.size ?? '352x288',
       '--bitrate', '600',
       '--max-viewers', String(options.maxViewers ?? 4),
       '--rtc-bind', '127.0.0.1',
+      '--rtc-allow-loopback', 'on',
       '--mdns', 'off',
       '--http', `127.0.0.1:${s.httpPort}`,
       '--web-root', options.webRoot ?? distDir,
@@ -170,8 +171,8 @@ export class Spyglass {
   }
 }
 
-/** Headless Chromium from Debian with a fresh profile. */
-export async function launchBrowser() {
+/** Headless Chromium from Debian with a fresh profile; `args`: more command-line switches. */
+export async function launchBrowser({ args = [] } = {}) {
   const profile = mkdtempSync(join(tmpdir(), 'spyglass-web-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
@@ -183,6 +184,7 @@ export async function launchBrowser() {
       // Loopback ICE candidates, so media stays on 127.0.0.1.
       '--allow-loopback-in-peer-connection',
       '--autoplay-policy=no-user-gesture-required',
+      ...args,
     ],
   });
   return {
@@ -200,11 +202,11 @@ export async function launchBrowser() {
  * `{ browser: true }`, one headless Chromium (`fixture.browser`) launched before them and closed
  * after the clean-ups.
  */
-export function fileFixture({ browser = false } = {}) {
+export function fileFixture({ browser = false, browserArgs = [] } = {}) {
   const fixture = { cleanups: [], browser: null };
   if (browser) {
     before(async () => {
-      fixture.browser = await launchBrowser();
+      fixture.browser = await launchBrowser({ args: browserArgs });
     });
   }
   after(async () => {

@@ -1,12 +1,24 @@
 // Offer -> first frame and glass-to-glass latency as Chromium sees them: a private Mosquitto and
 // spyglass (test pattern) on 127.0.0.1, N page loads one after another in one headless Chromium.
-// Usage (from web/): node test/measure.mjs [N] [WxH]     (binary: $SPYGLASS_BIN or cargo's)
+// With --whep, then N WHEP sessions of the `whip-whep` package's client against the same daemon
+// (POST -> first frame shown), for the two side by side.
+// Usage (from web/): node test/measure.mjs [N] [WxH] [--whep]   (binary: $SPYGLASS_BIN or cargo's)
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Broker, Spyglass, launchBrowser, sleep, until } from './harness.mjs';
+import { PageServer } from './standards/pages.mjs';
+import { watchWhep } from './standards/whep-viewer.mjs';
 
-const n = Number(process.argv[2] ?? 20);
-const size = process.argv[3] ?? '1280x720';
+const positional = process.argv.slice(2).filter((a) => !a.startsWith('--'));
+const whep = process.argv.includes('--whep');
+const n = Number(positional[0] ?? 20);
+const size = positional[1] ?? '1280x720';
+const token = 'measure-token-0123456789abcdef';
+const dir = mkdtempSync(join(tmpdir(), 'spyglass-measure-'));
+writeFileSync(join(dir, 'token'), token, { mode: 0o600 });
 const broker = await Broker.start();
-const daemon = await Spyglass.start(broker, { size });
+const daemon = await Spyglass.start(broker, { size, extra: whep ? ['--whep-token-file', join(dir, 'token')] : [] });
 const browser = await launchBrowser();
 const first = [];
 const latency = [];
@@ -32,8 +44,26 @@ try {
     if (v.length) console.log(`offer -> ${stage.padEnd(18)} median ${q(v, 0.5)} ms, p95 ${q(v, 0.95)} ms`);
   }
   console.log(`glass-to-glass latency   median ${q(latency, 0.5)} ms, p95 ${q(latency, 0.95)} ms (per-session medians)`);
+  if (whep) {
+    const pages = await PageServer.start();
+    const whepFirst = [];
+    try {
+      for (let i = 0; i < n; i++) {
+        const v = await watchWhep(browser.context, pages, { url: `${daemon.pageUrl}whep`, token, timeoutMs: 30000 });
+        if (v.ok) whepFirst.push(v.firstFrameMs);
+        else console.log(`WHEP session ${i}: ${v.error}`);
+        await v.stop();
+        await sleep(300);
+      }
+    } finally {
+      await pages.close();
+    }
+    console.log(`WHEP POST -> first frame median ${q(whepFirst, 0.5)} ms, p95 ${q(whepFirst, 0.95)} ms (${whepFirst.length} sessions: ${whepFirst.join(' ')})`);
+    console.log(`MQTT offer -> first frame, each: ${first.join(' ')}`);
+  }
 } finally {
   await browser.close();
   await daemon.close();
   await broker.close();
+  rmSync(dir, { recursive: true, force: true });
 }

@@ -23,7 +23,10 @@ use v4l::{Device, Format, FourCC, Fraction};
 use super::controls::Controls;
 use super::convert::{self, Layout, MjpegDecoder};
 use super::negotiate::{self, FourCc, FrameSize, Interval, Offered, OfferedSize, Rates};
-use super::{Backend, Frame, SourceOpener, VideoError, VideoFormat, VideoSource, VideoSpec};
+use super::{
+    AccessUnit, Backend, Captured, Delivers, Frame, KeyframeTrigger, SourceOpener, VideoError,
+    VideoFormat, VideoSource, VideoSpec,
+};
 
 pub mod controls;
 
@@ -98,13 +101,14 @@ impl V4l2Source {
                 });
             }
         }
-        let choice = negotiate::negotiate(&offered, spec.width, spec.height, spec.fps).map_err(
-            |no_fit| VideoError::NoFittingFormat {
-                device: path.to_string(),
-                wanted: format!("{}x{}@{}", spec.width, spec.height, spec.fps),
-                offered: no_fit.offered,
-            },
-        )?;
+        // H.264 is passed through when the encoder choice allows it, or when asked for by name.
+        let h264 = spec.encoder.allows_passthrough() || only == Some(FourCc::H264);
+        let choice = negotiate::negotiate_with(&offered, spec.width, spec.height, spec.fps, h264)
+            .map_err(|no_fit| VideoError::NoFittingFormat {
+            device: path.to_string(),
+            wanted: format!("{}x{}@{}", spec.width, spec.height, spec.fps),
+            offered: no_fit.offered,
+        })?;
 
         let wanted = Format::new(
             choice.width,
@@ -205,6 +209,65 @@ impl VideoSource for V4l2Source {
         &self.format
     }
 
+    fn delivers(&self) -> Delivers {
+        if self.fourcc == FourCc::H264 {
+            Delivers::H264
+        } else {
+            Delivers::I420
+        }
+    }
+
+    fn next_captured(&mut self) -> Result<Captured, VideoError> {
+        if self.fourcc != FourCc::H264 {
+            return self.next_frame().map(Captured::Raw);
+        }
+        let mut bad = 0;
+        loop {
+            let (buffer, meta) = match self.stream.next() {
+                Ok(next) => next,
+                Err(e) if is_retryable(&e) => {
+                    self.finish_interrupted_dequeue()?;
+                    continue;
+                }
+                Err(e) => return Err(stream_error(&self.path, e)),
+            };
+            let captured_at = SystemTime::now();
+            let instant = Instant::now();
+            let used = (meta.bytesused as usize).min(buffer.len());
+            if !meta.flags.contains(BufferFlags::ERROR) && used > 0 {
+                return Ok(Captured::H264(AccessUnit {
+                    data: bytes::Bytes::copy_from_slice(&buffer[..used]),
+                    captured_at,
+                    instant,
+                }));
+            }
+            bad += 1;
+            if bad >= MAX_BAD_FRAMES {
+                return Err(failed(
+                    &self.path,
+                    format!("{bad} unusable H.264 buffers in a row"),
+                ));
+            }
+        }
+    }
+
+    /// The force-key-frame control, set through a handle of its own (the capture thread holds
+    /// the stream).
+    fn keyframe_trigger(&self) -> Option<KeyframeTrigger> {
+        if self.fourcc != FourCc::H264 {
+            return None;
+        }
+        let path = self.path.clone();
+        Some(std::sync::Arc::new(move || {
+            crate::video::m2m::set_control_at(
+                &path,
+                v4l::v4l_sys::V4L2_CID_MPEG_VIDEO_FORCE_KEY_FRAME,
+                1,
+            )
+            .map_err(|e| failed(&path, e.to_string()))
+        }))
+    }
+
     fn next_frame(&mut self) -> Result<Frame, VideoError> {
         let (width, height) = (self.format.width, self.format.height);
         let mut bad = 0;
@@ -238,9 +301,9 @@ impl VideoSource for V4l2Source {
                     FourCc::Nv12 => convert::nv12_to_i420(data, &self.layout, &mut out),
                     FourCc::Yu12 => convert::yu12_to_i420(data, &self.layout, &mut out),
                     FourCc::Mjpeg => self.mjpeg.decode(data, width, height, &mut out),
-                    // Negotiation picks only formats it can convert; a driver that switched
-                    // formats is refused at open.
-                    FourCc::Other(_) => {
+                    // Negotiation picks only formats it can convert (H.264 is passed through, in
+                    // `next_captured`); a driver that switched formats is refused at open.
+                    FourCc::H264 | FourCc::Other(_) => {
                         return Err(failed(
                             &self.path,
                             format!("spyglass cannot convert {}", self.fourcc),
@@ -490,6 +553,8 @@ impl fmt::Display for DeviceInfo {
         for format in &self.formats {
             let note = if format.fourcc.is_supported() {
                 ""
+            } else if format.fourcc == FourCc::H264 {
+                " (passed through with --encoder auto)"
             } else {
                 " (not usable by spyglass)"
             };
@@ -602,6 +667,7 @@ mod tests {
             width: 640,
             height: 480,
             fps: 30,
+            ..Default::default()
         };
         let err = V4l2Source::open("/dev/video-nonexistent", &spec)
             .err()
@@ -680,7 +746,7 @@ mod tests {
                     }],
                 },
                 Offered {
-                    fourcc: FourCc::Other(*b"H264"),
+                    fourcc: FourCc::H264,
                     sizes: vec![OfferedSize {
                         size: FrameSize::Discrete {
                             width: 1920,
@@ -693,7 +759,7 @@ mod tests {
         };
         assert_eq!(
             info.to_string(),
-            "/dev/video0: HD Pro Webcam C920 (driver uvcvideo, usb-0000:01:00.0-1.3)\n  YUYV: 640x480@30,15\n  H264 (not usable by spyglass): 1920x1080@30\n"
+            "/dev/video0: HD Pro Webcam C920 (driver uvcvideo, usb-0000:01:00.0-1.3)\n  YUYV: 640x480@30,15\n  H264 (passed through with --encoder auto): 1920x1080@30\n"
         );
     }
 }

@@ -13,6 +13,8 @@
 //   https://www.home-assistant.io/integrations/camera.mqtt/
 // - MQTT sensor: source/_integrations/sensor.mqtt.markdown (same commit),
 //   https://www.home-assistant.io/integrations/sensor.mqtt/
+// - MQTT button: source/_integrations/button.mqtt.markdown (commit
+//   03048e091609184b36258ef4d06d5738a2623fb5), https://www.home-assistant.io/integrations/button.mqtt/
 // Where the documentation is vague, Home Assistant's code decides: `~` is expanded at the start or
 // end of the value of every key that ends in "topic" (so `topic` too) and of each availability
 // entry's `topic` (homeassistant/components/mqtt/discovery.py, _replace_topic_base).
@@ -31,15 +33,17 @@ import { fileURLToPath } from 'node:url';
 import mqtt from 'mqtt';
 
 // Abbreviations (mqtt.markdown, "Supported abbreviations in MQTT discovery messages"): the ones
-// for the options of the camera and sensor platforms, availability, and device-based discovery.
+// for the options of the camera, button and sensor platforms, availability, and device-based
+// discovery.
 export const ABBREVIATIONS = {
   avty: 'availability', avty_mode: 'availability_mode', avty_t: 'availability_topic',
-  avty_tpl: 'availability_template', cmps: 'components', dev: 'device', dev_cla: 'device_class',
+  avty_tpl: 'availability_template', cmd_t: 'command_topic', cmps: 'components', dev: 'device', dev_cla: 'device_class',
   e: 'encoding', en: 'enabled_by_default', ent_cat: 'entity_category', ent_pic: 'entity_picture',
   exp_aft: 'expire_after', frc_upd: 'force_update', ic: 'icon', img_e: 'image_encoding',
   json_attr_t: 'json_attributes_topic', json_attr_tpl: 'json_attributes_template',
   lrst_val_tpl: 'last_reset_value_template', o: 'origin', obj_id: 'object_id', ops: 'options',
   p: 'platform', pl_avail: 'payload_available', pl_not_avail: 'payload_not_available',
+  pl_prs: 'payload_press', ret: 'retain',
   stat_cla: 'state_class', stat_t: 'state_topic', sug_dsp_prc: 'suggested_display_precision',
   t: 'topic', uniq_id: 'unique_id', unit_of_meas: 'unit_of_measurement', val_tpl: 'value_template',
 };
@@ -69,6 +73,7 @@ const COMMON_KEYS = new Set([
 ]);
 const PLATFORM_KEYS = {
   camera: new Set(['topic', 'image_encoding']),
+  button: new Set(['command_topic', 'payload_press', 'retain', 'device_class']),
   sensor: new Set([
     'state_topic', 'value_template', 'device_class', 'expire_after', 'force_update',
     'last_reset_value_template', 'options', 'suggested_display_precision', 'state_class',
@@ -254,6 +259,13 @@ function checkEntity(platform, c, errors, warnings) {
     need('topic' in c, '"topic" is required for a camera');
     topic('topic', { wildcards: false });
     if ('image_encoding' in c) need(c.image_encoding === 'b64', '"image_encoding" can only be "b64" (or be left out for raw image bytes)');
+  } else if (platform === 'button') {
+    // button.mqtt: command_topic (a topic, no wildcards), payload_press (string, "PRESS"), retain.
+    need('command_topic' in c, '"command_topic" is needed for the button to send anything');
+    topic('command_topic', { wildcards: false });
+    str('payload_press');
+    if ('retain' in c) need(typeof c.retain === 'boolean', '"retain" must be a boolean');
+    if ('device_class' in c) need(['identify', 'restart', 'update'].includes(c.device_class), '"device_class" must be identify, restart or update');
   } else if (platform === 'sensor') {
     need('state_topic' in c, '"state_topic" is required for a sensor');
     topic('state_topic');
@@ -316,7 +328,7 @@ export function checkDiscoveryMessage(topic, payload, { prefix = 'homeassistant'
     if ('platform' in c) r.warnings.push('"platform" belongs in device-based discovery only');
     checkEntity(r.component, c, r.errors, r.warnings);
   } else {
-    r.warnings.push(`component "${r.component}" is not checked (camera and sensor are)`);
+    r.warnings.push(`component "${r.component}" is not checked (camera, button and sensor are)`);
   }
   return r;
 }

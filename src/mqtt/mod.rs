@@ -8,11 +8,15 @@
 //! log in knock the device off the broker (docs/SECURITY.md).
 //!
 //! The broker URL's scheme chooses the transport: `mqtt://` plain TCP, `mqtts://` TLS, `ws://`
-//! and `wss://` MQTT over a WebSocket (without and with TLS). TLS is rustls with the ring crypto
-//! provider (the one webrtc uses), trusting the system's root certificates or the CA file given,
-//! and presenting a client certificate when one is configured.
+//! and `wss://` MQTT over a WebSocket (without and with TLS). The transport owns its types: the
+//! URL ([`url`]) and the TLS files and configuration ([`tls`]).
 
-use std::path::Path;
+pub mod tls;
+pub mod url;
+
+pub use tls::MqttTls;
+pub use url::{BrokerScheme, BrokerUrl};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,13 +25,11 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Filter, LastWill, Packet};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, StateError};
 use rumqttc::{NetworkOptions, TlsConfiguration, Transport};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::config::{BrokerScheme, BrokerUrl, MqttTls};
+use crate::secret::Secret;
 
 /// Largest message we let the broker send us. Larger than any limit the application applies,
 /// so that the application sees an oversized message and can answer it with an error.
@@ -64,16 +66,16 @@ impl ClientId {
     }
 }
 
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct MqttSettings {
     pub host: String,
     pub port: u16,
     pub client_id: ClientId,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// Retained last will: topic and payload.
     pub will: Option<(String, Vec<u8>)>,
-    /// Filters subscribed (QoS 1, No-Local) after every connect.
+    /// Filters subscribed (QoS 0, No-Local) after every connect.
     pub subscriptions: Vec<String>,
     /// TCP, TLS or WebSocket, and the TLS files.
     pub transport: MqttTransport,
@@ -99,97 +101,6 @@ impl MqttTransport {
     }
 }
 
-/// The certificates in a PEM file; an error (naming the file) if it cannot be read or holds none.
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {}", path.display(), pem_error(e)))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{}: no PEM certificate (BEGIN CERTIFICATE) in it",
-            path.display()
-        ));
-    }
-    Ok(certs)
-}
-
-/// The private key in a PEM file (PKCS#8, PKCS#1 or SEC1); an error naming the file, never
-/// quoting it.
-pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| match e {
-        rustls_pki_types::pem::Error::NoItemsFound => format!(
-            "{}: no PEM private key (BEGIN PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY) in it",
-            path.display()
-        ),
-        e => format!("{}: {}", path.display(), pem_error(e)),
-    })
-}
-
-fn pem_error(e: rustls_pki_types::pem::Error) -> String {
-    match e {
-        rustls_pki_types::pem::Error::Io(io) => io.to_string(),
-        // The other variants describe the structure, not the contents.
-        other => format!("not a valid PEM file ({other:?})"),
-    }
-}
-
-/// The rustls client configuration for `mqtts://` and `wss://`.
-fn tls_config(tls: &MqttTls) -> anyhow::Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &tls.ca {
-        Some(path) => {
-            for cert in load_certs(path).map_err(anyhow::Error::msg)? {
-                roots
-                    .add(cert)
-                    .map_err(|e| anyhow::anyhow!("MQTT CA file {}: {e}", path.display()))?;
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            let (added, _) = roots.add_parsable_certificates(found.certs);
-            if added == 0 {
-                anyhow::bail!(
-                    "no system root certificates found for the TLS broker ({} errors);                      name a CA file with --mqtt-ca",
-                    found.errors.len()
-                );
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
-    Ok(match (&tls.cert, &tls.key) {
-        (Some(cert), Some(key)) => builder
-            .with_client_auth_cert(
-                load_certs(cert).map_err(anyhow::Error::msg)?,
-                load_key(key).map_err(anyhow::Error::msg)?,
-            )
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "MQTT client certificate {} and key {}: {e}",
-                    cert.display(),
-                    key.display()
-                )
-            })?,
-        _ => builder.with_no_client_auth(),
-    })
-}
-
-impl std::fmt::Debug for MqttSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MqttSettings")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("client_id", &self.client_id)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("subscriptions", &self.subscriptions)
-            .field("transport", &self.transport)
-            .finish()
-    }
-}
-
 /// What the transport reports.
 #[derive(Debug, Clone)]
 pub enum MqttEvent {
@@ -208,7 +119,7 @@ pub enum MqttEvent {
 pub struct Mqtt {
     client: AsyncClient,
     outbox: mpsc::Sender<(String, Vec<u8>, bool)>,
-    lossy: mpsc::Sender<(String, Vec<u8>)>,
+    lossy: mpsc::Sender<(String, Vec<u8>, bool)>,
 }
 
 /// Messages waiting to be handed to the MQTT client. Publishing never blocks the caller: the
@@ -232,33 +143,23 @@ pub fn connect(settings: MqttSettings) -> anyhow::Result<MqttConnection> {
     let t = &settings.transport;
     // For WebSockets rumqttc takes host, port and path from a URL in place of the host.
     let ws_url = || {
-        let host = if settings.host.contains(':') {
-            format!("[{}]", settings.host)
-        } else {
-            settings.host.clone()
-        };
-        let path = if t.path.is_empty() {
-            crate::config::DEFAULT_WS_PATH
-        } else {
-            &t.path
-        };
-        let scheme = if t.scheme == BrokerScheme::Wss {
-            "wss"
-        } else {
-            "ws"
-        };
-        format!("{scheme}://{host}:{}{path}", settings.port)
+        BrokerUrl {
+            scheme: t.scheme,
+            host: settings.host.clone(),
+            port: settings.port,
+            path: t.path.clone(),
+        }
+        .websocket_url()
+    };
+    let tls = || -> anyhow::Result<TlsConfiguration> {
+        Ok(TlsConfiguration::Rustls(Arc::new(tls::client_config(
+            &t.tls,
+        )?)))
     };
     let (addr, transport) = match t.scheme {
-        BrokerScheme::Mqtts => (
-            settings.host.clone(),
-            Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(tls_config(&t.tls)?))),
-        ),
+        BrokerScheme::Mqtts => (settings.host.clone(), Transport::tls_with_config(tls()?)),
         BrokerScheme::Ws => (ws_url(), Transport::ws()),
-        BrokerScheme::Wss => (
-            ws_url(),
-            Transport::wss_with_config(TlsConfiguration::Rustls(Arc::new(tls_config(&t.tls)?))),
-        ),
+        BrokerScheme::Wss => (ws_url(), Transport::wss_with_config(tls()?)),
         _ => (settings.host.clone(), Transport::tcp()),
     };
     let mut options = MqttOptions::new(settings.client_id.next(), addr, settings.port);
@@ -273,7 +174,8 @@ pub fn connect(settings: MqttSettings) -> anyhow::Result<MqttConnection> {
     options.set_network_options(network);
     options.set_outgoing_inflight_upper_limit(MAX_INFLIGHT);
     if let Some(user) = &settings.username {
-        options.set_credentials(user.clone(), settings.password.clone().unwrap_or_default());
+        let password = settings.password.as_deref().unwrap_or_default();
+        options.set_credentials(user.clone(), password);
     }
     if let Some((topic, payload)) = &settings.will {
         options.set_last_will(LastWill::new(
@@ -294,7 +196,7 @@ pub fn connect(settings: MqttSettings) -> anyhow::Result<MqttConnection> {
         tx,
     ));
     let (outbox, pending) = mpsc::channel::<(String, Vec<u8>, bool)>(OUTBOX_DEPTH);
-    let (lossy, lossy_pending) = mpsc::channel::<(String, Vec<u8>)>(LOSSY_DEPTH);
+    let (lossy, lossy_pending) = mpsc::channel::<(String, Vec<u8>, bool)>(LOSSY_DEPTH);
     tokio::spawn(hand_over(client.clone(), pending, lossy_pending));
     Ok(MqttConnection {
         client: Mqtt {
@@ -313,7 +215,7 @@ pub fn connect(settings: MqttSettings) -> anyhow::Result<MqttConnection> {
 async fn hand_over(
     client: AsyncClient,
     mut pending: mpsc::Receiver<(String, Vec<u8>, bool)>,
-    mut lossy: mpsc::Receiver<(String, Vec<u8>)>,
+    mut lossy: mpsc::Receiver<(String, Vec<u8>, bool)>,
 ) {
     loop {
         tokio::select! {
@@ -326,8 +228,8 @@ async fn hand_over(
                 }
             }
             message = lossy.recv() => {
-                let Some((topic, payload)) = message else { return };
-                if client.try_publish(topic.clone(), QoS::AtLeastOnce, false, payload).is_err() {
+                let Some((topic, payload, retain)) = message else { return };
+                if client.try_publish(topic.clone(), QoS::AtLeastOnce, retain, payload).is_err() {
                     debug!(topic, "MQTT client busy: lossy message dropped");
                 }
             }
@@ -382,6 +284,12 @@ async fn drive(
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
                 debug!("MQTT disconnect sent");
+                // Read on until the broker closes the connection: closing it with the broker's
+                // acknowledgements unread resets it, and a reset makes the broker drop what it
+                // has not read yet (Mosquitto 2.0.11 lost the last of five publishes sent just
+                // before a disconnect this way).
+                let drain = async { while eventloop.poll().await.is_ok() {} };
+                let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
                 return;
             }
             Ok(_) => {}
@@ -451,17 +359,23 @@ impl Mqtt {
     /// Publish at QoS 1 (not retained) if the connection has time for it: only when no message
     /// from [`Mqtt::publish`] waits, and dropped when [`LOSSY_DEPTH`] lossy ones already wait.
     pub fn publish_lossy(&self, topic: String, payload: Vec<u8>) {
-        if self.lossy.try_send((topic, payload)).is_err() {
+        self.publish_when_idle(topic, payload, false);
+    }
+
+    /// [`Mqtt::publish_lossy`] for bulky messages that must not hold up signaling (Home
+    /// Assistant's snapshots), retained or not.
+    pub fn publish_when_idle(&self, topic: String, payload: Vec<u8>, retain: bool) {
+        if self.lossy.try_send((topic, payload, retain)).is_err() {
             debug!("MQTT lossy outbox full: message dropped");
         }
     }
 }
 
 impl MqttConnection {
-    /// Publish a last message (e.g. the offline status), disconnect cleanly, and wait (a short
-    /// while) for the event loop to send both.
-    pub async fn close(mut self, last: Option<(String, Vec<u8>)>) {
-        if let Some((topic, payload)) = last {
+    /// Publish last messages, retained (e.g. the offline status), disconnect cleanly, and wait
+    /// (a short while) for the event loop to send them all.
+    pub async fn close(mut self, last: impl IntoIterator<Item = (String, Vec<u8>)>) {
+        for (topic, payload) in last {
             // Directly, behind whatever the outbox has handed over already.
             let _ = self
                 .client
