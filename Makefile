@@ -48,9 +48,32 @@ build: deps web
 release: deps web
 	$(CARGO) build --release
 
-test: deps web
-	$(CARGO) build --bins
-	$(CARGO) test --all-targets
+# `make test`: one stage per line. scripts/stage.sh prints a line as each stage starts and ends,
+# keeps each stage's output in build/test-logs/NN-stage.log (the tail is shown when it fails; the
+# stages after a failure do not run), and ends with a table of stages, times and results.
+# A new stage is one more line: @$(STAGE) 'what it checks' -- COMMAND...
+STAGE := scripts/stage.sh
+test:
+	@$(STAGE) begin
+	@$(STAGE) 'deps'                        -- $(MAKE) --no-print-directory deps deps-cross deps-emulated
+	@$(STAGE) 'viewer page'                 -- $(MAKE) --no-print-directory web
+	@$(STAGE) 'build (debug, test binaries)' -- $(MAKE) --no-print-directory test-build
+	@$(STAGE) 'Rust tests'                  -- $(CARGO) test --all-targets
+	@$(STAGE) 'browser tests'               -- $(MAKE) --no-print-directory test-web
+	@$(STAGE) 'emulated board (qemu-system)' -- $(MAKE) --no-print-directory test-vm
+	@$(STAGE) 'ARM build (local profile)'   -- $(MAKE) --no-print-directory cross-local
+	@$(STAGE) 'ARM selftest (qemu-user)'    -- $(MAKE) --no-print-directory test-qemu-user
+	@$(STAGE) end
+
+# The debug build that every test runs: `cargo test` builds the spyglass binary too, with the
+# dev-dependencies' features (serde's among them), so a plain `cargo build` would build much of
+# the tree a second time. The browser tests and the emulated board run this binary.
+.PHONY: test-build test-web
+test-build: deps web
+	$(CARGO) test --all-targets --no-run
+
+# The browser tests alone.
+test-web: test-build
 	cd web && SPYGLASS_BIN="$(TARGET_DIR)/debug/spyglass" node --test test/*.test.mjs
 
 # The viewer page: npm packages from package-lock.json, then the bundle in web/dist.
@@ -60,8 +83,12 @@ web/node_modules/.package-lock.json: web/package.json web/package-lock.json
 web: deps web/node_modules/.package-lock.json
 	cd web && node build.mjs
 
-demo: release
-	scripts/demo.sh
+# The demo runs the local profile's build (Cargo.toml): the hot paths as optimised as in a
+# release, without the release's fat LTO, so that it builds in a fraction of the time.
+LOCAL_PROFILE := local
+demo: deps web
+	$(CARGO) build --profile $(LOCAL_PROFILE)
+	scripts/demo.sh $(TARGET_DIR)/$(LOCAL_PROFILE)/spyglass
 
 # Benchmarks (issue 7): one Markdown table on stdout and in $(TARGET_DIR)/bench.md (raw figures in
 # bench.json beside it). Benchmarks, not tests: nothing here fails on a time. ~10 minutes.
@@ -111,10 +138,19 @@ deps-deb: deps
 	$(call apt_install,$(DEB_APT_PACKAGES))
 	@command -v cargo-deb >/dev/null || $(CARGO) install cargo-deb --locked
 
-# Release binaries for 64-bit and 32-bit Raspberry Pi OS, then a check that openh264 has NEON.
+# Release binaries for 64-bit and 32-bit Raspberry Pi OS, then a check that openh264 has NEON
+# and their selftest under qemu-user.
 cross: deps-cross
 	cross/build.sh $(CROSS_TRIPLES)
 	@for t in $(CROSS_TRIPLES); do cross/check-simd.sh $$t $(TARGET_DIR)/$$t/release/spyglass; done
+	tests/qemu-user.sh $(foreach t,$(CROSS_TRIPLES),$(TARGET_DIR)/$(t)/release/spyglass)
+
+# The ARM binaries that `make test` runs under emulation: the same code in the local profile,
+# which builds in a fraction of the release's time (Cargo.toml says what differs).
+.PHONY: cross-local
+cross-local: deps-cross
+	cross/build.sh --profile $(LOCAL_PROFILE) $(CROSS_TRIPLES)
+	@for t in $(CROSS_TRIPLES); do cross/check-simd.sh $$t $(TARGET_DIR)/$$t/$(LOCAL_PROFILE)/spyglass; done
 
 # .deb packages for arm64, armhf and amd64 in $(TARGET_DIR)/deb/. The viewer page is whatever
 # web/dist holds; without it the packages are built without the page (a note says so).
@@ -143,18 +179,15 @@ test-emulated: test-qemu-user test-vm
 
 # The self-test, then (issue 12) the daemon under qemu with its clock moved days ahead, streaming to
 # a viewer built for this machine.
-test-qemu-user: cross
+test-qemu-user: cross-local
 	$(CARGO) build --bin spyglass
-	SPYGLASS_HOST_BIN=$(TARGET_DIR)/debug/spyglass tests/qemu-user.sh $(foreach t,$(CROSS_TRIPLES),$(TARGET_DIR)/$(t)/release/spyglass)
+	SPYGLASS_HOST_BIN=$(TARGET_DIR)/debug/spyglass tests/qemu-user.sh $(foreach t,$(CROSS_TRIPLES),$(TARGET_DIR)/$(t)/$(LOCAL_PROFILE)/spyglass)
 
 # The board (tests/vm/README.md): selftests on its drivers, then the daemon in it streaming over a
 # namespace network to `spyglass view` and Chromium. (tests/board.rs runs with the cargo tests.)
-test-vm: deps-emulated web
-	$(CARGO) build --bin spyglass
+test-vm: deps-emulated test-build
 	tests/vm/run.sh $(TARGET_DIR)/debug/spyglass
 	cd web && SPYGLASS_BIN="$(TARGET_DIR)/debug/spyglass" node --test test/vm/*.test.mjs
-
-test: test-emulated
 
 # Hardware in the loop, on a Pi or any Linux box with a USB webcam: see docs/HARDWARE.md.
 hil: release

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Cross-compile release binaries with Debian's cross compilers and multiarch libraries (no
-# Docker). Usage: cross/build.sh [TRIPLE...]   (default: aarch64 and armv7)
-# Binaries land in $CARGO_TARGET_DIR/TRIPLE/release/spyglass (CARGO_TARGET_DIR defaults to target).
+# Docker). Usage: cross/build.sh [--profile PROFILE] [TRIPLE...]   (default: release; aarch64 and armv7)
+# Binaries land in $CARGO_TARGET_DIR/TRIPLE/PROFILE/spyglass (CARGO_TARGET_DIR defaults to target).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+profile=release
+if [ "${1:-}" = --profile ]; then profile=$2; shift 2; fi
 triples=("$@")
 [ ${#triples[@]} -gt 0 ] || triples=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
 
@@ -25,6 +27,6 @@ for triple in "${triples[@]}"; do
            PKG_CONFIG_ALLOW_CROSS=1 PKG_CONFIG_SYSROOT_DIR=/ \
            "PKG_CONFIG_LIBDIR=/usr/lib/$gnu/pkgconfig:/usr/share/pkgconfig"
   fi
-  echo "== cargo build --release --target $triple"
-  cargo build --release --locked --target "$triple"
+  echo "== cargo build --profile $profile --target $triple"
+  cargo build --profile "$profile" --locked --target "$triple"
 done

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # A private Mosquitto on 127.0.0.1 (MQTT and WebSocket listeners) and spyglass with the test
 # pattern, serving the viewer page on 127.0.0.1:8080. Ctrl-C stops both.
+# Usage: scripts/demo.sh [BINARY]   (`make demo` passes its local-profile build)
 set -euo pipefail
+BIN=$(realpath "${1:-$(dirname "$0")/../target/local/spyglass}")
 cd "$(dirname "$0")/.."
 PORT=${SPYGLASS_DEMO_MQTT_PORT:-18830}
 # 9001 is the port the page tries on its own host name when spyglass has no --web-broker-url.
@@ -27,6 +29,6 @@ web_broker=()
 [ "$WS_PORT" = 9001 ] || web_broker=(--web-broker-url "ws://127.0.0.1:$WS_PORT")
 echo "broker: mqtt://127.0.0.1:$PORT and ws://127.0.0.1:$WS_PORT (log: $dir/mosquitto.log)"
 echo "open http://$HTTP/"
-echo "or watch headless: target/release/spyglass view --mqtt mqtt://127.0.0.1:$PORT --id $ID --frames 300"
-target/release/spyglass --id "$ID" --mqtt "mqtt://127.0.0.1:$PORT" --video test --size 1280x720 --fps 30 \
+echo "or watch headless: $BIN view --mqtt mqtt://127.0.0.1:$PORT --id $ID --frames 300"
+"$BIN" --id "$ID" --mqtt "mqtt://127.0.0.1:$PORT" --video test --size 1280x720 --fps 30 \
   --http "$HTTP" "${web_broker[@]}"
