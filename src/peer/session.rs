@@ -1108,7 +1108,8 @@ async fn run(
                 }
                 Some(PeerNews::State(RTCPeerConnectionState::Connected)) => {
                     vanish_deadline = None;
-                    if let Some(at) = restart.take() && !tasks.is_empty() {
+                    let restarted = restart.take();
+                    if let Some(at) = restarted && !tasks.is_empty() {
                         // Media sent while ICE had no pair was dropped: start the picture afresh.
                         hub.request_keyframe(KeyframeReason::Join);
                         info!(cid = %key.cid, ms = at.elapsed().as_millis() as u64, "viewer reconnected after an ICE restart");
@@ -1152,7 +1153,8 @@ async fn run(
                             Arc::clone(&viewer),
                             Arc::clone(&policy),
                         )));
-                    } else {
+                    } else if restarted.is_none() {
+                        // Consent came back by itself (a link cut for a few seconds).
                         info!(cid = %key.cid, "viewer connected again");
                     }
                 }
