@@ -748,6 +748,93 @@ mod tests {
         assert_eq!(parse(&[b' '; 5000]).1.unwrap_err().code, "too-large");
     }
 
+    /// Every refusal the parser makes, as the viewer sees it: the reply's `id`, `code` and
+    /// exact `message` (docs/PROTOCOL.md, "Data channel", "Errors").
+    #[test]
+    fn refusals_have_exact_replies() {
+        let huge = vec![b' '; MAX_REQUEST_BYTES + 1];
+        let cases: Vec<(&[u8], Value, &str, &str)> = vec![
+            (&huge, Value::Null, "too-large", "request of 4097 bytes; at most 4096"),
+            (b"not json", Value::Null, "bad-json", "request is not JSON: expected ident at line 1 column 2"),
+            (b"", Value::Null, "bad-json", "request is not JSON: EOF while parsing a value at line 1 column 0"),
+            (b"\xff", Value::Null, "bad-json", "request is not JSON: expected value at line 1 column 1"),
+            (b"[1]", Value::Null, "bad-json", "a request is one JSON object"),
+            (b"\"stats\"", Value::Null, "bad-json", "a request is one JSON object"),
+            (br#"{"id":[1],"type":"stats"}"#, Value::Null, "bad-request", "`id` must be a number or a string"),
+            (br#"{"id":true,"type":"stats"}"#, Value::Null, "bad-request", "`id` must be a number or a string"),
+            (br#"{"id":{},"type":5}"#, Value::Null, "bad-request", "`id` must be a number or a string"),
+            (br#"{"id":1}"#, json!(1), "bad-request", "`type` is missing or not a string"),
+            (br#"{"id":"a","type":5}"#, json!("a"), "bad-request", "`type` is missing or not a string"),
+            (br#"{"type":null}"#, Value::Null, "bad-request", "`type` is missing or not a string"),
+            (
+                br#"{"id":2,"type":"zoom"}"#,
+                json!(2),
+                "unknown-type",
+                "unknown request type `zoom`; known: keyframe, stats, subscribe-stats, unsubscribe-stats, controls, set-control, snapshot",
+            ),
+            (
+                br#"{"id":2,"type":"Stats"}"#,
+                json!(2),
+                "unknown-type",
+                "unknown request type `Stats`; known: keyframe, stats, subscribe-stats, unsubscribe-stats, controls, set-control, snapshot",
+            ),
+            (br#"{"id":3,"type":"subscribe-stats","interval_ms":"x"}"#, json!(3), "bad-value", "`interval_ms` must be an integer, got \"x\""),
+            (br#"{"id":3,"type":"subscribe-stats","interval_ms":2000.5}"#, json!(3), "bad-value", "`interval_ms` must be an integer, got 2000.5"),
+            (br#"{"id":3,"type":"subscribe-stats","interval_ms":499}"#, json!(3), "out-of-range", "interval_ms must be within 500..=60000, got 499"),
+            (br#"{"id":3,"type":"subscribe-stats","interval_ms":60001}"#, json!(3), "out-of-range", "interval_ms must be within 500..=60000, got 60001"),
+            (br#"{"id":3,"type":"subscribe-stats","interval_ms":-1}"#, json!(3), "out-of-range", "interval_ms must be within 500..=60000, got -1"),
+            (br#"{"id":4,"type":"set-control","value":1}"#, json!(4), "bad-request", "set-control needs `name` (a string)"),
+            (br#"{"id":4,"type":"set-control","name":5,"value":1}"#, json!(4), "bad-request", "set-control needs `name` (a string)"),
+            (br#"{"id":4,"type":"set-control","name":"brightness"}"#, json!(4), "bad-request", "set-control needs `value` (an integer)"),
+            (br#"{"id":4,"type":"set-control","name":"brightness","value":null}"#, json!(4), "bad-request", "set-control needs `value` (an integer)"),
+            (br#"{"id":4,"type":"set-control","name":"brightness","value":"high"}"#, json!(4), "bad-value", "`value` must be an integer, got \"high\""),
+            (br#"{"id":4,"type":"set-control","name":"brightness","value":true}"#, json!(4), "bad-value", "`value` must be an integer, got true"),
+            (br#"{"id":4,"type":"set-control","value":"high"}"#, json!(4), "bad-request", "set-control needs `name` (a string)"),
+            (br#"{"id":4,"type":"set-control","name":"b","value":18446744073709551615}"#, json!(4), "bad-value", "`value` must be an integer, got 18446744073709551615"),
+            (br#"{"id":5,"type":"snapshot","quality":0}"#, json!(5), "out-of-range", "quality must be within 1..=100, got 0"),
+            (br#"{"id":5,"type":"snapshot","quality":101}"#, json!(5), "out-of-range", "quality must be within 1..=100, got 101"),
+            (br#"{"id":5,"type":"snapshot","quality":[]}"#, json!(5), "bad-value", "`quality` must be an integer, got []"),
+        ];
+        for (message, id, code, text) in cases {
+            let (got_id, request) = parse(message);
+            let error = request.unwrap_err();
+            assert_eq!(
+                error_reply(&got_id, &error),
+                json!({"id": id, "type": "error", "code": code, "message": text}),
+                "{:?}",
+                String::from_utf8_lossy(message)
+            );
+        }
+        // What is served: absent and null optional fields take their defaults, unknown
+        // fields are ignored, and `id` may be absent, null, a number or a string.
+        let served: Vec<(&[u8], Value, Request)> = vec![
+            (br#"{"type":"keyframe","x":1}"#, Value::Null, Request::Keyframe),
+            (br#"{"id":null,"type":"stats"}"#, Value::Null, Request::Stats),
+            (br#"{"id":1.5,"type":"unsubscribe-stats"}"#, json!(1.5), Request::UnsubscribeStats),
+            (br#"{"id":"c","type":"controls"}"#, json!("c"), Request::Controls),
+            (
+                br#"{"id":3,"type":"subscribe-stats","interval_ms":null}"#,
+                json!(3),
+                Request::SubscribeStats { interval: STATS_INTERVAL_DEFAULT },
+            ),
+            (
+                br#"{"id":3,"type":"subscribe-stats","interval_ms":500}"#,
+                json!(3),
+                Request::SubscribeStats { interval: Duration::from_millis(500) },
+            ),
+            (
+                br#"{"id":4,"type":"set-control","name":"contrast","value":-3}"#,
+                json!(4),
+                Request::SetControl { name: "contrast".into(), value: -3 },
+            ),
+            (br#"{"id":5,"type":"snapshot"}"#, json!(5), Request::Snapshot { quality: 85 }),
+            (br#"{"id":5,"type":"snapshot","quality":100}"#, json!(5), Request::Snapshot { quality: 100 }),
+        ];
+        for (message, id, request) in served {
+            assert_eq!(parse(message), (id, Ok(request)), "{:?}", String::from_utf8_lossy(message));
+        }
+    }
+
     #[test]
     fn snapshots_are_chunked_with_size_and_checksum() {
         let jpeg: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();

@@ -1578,4 +1578,163 @@ mod tests {
         assert!(parse_status(br#"{"online":"yes"}"#).is_err());
         assert!(parse_status(br#"{"online":true}"#).is_err());
     }
+
+    /// Every refusal a parser makes, with its exact text: the message is what a viewer gets on
+    /// `{uid}/error/{cid}` (code `bad-request`), so it is part of docs/PROTOCOL.md's contract.
+    #[test]
+    fn refusals_have_exact_texts() {
+        type Parser = fn(&[u8]) -> Result<(), ProtocolError>;
+        let offer: Parser = |p| parse_offer(p).map(drop);
+        let answer: Parser = |p| parse_answer(p).map(drop);
+        let candidate: Parser = |p| parse_candidate(p).map(drop);
+        let request: Parser = parse_ice_servers_request;
+        let error: Parser = |p| parse_error(p).map(drop);
+        let status: Parser = |p| parse_status(p).map(drop);
+        let long_candidate = format!(r#"{{"candidate":"candidate:{}"}}"#, "1".repeat(600));
+        let long_unprefixed = format!(r#"{{"candidate":"{}"}}"#, "1".repeat(600));
+        let long_mid = format!(r#"{{"candidate":"candidate:x","sdpMid":"{}"}}"#, "m".repeat(65));
+        let long_ufrag = format!(
+            r#"{{"candidate":"candidate:x","usernameFragment":"{}"}}"#,
+            "u".repeat(257)
+        );
+        let long_type = format!(r#"{{"type":"{}","sdp":"v=0"}}"#, "x".repeat(50));
+        let big_request = format!(r#"{{"x":"{}"}}"#, "r".repeat(1020));
+        let cases: Vec<(Parser, &[u8], &str)> = vec![
+            (offer, b"\xff\xfe", "offer payload is not UTF-8 (bad byte at offset 0)"),
+            (offer, b"v=0", "offer payload is not valid JSON: expected value at line 1 column 1"),
+            (offer, b"", "offer payload is not valid JSON: EOF while parsing a value at line 1 column 0"),
+            (offer, b"[1]", "offer payload must be a JSON object, got an array"),
+            (offer, b"\"offer\"", "offer payload must be a JSON object, got a string"),
+            (offer, br#"{"sdp":"v=0"}"#, r#"offer: field "type" is missing"#),
+            (offer, br#"{"type":"answer"}"#, r#"offer: field "type" must be "offer", got "answer""#),
+            (offer, br#"{"type":7,"sdp":"v=0"}"#, r#"offer: field "type" must be a string, got 7"#),
+            (offer, br#"{"type":true}"#, r#"offer: field "type" must be a string, got true"#),
+            (offer, br#"{"type":null}"#, r#"offer: field "type" must be a string, got null"#),
+            (offer, br#"{"type":[1]}"#, r#"offer: field "type" must be a string, got an array"#),
+            (offer, br#"{"type":{"a":1}}"#, r#"offer: field "type" must be a string, got an object"#),
+            (
+                offer,
+                long_type.as_bytes(),
+                r#"offer: field "type" must be "offer", got "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"…"#,
+            ),
+            (offer, br#"{"type":"offer"}"#, r#"offer: field "sdp" is missing"#),
+            (offer, br#"{"type":"offer","sdp":""}"#, r#"offer: field "sdp" must be a non-empty SDP string, got """#),
+            (offer, br#"{"type":"offer","sdp":" \r\n"}"#, r#"offer: field "sdp" must be a non-empty SDP string, got " \r\n""#),
+            (offer, br#"{"type":"offer","sdp":null}"#, r#"offer: field "sdp" must be a string, got null"#),
+            (offer, br#"{"type":"offer","sdp":1.5}"#, r#"offer: field "sdp" must be a string, got 1.5"#),
+            (answer, br#"{"type":"offer","sdp":"v=0"}"#, r#"answer: field "type" must be "answer", got "offer""#),
+            (answer, b"{", "answer payload is not valid JSON: EOF while parsing an object at line 1 column 1"),
+            (candidate, b"\xc3", "ICE candidate payload is not UTF-8 (bad byte at offset 0)"),
+            (candidate, b"null", "ICE candidate payload must be a JSON object, got null"),
+            (candidate, b"5", "ICE candidate payload must be a JSON object, got a number"),
+            (candidate, b"{", "ICE candidate payload is not valid JSON: EOF while parsing an object at line 1 column 1"),
+            (candidate, b"{}", r#"ICE candidate: field "candidate" is missing"#),
+            (candidate, br#"{"candidate":5}"#, r#"ICE candidate: field "candidate" must be a string, got 5"#),
+            (candidate, br#"{"candidate":null}"#, r#"ICE candidate: field "candidate" must be a string, got null"#),
+            (
+                candidate,
+                br#"{"candidate":"1 1 udp 1 1.2.3.4 5 typ host"}"#,
+                r#"ICE candidate: field "candidate" must be a string starting with "candidate:", got "1 1 udp 1 1.2.3.4 5 typ host""#,
+            ),
+            (
+                candidate,
+                long_candidate.as_bytes(),
+                r#"ICE candidate: field "candidate" must be a string of at most 512 bytes, got 610 bytes"#,
+            ),
+            (
+                candidate,
+                long_unprefixed.as_bytes(),
+                r#"ICE candidate: field "candidate" must be a string of at most 512 bytes, got 600 bytes"#,
+            ),
+            (
+                candidate,
+                br#"{"candidate":"candidate:x","sdpMid":0}"#,
+                r#"ICE candidate: field "sdpMid" must be a string or null, got 0"#,
+            ),
+            (
+                candidate,
+                br#"{"candidate":"candidate:x","sdpMid":[],"sdpMLineIndex":-1}"#,
+                r#"ICE candidate: field "sdpMid" must be a string or null, got an array"#,
+            ),
+            (
+                candidate,
+                long_mid.as_bytes(),
+                r#"ICE candidate: field "sdpMid" must be a string of at most 64 bytes, got 65 bytes"#,
+            ),
+            (
+                candidate,
+                br#"{"candidate":"candidate:x","sdpMLineIndex":-1}"#,
+                r#"ICE candidate: field "sdpMLineIndex" must be an integer from 0 to 65535 or null, got -1"#,
+            ),
+            (
+                candidate,
+                br#"{"candidate":"candidate:x","sdpMLineIndex":65536}"#,
+                r#"ICE candidate: field "sdpMLineIndex" must be an integer from 0 to 65535 or null, got 65536"#,
+            ),
+            (
+                candidate,
+                br#"{"candidate":"candidate:x","sdpMLineIndex":1.0}"#,
+                r#"ICE candidate: field "sdpMLineIndex" must be an integer from 0 to 65535 or null, got 1.0"#,
+            ),
+            (
+                candidate,
+                br#"{"candidate":"candidate:x","sdpMLineIndex":"0"}"#,
+                r#"ICE candidate: field "sdpMLineIndex" must be an integer from 0 to 65535 or null, got "0""#,
+            ),
+            (
+                candidate,
+                br#"{"candidate":"candidate:x","sdpMLineIndex":0,"usernameFragment":5}"#,
+                r#"ICE candidate: field "usernameFragment" must be a string or null, got 5"#,
+            ),
+            (
+                candidate,
+                long_ufrag.as_bytes(),
+                r#"ICE candidate: field "usernameFragment" must be a string of at most 256 bytes, got 257 bytes"#,
+            ),
+            (
+                request,
+                big_request.as_bytes(),
+                r#"ICE-server request: field "(payload)" must be a JSON object of at most 1024 bytes, got 1028 bytes"#,
+            ),
+            (request, b"[]", "ICE-server request payload must be a JSON object, got an array"),
+            (request, b"", "ICE-server request payload is not valid JSON: EOF while parsing a value at line 1 column 0"),
+            (
+                error,
+                br#"{"code":"nope","message":"x"}"#,
+                r#"error: field "code" must be one of "busy", "bad-request", "unsupported", "internal", "unreachable", got "nope""#,
+            ),
+            (error, br#"{"message":"x"}"#, r#"error: field "code" is missing"#),
+            (error, br#"{"code":"busy"}"#, r#"error: field "message" is missing"#),
+            (error, br#"{"code":"busy","message":5}"#, r#"error: field "message" must be a string, got 5"#),
+            (status, b"{}", r#"status: field "online" is missing"#),
+            (status, br#"{"online":"yes"}"#, r#"status: field "online" must be true or false, got "yes""#),
+            (status, br#"{"online":1}"#, r#"status: field "online" must be true or false, got 1"#),
+            (status, br#"{"online":true}"#, "status payload is not valid JSON: missing field `version`"),
+        ];
+        for (parse, payload, want) in cases {
+            let err = parse(payload).unwrap_err();
+            assert_eq!(
+                err.to_error_msg(),
+                ErrorMsg::new(ErrorCode::BadRequest, want),
+                "{:?}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+        // What is not refused: end of candidates wins over the other fields; unknown fields
+        // and null optional fields are ignored.
+        assert_eq!(parse_candidate(br#"{"candidate":"","sdpMid":5}"#), Ok(None));
+        assert!(parse_offer(br#"{"type":"offer","sdp":"v=0","x":[1]}"#).is_ok());
+        assert_eq!(
+            parse_candidate(br#"{"candidate":"candidate:x","sdpMid":null,"sdpMLineIndex":null,"usernameFragment":null,"y":1}"#),
+            Ok(Some(IceCandidateMsg {
+                candidate: "candidate:x".into(),
+                sdp_mid: None,
+                sdp_mline_index: None,
+                username_fragment: None,
+            }))
+        );
+        assert_eq!(parse_status(br#"{"online":false,"x":1}"#), Ok(None));
+        assert_eq!(parse_ice_servers(br#"{"ttl":5}"#), Ok(None));
+        assert_eq!(parse_ice_servers_request(br#"{"any":[1,2]}"#), Ok(()));
+    }
 }
