@@ -187,6 +187,71 @@ impl RequestError {
     }
 }
 
+/// The requests as they arrive, one variant per `type` (docs/PROTOCOL.md's table). Fields are
+/// [`Field`]s so that a wrong JSON type becomes the contract's own error text rather than serde's.
+#[derive(serde::Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+enum Wire {
+    Keyframe,
+    Stats,
+    SubscribeStats {
+        #[serde(default)]
+        interval_ms: Field<i64>,
+    },
+    UnsubscribeStats,
+    Controls,
+    SetControl {
+        #[serde(default)]
+        name: Field<String>,
+        #[serde(default)]
+        value: Field<i64>,
+    },
+    Snapshot {
+        #[serde(default)]
+        quality: Field<i64>,
+    },
+    /// Any other `type`: answered `unknown-type`.
+    #[serde(other)]
+    Unknown,
+}
+
+/// One optional field of a request: absent or `null`, of the wanted type, or something else
+/// (kept for the error message).
+#[derive(Default)]
+enum Field<T> {
+    #[default]
+    Absent,
+    Given(T),
+    Wrong(Value),
+}
+
+impl<'de, T: serde::de::DeserializeOwned> serde::Deserialize<'de> for Field<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = <Value as serde::Deserialize>::deserialize(deserializer)?;
+        if value.is_null() {
+            return Ok(Field::Absent);
+        }
+        Ok(match T::deserialize(&value) {
+            Ok(given) => Field::Given(given),
+            Err(_) => Field::Wrong(value),
+        })
+    }
+}
+
+impl Field<i64> {
+    /// The integer, if one was given; `bad-value` naming `key` if something else was.
+    fn integer(self, key: &str) -> Result<Option<i64>, RequestError> {
+        match self {
+            Field::Absent => Ok(None),
+            Field::Given(n) => Ok(Some(n)),
+            Field::Wrong(v) => Err(RequestError::new(
+                "bad-value",
+                format!("`{key}` must be an integer, got {v}"),
+            )),
+        }
+    }
+}
+
 /// Parse one message. Returns the request's `id` (echoed in every reply; `null` when absent or
 /// unreadable) with the request or the error to reply with.
 pub fn parse(message: &[u8]) -> (Value, Result<Request, RequestError>) {
@@ -233,7 +298,7 @@ pub fn parse(message: &[u8]) -> (Value, Result<Request, RequestError>) {
             )),
         );
     }
-    let Some(kind) = object.get("type").and_then(Value::as_str) else {
+    let Some(kind) = object.get("type").and_then(Value::as_str).map(str::to_owned) else {
         return (
             id,
             Err(RequestError::new(
@@ -242,20 +307,23 @@ pub fn parse(message: &[u8]) -> (Value, Result<Request, RequestError>) {
             )),
         );
     };
-    // An optional integer field.
-    let integer = |key: &str| -> Result<Option<i64>, RequestError> {
-        match object.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_i64().map(Some).ok_or_else(|| {
-                RequestError::new("bad-value", format!("`{key}` must be an integer, got {v}"))
-            }),
-        }
-    };
-    let request = (|| match kind {
-        "keyframe" => Ok(Request::Keyframe),
-        "stats" => Ok(Request::Stats),
-        "subscribe-stats" => {
-            let ms = integer("interval_ms")?.unwrap_or(STATS_INTERVAL_DEFAULT.as_millis() as i64);
+    // Every field is a `Field`, which takes any JSON value, and `type` is a string: what is
+    // left to fail is serde's own bookkeeping, answered as a bad request.
+    let request = serde_json::from_value::<Wire>(Value::Object(object))
+        .map_err(|e| RequestError::new("bad-request", e.to_string()))
+        .and_then(|wire| request(wire, &kind));
+    (id, request)
+}
+
+/// Check the values of a request that has the right shape.
+fn request(wire: Wire, kind: &str) -> Result<Request, RequestError> {
+    Ok(match wire {
+        Wire::Keyframe => Request::Keyframe,
+        Wire::Stats => Request::Stats,
+        Wire::SubscribeStats { interval_ms } => {
+            let ms = interval_ms
+                .integer("interval_ms")?
+                .unwrap_or(STATS_INTERVAL_DEFAULT.as_millis() as i64);
             let (min, max) = (
                 STATS_INTERVAL_MIN.as_millis() as i64,
                 STATS_INTERVAL_MAX.as_millis() as i64,
@@ -266,44 +334,46 @@ pub fn parse(message: &[u8]) -> (Value, Result<Request, RequestError>) {
                     format!("interval_ms must be within {min}..={max}, got {ms}"),
                 ));
             }
-            Ok(Request::SubscribeStats {
+            Request::SubscribeStats {
                 interval: Duration::from_millis(ms as u64),
-            })
+            }
         }
-        "unsubscribe-stats" => Ok(Request::UnsubscribeStats),
-        "controls" => Ok(Request::Controls),
-        "set-control" => {
-            let name = object
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    RequestError::new("bad-request", "set-control needs `name` (a string)")
-                })?
-                .to_string();
-            let value = integer("value")?.ok_or_else(|| {
+        Wire::UnsubscribeStats => Request::UnsubscribeStats,
+        Wire::Controls => Request::Controls,
+        Wire::SetControl { name, value } => {
+            let Field::Given(name) = name else {
+                return Err(RequestError::new(
+                    "bad-request",
+                    "set-control needs `name` (a string)",
+                ));
+            };
+            let value = value.integer("value")?.ok_or_else(|| {
                 RequestError::new("bad-request", "set-control needs `value` (an integer)")
             })?;
-            Ok(Request::SetControl { name, value })
+            Request::SetControl { name, value }
         }
-        "snapshot" => {
-            let quality = integer("quality")?.unwrap_or(i64::from(snapshot::DEFAULT_QUALITY));
+        Wire::Snapshot { quality } => {
+            let quality = quality
+                .integer("quality")?
+                .unwrap_or(i64::from(snapshot::DEFAULT_QUALITY));
             if !(1..=100).contains(&quality) {
                 return Err(RequestError::new(
                     "out-of-range",
                     format!("quality must be within 1..=100, got {quality}"),
                 ));
             }
-            Ok(Request::Snapshot { quality })
+            Request::Snapshot { quality }
         }
-        other => Err(RequestError::new(
-            "unknown-type",
-            format!(
-                "unknown request type `{other}`; known: keyframe, stats, subscribe-stats, \
-                 unsubscribe-stats, controls, set-control, snapshot"
-            ),
-        )),
-    })();
-    (id, request)
+        Wire::Unknown => {
+            return Err(RequestError::new(
+                "unknown-type",
+                format!(
+                    "unknown request type `{kind}`; known: keyframe, stats, subscribe-stats, \
+                     unsubscribe-stats, controls, set-control, snapshot"
+                ),
+            ));
+        }
+    })
 }
 
 /// The error reply for a request.
