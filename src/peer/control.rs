@@ -23,6 +23,7 @@ use webrtc::peer_connection::PeerConnection;
 
 use super::bitrate::{RateControl, ViewerRate};
 use crate::rate::TokenBucket;
+use crate::signaling::protocol::Field;
 use crate::video::hub::Hub;
 use crate::video::snapshot;
 
@@ -196,59 +197,35 @@ enum Wire {
     Stats,
     SubscribeStats {
         #[serde(default)]
-        interval_ms: Field<i64>,
+        interval_ms: Field<Option<i64>>,
     },
     UnsubscribeStats,
     Controls,
     SetControl {
         #[serde(default)]
-        name: Field<String>,
+        name: Field<Option<String>>,
         #[serde(default)]
-        value: Field<i64>,
+        value: Field<Option<i64>>,
     },
     Snapshot {
         #[serde(default)]
-        quality: Field<i64>,
+        quality: Field<Option<i64>>,
     },
     /// Any other `type`: answered `unknown-type`.
     #[serde(other)]
     Unknown,
 }
 
-/// One optional field of a request: absent or `null`, of the wanted type, or something else
-/// (kept for the error message).
-#[derive(Default)]
-enum Field<T> {
-    #[default]
-    Absent,
-    Given(T),
-    Wrong(Value),
-}
-
-impl<'de, T: serde::de::DeserializeOwned> serde::Deserialize<'de> for Field<T> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let value = <Value as serde::Deserialize>::deserialize(deserializer)?;
-        if value.is_null() {
-            return Ok(Field::Absent);
-        }
-        Ok(match T::deserialize(&value) {
-            Ok(given) => Field::Given(given),
-            Err(_) => Field::Wrong(value),
-        })
-    }
-}
-
-impl Field<i64> {
-    /// The integer, if one was given; `bad-value` naming `key` if something else was.
-    fn integer(self, key: &str) -> Result<Option<i64>, RequestError> {
-        match self {
-            Field::Absent => Ok(None),
-            Field::Given(n) => Ok(Some(n)),
-            Field::Wrong(v) => Err(RequestError::new(
-                "bad-value",
-                format!("`{key}` must be an integer, got {v}"),
-            )),
-        }
+/// An optional integer field: `None` when absent or null, `bad-value` naming `key` when it is
+/// something else.
+fn integer(field: Field<Option<i64>>, key: &str) -> Result<Option<i64>, RequestError> {
+    match field {
+        Field::Absent => Ok(None),
+        Field::Given(n) => Ok(n),
+        Field::Wrong(v) => Err(RequestError::new(
+            "bad-value",
+            format!("`{key}` must be an integer, got {v}"),
+        )),
     }
 }
 
@@ -298,7 +275,11 @@ pub fn parse(message: &[u8]) -> (Value, Result<Request, RequestError>) {
             )),
         );
     }
-    let Some(kind) = object.get("type").and_then(Value::as_str).map(str::to_owned) else {
+    let Some(kind) = object
+        .get("type")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    else {
         return (
             id,
             Err(RequestError::new(
@@ -321,8 +302,7 @@ fn request(wire: Wire, kind: &str) -> Result<Request, RequestError> {
         Wire::Keyframe => Request::Keyframe,
         Wire::Stats => Request::Stats,
         Wire::SubscribeStats { interval_ms } => {
-            let ms = interval_ms
-                .integer("interval_ms")?
+            let ms = integer(interval_ms, "interval_ms")?
                 .unwrap_or(STATS_INTERVAL_DEFAULT.as_millis() as i64);
             let (min, max) = (
                 STATS_INTERVAL_MIN.as_millis() as i64,
@@ -341,21 +321,20 @@ fn request(wire: Wire, kind: &str) -> Result<Request, RequestError> {
         Wire::UnsubscribeStats => Request::UnsubscribeStats,
         Wire::Controls => Request::Controls,
         Wire::SetControl { name, value } => {
-            let Field::Given(name) = name else {
+            let Field::Given(Some(name)) = name else {
                 return Err(RequestError::new(
                     "bad-request",
                     "set-control needs `name` (a string)",
                 ));
             };
-            let value = value.integer("value")?.ok_or_else(|| {
+            let value = integer(value, "value")?.ok_or_else(|| {
                 RequestError::new("bad-request", "set-control needs `value` (an integer)")
             })?;
             Request::SetControl { name, value }
         }
         Wire::Snapshot { quality } => {
-            let quality = quality
-                .integer("quality")?
-                .unwrap_or(i64::from(snapshot::DEFAULT_QUALITY));
+            let quality =
+                integer(quality, "quality")?.unwrap_or(i64::from(snapshot::DEFAULT_QUALITY));
             if !(1..=100).contains(&quality) {
                 return Err(RequestError::new(
                     "out-of-range",
@@ -825,18 +804,78 @@ mod tests {
     fn refusals_have_exact_replies() {
         let huge = vec![b' '; MAX_REQUEST_BYTES + 1];
         let cases: Vec<(&[u8], Value, &str, &str)> = vec![
-            (&huge, Value::Null, "too-large", "request of 4097 bytes; at most 4096"),
-            (b"not json", Value::Null, "bad-json", "request is not JSON: expected ident at line 1 column 2"),
-            (b"", Value::Null, "bad-json", "request is not JSON: EOF while parsing a value at line 1 column 0"),
-            (b"\xff", Value::Null, "bad-json", "request is not JSON: expected value at line 1 column 1"),
-            (b"[1]", Value::Null, "bad-json", "a request is one JSON object"),
-            (b"\"stats\"", Value::Null, "bad-json", "a request is one JSON object"),
-            (br#"{"id":[1],"type":"stats"}"#, Value::Null, "bad-request", "`id` must be a number or a string"),
-            (br#"{"id":true,"type":"stats"}"#, Value::Null, "bad-request", "`id` must be a number or a string"),
-            (br#"{"id":{},"type":5}"#, Value::Null, "bad-request", "`id` must be a number or a string"),
-            (br#"{"id":1}"#, json!(1), "bad-request", "`type` is missing or not a string"),
-            (br#"{"id":"a","type":5}"#, json!("a"), "bad-request", "`type` is missing or not a string"),
-            (br#"{"type":null}"#, Value::Null, "bad-request", "`type` is missing or not a string"),
+            (
+                &huge,
+                Value::Null,
+                "too-large",
+                "request of 4097 bytes; at most 4096",
+            ),
+            (
+                b"not json",
+                Value::Null,
+                "bad-json",
+                "request is not JSON: expected ident at line 1 column 2",
+            ),
+            (
+                b"",
+                Value::Null,
+                "bad-json",
+                "request is not JSON: EOF while parsing a value at line 1 column 0",
+            ),
+            (
+                b"\xff",
+                Value::Null,
+                "bad-json",
+                "request is not JSON: expected value at line 1 column 1",
+            ),
+            (
+                b"[1]",
+                Value::Null,
+                "bad-json",
+                "a request is one JSON object",
+            ),
+            (
+                b"\"stats\"",
+                Value::Null,
+                "bad-json",
+                "a request is one JSON object",
+            ),
+            (
+                br#"{"id":[1],"type":"stats"}"#,
+                Value::Null,
+                "bad-request",
+                "`id` must be a number or a string",
+            ),
+            (
+                br#"{"id":true,"type":"stats"}"#,
+                Value::Null,
+                "bad-request",
+                "`id` must be a number or a string",
+            ),
+            (
+                br#"{"id":{},"type":5}"#,
+                Value::Null,
+                "bad-request",
+                "`id` must be a number or a string",
+            ),
+            (
+                br#"{"id":1}"#,
+                json!(1),
+                "bad-request",
+                "`type` is missing or not a string",
+            ),
+            (
+                br#"{"id":"a","type":5}"#,
+                json!("a"),
+                "bad-request",
+                "`type` is missing or not a string",
+            ),
+            (
+                br#"{"type":null}"#,
+                Value::Null,
+                "bad-request",
+                "`type` is missing or not a string",
+            ),
             (
                 br#"{"id":2,"type":"zoom"}"#,
                 json!(2),
@@ -849,22 +888,102 @@ mod tests {
                 "unknown-type",
                 "unknown request type `Stats`; known: keyframe, stats, subscribe-stats, unsubscribe-stats, controls, set-control, snapshot",
             ),
-            (br#"{"id":3,"type":"subscribe-stats","interval_ms":"x"}"#, json!(3), "bad-value", "`interval_ms` must be an integer, got \"x\""),
-            (br#"{"id":3,"type":"subscribe-stats","interval_ms":2000.5}"#, json!(3), "bad-value", "`interval_ms` must be an integer, got 2000.5"),
-            (br#"{"id":3,"type":"subscribe-stats","interval_ms":499}"#, json!(3), "out-of-range", "interval_ms must be within 500..=60000, got 499"),
-            (br#"{"id":3,"type":"subscribe-stats","interval_ms":60001}"#, json!(3), "out-of-range", "interval_ms must be within 500..=60000, got 60001"),
-            (br#"{"id":3,"type":"subscribe-stats","interval_ms":-1}"#, json!(3), "out-of-range", "interval_ms must be within 500..=60000, got -1"),
-            (br#"{"id":4,"type":"set-control","value":1}"#, json!(4), "bad-request", "set-control needs `name` (a string)"),
-            (br#"{"id":4,"type":"set-control","name":5,"value":1}"#, json!(4), "bad-request", "set-control needs `name` (a string)"),
-            (br#"{"id":4,"type":"set-control","name":"brightness"}"#, json!(4), "bad-request", "set-control needs `value` (an integer)"),
-            (br#"{"id":4,"type":"set-control","name":"brightness","value":null}"#, json!(4), "bad-request", "set-control needs `value` (an integer)"),
-            (br#"{"id":4,"type":"set-control","name":"brightness","value":"high"}"#, json!(4), "bad-value", "`value` must be an integer, got \"high\""),
-            (br#"{"id":4,"type":"set-control","name":"brightness","value":true}"#, json!(4), "bad-value", "`value` must be an integer, got true"),
-            (br#"{"id":4,"type":"set-control","value":"high"}"#, json!(4), "bad-request", "set-control needs `name` (a string)"),
-            (br#"{"id":4,"type":"set-control","name":"b","value":18446744073709551615}"#, json!(4), "bad-value", "`value` must be an integer, got 18446744073709551615"),
-            (br#"{"id":5,"type":"snapshot","quality":0}"#, json!(5), "out-of-range", "quality must be within 1..=100, got 0"),
-            (br#"{"id":5,"type":"snapshot","quality":101}"#, json!(5), "out-of-range", "quality must be within 1..=100, got 101"),
-            (br#"{"id":5,"type":"snapshot","quality":[]}"#, json!(5), "bad-value", "`quality` must be an integer, got []"),
+            (
+                br#"{"id":3,"type":"subscribe-stats","interval_ms":"x"}"#,
+                json!(3),
+                "bad-value",
+                "`interval_ms` must be an integer, got \"x\"",
+            ),
+            (
+                br#"{"id":3,"type":"subscribe-stats","interval_ms":2000.5}"#,
+                json!(3),
+                "bad-value",
+                "`interval_ms` must be an integer, got 2000.5",
+            ),
+            (
+                br#"{"id":3,"type":"subscribe-stats","interval_ms":499}"#,
+                json!(3),
+                "out-of-range",
+                "interval_ms must be within 500..=60000, got 499",
+            ),
+            (
+                br#"{"id":3,"type":"subscribe-stats","interval_ms":60001}"#,
+                json!(3),
+                "out-of-range",
+                "interval_ms must be within 500..=60000, got 60001",
+            ),
+            (
+                br#"{"id":3,"type":"subscribe-stats","interval_ms":-1}"#,
+                json!(3),
+                "out-of-range",
+                "interval_ms must be within 500..=60000, got -1",
+            ),
+            (
+                br#"{"id":4,"type":"set-control","value":1}"#,
+                json!(4),
+                "bad-request",
+                "set-control needs `name` (a string)",
+            ),
+            (
+                br#"{"id":4,"type":"set-control","name":5,"value":1}"#,
+                json!(4),
+                "bad-request",
+                "set-control needs `name` (a string)",
+            ),
+            (
+                br#"{"id":4,"type":"set-control","name":"brightness"}"#,
+                json!(4),
+                "bad-request",
+                "set-control needs `value` (an integer)",
+            ),
+            (
+                br#"{"id":4,"type":"set-control","name":"brightness","value":null}"#,
+                json!(4),
+                "bad-request",
+                "set-control needs `value` (an integer)",
+            ),
+            (
+                br#"{"id":4,"type":"set-control","name":"brightness","value":"high"}"#,
+                json!(4),
+                "bad-value",
+                "`value` must be an integer, got \"high\"",
+            ),
+            (
+                br#"{"id":4,"type":"set-control","name":"brightness","value":true}"#,
+                json!(4),
+                "bad-value",
+                "`value` must be an integer, got true",
+            ),
+            (
+                br#"{"id":4,"type":"set-control","value":"high"}"#,
+                json!(4),
+                "bad-request",
+                "set-control needs `name` (a string)",
+            ),
+            (
+                br#"{"id":4,"type":"set-control","name":"b","value":18446744073709551615}"#,
+                json!(4),
+                "bad-value",
+                "`value` must be an integer, got 18446744073709551615",
+            ),
+            (
+                br#"{"id":5,"type":"snapshot","quality":0}"#,
+                json!(5),
+                "out-of-range",
+                "quality must be within 1..=100, got 0",
+            ),
+            (
+                br#"{"id":5,"type":"snapshot","quality":101}"#,
+                json!(5),
+                "out-of-range",
+                "quality must be within 1..=100, got 101",
+            ),
+            (
+                br#"{"id":5,"type":"snapshot","quality":[]}"#,
+                json!(5),
+                "bad-value",
+                "`quality` must be an integer, got []",
+            ),
         ];
         for (message, id, code, text) in cases {
             let (got_id, request) = parse(message);
@@ -879,30 +998,66 @@ mod tests {
         // What is served: absent and null optional fields take their defaults, unknown
         // fields are ignored, and `id` may be absent, null, a number or a string.
         let served: Vec<(&[u8], Value, Request)> = vec![
-            (br#"{"type":"keyframe","x":1}"#, Value::Null, Request::Keyframe),
-            (br#"{"id":null,"type":"stats"}"#, Value::Null, Request::Stats),
-            (br#"{"id":1.5,"type":"unsubscribe-stats"}"#, json!(1.5), Request::UnsubscribeStats),
-            (br#"{"id":"c","type":"controls"}"#, json!("c"), Request::Controls),
+            (
+                br#"{"type":"keyframe","x":1}"#,
+                Value::Null,
+                Request::Keyframe,
+            ),
+            (
+                br#"{"id":null,"type":"stats"}"#,
+                Value::Null,
+                Request::Stats,
+            ),
+            (
+                br#"{"id":1.5,"type":"unsubscribe-stats"}"#,
+                json!(1.5),
+                Request::UnsubscribeStats,
+            ),
+            (
+                br#"{"id":"c","type":"controls"}"#,
+                json!("c"),
+                Request::Controls,
+            ),
             (
                 br#"{"id":3,"type":"subscribe-stats","interval_ms":null}"#,
                 json!(3),
-                Request::SubscribeStats { interval: STATS_INTERVAL_DEFAULT },
+                Request::SubscribeStats {
+                    interval: STATS_INTERVAL_DEFAULT,
+                },
             ),
             (
                 br#"{"id":3,"type":"subscribe-stats","interval_ms":500}"#,
                 json!(3),
-                Request::SubscribeStats { interval: Duration::from_millis(500) },
+                Request::SubscribeStats {
+                    interval: Duration::from_millis(500),
+                },
             ),
             (
                 br#"{"id":4,"type":"set-control","name":"contrast","value":-3}"#,
                 json!(4),
-                Request::SetControl { name: "contrast".into(), value: -3 },
+                Request::SetControl {
+                    name: "contrast".into(),
+                    value: -3,
+                },
             ),
-            (br#"{"id":5,"type":"snapshot"}"#, json!(5), Request::Snapshot { quality: 85 }),
-            (br#"{"id":5,"type":"snapshot","quality":100}"#, json!(5), Request::Snapshot { quality: 100 }),
+            (
+                br#"{"id":5,"type":"snapshot"}"#,
+                json!(5),
+                Request::Snapshot { quality: 85 },
+            ),
+            (
+                br#"{"id":5,"type":"snapshot","quality":100}"#,
+                json!(5),
+                Request::Snapshot { quality: 100 },
+            ),
         ];
         for (message, id, request) in served {
-            assert_eq!(parse(message), (id, Ok(request)), "{:?}", String::from_utf8_lossy(message));
+            assert_eq!(
+                parse(message),
+                (id, Ok(request)),
+                "{:?}",
+                String::from_utf8_lossy(message)
+            );
         }
     }
 
