@@ -38,7 +38,8 @@ use std::time::{Duration, Instant};
 use rtc::media::Sample;
 use rtc::peer_connection::transport::RTCDtlsTransportState;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters, RtpCodecKind,
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters,
+    RtpCodecKind,
 };
 use rtc::rtp_transceiver::{
     RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit,
@@ -245,7 +246,13 @@ pub fn start_offer(
     key: SessionKey,
     events: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
 ) -> SessionHandle {
-    spawn_session(factory, Media { hub, audio, rate }, key, Role::Offer, events)
+    spawn_session(
+        factory,
+        Media { hub, audio, rate },
+        key,
+        Role::Offer,
+        events,
+    )
 }
 
 /// Which side of the offer/answer a session takes.
