@@ -448,7 +448,7 @@ impl StatsSampler {
         }
     }
 
-    async fn sample(&mut self, ctx: &ControlContext) -> Value {
+    async fn sample(&mut self, ctx: &ChannelContext) -> Value {
         let (hub, counters, pc) = (&ctx.hub, &ctx.counters, &ctx.pc);
         let now = Instant::now();
         let seconds = now.duration_since(self.at).as_secs_f64().max(1e-3);
@@ -486,7 +486,7 @@ impl StatsSampler {
 
 /// What the channel task needs from the session.
 #[derive(Clone)]
-pub struct ControlContext {
+pub struct ChannelContext {
     pub hub: Hub,
     pub counters: Arc<SessionCounters>,
     pub pc: Arc<dyn PeerConnection>,
@@ -552,7 +552,7 @@ async fn push(channel: &Arc<dyn DataChannel>, message: &Value) -> bool {
 }
 
 /// Serve one `spyglass` channel until it closes.
-pub async fn serve(channel: Arc<dyn DataChannel>, ctx: ControlContext) {
+pub async fn serve(channel: Arc<dyn DataChannel>, ctx: ChannelContext) {
     let mut sampler = StatsSampler::new(&ctx.counters);
     let mut push_every: Option<tokio::time::Interval> = None;
     loop {
@@ -596,7 +596,7 @@ async fn send_all(channel: &Arc<dyn DataChannel>, replies: &[Value]) -> bool {
 /// Serve a snapshot request: within the viewer's budget, on one of the hub's request workers,
 /// and counted as under way until its last chunk is sent.
 async fn snapshot(
-    ctx: &ControlContext,
+    ctx: &ChannelContext,
     channel: &Arc<dyn DataChannel>,
     id: &Value,
     quality: i64,
@@ -640,7 +640,7 @@ async fn snapshot(
 }
 
 async fn handle(
-    ctx: &ControlContext,
+    ctx: &ChannelContext,
     sampler: &mut StatsSampler,
     push: &mut Option<tokio::time::Interval>,
     id: &Value,
