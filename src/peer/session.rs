@@ -903,9 +903,7 @@ async fn renegotiate(
 
 /// The `a=ice-ufrag` of an SDP.
 fn ice_ufrag(sdp: &str) -> Option<String> {
-    sdp.lines()
-        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
-        .map(|u| u.trim().to_string())
+    crate::signaling::protocol::sdp_ufrag(sdp).map(str::to_owned)
 }
 
 /// The session, from offer to end; returns its final event (`Failed` or `Closed`), which

@@ -649,6 +649,13 @@ pub fn offer_identity(sdp: &str) -> Option<OfferIdentity> {
     })
 }
 
+/// The first `a=ice-ufrag` of an SDP (its ICE session: a new one after an ICE restart).
+pub fn sdp_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix("a=ice-ufrag:"))
+        .map(str::trim)
+}
+
 /// The offline status, used as the retained last will: exactly `{"online":false}`.
 pub fn offline_status_json() -> Vec<u8> {
     br#"{"online":false}"#.to_vec()
