@@ -2,7 +2,8 @@
 //! stats, picture controls, snapshots). `docs/PROTOCOL.md` ("Data channel") is the contract.
 //!
 //! Parsing and reply building are plain functions; [`serve`] moves messages between them and the
-//! channel. Requests are served one at a time per channel; the slow ones (snapshot encoding,
+//! channel. A request type is one variant of `Wire` (serde, tagged by `type`), its checks in
+//! `request`, and its reply in `handle`. Requests are served one at a time per channel; the slow ones (snapshot encoding,
 //! V4L2 ioctls) run on blocking threads, so no request can hold up the media tasks.
 //!
 //! Bounds (docs/SECURITY.md): [`MAX_CHANNELS`] channels per viewer; [`SEND_BUFFER_BYTES`] sent

@@ -2,7 +2,9 @@
 //!
 //! This module owns what goes over the broker and nothing else: building and parsing topic
 //! strings, validating device ids (UID) and viewer-chosen client ids (CID), and the message
-//! types with their parsers. It does no I/O. `docs/PROTOCOL.md` is the public description; keep
+//! types with their parsers (each message read into a serde-derived struct of [`Field`]s, then
+//! checked field by field so that every refusal has the text docs/PROTOCOL.md shows). It does no
+//! I/O. `docs/PROTOCOL.md` is the public description; keep
 //! the two in step.
 //!
 //! | topic                | direction        | payload                              |
