@@ -61,7 +61,7 @@ use webrtc::peer_connection::{
 use super::bitrate::{RateControl, ViewerRate};
 use super::candidates::{self, CandidateGate, LocalAddresses};
 use super::connectivity::Connectivity;
-use super::control::{self, ControlContext, SessionCounters};
+use super::datachannel::{self, ChannelContext, SessionCounters};
 use super::keyframes::{Cause, KeyframePolicy};
 use super::link::Link;
 use super::packetize::{self, RtpStream};
@@ -903,9 +903,7 @@ async fn renegotiate(
 
 /// The `a=ice-ufrag` of an SDP.
 fn ice_ufrag(sdp: &str) -> Option<String> {
-    sdp.lines()
-        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
-        .map(|u| u.trim().to_string())
+    crate::signaling::protocol::sdp_ufrag(sdp).map(str::to_owned)
 }
 
 /// The session, from offer to end; returns its final event (`Failed` or `Closed`), which
@@ -995,7 +993,7 @@ async fn run(
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     let mut channels: Vec<JoinHandle<()>> = Vec::new();
     let counters = Arc::new(SessionCounters::default());
-    let budget = Arc::new(control::ViewerBudget::default());
+    let budget = Arc::new(datachannel::ViewerBudget::default());
     let mut check = tokio::time::interval(DTLS_CHECK_INTERVAL);
     // Until it connects, the session lives for the connect timeout (--peer-timeout), whatever
     // ICE does meanwhile: candidates that arrive late within it still connect.
@@ -1089,13 +1087,13 @@ async fn run(
                     let label = channel.label().await.unwrap_or_default();
                     debug!(cid = %key.cid, label, "data channel opened by the viewer");
                     channels.retain(|task| !task.is_finished());
-                    if channels.len() >= control::MAX_CHANNELS {
+                    if channels.len() >= datachannel::MAX_CHANNELS {
                         debug!(cid = %key.cid, label, "data channel refused: too many open");
                         let _ = channel.close().await;
                         continue;
                     }
-                    channels.push(if label == control::LABEL {
-                        tokio::spawn(control::serve(channel, ControlContext {
+                    channels.push(if label == datachannel::LABEL {
+                        tokio::spawn(datachannel::serve(channel, ChannelContext {
                             hub: hub.clone(),
                             counters: Arc::clone(&counters),
                             pc: Arc::clone(&session.pc),
@@ -1103,7 +1101,7 @@ async fn run(
                             budget: Arc::clone(&budget),
                         }))
                     } else {
-                        tokio::spawn(control::ignore(channel))
+                        tokio::spawn(datachannel::ignore(channel))
                     });
                 }
                 Some(PeerNews::State(RTCPeerConnectionState::Connected)) => {
