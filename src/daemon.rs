@@ -230,40 +230,9 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
                 None => break,
             },
             Some((key, event)) = session_rx.recv() => {
-                let event = match event {
-                    SessionEvent::Answered(sdp) => PeerEvent::Answered(sdp),
-                    // Only the WHIP publisher's session offers; it reports to the publisher.
-                    SessionEvent::Offered(_) => continue,
-                    SessionEvent::Failed(err) => {
-                        exec.sessions.remove(&key);
-                        let (code, message) = match err {
-                            AnswerError::BadOffer(m) => (ErrorCode::BadRequest, m),
-                            AnswerError::Unsupported(m) => (ErrorCode::Unsupported, m),
-                            AnswerError::Internal(m) => {
-                                // The viewer only learns that it failed; the log says why.
-                                warn!(cid = %key.cid, "answering `internal`: {m}");
-                                (ErrorCode::Internal, m)
-                            }
-                        };
-                        PeerEvent::Failed { code, message }
-                    }
-                    SessionEvent::LocalCandidate(c) => PeerEvent::LocalCandidate(c.map(|init| IceCandidateMsg {
-                        candidate: init.candidate,
-                        sdp_mid: init.sdp_mid,
-                        sdp_mline_index: init.sdp_mline_index,
-                        username_fragment: None,
-                    })),
-                    SessionEvent::Connected => PeerEvent::Connected,
-                    SessionEvent::Unreachable(message) => {
-                        exec.sessions.remove(&key);
-                        PeerEvent::Failed { code: ErrorCode::Unreachable, message }
-                    }
-                    SessionEvent::Closed(_) => {
-                        exec.sessions.remove(&key);
-                        // A WHEP request still waiting for this session's answer gets 503.
-                        exec.whep_replies.remove(&key.cid);
-                        PeerEvent::Closed
-                    }
+                // Only the WHIP publisher's session offers; it reports to the publisher.
+                let Some(event) = exec.peer_event(&key, event) else {
+                    continue;
                 };
                 let actions = core.on_peer_event(Instant::now(), &key, event);
                 exec.run(actions).await;
@@ -332,38 +301,7 @@ pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
     }
     info!("stopping");
     notifier.stopping();
-    // The SFU's resource is deleted while the viewers' sessions close.
-    let unpublished = tokio::spawn(async move {
-        if let Some(publisher) = publisher {
-            publisher.stop().await;
-        }
-    });
-    for handle in exec.sessions.values() {
-        handle.close();
-    }
-    // Let the sessions close their peer connections (ICE and DTLS shut down), but
-    // never for long: SIGTERM must end the process within 2 s.
-    // A session whose task already died will not report its close: do not wait for it.
-    drop(session::take_unreported(&mut exec.sessions));
-    let closing = exec.sessions.len();
-    let deadline = tokio::time::Instant::now() + SHUTDOWN_SESSION_WAIT;
-    while !exec.sessions.is_empty() {
-        match tokio::time::timeout_at(deadline, session_rx.recv()).await {
-            Ok(Some((key, SessionEvent::Closed(_) | SessionEvent::Failed(_)))) => {
-                exec.sessions.remove(&key);
-            }
-            Ok(Some(_)) => {}
-            Ok(None) | Err(_) => break,
-        }
-    }
-    if closing > 0 {
-        info!(
-            closed = closing - exec.sessions.len(),
-            of = closing,
-            "sessions closed"
-        );
-    }
-    let _ = unpublished.await;
+    exec.shut_down(publisher, &mut session_rx).await;
     hub.shutdown();
     if let Some(audio) = &audio {
         audio.shutdown();
@@ -541,6 +479,91 @@ impl Executor {
 
     /// A request from the WHEP endpoint: the signaling core decides, the reply goes back (an
     /// offer's answer later, as [`Action::WhepAnswer`]).
+    /// What a session reported, as the signaling core takes it; a session that ended leaves
+    /// the table here. `None` for the WHIP publisher's offer, which goes to the publisher.
+    fn peer_event(&mut self, key: &SessionKey, event: SessionEvent) -> Option<PeerEvent> {
+        Some(match event {
+            SessionEvent::Answered(sdp) => PeerEvent::Answered(sdp),
+            SessionEvent::Offered(_) => return None,
+            SessionEvent::Failed(err) => {
+                self.sessions.remove(key);
+                let (code, message) = match err {
+                    AnswerError::BadOffer(m) => (ErrorCode::BadRequest, m),
+                    AnswerError::Unsupported(m) => (ErrorCode::Unsupported, m),
+                    AnswerError::Internal(m) => {
+                        // The viewer only learns that it failed; the log says why.
+                        warn!(cid = %key.cid, "answering `internal`: {m}");
+                        (ErrorCode::Internal, m)
+                    }
+                };
+                PeerEvent::Failed { code, message }
+            }
+            SessionEvent::LocalCandidate(c) => {
+                PeerEvent::LocalCandidate(c.map(|init| IceCandidateMsg {
+                    candidate: init.candidate,
+                    sdp_mid: init.sdp_mid,
+                    sdp_mline_index: init.sdp_mline_index,
+                    username_fragment: None,
+                }))
+            }
+            SessionEvent::Connected => PeerEvent::Connected,
+            SessionEvent::Unreachable(message) => {
+                self.sessions.remove(key);
+                PeerEvent::Failed {
+                    code: ErrorCode::Unreachable,
+                    message,
+                }
+            }
+            SessionEvent::Closed(_) => {
+                self.sessions.remove(key);
+                // A WHEP request still waiting for this session's answer gets 503.
+                self.whep_replies.remove(&key.cid);
+                PeerEvent::Closed
+            }
+        })
+    }
+
+    /// Tear-down: stop publishing to the SFU and close every session, waiting for them at
+    /// most [`SHUTDOWN_SESSION_WAIT`].
+    async fn shut_down(
+        &mut self,
+        publisher: Option<Publisher>,
+        session_rx: &mut mpsc::UnboundedReceiver<(SessionKey, SessionEvent)>,
+    ) {
+        // The SFU's resource is deleted while the viewers' sessions close.
+        let unpublished = tokio::spawn(async move {
+            if let Some(publisher) = publisher {
+                publisher.stop().await;
+            }
+        });
+        for handle in self.sessions.values() {
+            handle.close();
+        }
+        // Let the sessions close their peer connections (ICE and DTLS shut down), but
+        // never for long: SIGTERM must end the process within 2 s.
+        // A session whose task already died will not report its close: do not wait for it.
+        drop(session::take_unreported(&mut self.sessions));
+        let closing = self.sessions.len();
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_SESSION_WAIT;
+        while !self.sessions.is_empty() {
+            match tokio::time::timeout_at(deadline, session_rx.recv()).await {
+                Ok(Some((key, SessionEvent::Closed(_) | SessionEvent::Failed(_)))) => {
+                    self.sessions.remove(&key);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if closing > 0 {
+            info!(
+                closed = closing - self.sessions.len(),
+                of = closing,
+                "sessions closed"
+            );
+        }
+        let _ = unpublished.await;
+    }
+
     async fn on_whep_request(&mut self, core: &mut Signaling, request: whep_http::Request) {
         let now = Instant::now();
         match request {

@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
-use spyglass::peer::{ICE_CHECK_INTERVAL, ICE_MAX_BINDING_REQUESTS};
 use spyglass::peer::candidates::{MAX_CANDIDATE_PAIRS, MAX_REMOTE_CANDIDATES};
+use spyglass::peer::{ICE_CHECK_INTERVAL, ICE_MAX_BINDING_REQUESTS};
 use support::*;
 
 /// A STUN Binding request: type 0x0001 and the magic cookie.

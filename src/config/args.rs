@@ -15,11 +15,11 @@ use crate::mqtt::BrokerUrl;
 use crate::video::{self, negotiate::FourCc};
 
 use super::values::{
-    AtLeast1, Audio, Broker, CredentialLifetime, DeviceId, DirPath, FilePath, Fps, HttpBind,
-    HttpMaxConnections, Ip, Kbps, Kind, LogFilter, MaxConnecting, MqttClientId, NonEmpty, OnOff,
-    PictureSize, PixelFormat, Seconds, SelftestAudio, SelftestSeconds, Size, SnapshotInterval,
-    StunUrl, ToneHz, TopicPrefix, TurnUrl, VideoSource, ExecFormat, Encoder, ViewTurnUrl, ViewerId, ViewerTurnUrl,
-    WebBrokerUrl, WhipUrl,
+    AtLeast1, Audio, Broker, CredentialLifetime, DeviceId, DirPath, Encoder, ExecFormat, FilePath,
+    Fps, HttpBind, HttpMaxConnections, Ip, Kbps, Kind, LogFilter, MaxConnecting, MqttClientId,
+    NonEmpty, OnOff, PictureSize, PixelFormat, Seconds, SelftestAudio, SelftestSeconds, Size,
+    SnapshotInterval, StunUrl, ToneHz, TopicPrefix, TurnUrl, VideoSource, ViewTurnUrl, ViewerId,
+    ViewerTurnUrl, WebBrokerUrl, WhipUrl,
 };
 use super::{
     DEFAULT_BITRATE_KBPS, DEFAULT_FPS, DEFAULT_HEIGHT, DEFAULT_HOMEASSISTANT_INTERVAL_SECS,

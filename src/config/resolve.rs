@@ -19,7 +19,9 @@ use crate::video::VideoSpec;
 use super::args::{Cli, DaemonOptions, SelftestArgs, Sub, ViewArgs};
 use super::credentials::{self, TlsOption, mqtt_password, mqtt_tls, read_secret};
 use super::file::{self, FileValues};
-use super::{ConfigError, DEFAULT_MIN_BITRATE_KBPS, DEFAULT_WEB_ROOT, MIN_WHEP_TOKEN_LEN, PASSWORD_ENV};
+use super::{
+    ConfigError, DEFAULT_MIN_BITRATE_KBPS, DEFAULT_WEB_ROOT, MIN_WHEP_TOKEN_LEN, PASSWORD_ENV,
+};
 
 /// What to do, fully resolved and validated.
 // Two variants hold a `DaemonConfig`, so none is much larger than all the others (clippy's

@@ -12,7 +12,7 @@ pub mod candidates;
 pub mod certificate;
 pub mod chain;
 pub mod connectivity;
-pub mod control;
+pub mod datachannel;
 pub mod estimate;
 pub mod keyframes;
 pub mod link;
@@ -389,7 +389,7 @@ impl PeerFactory {
             .with_handler(Arc::clone(&watch) as Arc<dyn PeerConnectionEventHandler>)
             .with_runtime(Arc::new(wake))
             .with_udp_addrs(udp_addrs)
-            .with_data_channel_send_buffer_limit(control::SEND_BUFFER_BYTES)
+            .with_data_channel_send_buffer_limit(datachannel::SEND_BUFFER_BYTES)
             .build()
             .await?;
         let pc: Arc<dyn PeerConnection> = Arc::new(pc);

@@ -38,7 +38,8 @@ use std::time::{Duration, Instant};
 use rtc::media::Sample;
 use rtc::peer_connection::transport::RTCDtlsTransportState;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters, RtpCodecKind,
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RTCRtpRtxParameters,
+    RtpCodecKind,
 };
 use rtc::rtp_transceiver::{
     RTCRtpTransceiverDirection, RTCRtpTransceiverId, RTCRtpTransceiverInit,
@@ -60,7 +61,7 @@ use webrtc::peer_connection::{
 use super::bitrate::{RateControl, ViewerRate};
 use super::candidates::{self, CandidateGate, LocalAddresses};
 use super::connectivity::Connectivity;
-use super::control::{self, ControlContext, SessionCounters};
+use super::datachannel::{self, ChannelContext, SessionCounters};
 use super::keyframes::{Cause, KeyframePolicy};
 use super::link::Link;
 use super::packetize::{self, RtpStream};
@@ -245,7 +246,13 @@ pub fn start_offer(
     key: SessionKey,
     events: mpsc::UnboundedSender<(SessionKey, SessionEvent)>,
 ) -> SessionHandle {
-    spawn_session(factory, Media { hub, audio, rate }, key, Role::Offer, events)
+    spawn_session(
+        factory,
+        Media { hub, audio, rate },
+        key,
+        Role::Offer,
+        events,
+    )
 }
 
 /// Which side of the offer/answer a session takes.
@@ -896,9 +903,7 @@ async fn renegotiate(
 
 /// The `a=ice-ufrag` of an SDP.
 fn ice_ufrag(sdp: &str) -> Option<String> {
-    sdp.lines()
-        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
-        .map(|u| u.trim().to_string())
+    crate::signaling::protocol::sdp_ufrag(sdp).map(str::to_owned)
 }
 
 /// The session, from offer to end; returns its final event (`Failed` or `Closed`), which
@@ -988,7 +993,7 @@ async fn run(
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     let mut channels: Vec<JoinHandle<()>> = Vec::new();
     let counters = Arc::new(SessionCounters::default());
-    let budget = Arc::new(control::ViewerBudget::default());
+    let budget = Arc::new(datachannel::ViewerBudget::default());
     let mut check = tokio::time::interval(DTLS_CHECK_INTERVAL);
     // Until it connects, the session lives for the connect timeout (--peer-timeout), whatever
     // ICE does meanwhile: candidates that arrive late within it still connect.
@@ -1082,13 +1087,13 @@ async fn run(
                     let label = channel.label().await.unwrap_or_default();
                     debug!(cid = %key.cid, label, "data channel opened by the viewer");
                     channels.retain(|task| !task.is_finished());
-                    if channels.len() >= control::MAX_CHANNELS {
+                    if channels.len() >= datachannel::MAX_CHANNELS {
                         debug!(cid = %key.cid, label, "data channel refused: too many open");
                         let _ = channel.close().await;
                         continue;
                     }
-                    channels.push(if label == control::LABEL {
-                        tokio::spawn(control::serve(channel, ControlContext {
+                    channels.push(if label == datachannel::LABEL {
+                        tokio::spawn(datachannel::serve(channel, ChannelContext {
                             hub: hub.clone(),
                             counters: Arc::clone(&counters),
                             pc: Arc::clone(&session.pc),
@@ -1096,12 +1101,13 @@ async fn run(
                             budget: Arc::clone(&budget),
                         }))
                     } else {
-                        tokio::spawn(control::ignore(channel))
+                        tokio::spawn(datachannel::ignore(channel))
                     });
                 }
                 Some(PeerNews::State(RTCPeerConnectionState::Connected)) => {
                     vanish_deadline = None;
-                    if let Some(at) = restart.take() && !tasks.is_empty() {
+                    let restarted = restart.take();
+                    if let Some(at) = restarted && !tasks.is_empty() {
                         // Media sent while ICE had no pair was dropped: start the picture afresh.
                         hub.request_keyframe(KeyframeReason::Join);
                         info!(cid = %key.cid, ms = at.elapsed().as_millis() as u64, "viewer reconnected after an ICE restart");
@@ -1145,7 +1151,8 @@ async fn run(
                             Arc::clone(&viewer),
                             Arc::clone(&policy),
                         )));
-                    } else {
+                    } else if restarted.is_none() {
+                        // Consent came back by itself (a link cut for a few seconds).
                         info!(cid = %key.cid, "viewer connected again");
                     }
                 }

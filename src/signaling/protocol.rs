@@ -2,7 +2,9 @@
 //!
 //! This module owns what goes over the broker and nothing else: building and parsing topic
 //! strings, validating device ids (UID) and viewer-chosen client ids (CID), and the message
-//! types with their parsers. It does no I/O. `docs/PROTOCOL.md` is the public description; keep
+//! types with their parsers (each message read into a serde-derived struct of [`Field`]s, then
+//! checked field by field so that every refusal has the text docs/PROTOCOL.md shows). It does no
+//! I/O. `docs/PROTOCOL.md` is the public description; keep
 //! the two in step.
 //!
 //! | topic                | direction        | payload                              |
@@ -649,6 +651,13 @@ pub fn offer_identity(sdp: &str) -> Option<OfferIdentity> {
     })
 }
 
+/// The first `a=ice-ufrag` of an SDP (its ICE session: a new one after an ICE restart).
+pub fn sdp_ufrag(sdp: &str) -> Option<&str> {
+    sdp.lines()
+        .find_map(|l| l.trim_end_matches('\r').strip_prefix("a=ice-ufrag:"))
+        .map(str::trim)
+}
+
 /// The offline status, used as the retained last will: exactly `{"online":false}`.
 pub fn offline_status_json() -> Vec<u8> {
     br#"{"online":false}"#.to_vec()
@@ -694,10 +703,19 @@ pub fn parse_answer(payload: &[u8]) -> Result<String, ProtocolError> {
     parse_description(payload, SdpType::Answer)
 }
 
+/// An offer or answer as it arrives (`SessionDescriptionMsg`, each field as [`Field`]).
+#[derive(Deserialize)]
+struct DescriptionWire {
+    #[serde(rename = "type", default)]
+    kind: Field<String>,
+    #[serde(default)]
+    sdp: Field<String>,
+}
+
 fn parse_description(payload: &[u8], expected: SdpType) -> Result<String, ProtocolError> {
     let what = expected.as_str();
-    let mut obj = json_object(payload, what)?;
-    let kind = take_string(&mut obj, what, "type")?;
+    let wire: DescriptionWire = json_message(payload, what)?;
+    let kind = wire.kind.required(what, "type", "a string")?;
     if kind != expected.as_str() {
         let expected = match expected {
             SdpType::Offer => "\"offer\"",
@@ -710,91 +728,91 @@ fn parse_description(payload: &[u8], expected: SdpType) -> Result<String, Protoc
             got: quote(&kind),
         });
     }
-    let sdp = take_string(&mut obj, what, "sdp")?;
+    let sdp = wire.sdp.required(what, "sdp", "a string")?;
     if sdp.trim().is_empty() {
-        return Err(bad_field(
+        return Err(ProtocolError::BadField {
             what,
-            "sdp",
-            "a non-empty SDP string",
-            &Value::String(sdp),
-        ));
+            field: "sdp",
+            expected: "a non-empty SDP string",
+            got: quote(&sdp),
+        });
     }
     Ok(sdp)
+}
+
+/// A candidate as it arrives ([`IceCandidateMsg`], each field as [`Field`]).
+#[derive(Deserialize)]
+struct CandidateWire {
+    #[serde(default)]
+    candidate: Field<String>,
+    #[serde(rename = "sdpMid", default)]
+    sdp_mid: Field<Option<String>>,
+    #[serde(rename = "sdpMLineIndex", default)]
+    sdp_mline_index: Field<Option<u16>>,
+    #[serde(rename = "usernameFragment", default)]
+    username_fragment: Field<Option<String>>,
 }
 
 /// Parse an ICE payload. `Ok(None)` means end of candidates (empty `candidate`). A non-empty
 /// candidate must start with `candidate:`; `sdpMid` and `sdpMLineIndex` may be absent or null.
 pub fn parse_candidate(payload: &[u8]) -> Result<Option<IceCandidateMsg>, ProtocolError> {
     let what = "ICE candidate";
-    let mut obj = json_object(payload, what)?;
-    let candidate = take_string(&mut obj, what, "candidate")?;
+    let wire: CandidateWire = json_message(payload, what)?;
+    let candidate = wire.candidate.required(what, "candidate", "a string")?;
     if candidate.is_empty() {
         return Ok(None);
     }
-    if candidate.len() > CANDIDATE_MAX_LEN {
+    let at_most = |field: &'static str, expected: &'static str, max: usize, value: &str| {
+        if value.len() > max {
+            Err(ProtocolError::BadField {
+                what,
+                field,
+                expected,
+                got: format!("{} bytes", value.len()),
+            })
+        } else {
+            Ok(())
+        }
+    };
+    at_most(
+        "candidate",
+        "a string of at most 512 bytes",
+        CANDIDATE_MAX_LEN,
+        &candidate,
+    )?;
+    if !candidate.starts_with("candidate:") {
         return Err(ProtocolError::BadField {
             what,
             field: "candidate",
-            expected: "a string of at most 512 bytes",
-            got: format!("{} bytes", candidate.len()),
+            expected: "a string starting with \"candidate:\"",
+            got: quote(&candidate),
         });
     }
-    if !candidate.starts_with("candidate:") {
-        let got = Value::String(candidate);
-        return Err(bad_field(
-            what,
-            "candidate",
-            "a string starting with \"candidate:\"",
-            &got,
-        ));
+    let sdp_mid = wire.sdp_mid.optional(what, "sdpMid", "a string or null")?;
+    if let Some(mid) = &sdp_mid {
+        at_most(
+            "sdpMid",
+            "a string of at most 64 bytes",
+            SDP_MID_MAX_LEN,
+            mid,
+        )?;
     }
-    let sdp_mid = match obj.remove("sdpMid") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(mid)) if mid.len() <= SDP_MID_MAX_LEN => Some(mid),
-        Some(Value::String(mid)) => {
-            return Err(ProtocolError::BadField {
-                what,
-                field: "sdpMid",
-                expected: "a string of at most 64 bytes",
-                got: format!("{} bytes", mid.len()),
-            });
-        }
-        Some(other) => return Err(bad_field(what, "sdpMid", "a string or null", &other)),
-    };
-    let sdp_mline_index = match obj.remove("sdpMLineIndex") {
-        None | Some(Value::Null) => None,
-        Some(value) => match value.as_u64().and_then(|n| u16::try_from(n).ok()) {
-            Some(n) => Some(n),
-            None => {
-                return Err(bad_field(
-                    what,
-                    "sdpMLineIndex",
-                    "an integer from 0 to 65535 or null",
-                    &value,
-                ));
-            }
-        },
-    };
-    let username_fragment = match obj.remove("usernameFragment") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(u)) if u.len() <= UFRAG_MAX_LEN => Some(u),
-        Some(Value::String(u)) => {
-            return Err(ProtocolError::BadField {
-                what,
-                field: "usernameFragment",
-                expected: "a string of at most 256 bytes",
-                got: format!("{} bytes", u.len()),
-            });
-        }
-        Some(other) => {
-            return Err(bad_field(
-                what,
-                "usernameFragment",
-                "a string or null",
-                &other,
-            ));
-        }
-    };
+    let sdp_mline_index = wire.sdp_mline_index.optional(
+        what,
+        "sdpMLineIndex",
+        "an integer from 0 to 65535 or null",
+    )?;
+    let username_fragment =
+        wire.username_fragment
+            .optional(what, "usernameFragment", "a string or null")?;
+    if let Some(ufrag) = &username_fragment {
+        at_most(
+            "usernameFragment",
+            "a string of at most 256 bytes",
+            UFRAG_MAX_LEN,
+            ufrag,
+        )?;
+    }
     Ok(Some(IceCandidateMsg {
         candidate,
         sdp_mid,
@@ -835,20 +853,27 @@ pub fn parse_ice_servers(payload: &[u8]) -> Result<Option<IceServersMsg>, Protoc
         })
 }
 
+/// An error as it arrives ([`ErrorMsg`], each field as [`Field`]).
+#[derive(Deserialize)]
+struct ErrorWire {
+    #[serde(default)]
+    code: Field<String>,
+    #[serde(default)]
+    message: Field<String>,
+}
+
 /// Parse an error payload (what a viewer receives).
 pub fn parse_error(payload: &[u8]) -> Result<ErrorMsg, ProtocolError> {
     let what = "error";
-    let mut obj = json_object(payload, what)?;
-    let code = take_string(&mut obj, what, "code")?;
-    let code = ErrorCode::from_str(&code).ok_or_else(|| {
-        bad_field(
-            what,
-            "code",
-            "one of \"busy\", \"bad-request\", \"unsupported\", \"internal\", \"unreachable\"",
-            &Value::String(code),
-        )
+    let wire: ErrorWire = json_message(payload, what)?;
+    let code = wire.code.required(what, "code", "a string")?;
+    let code = ErrorCode::from_str(&code).ok_or_else(|| ProtocolError::BadField {
+        what,
+        field: "code",
+        expected: "one of \"busy\", \"bad-request\", \"unsupported\", \"internal\", \"unreachable\"",
+        got: quote(&code),
     })?;
-    let message = take_string(&mut obj, what, "message")?;
+    let message = wire.message.required(what, "message", "a string")?;
     Ok(ErrorMsg { code, message })
 }
 
@@ -893,15 +918,68 @@ fn json_object(payload: &[u8], what: &'static str) -> Result<Map<String, Value>,
     }
 }
 
-fn take_string(
-    obj: &mut Map<String, Value>,
+/// A payload that must be a JSON object, read into `T` (whose fields are all [`Field`]s, so
+/// that reading it cannot fail: each field's check comes after, with the contract's text).
+fn json_message<T: serde::de::DeserializeOwned>(
+    payload: &[u8],
     what: &'static str,
-    field: &'static str,
-) -> Result<String, ProtocolError> {
-    match obj.remove(field) {
-        None => Err(ProtocolError::MissingField { what, field }),
-        Some(Value::String(s)) => Ok(s),
-        Some(other) => Err(bad_field(what, field, "a string", &other)),
+) -> Result<T, ProtocolError> {
+    let object = json_object(payload, what)?;
+    serde_json::from_value(Value::Object(object)).map_err(|e| ProtocolError::NotJson {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+/// One field of a message as it arrived: absent, of the wanted type `T`, or something else
+/// (kept for the error message). With `T = Option<…>`, `null` is `Given(None)`.
+#[derive(Debug, Default)]
+pub enum Field<T> {
+    #[default]
+    Absent,
+    Given(T),
+    Wrong(Value),
+}
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Field<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(deserializer)?;
+        Ok(match T::deserialize(&value) {
+            Ok(given) => Field::Given(given),
+            Err(_) => Field::Wrong(value),
+        })
+    }
+}
+
+impl<T> Field<T> {
+    /// The value; a missing field or one of another type is refused, naming `field`.
+    fn required(
+        self,
+        what: &'static str,
+        field: &'static str,
+        expected: &'static str,
+    ) -> Result<T, ProtocolError> {
+        match self {
+            Field::Absent => Err(ProtocolError::MissingField { what, field }),
+            Field::Given(value) => Ok(value),
+            Field::Wrong(got) => Err(bad_field(what, field, expected, &got)),
+        }
+    }
+}
+
+impl<T> Field<Option<T>> {
+    /// The value, `None` when absent or null; one of another type is refused, naming `field`.
+    fn optional(
+        self,
+        what: &'static str,
+        field: &'static str,
+        expected: &'static str,
+    ) -> Result<Option<T>, ProtocolError> {
+        match self {
+            Field::Absent => Ok(None),
+            Field::Given(value) => Ok(value),
+            Field::Wrong(got) => Err(bad_field(what, field, expected, &got)),
+        }
     }
 }
 
@@ -1577,5 +1655,303 @@ mod tests {
         );
         assert!(parse_status(br#"{"online":"yes"}"#).is_err());
         assert!(parse_status(br#"{"online":true}"#).is_err());
+    }
+
+    /// Every refusal a parser makes, with its exact text: the message is what a viewer gets on
+    /// `{uid}/error/{cid}` (code `bad-request`), so it is part of docs/PROTOCOL.md's contract.
+    #[test]
+    fn refusals_have_exact_texts() {
+        type Parser = fn(&[u8]) -> Result<(), ProtocolError>;
+        let offer: Parser = |p| parse_offer(p).map(drop);
+        let answer: Parser = |p| parse_answer(p).map(drop);
+        let candidate: Parser = |p| parse_candidate(p).map(drop);
+        let request: Parser = parse_ice_servers_request;
+        let error: Parser = |p| parse_error(p).map(drop);
+        let status: Parser = |p| parse_status(p).map(drop);
+        let long_candidate = format!(r#"{{"candidate":"candidate:{}"}}"#, "1".repeat(600));
+        let long_unprefixed = format!(r#"{{"candidate":"{}"}}"#, "1".repeat(600));
+        let long_mid = format!(
+            r#"{{"candidate":"candidate:x","sdpMid":"{}"}}"#,
+            "m".repeat(65)
+        );
+        let long_ufrag = format!(
+            r#"{{"candidate":"candidate:x","usernameFragment":"{}"}}"#,
+            "u".repeat(257)
+        );
+        let long_type = format!(r#"{{"type":"{}","sdp":"v=0"}}"#, "x".repeat(50));
+        let big_request = format!(r#"{{"x":"{}"}}"#, "r".repeat(1020));
+        let cases: Vec<(Parser, &[u8], &str)> = vec![
+            (
+                offer,
+                b"\xff\xfe",
+                "offer payload is not UTF-8 (bad byte at offset 0)",
+            ),
+            (
+                offer,
+                b"v=0",
+                "offer payload is not valid JSON: expected value at line 1 column 1",
+            ),
+            (
+                offer,
+                b"",
+                "offer payload is not valid JSON: EOF while parsing a value at line 1 column 0",
+            ),
+            (
+                offer,
+                b"[1]",
+                "offer payload must be a JSON object, got an array",
+            ),
+            (
+                offer,
+                b"\"offer\"",
+                "offer payload must be a JSON object, got a string",
+            ),
+            (
+                offer,
+                br#"{"sdp":"v=0"}"#,
+                r#"offer: field "type" is missing"#,
+            ),
+            (
+                offer,
+                br#"{"type":"answer"}"#,
+                r#"offer: field "type" must be "offer", got "answer""#,
+            ),
+            (
+                offer,
+                br#"{"type":7,"sdp":"v=0"}"#,
+                r#"offer: field "type" must be a string, got 7"#,
+            ),
+            (
+                offer,
+                br#"{"type":true}"#,
+                r#"offer: field "type" must be a string, got true"#,
+            ),
+            (
+                offer,
+                br#"{"type":null}"#,
+                r#"offer: field "type" must be a string, got null"#,
+            ),
+            (
+                offer,
+                br#"{"type":[1]}"#,
+                r#"offer: field "type" must be a string, got an array"#,
+            ),
+            (
+                offer,
+                br#"{"type":{"a":1}}"#,
+                r#"offer: field "type" must be a string, got an object"#,
+            ),
+            (
+                offer,
+                long_type.as_bytes(),
+                r#"offer: field "type" must be "offer", got "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"…"#,
+            ),
+            (
+                offer,
+                br#"{"type":"offer"}"#,
+                r#"offer: field "sdp" is missing"#,
+            ),
+            (
+                offer,
+                br#"{"type":"offer","sdp":""}"#,
+                r#"offer: field "sdp" must be a non-empty SDP string, got """#,
+            ),
+            (
+                offer,
+                br#"{"type":"offer","sdp":" \r\n"}"#,
+                r#"offer: field "sdp" must be a non-empty SDP string, got " \r\n""#,
+            ),
+            (
+                offer,
+                br#"{"type":"offer","sdp":null}"#,
+                r#"offer: field "sdp" must be a string, got null"#,
+            ),
+            (
+                offer,
+                br#"{"type":"offer","sdp":1.5}"#,
+                r#"offer: field "sdp" must be a string, got 1.5"#,
+            ),
+            (
+                answer,
+                br#"{"type":"offer","sdp":"v=0"}"#,
+                r#"answer: field "type" must be "answer", got "offer""#,
+            ),
+            (
+                answer,
+                b"{",
+                "answer payload is not valid JSON: EOF while parsing an object at line 1 column 1",
+            ),
+            (
+                candidate,
+                b"\xc3",
+                "ICE candidate payload is not UTF-8 (bad byte at offset 0)",
+            ),
+            (
+                candidate,
+                b"null",
+                "ICE candidate payload must be a JSON object, got null",
+            ),
+            (
+                candidate,
+                b"5",
+                "ICE candidate payload must be a JSON object, got a number",
+            ),
+            (
+                candidate,
+                b"{",
+                "ICE candidate payload is not valid JSON: EOF while parsing an object at line 1 column 1",
+            ),
+            (
+                candidate,
+                b"{}",
+                r#"ICE candidate: field "candidate" is missing"#,
+            ),
+            (
+                candidate,
+                br#"{"candidate":5}"#,
+                r#"ICE candidate: field "candidate" must be a string, got 5"#,
+            ),
+            (
+                candidate,
+                br#"{"candidate":null}"#,
+                r#"ICE candidate: field "candidate" must be a string, got null"#,
+            ),
+            (
+                candidate,
+                br#"{"candidate":"1 1 udp 1 1.2.3.4 5 typ host"}"#,
+                r#"ICE candidate: field "candidate" must be a string starting with "candidate:", got "1 1 udp 1 1.2.3.4 5 typ host""#,
+            ),
+            (
+                candidate,
+                long_candidate.as_bytes(),
+                r#"ICE candidate: field "candidate" must be a string of at most 512 bytes, got 610 bytes"#,
+            ),
+            (
+                candidate,
+                long_unprefixed.as_bytes(),
+                r#"ICE candidate: field "candidate" must be a string of at most 512 bytes, got 600 bytes"#,
+            ),
+            (
+                candidate,
+                br#"{"candidate":"candidate:x","sdpMid":0}"#,
+                r#"ICE candidate: field "sdpMid" must be a string or null, got 0"#,
+            ),
+            (
+                candidate,
+                br#"{"candidate":"candidate:x","sdpMid":[],"sdpMLineIndex":-1}"#,
+                r#"ICE candidate: field "sdpMid" must be a string or null, got an array"#,
+            ),
+            (
+                candidate,
+                long_mid.as_bytes(),
+                r#"ICE candidate: field "sdpMid" must be a string of at most 64 bytes, got 65 bytes"#,
+            ),
+            (
+                candidate,
+                br#"{"candidate":"candidate:x","sdpMLineIndex":-1}"#,
+                r#"ICE candidate: field "sdpMLineIndex" must be an integer from 0 to 65535 or null, got -1"#,
+            ),
+            (
+                candidate,
+                br#"{"candidate":"candidate:x","sdpMLineIndex":65536}"#,
+                r#"ICE candidate: field "sdpMLineIndex" must be an integer from 0 to 65535 or null, got 65536"#,
+            ),
+            (
+                candidate,
+                br#"{"candidate":"candidate:x","sdpMLineIndex":1.0}"#,
+                r#"ICE candidate: field "sdpMLineIndex" must be an integer from 0 to 65535 or null, got 1.0"#,
+            ),
+            (
+                candidate,
+                br#"{"candidate":"candidate:x","sdpMLineIndex":"0"}"#,
+                r#"ICE candidate: field "sdpMLineIndex" must be an integer from 0 to 65535 or null, got "0""#,
+            ),
+            (
+                candidate,
+                br#"{"candidate":"candidate:x","sdpMLineIndex":0,"usernameFragment":5}"#,
+                r#"ICE candidate: field "usernameFragment" must be a string or null, got 5"#,
+            ),
+            (
+                candidate,
+                long_ufrag.as_bytes(),
+                r#"ICE candidate: field "usernameFragment" must be a string of at most 256 bytes, got 257 bytes"#,
+            ),
+            (
+                request,
+                big_request.as_bytes(),
+                r#"ICE-server request: field "(payload)" must be a JSON object of at most 1024 bytes, got 1028 bytes"#,
+            ),
+            (
+                request,
+                b"[]",
+                "ICE-server request payload must be a JSON object, got an array",
+            ),
+            (
+                request,
+                b"",
+                "ICE-server request payload is not valid JSON: EOF while parsing a value at line 1 column 0",
+            ),
+            (
+                error,
+                br#"{"code":"nope","message":"x"}"#,
+                r#"error: field "code" must be one of "busy", "bad-request", "unsupported", "internal", "unreachable", got "nope""#,
+            ),
+            (
+                error,
+                br#"{"message":"x"}"#,
+                r#"error: field "code" is missing"#,
+            ),
+            (
+                error,
+                br#"{"code":"busy"}"#,
+                r#"error: field "message" is missing"#,
+            ),
+            (
+                error,
+                br#"{"code":"busy","message":5}"#,
+                r#"error: field "message" must be a string, got 5"#,
+            ),
+            (status, b"{}", r#"status: field "online" is missing"#),
+            (
+                status,
+                br#"{"online":"yes"}"#,
+                r#"status: field "online" must be true or false, got "yes""#,
+            ),
+            (
+                status,
+                br#"{"online":1}"#,
+                r#"status: field "online" must be true or false, got 1"#,
+            ),
+            (
+                status,
+                br#"{"online":true}"#,
+                "status payload is not valid JSON: missing field `version`",
+            ),
+        ];
+        for (parse, payload, want) in cases {
+            let err = parse(payload).unwrap_err();
+            assert_eq!(
+                err.to_error_msg(),
+                ErrorMsg::new(ErrorCode::BadRequest, want),
+                "{:?}",
+                String::from_utf8_lossy(payload)
+            );
+        }
+        // What is not refused: end of candidates wins over the other fields; unknown fields
+        // and null optional fields are ignored.
+        assert_eq!(parse_candidate(br#"{"candidate":"","sdpMid":5}"#), Ok(None));
+        assert!(parse_offer(br#"{"type":"offer","sdp":"v=0","x":[1]}"#).is_ok());
+        assert_eq!(
+            parse_candidate(br#"{"candidate":"candidate:x","sdpMid":null,"sdpMLineIndex":null,"usernameFragment":null,"y":1}"#),
+            Ok(Some(IceCandidateMsg {
+                candidate: "candidate:x".into(),
+                sdp_mid: None,
+                sdp_mline_index: None,
+                username_fragment: None,
+            }))
+        );
+        assert_eq!(parse_status(br#"{"online":false,"x":1}"#), Ok(None));
+        assert_eq!(parse_ice_servers(br#"{"ttl":5}"#), Ok(None));
+        assert_eq!(parse_ice_servers_request(br#"{"any":[1,2]}"#), Ok(()));
     }
 }

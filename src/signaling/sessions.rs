@@ -1075,7 +1075,7 @@ impl Signaling {
             });
         }
         let slot = WhepSlot {
-            remote_ufrag: whep::sdp_ufrag(&sdp).map(str::to_string),
+            remote_ufrag: super::protocol::sdp_ufrag(&sdp).map(str::to_string),
             patches: TokenBucket::new(whep::PATCH_RATE.0, whep::PATCH_RATE.1),
             candidates: 0,
             answer: None,

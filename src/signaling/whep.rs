@@ -182,13 +182,6 @@ fn clip(line: &str) -> &str {
     &line[..end]
 }
 
-/// The first `a=ice-ufrag` of an SDP (the offer's ICE session).
-pub fn sdp_ufrag(sdp: &str) -> Option<&str> {
-    sdp.lines()
-        .find_map(|l| l.trim_end_matches('\r').strip_prefix("a=ice-ufrag:"))
-        .map(str::trim)
-}
-
 /// A STUN or TURN server as a `Link` header value (RFC 9725 §4.6, RFC 8288):
 /// `<stun:host:3478>; rel="ice-server"`, with the credentials of a TURN server.
 pub fn ice_server_link(url: &str, credentials: Option<(&str, &str)>) -> String {
@@ -363,6 +356,9 @@ mod tests {
         assert_eq!(resource_id(&session_name("ab12")), Some("ab12"));
         assert_eq!(resource_id("viewer1"), None);
         assert_eq!(etag("ab12"), "\"ab12\"");
-        assert_eq!(sdp_ufrag("v=0\r\na=ice-ufrag:abc\r\n"), Some("abc"));
+        assert_eq!(
+            crate::signaling::protocol::sdp_ufrag("v=0\r\na=ice-ufrag:abc\r\n"),
+            Some("abc")
+        );
     }
 }

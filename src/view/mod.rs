@@ -434,7 +434,7 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
         .await?;
         if let Some(links) = &opts.data_channel {
             let channel = pc
-                .create_data_channel(crate::peer::control::LABEL, None)
+                .create_data_channel(crate::peer::datachannel::LABEL, None)
                 .await?;
             let _ = links.send(data::DataLink {
                 channel,

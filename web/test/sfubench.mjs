@@ -64,7 +64,8 @@ async function status(broker, id) {
 function daemon(broker, id, extra = []) {
   const child = spawn('setpriv', [`--reuid=${NOBODY}`, `--regid=${NOBODY}`, '--clear-groups', '--',
     bin, '--id', id, '--mqtt', broker.url, '--video', 'test', '--size', size, '--fps', '30',
-    '--bitrate', '2000', '--max-viewers', '20', '--rtc-bind', '127.0.0.1', '--mdns', 'off',
+    '--bitrate', '2000', '--max-viewers', '20', '--rtc-bind', '127.0.0.1', '--rtc-allow-loopback', 'on',
+    '--mdns', 'off',
     '--http', 'off', '--audio', 'none', '--log', 'warn', ...extra], { stdio: 'ignore' });
   return child;
 }

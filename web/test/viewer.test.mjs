@@ -227,7 +227,11 @@ test('HTTP: the page and /config.json are served; wrong paths are 404; nothing o
   const root = join(dir, 'root');
   cpSync(distDir, root, { recursive: true });
   writeFileSync(join(dir, 'secret.txt'), 'TOP-SECRET');
-  const daemon = await startSpyglass(broker, { id: 'garage/cam1', webRoot: root, webBrokerUrl: 'wss://broker.example:8884/mqtt' });
+  // A STUN server (never contacted: no session starts here) that /config.json passes to the page.
+  const daemon = await startSpyglass(broker, {
+    id: 'garage/cam1', webRoot: root, webBrokerUrl: 'wss://broker.example:8884/mqtt',
+    extra: ['--stun', 'stun:127.0.0.1:3478'],
+  });
   const port = daemon.httpPort;
 
   const index = await rawGet(port, '/');
@@ -245,6 +249,8 @@ test('HTTP: the page and /config.json are served; wrong paths are 404; nothing o
   assert.equal(parsed.id, 'garage/cam1');
   assert.equal(parsed.broker, 'wss://broker.example:8884/mqtt');
   assert.equal(parsed.broker_ws_port, 9001);
+  // The page's static ICE servers: the device's STUN servers as one RTCIceServer, never TURN.
+  assert.deepEqual(parsed.ice_servers, [{ urls: ['stun:127.0.0.1:3478'] }]);
 
   for (const path of [
     '/nope', '/nope.html', '/dist/app.js', '/config.json/x',

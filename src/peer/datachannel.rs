@@ -2,7 +2,8 @@
 //! stats, picture controls, snapshots). `docs/PROTOCOL.md` ("Data channel") is the contract.
 //!
 //! Parsing and reply building are plain functions; [`serve`] moves messages between them and the
-//! channel. Requests are served one at a time per channel; the slow ones (snapshot encoding,
+//! channel. A request type is one variant of `Wire` (serde, tagged by `type`), its checks in
+//! `request`, and its reply in `handle`. Requests are served one at a time per channel; the slow ones (snapshot encoding,
 //! V4L2 ioctls) run on blocking threads, so no request can hold up the media tasks.
 //!
 //! Bounds (docs/SECURITY.md): [`MAX_CHANNELS`] channels per viewer; [`SEND_BUFFER_BYTES`] sent
@@ -23,6 +24,7 @@ use webrtc::peer_connection::PeerConnection;
 
 use super::bitrate::{RateControl, ViewerRate};
 use crate::rate::TokenBucket;
+use crate::signaling::protocol::Field;
 use crate::video::hub::Hub;
 use crate::video::snapshot;
 
@@ -187,6 +189,47 @@ impl RequestError {
     }
 }
 
+/// The requests as they arrive, one variant per `type` (docs/PROTOCOL.md's table). Fields are
+/// [`Field`]s so that a wrong JSON type becomes the contract's own error text rather than serde's.
+#[derive(serde::Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case")]
+enum Wire {
+    Keyframe,
+    Stats,
+    SubscribeStats {
+        #[serde(default)]
+        interval_ms: Field<Option<i64>>,
+    },
+    UnsubscribeStats,
+    Controls,
+    SetControl {
+        #[serde(default)]
+        name: Field<Option<String>>,
+        #[serde(default)]
+        value: Field<Option<i64>>,
+    },
+    Snapshot {
+        #[serde(default)]
+        quality: Field<Option<i64>>,
+    },
+    /// Any other `type`: answered `unknown-type`.
+    #[serde(other)]
+    Unknown,
+}
+
+/// An optional integer field: `None` when absent or null, `bad-value` naming `key` when it is
+/// something else.
+fn integer(field: Field<Option<i64>>, key: &str) -> Result<Option<i64>, RequestError> {
+    match field {
+        Field::Absent => Ok(None),
+        Field::Given(n) => Ok(n),
+        Field::Wrong(v) => Err(RequestError::new(
+            "bad-value",
+            format!("`{key}` must be an integer, got {v}"),
+        )),
+    }
+}
+
 /// Parse one message. Returns the request's `id` (echoed in every reply; `null` when absent or
 /// unreadable) with the request or the error to reply with.
 pub fn parse(message: &[u8]) -> (Value, Result<Request, RequestError>) {
@@ -233,7 +276,11 @@ pub fn parse(message: &[u8]) -> (Value, Result<Request, RequestError>) {
             )),
         );
     }
-    let Some(kind) = object.get("type").and_then(Value::as_str) else {
+    let Some(kind) = object
+        .get("type")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    else {
         return (
             id,
             Err(RequestError::new(
@@ -242,20 +289,22 @@ pub fn parse(message: &[u8]) -> (Value, Result<Request, RequestError>) {
             )),
         );
     };
-    // An optional integer field.
-    let integer = |key: &str| -> Result<Option<i64>, RequestError> {
-        match object.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v.as_i64().map(Some).ok_or_else(|| {
-                RequestError::new("bad-value", format!("`{key}` must be an integer, got {v}"))
-            }),
-        }
-    };
-    let request = (|| match kind {
-        "keyframe" => Ok(Request::Keyframe),
-        "stats" => Ok(Request::Stats),
-        "subscribe-stats" => {
-            let ms = integer("interval_ms")?.unwrap_or(STATS_INTERVAL_DEFAULT.as_millis() as i64);
+    // Every field is a `Field`, which takes any JSON value, and `type` is a string: what is
+    // left to fail is serde's own bookkeeping, answered as a bad request.
+    let request = serde_json::from_value::<Wire>(Value::Object(object))
+        .map_err(|e| RequestError::new("bad-request", e.to_string()))
+        .and_then(|wire| request(wire, &kind));
+    (id, request)
+}
+
+/// Check the values of a request that has the right shape.
+fn request(wire: Wire, kind: &str) -> Result<Request, RequestError> {
+    Ok(match wire {
+        Wire::Keyframe => Request::Keyframe,
+        Wire::Stats => Request::Stats,
+        Wire::SubscribeStats { interval_ms } => {
+            let ms = integer(interval_ms, "interval_ms")?
+                .unwrap_or(STATS_INTERVAL_DEFAULT.as_millis() as i64);
             let (min, max) = (
                 STATS_INTERVAL_MIN.as_millis() as i64,
                 STATS_INTERVAL_MAX.as_millis() as i64,
@@ -266,44 +315,45 @@ pub fn parse(message: &[u8]) -> (Value, Result<Request, RequestError>) {
                     format!("interval_ms must be within {min}..={max}, got {ms}"),
                 ));
             }
-            Ok(Request::SubscribeStats {
+            Request::SubscribeStats {
                 interval: Duration::from_millis(ms as u64),
-            })
+            }
         }
-        "unsubscribe-stats" => Ok(Request::UnsubscribeStats),
-        "controls" => Ok(Request::Controls),
-        "set-control" => {
-            let name = object
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    RequestError::new("bad-request", "set-control needs `name` (a string)")
-                })?
-                .to_string();
-            let value = integer("value")?.ok_or_else(|| {
+        Wire::UnsubscribeStats => Request::UnsubscribeStats,
+        Wire::Controls => Request::Controls,
+        Wire::SetControl { name, value } => {
+            let Field::Given(Some(name)) = name else {
+                return Err(RequestError::new(
+                    "bad-request",
+                    "set-control needs `name` (a string)",
+                ));
+            };
+            let value = integer(value, "value")?.ok_or_else(|| {
                 RequestError::new("bad-request", "set-control needs `value` (an integer)")
             })?;
-            Ok(Request::SetControl { name, value })
+            Request::SetControl { name, value }
         }
-        "snapshot" => {
-            let quality = integer("quality")?.unwrap_or(i64::from(snapshot::DEFAULT_QUALITY));
+        Wire::Snapshot { quality } => {
+            let quality =
+                integer(quality, "quality")?.unwrap_or(i64::from(snapshot::DEFAULT_QUALITY));
             if !(1..=100).contains(&quality) {
                 return Err(RequestError::new(
                     "out-of-range",
                     format!("quality must be within 1..=100, got {quality}"),
                 ));
             }
-            Ok(Request::Snapshot { quality })
+            Request::Snapshot { quality }
         }
-        other => Err(RequestError::new(
-            "unknown-type",
-            format!(
-                "unknown request type `{other}`; known: keyframe, stats, subscribe-stats, \
-                 unsubscribe-stats, controls, set-control, snapshot"
-            ),
-        )),
-    })();
-    (id, request)
+        Wire::Unknown => {
+            return Err(RequestError::new(
+                "unknown-type",
+                format!(
+                    "unknown request type `{kind}`; known: keyframe, stats, subscribe-stats, \
+                     unsubscribe-stats, controls, set-control, snapshot"
+                ),
+            ));
+        }
+    })
 }
 
 /// The error reply for a request.
@@ -350,17 +400,18 @@ pub fn snapshot_messages(
     messages
 }
 
-/// CPU time of this process in seconds (user + system), from `/proc/self/stat`.
+/// CPU time of this process in seconds (user + system, all threads), from `getrusage`.
 fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the state.
-    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    (hz > 0).then(|| ticks / hz as f64)
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: `usage` is a valid place for one `rusage`, which getrusage fills when it
+    // returns 0.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: getrusage returned 0, so it wrote the whole struct.
+    let usage = unsafe { usage.assume_init() };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Some(seconds(usage.ru_utime) + seconds(usage.ru_stime))
 }
 
 /// SoC temperature in °C, where the kernel reports one.
@@ -398,7 +449,7 @@ impl StatsSampler {
         }
     }
 
-    async fn sample(&mut self, ctx: &ControlContext) -> Value {
+    async fn sample(&mut self, ctx: &ChannelContext) -> Value {
         let (hub, counters, pc) = (&ctx.hub, &ctx.counters, &ctx.pc);
         let now = Instant::now();
         let seconds = now.duration_since(self.at).as_secs_f64().max(1e-3);
@@ -436,7 +487,7 @@ impl StatsSampler {
 
 /// What the channel task needs from the session.
 #[derive(Clone)]
-pub struct ControlContext {
+pub struct ChannelContext {
     pub hub: Hub,
     pub counters: Arc<SessionCounters>,
     pub pc: Arc<dyn PeerConnection>,
@@ -502,7 +553,7 @@ async fn push(channel: &Arc<dyn DataChannel>, message: &Value) -> bool {
 }
 
 /// Serve one `spyglass` channel until it closes.
-pub async fn serve(channel: Arc<dyn DataChannel>, ctx: ControlContext) {
+pub async fn serve(channel: Arc<dyn DataChannel>, ctx: ChannelContext) {
     let mut sampler = StatsSampler::new(&ctx.counters);
     let mut push_every: Option<tokio::time::Interval> = None;
     loop {
@@ -546,7 +597,7 @@ async fn send_all(channel: &Arc<dyn DataChannel>, replies: &[Value]) -> bool {
 /// Serve a snapshot request: within the viewer's budget, on one of the hub's request workers,
 /// and counted as under way until its last chunk is sent.
 async fn snapshot(
-    ctx: &ControlContext,
+    ctx: &ChannelContext,
     channel: &Arc<dyn DataChannel>,
     id: &Value,
     quality: i64,
@@ -590,7 +641,7 @@ async fn snapshot(
 }
 
 async fn handle(
-    ctx: &ControlContext,
+    ctx: &ChannelContext,
     sampler: &mut StatsSampler,
     push: &mut Option<tokio::time::Interval>,
     id: &Value,
@@ -746,6 +797,269 @@ mod tests {
         assert_eq!(parse(b"not json").1.unwrap_err().code, "bad-json");
         assert_eq!(parse(b"[1]").1.unwrap_err().code, "bad-json");
         assert_eq!(parse(&[b' '; 5000]).1.unwrap_err().code, "too-large");
+    }
+
+    /// Every refusal the parser makes, as the viewer sees it: the reply's `id`, `code` and
+    /// exact `message` (docs/PROTOCOL.md, "Data channel", "Errors").
+    #[test]
+    fn refusals_have_exact_replies() {
+        let huge = vec![b' '; MAX_REQUEST_BYTES + 1];
+        let cases: Vec<(&[u8], Value, &str, &str)> = vec![
+            (
+                &huge,
+                Value::Null,
+                "too-large",
+                "request of 4097 bytes; at most 4096",
+            ),
+            (
+                b"not json",
+                Value::Null,
+                "bad-json",
+                "request is not JSON: expected ident at line 1 column 2",
+            ),
+            (
+                b"",
+                Value::Null,
+                "bad-json",
+                "request is not JSON: EOF while parsing a value at line 1 column 0",
+            ),
+            (
+                b"\xff",
+                Value::Null,
+                "bad-json",
+                "request is not JSON: expected value at line 1 column 1",
+            ),
+            (
+                b"[1]",
+                Value::Null,
+                "bad-json",
+                "a request is one JSON object",
+            ),
+            (
+                b"\"stats\"",
+                Value::Null,
+                "bad-json",
+                "a request is one JSON object",
+            ),
+            (
+                br#"{"id":[1],"type":"stats"}"#,
+                Value::Null,
+                "bad-request",
+                "`id` must be a number or a string",
+            ),
+            (
+                br#"{"id":true,"type":"stats"}"#,
+                Value::Null,
+                "bad-request",
+                "`id` must be a number or a string",
+            ),
+            (
+                br#"{"id":{},"type":5}"#,
+                Value::Null,
+                "bad-request",
+                "`id` must be a number or a string",
+            ),
+            (
+                br#"{"id":1}"#,
+                json!(1),
+                "bad-request",
+                "`type` is missing or not a string",
+            ),
+            (
+                br#"{"id":"a","type":5}"#,
+                json!("a"),
+                "bad-request",
+                "`type` is missing or not a string",
+            ),
+            (
+                br#"{"type":null}"#,
+                Value::Null,
+                "bad-request",
+                "`type` is missing or not a string",
+            ),
+            (
+                br#"{"id":2,"type":"zoom"}"#,
+                json!(2),
+                "unknown-type",
+                "unknown request type `zoom`; known: keyframe, stats, subscribe-stats, unsubscribe-stats, controls, set-control, snapshot",
+            ),
+            (
+                br#"{"id":2,"type":"Stats"}"#,
+                json!(2),
+                "unknown-type",
+                "unknown request type `Stats`; known: keyframe, stats, subscribe-stats, unsubscribe-stats, controls, set-control, snapshot",
+            ),
+            (
+                br#"{"id":3,"type":"subscribe-stats","interval_ms":"x"}"#,
+                json!(3),
+                "bad-value",
+                "`interval_ms` must be an integer, got \"x\"",
+            ),
+            (
+                br#"{"id":3,"type":"subscribe-stats","interval_ms":2000.5}"#,
+                json!(3),
+                "bad-value",
+                "`interval_ms` must be an integer, got 2000.5",
+            ),
+            (
+                br#"{"id":3,"type":"subscribe-stats","interval_ms":499}"#,
+                json!(3),
+                "out-of-range",
+                "interval_ms must be within 500..=60000, got 499",
+            ),
+            (
+                br#"{"id":3,"type":"subscribe-stats","interval_ms":60001}"#,
+                json!(3),
+                "out-of-range",
+                "interval_ms must be within 500..=60000, got 60001",
+            ),
+            (
+                br#"{"id":3,"type":"subscribe-stats","interval_ms":-1}"#,
+                json!(3),
+                "out-of-range",
+                "interval_ms must be within 500..=60000, got -1",
+            ),
+            (
+                br#"{"id":4,"type":"set-control","value":1}"#,
+                json!(4),
+                "bad-request",
+                "set-control needs `name` (a string)",
+            ),
+            (
+                br#"{"id":4,"type":"set-control","name":5,"value":1}"#,
+                json!(4),
+                "bad-request",
+                "set-control needs `name` (a string)",
+            ),
+            (
+                br#"{"id":4,"type":"set-control","name":"brightness"}"#,
+                json!(4),
+                "bad-request",
+                "set-control needs `value` (an integer)",
+            ),
+            (
+                br#"{"id":4,"type":"set-control","name":"brightness","value":null}"#,
+                json!(4),
+                "bad-request",
+                "set-control needs `value` (an integer)",
+            ),
+            (
+                br#"{"id":4,"type":"set-control","name":"brightness","value":"high"}"#,
+                json!(4),
+                "bad-value",
+                "`value` must be an integer, got \"high\"",
+            ),
+            (
+                br#"{"id":4,"type":"set-control","name":"brightness","value":true}"#,
+                json!(4),
+                "bad-value",
+                "`value` must be an integer, got true",
+            ),
+            (
+                br#"{"id":4,"type":"set-control","value":"high"}"#,
+                json!(4),
+                "bad-request",
+                "set-control needs `name` (a string)",
+            ),
+            (
+                br#"{"id":4,"type":"set-control","name":"b","value":18446744073709551615}"#,
+                json!(4),
+                "bad-value",
+                "`value` must be an integer, got 18446744073709551615",
+            ),
+            (
+                br#"{"id":5,"type":"snapshot","quality":0}"#,
+                json!(5),
+                "out-of-range",
+                "quality must be within 1..=100, got 0",
+            ),
+            (
+                br#"{"id":5,"type":"snapshot","quality":101}"#,
+                json!(5),
+                "out-of-range",
+                "quality must be within 1..=100, got 101",
+            ),
+            (
+                br#"{"id":5,"type":"snapshot","quality":[]}"#,
+                json!(5),
+                "bad-value",
+                "`quality` must be an integer, got []",
+            ),
+        ];
+        for (message, id, code, text) in cases {
+            let (got_id, request) = parse(message);
+            let error = request.unwrap_err();
+            assert_eq!(
+                error_reply(&got_id, &error),
+                json!({"id": id, "type": "error", "code": code, "message": text}),
+                "{:?}",
+                String::from_utf8_lossy(message)
+            );
+        }
+        // What is served: absent and null optional fields take their defaults, unknown
+        // fields are ignored, and `id` may be absent, null, a number or a string.
+        let served: Vec<(&[u8], Value, Request)> = vec![
+            (
+                br#"{"type":"keyframe","x":1}"#,
+                Value::Null,
+                Request::Keyframe,
+            ),
+            (
+                br#"{"id":null,"type":"stats"}"#,
+                Value::Null,
+                Request::Stats,
+            ),
+            (
+                br#"{"id":1.5,"type":"unsubscribe-stats"}"#,
+                json!(1.5),
+                Request::UnsubscribeStats,
+            ),
+            (
+                br#"{"id":"c","type":"controls"}"#,
+                json!("c"),
+                Request::Controls,
+            ),
+            (
+                br#"{"id":3,"type":"subscribe-stats","interval_ms":null}"#,
+                json!(3),
+                Request::SubscribeStats {
+                    interval: STATS_INTERVAL_DEFAULT,
+                },
+            ),
+            (
+                br#"{"id":3,"type":"subscribe-stats","interval_ms":500}"#,
+                json!(3),
+                Request::SubscribeStats {
+                    interval: Duration::from_millis(500),
+                },
+            ),
+            (
+                br#"{"id":4,"type":"set-control","name":"contrast","value":-3}"#,
+                json!(4),
+                Request::SetControl {
+                    name: "contrast".into(),
+                    value: -3,
+                },
+            ),
+            (
+                br#"{"id":5,"type":"snapshot"}"#,
+                json!(5),
+                Request::Snapshot { quality: 85 },
+            ),
+            (
+                br#"{"id":5,"type":"snapshot","quality":100}"#,
+                json!(5),
+                Request::Snapshot { quality: 100 },
+            ),
+        ];
+        for (message, id, request) in served {
+            assert_eq!(
+                parse(message),
+                (id, Ok(request)),
+                "{:?}",
+                String::from_utf8_lossy(message)
+            );
+        }
     }
 
     #[test]
