@@ -289,3 +289,39 @@ async fn a_producer_of_garbage_is_bounded_and_refused() {
         .unwrap();
     assert!(peak_kb < 200_000, "peak resident memory {peak_kb} kB");
 }
+
+/// `spyglass selftest` checks a process's H.264 the way it would be passed through (issue 16:
+/// "`spyglass selftest` checks the stream"): packetized, depacketized and decoded, its profile
+/// named; the producer ends with the self-test; a producer of garbage fails it.
+#[test]
+fn selftest_checks_a_stream_passed_through() {
+    let selftest = |video: &str| {
+        std::process::Command::new(spyglass_bin())
+            .args(["selftest", "--video", video, "--exec-format", "h264"])
+            .args(["--size", "320x240", "--fps", "30", "--seconds", "2"])
+            .output()
+            .unwrap()
+    };
+    let mark = marker();
+    let run = selftest(&ffmpeg_h264(&mark, "main"));
+    let text = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(
+        text.contains("encoder:          passthrough: H.264 main (profile-level-id 4d"),
+        "{text}"
+    );
+    assert!(text.contains("result:           PASS"), "{text}");
+    assert!(
+        processes_with(&mark, 0).is_empty(),
+        "the producer outlived the self-test"
+    );
+
+    let garbage = selftest("exec:head -c 4000000 /dev/urandom");
+    let text = String::from_utf8_lossy(&garbage.stdout);
+    assert!(!garbage.status.success(), "{text}");
+    assert!(!text.contains("result:           PASS"), "{text}");
+}

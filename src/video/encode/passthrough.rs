@@ -241,4 +241,45 @@ mod tests {
         failing.pass(&au(&SLICE), true).unwrap();
         assert!(!failing.keyframes_on_request());
     }
+
+    #[test]
+    fn parameter_sets_over_the_limit_are_never_kept() {
+        // An SPS of MAX_PARAMETER_SET + 1 bytes (its NAL, without the start code).
+        let mut big_sps = vec![0, 0, 0, 1, 0x67, 0x4d, 0x40, 0x1f];
+        big_sps.resize(4 + MAX_PARAMETER_SET + 1, 0xaa);
+        let mut pass = Passthrough::new(None);
+        // Before any parameter set was kept, an IDR that only has an oversized SPS is dropped, and
+        // the SPS is not kept for the next one.
+        assert!(
+            pass.pass(&au(&[&big_sps[..], &PPS, &IDR].concat()), false)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            pass.pass(&au(&[&PPS[..], &IDR].concat()), false)
+                .unwrap()
+                .is_none()
+        );
+        assert!(pass.sps.is_none());
+        // A normal SPS is kept; a later oversized one passes on inside its access unit (behind
+        // the kept one) but does not replace it.
+        pass.pass(&au(&[&SPS[..], &PPS, &IDR].concat()), false)
+            .unwrap()
+            .unwrap();
+        let with_big = pass
+            .pass(&au(&[&big_sps[..], &PPS, &IDR].concat()), false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(nal_types(&with_big.data), [7, 7, 8, 5]);
+        assert_eq!(&with_big.data[..SPS.len()], SPS);
+        // (A NAL found before a four-byte start code keeps its trailing zero byte.)
+        assert!(
+            pass.sps
+                .as_deref()
+                .is_some_and(|sps| sps.starts_with(&SPS[4..]) && sps.len() <= SPS.len())
+        );
+        let bare = pass.pass(&au(&IDR), false).unwrap().unwrap();
+        assert_eq!(nal_types(&bare.data), [7, 8, 5]);
+        assert!(bare.data.len() < 2 * (SPS.len() + PPS.len() + IDR.len()));
+    }
 }
