@@ -20,12 +20,12 @@ use crate::peer::session::{self, AnswerError, SessionEvent, SessionHandle};
 use crate::peer::{PeerFactory, PeerSettings};
 use crate::signaling::protocol::{
     AudioStatus, ErrorCode, IceCandidateMsg, MediaState, Status, Topics, VIDEO_CODEC_H264,
-    VideoStatus, offline_status_json,
+    VideoStatus, WhipStatus, offline_status_json,
 };
 use crate::signaling::sessions::{Action, Limits, PeerEvent, SessionKey, Signaling};
 use crate::signaling::whep::{WhepError, ice_server_link};
 use crate::turn_rest::{IceServerGrant, TurnSecret};
-use crate::video::hub::{Hub, VideoState};
+use crate::video::hub::{Hub, StreamInfo, VideoState};
 use crate::web::{self, WebSettings};
 use crate::whep::{self as whep_http, WhepSettings};
 use crate::whip::{self, Publisher, WhipSettings};
@@ -40,274 +40,386 @@ const SHUTDOWN_SESSION_WAIT: Duration = Duration::from_millis(800);
 
 /// Run until SIGINT or SIGTERM.
 pub async fn run(cfg: DaemonConfig) -> anyhow::Result<()> {
-    let started = Instant::now();
-    for warning in cfg.exposed_secrets() {
-        warn!("{warning}");
-    }
-    let topics = Topics::new(cfg.id.clone())?;
-    let factory = PeerFactory::new(peer_settings(&cfg))?;
-    // The device's TURN servers are tried now and, while they fail, again and again; new
-    // sessions get only those that work.
-    let relay_servers = factory.clone();
-    let _relay_watch = AbortOnDrop(tokio::spawn(crate::peer::relay::watch(
-        move || relay_servers.settings().ice_servers_now(),
-        cfg.rtc_bind.first().copied(),
-        std::sync::Arc::clone(factory.relays()),
-    )));
-    let hub = Hub::new(cfg.video.clone(), cfg.bitrate_kbps)?;
-    // Every viewer's bandwidth estimate → one target for the shared encoder.
-    let rate = RateControl::new(bitrate_range(&cfg));
-    let _rate_task = tokio::spawn(follow_rate(rate.clone(), hub.clone()));
-    let video = VideoStatus {
-        state: MediaState::Idle,
-        codec: VIDEO_CODEC_H264.to_string(),
-        width: cfg.video.width,
-        height: cfg.video.height,
-        fps: cfg.video.fps,
-        encoder: crate::video::encode::expected(&cfg.video).to_string(),
-        idr_period_ms: None,
-    };
-    // A named microphone that does not open is an error; `auto` without one is video only.
-    let audio = crate::audio::resolve(&cfg.audio)?
-        .map(AudioHub::new)
-        .transpose()?;
-    let audio_status = audio.as_ref().map(|a| AudioStatus {
-        codec: "opus".to_string(),
-        channels: u32::from(a.channels()),
-    });
-    let mut audio_running = audio.as_ref().map(AudioHub::running);
-    let grant = ice_server_grant(&cfg);
-    let mut status = Status::online(VERSION, video, 0, cfg.max_viewers);
-    status.audio = audio_status.clone();
-    status.ice_servers = !grant.is_empty();
-    let limits = Limits {
-        max_viewers: cfg.max_viewers as usize,
-        max_connecting: cfg.max_connecting as usize,
-        peer_timeout: cfg.peer_timeout,
-        ..Limits::default()
-    };
-    let mut core = Signaling::new(topics.clone(), limits, status);
-    // The WHEP endpoint, only with a token (docs/SECURITY.md, "WHEP").
-    let (whep, mut whep_requests) = match (&cfg.whep_token, cfg.http) {
-        (Some(token), Some(_)) => {
-            let (endpoint, requests) = whep_http::Endpoint::new(WhepSettings {
-                token: token.clone(),
-                links: cfg
-                    .stun
-                    .iter()
-                    .map(|url| ice_server_link(url, None))
-                    .collect(),
-            });
-            (Some(endpoint), Some(requests))
-        }
-        _ => (None, None),
-    };
-    // The viewer page; kept alive until the daemon returns.
-    let _web = match cfg.http {
-        Some(bind) => Some(
-            web::start(WebSettings {
-                bind,
-                root: cfg.web_root.clone(),
-                id: cfg.id.clone(),
-                broker: cfg.web_broker_url.clone(),
-                max_connections: cfg.http_max_connections as usize,
-                whep,
-                stun: cfg.stun.clone(),
-            })
-            .await?,
-        ),
-        None => None,
-    };
-    let offline = offline_status_json();
-    // Home Assistant discovery and snapshots, only when asked for.
-    let home_assistant = cfg.homeassistant.then(|| HomeAssistant::new(&cfg));
-    let mut subscriptions = topics.device_filters().to_vec();
-    if let Some(ha) = &home_assistant {
-        subscriptions.push(ha.request_topic());
-    }
-    let mut conn = mqtt::connect(MqttSettings {
-        host: cfg.mqtt.host.clone(),
-        port: cfg.mqtt.port,
-        client_id: match &cfg.mqtt_client_id {
-            Some(id) => mqtt::ClientId::Fixed(id.clone()),
-            None => mqtt::ClientId::Random {
-                prefix: format!("spyglass-{}", cfg.id.replace('/', "-")),
-            },
-        },
-        username: cfg.username.clone(),
-        password: cfg.password.clone(),
-        will: Some((topics.status(), offline.clone())),
-        subscriptions,
-        transport: mqtt::MqttTransport::new(&cfg.mqtt, &cfg.tls),
-    })?;
-    info!(id = %cfg.id, broker = %cfg.mqtt, video = %cfg.video.source, "spyglass {VERSION} starting");
-
-    let snapshot_requests = home_assistant.as_ref().map(|ha| {
-        let (requests, incoming) = mpsc::channel(homeassistant::REQUEST_QUEUE);
-        tokio::spawn(homeassistant::snapshots(
-            ha.clone(),
-            hub.clone(),
-            conn.client.clone(),
-            incoming,
-        ));
-        (ha.request_topic(), requests)
-    });
-    // Publishing to an SFU over WHIP, when asked for.
-    let (whip_status_tx, mut whip_status) = watch::channel(None);
-    let publisher = match &cfg.whip {
-        Some(endpoint) => Some(Publisher::start(
-            WhipSettings {
-                endpoint: url::Url::parse(endpoint)?,
-                token: cfg.whip_token.clone(),
-            },
-            whip::Media {
-                factory: factory.clone(),
-                hub: hub.clone(),
-                audio: audio.clone(),
-                rate: rate.clone(),
-            },
-            whip_status_tx,
-        )),
-        None => None,
-    };
-    let (session_tx, mut session_rx) = mpsc::unbounded_channel::<(SessionKey, SessionEvent)>();
-    let mut exec = Executor {
-        mqtt: conn.client.clone(),
-        factory,
-        hub: hub.clone(),
-        audio: audio.clone(),
-        rate,
-        session_tx,
-        sessions: HashMap::new(),
-        whep_replies: HashMap::new(),
-        abandoned: Vec::new(),
-        grant,
-    };
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut first_online = true;
-    let mut notifier = crate::service::Notifier::from_env();
-    notifier.tick(Instant::now(), hub.heartbeat_age());
-    let mut video_state = hub.state();
-    let mut stream = hub.stream();
-    loop {
-        tokio::select! {
-            event = conn.events.recv() => match event {
-                Some(MqttEvent::Connected) => {
-                    if first_online {
-                        info!(ms = started.elapsed().as_millis() as u64, "online");
-                        first_online = false;
-                    } else {
-                        info!("reconnected to the broker");
-                    }
-                    let action = core.status_action();
-                    exec.run(vec![action]).await;
-                    if let Some(ha) = &home_assistant {
-                        for (topic, payload) in ha.discovery() {
-                            exec.mqtt.publish(topic, payload, true).await;
-                        }
-                    }
-                    notifier.ready();
-                    notifier.status("online");
-                }
-                Some(MqttEvent::Disconnected(why)) => {
-                    warn!("broker connection lost: {why}");
-                    if !first_online {
-                        notifier.status("broker connection lost; reconnecting");
-                    }
-                }
-                Some(MqttEvent::Message { topic, payload }) => {
-                    if let Some((request_topic, requests)) = &snapshot_requests
-                        && topic == *request_topic
-                    {
-                        // A full queue means snapshots are under way: this one is not needed.
-                        let _ = requests.try_send(());
-                        continue;
-                    }
-                    let actions = core.on_message(Instant::now(), &topic, &payload);
-                    exec.run(actions).await;
-                }
-                None => break,
-            },
-            Some((key, event)) = session_rx.recv() => {
-                // Only the WHIP publisher's session offers; it reports to the publisher.
-                let Some(event) = exec.peer_event(&key, event) else {
-                    continue;
-                };
-                let actions = core.on_peer_event(Instant::now(), &key, event);
-                exec.run(actions).await;
-                exec.end_abandoned(&mut core).await;
-            },
-            Some(request) = async {
-                match whep_requests.as_mut() {
-                    Some(requests) => requests.recv().await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                exec.on_whep_request(&mut core, request).await;
-            }
-            Ok(()) = whip_status.changed() => {
-                let report = whip_status.borrow_and_update().clone();
-                let action = core.set_whip(report);
-                exec.run(vec![action]).await;
-            }
-            Ok(()) = video_state.changed() => {
-                let state = match &*video_state.borrow_and_update() {
-                    VideoState::Idle => MediaState::Idle,
-                    VideoState::Live => MediaState::Live,
-                    VideoState::Lost(_) => MediaState::Lost,
-                };
-                let actions = core.set_video_state(state);
-                exec.run(actions).await;
-            }
-            Ok(()) = stream.changed() => {
-                let info = stream.borrow_and_update().clone();
-                if let Some(encoder) = info.encoder {
-                    let period = info.idr_period.map(|p| p.as_millis() as u64);
-                    let actions = core.set_video_stream(encoder, period);
-                    exec.run(actions).await;
-                }
-            }
-            Some(running) = async {
-                match audio_running.as_mut() {
-                    Some(rx) => rx.changed().await.ok().map(|_| *rx.borrow()),
-                    None => std::future::pending().await,
-                }
-            } => {
-                // Audio lost (the microphone went away) or back: video goes on either way.
-                let action = core.set_audio(audio_status.clone().filter(|_| running));
-                exec.run(vec![action]).await;
-            }
-            _ = tick.tick() => {
-                let actions = core.on_tick(Instant::now());
-                exec.run(actions).await;
-                exec.end_abandoned(&mut core).await;
-                // A session whose task died (a panic) never says so: count it out here.
-                for (key, handle) in session::take_unreported(&mut exec.sessions) {
-                    let fault = handle.fault().await;
-                    warn!(cid = %key.cid, "session task {fault}; counting the viewer out");
-                    let actions = core.on_peer_event(Instant::now(), &key, PeerEvent::Closed);
-                    exec.run(actions).await;
-                }
-                let now = std::time::SystemTime::now();
-                if let Err(err) = exec.factory.certificates().renew_if_due(now) {
-                    warn!("renewing the DTLS certificate: {err}");
-                }
-                notifier.tick(Instant::now(), hub.heartbeat_age());
-            }
-            _ = tokio::signal::ctrl_c() => break,
-            _ = sigterm.recv() => break,
-        }
-    }
-    info!("stopping");
-    notifier.stopping();
-    exec.shut_down(publisher, &mut session_rx).await;
-    hub.shutdown();
-    if let Some(audio) = &audio {
-        audio.shutdown();
-    }
-    conn.close(Some((topics.status(), offline))).await;
+    let mut daemon = Daemon::start(cfg).await?;
+    daemon.serve().await;
+    daemon.stop().await;
     Ok(())
+}
+
+/// Whether the event loop goes on after an event.
+enum Flow {
+    Go,
+    Stop,
+}
+
+/// The running daemon: what [`Daemon::start`] sets up, the event loop's state, and what
+/// [`Daemon::stop`] takes down.
+struct Daemon {
+    started: Instant,
+    topics: Topics,
+    hub: Hub,
+    audio: Option<AudioHub>,
+    audio_status: Option<AudioStatus>,
+    audio_running: Option<watch::Receiver<bool>>,
+    core: Signaling,
+    exec: Executor,
+    conn: mqtt::MqttConnection,
+    /// The status that says offline: the will, and published last.
+    offline: Vec<u8>,
+    home_assistant: Option<HomeAssistant>,
+    /// Home Assistant's snapshot request topic, and the snapshot task's queue.
+    snapshot_requests: Option<(String, mpsc::Sender<()>)>,
+    whep_requests: Option<mpsc::Receiver<whep_http::Request>>,
+    publisher: Option<Publisher>,
+    whip_status: watch::Receiver<Option<WhipStatus>>,
+    session_rx: mpsc::UnboundedReceiver<(SessionKey, SessionEvent)>,
+    tick: tokio::time::Interval,
+    sigterm: tokio::signal::unix::Signal,
+    first_online: bool,
+    notifier: crate::service::Notifier,
+    video_state: watch::Receiver<VideoState>,
+    stream: watch::Receiver<StreamInfo>,
+    // Kept alive until the daemon returns.
+    _web: Option<web::WebServer>,
+    _relay_watch: AbortOnDrop,
+    _rate_task: tokio::task::JoinHandle<()>,
+}
+
+impl Daemon {
+    /// Set-up: the peer factory, the hubs, the signaling core, the web and WHEP endpoints, the
+    /// broker connection, Home Assistant and the WHIP publisher.
+    async fn start(cfg: DaemonConfig) -> anyhow::Result<Daemon> {
+        let started = Instant::now();
+        for warning in cfg.exposed_secrets() {
+            warn!("{warning}");
+        }
+        let topics = Topics::new(cfg.id.clone())?;
+        let factory = PeerFactory::new(peer_settings(&cfg))?;
+        // The device's TURN servers are tried now and, while they fail, again and again; new
+        // sessions get only those that work.
+        let relay_servers = factory.clone();
+        let relay_watch = AbortOnDrop(tokio::spawn(crate::peer::relay::watch(
+            move || relay_servers.settings().ice_servers_now(),
+            cfg.rtc_bind.first().copied(),
+            std::sync::Arc::clone(factory.relays()),
+        )));
+        let hub = Hub::new(cfg.video.clone(), cfg.bitrate_kbps)?;
+        // Every viewer's bandwidth estimate → one target for the shared encoder.
+        let rate = RateControl::new(bitrate_range(&cfg));
+        let rate_task = tokio::spawn(follow_rate(rate.clone(), hub.clone()));
+        let video = VideoStatus {
+            state: MediaState::Idle,
+            codec: VIDEO_CODEC_H264.to_string(),
+            width: cfg.video.width,
+            height: cfg.video.height,
+            fps: cfg.video.fps,
+            encoder: crate::video::encode::expected(&cfg.video).to_string(),
+            idr_period_ms: None,
+        };
+        // A named microphone that does not open is an error; `auto` without one is video only.
+        let audio = crate::audio::resolve(&cfg.audio)?
+            .map(AudioHub::new)
+            .transpose()?;
+        let audio_status = audio.as_ref().map(|a| AudioStatus {
+            codec: "opus".to_string(),
+            channels: u32::from(a.channels()),
+        });
+        let audio_running = audio.as_ref().map(AudioHub::running);
+        let grant = ice_server_grant(&cfg);
+        let mut status = Status::online(VERSION, video, 0, cfg.max_viewers);
+        status.audio = audio_status.clone();
+        status.ice_servers = !grant.is_empty();
+        let limits = Limits {
+            max_viewers: cfg.max_viewers as usize,
+            max_connecting: cfg.max_connecting as usize,
+            peer_timeout: cfg.peer_timeout,
+            ..Limits::default()
+        };
+        let core = Signaling::new(topics.clone(), limits, status);
+        // The WHEP endpoint, only with a token (docs/SECURITY.md, "WHEP").
+        let (whep, whep_requests) = match (&cfg.whep_token, cfg.http) {
+            (Some(token), Some(_)) => {
+                let (endpoint, requests) = whep_http::Endpoint::new(WhepSettings {
+                    token: token.clone(),
+                    links: cfg
+                        .stun
+                        .iter()
+                        .map(|url| ice_server_link(url, None))
+                        .collect(),
+                });
+                (Some(endpoint), Some(requests))
+            }
+            _ => (None, None),
+        };
+        // The viewer page; kept alive until the daemon returns.
+        let web = match cfg.http {
+            Some(bind) => Some(
+                web::start(WebSettings {
+                    bind,
+                    root: cfg.web_root.clone(),
+                    id: cfg.id.clone(),
+                    broker: cfg.web_broker_url.clone(),
+                    max_connections: cfg.http_max_connections as usize,
+                    whep,
+                    stun: cfg.stun.clone(),
+                })
+                .await?,
+            ),
+            None => None,
+        };
+        let offline = offline_status_json();
+        // Home Assistant discovery and snapshots, only when asked for.
+        let home_assistant = cfg.homeassistant.then(|| HomeAssistant::new(&cfg));
+        let mut subscriptions = topics.device_filters().to_vec();
+        if let Some(ha) = &home_assistant {
+            subscriptions.push(ha.request_topic());
+        }
+        let conn = mqtt::connect(MqttSettings {
+            host: cfg.mqtt.host.clone(),
+            port: cfg.mqtt.port,
+            client_id: match &cfg.mqtt_client_id {
+                Some(id) => mqtt::ClientId::Fixed(id.clone()),
+                None => mqtt::ClientId::Random {
+                    prefix: format!("spyglass-{}", cfg.id.replace('/', "-")),
+                },
+            },
+            username: cfg.username.clone(),
+            password: cfg.password.clone(),
+            will: Some((topics.status(), offline.clone())),
+            subscriptions,
+            transport: mqtt::MqttTransport::new(&cfg.mqtt, &cfg.tls),
+        })?;
+        info!(id = %cfg.id, broker = %cfg.mqtt, video = %cfg.video.source, "spyglass {VERSION} starting");
+
+        let snapshot_requests = home_assistant.as_ref().map(|ha| {
+            let (requests, incoming) = mpsc::channel(homeassistant::REQUEST_QUEUE);
+            tokio::spawn(homeassistant::snapshots(
+                ha.clone(),
+                hub.clone(),
+                conn.client.clone(),
+                incoming,
+            ));
+            (ha.request_topic(), requests)
+        });
+        // Publishing to an SFU over WHIP, when asked for.
+        let (whip_status_tx, whip_status) = watch::channel(None);
+        let publisher = match &cfg.whip {
+            Some(endpoint) => Some(Publisher::start(
+                WhipSettings {
+                    endpoint: url::Url::parse(endpoint)?,
+                    token: cfg.whip_token.clone(),
+                },
+                whip::Media {
+                    factory: factory.clone(),
+                    hub: hub.clone(),
+                    audio: audio.clone(),
+                    rate: rate.clone(),
+                },
+                whip_status_tx,
+            )),
+            None => None,
+        };
+        let (session_tx, session_rx) = mpsc::unbounded_channel::<(SessionKey, SessionEvent)>();
+        let exec = Executor {
+            mqtt: conn.client.clone(),
+            factory,
+            hub: hub.clone(),
+            audio: audio.clone(),
+            rate,
+            session_tx,
+            sessions: HashMap::new(),
+            whep_replies: HashMap::new(),
+            abandoned: Vec::new(),
+            grant,
+        };
+        let tick = tokio::time::interval(Duration::from_millis(500));
+        let sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut notifier = crate::service::Notifier::from_env();
+        notifier.tick(Instant::now(), hub.heartbeat_age());
+        let video_state = hub.state();
+        let stream = hub.stream();
+        Ok(Daemon {
+            started,
+            topics,
+            hub,
+            audio,
+            audio_status,
+            audio_running,
+            core,
+            exec,
+            conn,
+            offline,
+            home_assistant,
+            snapshot_requests,
+            whep_requests,
+            publisher,
+            whip_status,
+            session_rx,
+            tick,
+            sigterm,
+            first_online: true,
+            notifier,
+            video_state,
+            stream,
+            _web: web,
+            _relay_watch: relay_watch,
+            _rate_task: rate_task,
+        })
+    }
+
+    /// The event loop, until the broker connection ends, SIGINT or SIGTERM.
+    async fn serve(&mut self) {
+        loop {
+            let flow = tokio::select! {
+                event = self.conn.events.recv() => self.on_broker(event).await,
+                Some((key, event)) = self.session_rx.recv() => {
+                    self.on_session(key, event).await;
+                    Flow::Go
+                },
+                Some(request) = async {
+                    match self.whep_requests.as_mut() {
+                        Some(requests) => requests.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    self.exec.on_whep_request(&mut self.core, request).await;
+                    Flow::Go
+                }
+                Ok(()) = self.whip_status.changed() => {
+                    let report = self.whip_status.borrow_and_update().clone();
+                    let action = self.core.set_whip(report);
+                    self.exec.run(vec![action]).await;
+                    Flow::Go
+                }
+                Ok(()) = self.video_state.changed() => {
+                    let state = match &*self.video_state.borrow_and_update() {
+                        VideoState::Idle => MediaState::Idle,
+                        VideoState::Live => MediaState::Live,
+                        VideoState::Lost(_) => MediaState::Lost,
+                    };
+                    let actions = self.core.set_video_state(state);
+                    self.exec.run(actions).await;
+                    Flow::Go
+                }
+                Ok(()) = self.stream.changed() => {
+                    let info = self.stream.borrow_and_update().clone();
+                    if let Some(encoder) = info.encoder {
+                        let period = info.idr_period.map(|p| p.as_millis() as u64);
+                        let actions = self.core.set_video_stream(encoder, period);
+                        self.exec.run(actions).await;
+                    }
+                    Flow::Go
+                }
+                Some(running) = async {
+                    match self.audio_running.as_mut() {
+                        Some(rx) => rx.changed().await.ok().map(|_| *rx.borrow()),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // Audio lost (the microphone went away) or back: video goes on either way.
+                    let action = self.core.set_audio(self.audio_status.clone().filter(|_| running));
+                    self.exec.run(vec![action]).await;
+                    Flow::Go
+                }
+                _ = self.tick.tick() => {
+                    self.on_tick().await;
+                    Flow::Go
+                }
+                _ = tokio::signal::ctrl_c() => Flow::Stop,
+                _ = self.sigterm.recv() => Flow::Stop,
+            };
+            if let Flow::Stop = flow {
+                return;
+            }
+        }
+    }
+
+    async fn on_broker(&mut self, event: Option<MqttEvent>) -> Flow {
+        match event {
+            Some(MqttEvent::Connected) => {
+                if self.first_online {
+                    info!(ms = self.started.elapsed().as_millis() as u64, "online");
+                    self.first_online = false;
+                } else {
+                    info!("reconnected to the broker");
+                }
+                let action = self.core.status_action();
+                self.exec.run(vec![action]).await;
+                if let Some(ha) = &self.home_assistant {
+                    for (topic, payload) in ha.discovery() {
+                        self.exec.mqtt.publish(topic, payload, true).await;
+                    }
+                }
+                self.notifier.ready();
+                self.notifier.status("online");
+            }
+            Some(MqttEvent::Disconnected(why)) => {
+                warn!("broker connection lost: {why}");
+                if !self.first_online {
+                    self.notifier.status("broker connection lost; reconnecting");
+                }
+            }
+            Some(MqttEvent::Message { topic, payload }) => {
+                if let Some((request_topic, requests)) = &self.snapshot_requests
+                    && topic == *request_topic
+                {
+                    // A full queue means snapshots are under way: this one is not needed.
+                    let _ = requests.try_send(());
+                    return Flow::Go;
+                }
+                let actions = self.core.on_message(Instant::now(), &topic, &payload);
+                self.exec.run(actions).await;
+            }
+            None => return Flow::Stop,
+        }
+        Flow::Go
+    }
+
+    async fn on_session(&mut self, key: SessionKey, event: SessionEvent) {
+        // Only the WHIP publisher's session offers; it reports to the publisher.
+        let Some(event) = self.exec.peer_event(&key, event) else {
+            return;
+        };
+        let actions = self.core.on_peer_event(Instant::now(), &key, event);
+        self.exec.run(actions).await;
+        self.exec.end_abandoned(&mut self.core).await;
+    }
+
+    async fn on_tick(&mut self) {
+        let actions = self.core.on_tick(Instant::now());
+        self.exec.run(actions).await;
+        self.exec.end_abandoned(&mut self.core).await;
+        // A session whose task died (a panic) never says so: count it out here.
+        for (key, handle) in session::take_unreported(&mut self.exec.sessions) {
+            let fault = handle.fault().await;
+            warn!(cid = %key.cid, "session task {fault}; counting the viewer out");
+            let actions = self
+                .core
+                .on_peer_event(Instant::now(), &key, PeerEvent::Closed);
+            self.exec.run(actions).await;
+        }
+        let now = std::time::SystemTime::now();
+        if let Err(err) = self.exec.factory.certificates().renew_if_due(now) {
+            warn!("renewing the DTLS certificate: {err}");
+        }
+        self.notifier.tick(Instant::now(), self.hub.heartbeat_age());
+    }
+
+    /// Tear-down: the sessions and the WHIP publisher, the hubs, then offline on the broker.
+    async fn stop(mut self) {
+        info!("stopping");
+        self.notifier.stopping();
+        self.exec
+            .shut_down(self.publisher.take(), &mut self.session_rx)
+            .await;
+        self.hub.shutdown();
+        if let Some(audio) = &self.audio {
+            audio.shutdown();
+        }
+        self.conn
+            .close(Some((self.topics.status(), self.offline)))
+            .await;
+    }
 }
 
 fn peer_settings(cfg: &DaemonConfig) -> PeerSettings {

@@ -57,6 +57,7 @@ use webrtc::peer_connection::{
     PeerConnection, PeerConnectionEventHandler, RTCIceCandidateInit, RTCIceGatheringState,
     RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription,
 };
+use webrtc::rtp_transceiver::{RtpSender, RtpTransceiver};
 
 use super::bitrate::{RateControl, ViewerRate};
 use super::candidates::{self, CandidateGate, LocalAddresses};
@@ -524,6 +525,149 @@ async fn video_plan(
     }
 }
 
+/// An error on our side while building the session.
+fn internal(what: &str, e: &dyn std::fmt::Display) -> AnswerError {
+    AnswerError::Internal(format!("{what}: {e}"))
+}
+
+/// A session's tracks before they are bound to a peer connection: the camera's and, when the
+/// session sends audio, the microphone's, each with its own random SSRC.
+struct Tracks {
+    video: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    audio: Option<(Arc<TrackLocalStaticSample>, u32)>,
+}
+
+impl Tracks {
+    fn new(codec: RTCRtpCodec, with_audio: bool) -> Result<Tracks, AnswerError> {
+        let ssrc: u32 = rand::random();
+        let audio = if with_audio {
+            let audio_ssrc: u32 = rand::random();
+            let track = audio_track(audio_ssrc).map_err(|e| internal("audio track", &e))?;
+            Some((track, audio_ssrc))
+        } else {
+            None
+        };
+        Ok(Tracks {
+            video: video_track(ssrc, codec),
+            ssrc,
+            audio,
+        })
+    }
+
+    /// Add our transceivers to `pc`, video first, each starting as `init` says.
+    async fn add_to(
+        &self,
+        pc: &Arc<dyn PeerConnection>,
+        init: fn() -> Option<RTCRtpTransceiverInit>,
+    ) -> Result<Transceivers, AnswerError> {
+        let video = pc
+            .add_transceiver_from_track(Arc::clone(&self.video) as Arc<dyn TrackLocal>, init())
+            .await
+            .map_err(|e| internal("video transceiver", &e))?;
+        let audio = match &self.audio {
+            Some((track, _)) => Some(
+                pc.add_transceiver_from_track(Arc::clone(track) as Arc<dyn TrackLocal>, init())
+                    .await
+                    .map_err(|e| internal("audio transceiver", &e))?,
+            ),
+            None => None,
+        };
+        Ok(Transceivers { video, audio })
+    }
+
+    /// The session's state, once the local description is set. `audio_payload_type`: the one
+    /// negotiated for the microphone's track (none: the session sends no audio).
+    fn into_session(
+        self,
+        (pc, link, connectivity): (Arc<dyn PeerConnection>, Arc<Link>, Arc<Connectivity>),
+        ours: Vec<RTCRtpTransceiverId>,
+        sender: VideoSender,
+        payload_type: u8,
+        audio_payload_type: Option<u8>,
+    ) -> Answered {
+        Answered {
+            pc,
+            link,
+            connectivity,
+            ours,
+            dtls: sender.dtls,
+            track: self.video,
+            ssrc: self.ssrc,
+            mid: sender.mid,
+            payload_type,
+            audio: self
+                .audio
+                .zip(audio_payload_type)
+                .map(|((track, ssrc), payload_type)| AudioSend {
+                    track,
+                    ssrc,
+                    payload_type,
+                }),
+        }
+    }
+}
+
+/// Our transceivers on a session's peer connection.
+struct Transceivers {
+    video: Arc<dyn RtpTransceiver>,
+    audio: Option<Arc<dyn RtpTransceiver>>,
+}
+
+impl Transceivers {
+    fn all(&self) -> impl Iterator<Item = &Arc<dyn RtpTransceiver>> {
+        std::iter::once(&self.video).chain(self.audio.as_ref())
+    }
+
+    fn ids(&self) -> Vec<RTCRtpTransceiverId> {
+        self.all().map(|t| t.id()).collect()
+    }
+}
+
+/// The video sender as the local description bound it.
+struct VideoSender {
+    sender: Arc<dyn RtpSender>,
+    mid: String,
+    dtls: Option<Arc<dyn DtlsTransport>>,
+}
+
+/// Read back the video transceiver's sender, its mid and its DTLS transport.
+async fn video_sender(transceiver: &Arc<dyn RtpTransceiver>) -> Result<VideoSender, AnswerError> {
+    let sender = transceiver
+        .sender()
+        .await
+        .map_err(|e| internal("video sender", &e))?
+        .ok_or_else(|| AnswerError::Internal("video sender missing".into()))?;
+    let dtls = sender.transport().await.ok().flatten();
+    let mid = transceiver
+        .mid()
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| "0".to_string());
+    Ok(VideoSender { sender, mid, dtls })
+}
+
+/// Hand the candidates that came inside a remote description to webrtc, through the gate, on
+/// the m-line `mid`.
+async fn hand_in_offered(
+    pc: &Arc<dyn PeerConnection>,
+    gate: &mut CandidateGate,
+    cid: &str,
+    mid: &str,
+    offered: Vec<String>,
+) {
+    for candidate in offered {
+        let init = RTCIceCandidateInit {
+            candidate,
+            sdp_mid: Some(mid.to_string()),
+            sdp_mline_index: Some(0),
+            ..Default::default()
+        };
+        hand_in(pc, gate, cid, init).await;
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn answer(
     factory: &PeerFactory,
@@ -567,52 +711,24 @@ async fn answer(
         }
         OfferVideo::Unsupported(msg) => return Err(AnswerError::Unsupported(msg)),
     }
-    let internal =
-        |what: &str, e: &dyn std::fmt::Display| AnswerError::Internal(format!("{what}: {e}"));
     let (pc, link, connectivity) = factory
         .build_sender(Arc::new(Forwarder(news)), codecs)
         .await
         .map_err(|e| internal("peer connection", &e))?;
-    let ssrc: u32 = rand::random();
-    let track = video_track(ssrc, codec);
-    let audio_ssrc: u32 = rand::random();
-    let audio_track = if with_audio {
-        Some(audio_track(audio_ssrc).map_err(|e| internal("audio track", &e))?)
-    } else {
-        None
-    };
+    let tracks = Tracks::new(codec, with_audio)?;
     let result = async {
-        let transceiver = pc
-            .add_transceiver_from_track(
-                Arc::clone(&track) as Arc<dyn TrackLocal>,
-                matches_any_offer(),
-            )
-            .await
-            .map_err(|e| internal("video transceiver", &e))?;
-        let audio_transceiver = match &audio_track {
-            Some(t) => Some(
-                pc.add_transceiver_from_track(
-                    Arc::clone(t) as Arc<dyn TrackLocal>,
-                    matches_any_offer(),
-                )
-                .await
-                .map_err(|e| internal("audio transceiver", &e))?,
-            ),
-            None => None,
-        };
+        let transceivers = tracks.add_to(&pc, matches_any_offer).await?;
         pc.set_remote_description(offer)
             .await
             .map_err(|e| AnswerError::BadOffer(format!("offer rejected: {e}")))?;
         // We only send; every m-line we do not send on (audio when the device has none) is
         // answered inactive.
-        for t in std::iter::once(&transceiver).chain(audio_transceiver.as_ref()) {
+        for t in transceivers.all() {
             t.set_direction(RTCRtpTransceiverDirection::Sendonly)
                 .await
                 .map_err(|e| internal("sendonly", &e))?;
         }
-        let ours: Vec<_> = std::iter::once(transceiver.id())
-            .chain(audio_transceiver.as_ref().map(|t| t.id()))
-            .collect();
+        let ours = transceivers.ids();
         decline_others(&pc, &ours).await?;
         let answer = pc
             .create_answer(None)
@@ -621,12 +737,9 @@ async fn answer(
         pc.set_local_description(answer)
             .await
             .map_err(|e| internal("local description", &e))?;
-        let sender = transceiver
-            .sender()
-            .await
-            .map_err(|e| internal("video sender", &e))?
-            .ok_or_else(|| AnswerError::Internal("video sender missing".into()))?;
+        let sender = video_sender(&transceivers.video).await?;
         let params = sender
+            .sender
             .get_parameters()
             .await
             .map_err(|e| internal("sender parameters", &e))?;
@@ -640,16 +753,9 @@ async fn answer(
             .ok_or_else(|| {
                 AnswerError::Unsupported("no H.264 variant of the offer matched".into())
             })?;
-        let mid = transceiver
-            .mid()
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| "0".to_string());
-        let dtls = sender.transport().await.ok().flatten();
         // The audio payload type, when the offer's Opus matched.
         let mut audio_pt = None;
-        if let Some(transceiver) = &audio_transceiver
+        if let Some(transceiver) = &transceivers.audio
             && let Ok(Some(sender)) = transceiver.sender().await
             && let Ok(params) = sender.get_parameters().await
         {
@@ -659,38 +765,19 @@ async fn answer(
             AnswerError::Internal("answer missing after set_local_description".into())
         })?;
         gate.note_local_sdp(&local.sdp);
-        for candidate in offered {
-            let init = RTCIceCandidateInit {
-                candidate,
-                sdp_mid: Some(mid.clone()),
-                sdp_mline_index: Some(0),
-                ..Default::default()
-            };
-            hand_in(&pc, gate, cid, init).await;
-        }
-        Ok((payload_type, mid, dtls, audio_pt, local.sdp, ours))
+        hand_in_offered(&pc, gate, cid, &sender.mid, offered).await;
+        Ok((ours, sender, payload_type, audio_pt, local.sdp))
     }
     .await;
     match result {
-        Ok((payload_type, mid, dtls, audio_pt, sdp, ours)) => Ok((
-            Answered {
-                pc,
-                link,
-                connectivity,
+        Ok((ours, sender, payload_type, audio_pt, sdp)) => Ok((
+            tracks.into_session(
+                (pc, link, connectivity),
                 ours,
-                dtls,
-                track,
-                ssrc,
-                mid,
+                sender,
                 payload_type,
-                audio: audio_track
-                    .zip(audio_pt)
-                    .map(|(track, payload_type)| AudioSend {
-                        track,
-                        ssrc: audio_ssrc,
-                        payload_type,
-                    }),
-            },
+                audio_pt,
+            ),
             sdp,
         )),
         Err(err) => {
@@ -708,36 +795,13 @@ async fn offer(
     with_audio: bool,
     news: mpsc::UnboundedSender<PeerNews>,
 ) -> Result<(Answered, String), AnswerError> {
-    let internal =
-        |what: &str, e: &dyn std::fmt::Display| AnswerError::Internal(format!("{what}: {e}"));
     let (pc, link, connectivity) = factory
         .build_sender(Arc::new(Forwarder(news)), h264_codecs())
         .await
         .map_err(|e| internal("peer connection", &e))?;
     let result = async {
-        let ssrc: u32 = rand::random();
-        let track = video_track(ssrc, h264_codecs().remove(0).rtp_codec);
-        let transceiver = pc
-            .add_transceiver_from_track(Arc::clone(&track) as Arc<dyn TrackLocal>, sendonly())
-            .await
-            .map_err(|e| internal("video transceiver", &e))?;
-        let mut ours = vec![transceiver.id()];
-        let audio = if with_audio {
-            let audio_ssrc: u32 = rand::random();
-            let track = audio_track(audio_ssrc).map_err(|e| internal("audio track", &e))?;
-            let audio_transceiver = pc
-                .add_transceiver_from_track(Arc::clone(&track) as Arc<dyn TrackLocal>, sendonly())
-                .await
-                .map_err(|e| internal("audio transceiver", &e))?;
-            ours.push(audio_transceiver.id());
-            Some(AudioSend {
-                track,
-                ssrc: audio_ssrc,
-                payload_type: opus_codec().payload_type,
-            })
-        } else {
-            None
-        };
+        let tracks = Tracks::new(h264_codecs().remove(0).rtp_codec, with_audio)?;
+        let transceivers = tracks.add_to(&pc, sendonly).await?;
         let offer = pc
             .create_offer(None)
             .await
@@ -745,36 +809,18 @@ async fn offer(
         pc.set_local_description(offer)
             .await
             .map_err(|e| internal("local description", &e))?;
-        let sender = transceiver
-            .sender()
-            .await
-            .map_err(|e| internal("video sender", &e))?
-            .ok_or_else(|| AnswerError::Internal("video sender missing".into()))?;
-        let dtls = sender.transport().await.ok().flatten();
-        let mid = transceiver
-            .mid()
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| "0".to_string());
+        let sender = video_sender(&transceivers.video).await?;
         let local = pc.local_description().await.ok_or_else(|| {
             AnswerError::Internal("offer missing after set_local_description".into())
         })?;
-        Ok((
-            Answered {
-                pc: Arc::clone(&pc),
-                link,
-                connectivity,
-                ours,
-                dtls,
-                track,
-                ssrc,
-                mid,
-                payload_type: h264_codecs()[0].payload_type,
-                audio,
-            },
-            local.sdp,
-        ))
+        let session = tracks.into_session(
+            (Arc::clone(&pc), link, connectivity),
+            transceivers.ids(),
+            sender,
+            h264_codecs()[0].payload_type,
+            Some(opus_codec().payload_type),
+        );
+        Ok((session, local.sdp))
     }
     .await;
     if result.is_err() {
@@ -824,15 +870,7 @@ async fn take_answer(
     if let Some(local) = session.pc.local_description().await {
         gate.note_local_sdp(&local.sdp);
     }
-    for candidate in offered {
-        let init = RTCIceCandidateInit {
-            candidate,
-            sdp_mid: Some(session.mid.clone()),
-            sdp_mline_index: Some(0),
-            ..Default::default()
-        };
-        hand_in(&session.pc, gate, cid, init).await;
-    }
+    hand_in_offered(&session.pc, gate, cid, &session.mid, offered).await;
     Ok(())
 }
 
@@ -889,15 +927,7 @@ async fn renegotiate(
         gate.restart();
     }
     gate.note_local_sdp(&local.sdp);
-    for candidate in offered {
-        let init = RTCIceCandidateInit {
-            candidate,
-            sdp_mid: Some(session.mid.clone()),
-            sdp_mline_index: Some(0),
-            ..Default::default()
-        };
-        hand_in(pc, gate, cid, init).await;
-    }
+    hand_in_offered(pc, gate, cid, &session.mid, offered).await;
     Ok(local.sdp)
 }
 

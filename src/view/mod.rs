@@ -10,6 +10,7 @@ pub mod data;
 pub mod ice_servers;
 
 use std::net::IpAddr;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -25,12 +26,13 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{
-    PeerConnectionEventHandler, RTCIceCandidateInit, RTCPeerConnectionIceEvent,
+    PeerConnection, PeerConnectionEventHandler, RTCIceCandidateInit, RTCPeerConnectionIceEvent,
     RTCPeerConnectionState, RTCSessionDescription,
 };
 
 use crate::mqtt::{self, MqttEvent, MqttSettings};
 use crate::pattern;
+use crate::peer::connectivity::Connectivity;
 use crate::peer::{PeerFactory, PeerSettings};
 use crate::secret::Secret;
 use crate::signaling::protocol::{
@@ -345,30 +347,463 @@ struct Decoded {
 
 /// Watch until `frames` frames are decoded, the device refuses, or the timeout passes.
 pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
-    let topics = Topics::new(opts.id.clone()).map_err(|e| ViewError::Setup(e.to_string()))?;
-    let broker = MqttSettings {
-        host: opts.host.clone(),
-        port: opts.port,
-        client_id: mqtt::ClientId::Fixed(opts.cid.clone()),
-        username: opts.username.clone(),
-        password: opts.password.clone(),
-        will: None,
-        subscriptions: topics
-            .viewer_filters(&opts.cid)
-            .into_iter()
-            .chain([topics.status()])
-            .collect(),
-        transport: opts.transport.clone(),
-    };
-    let mut conn = mqtt::connect(broker.clone()).map_err(|e| ViewError::Setup(format!("{e:#}")))?;
-    let deadline = tokio::time::Instant::now() + opts.timeout;
-    let mut report = ViewReport::default();
+    let (mut viewer, mut news, mut decoded) = Viewer::start(opts).await?;
+    let outcome = viewer.watch(&mut news, &mut decoded).await;
+    Ok(viewer.finish(outcome).await)
+}
 
-    // Wait until subscribed, so that no reply can be missed.
+/// How a viewing ended: `Err` says why it stopped short (the report is returned either way).
+type Outcome = Result<(), String>;
+
+/// What the event loop does after one event.
+type Next = ControlFlow<Outcome>;
+
+/// One viewing: its broker connection, its peer connection, and what it has seen so far.
+struct Viewer {
+    opts: ViewOptions,
+    topics: Topics,
+    /// To connect again after an ICE restart.
+    broker: MqttSettings,
+    conn: mqtt::MqttConnection,
+    deadline: tokio::time::Instant,
+    report: ViewReport,
+    pc: Arc<dyn PeerConnection>,
+    connectivity: Arc<Connectivity>,
+    offered_at: Instant,
+    /// Whether the current offer has its answer: remote candidates wait in `early_remote` until then.
+    answered: bool,
+    early_remote: Vec<RTCIceCandidateInit>,
+    /// Set while an ICE restart waits for the connection to come back: its offer's time.
+    restarting: Option<Instant>,
+    decoded_tx: mpsc::UnboundedSender<Decoded>,
+    media_task: Option<tokio::task::JoinHandle<(u64, u64)>>,
+    audio_task: Option<tokio::task::JoinHandle<()>>,
+    heard: Arc<std::sync::Mutex<audio::Received>>,
+    frames: FrameTimes,
+}
+
+/// What the decoded frames told so far, beyond the report's counters.
+#[derive(Default)]
+struct FrameTimes {
+    latencies: Vec<f64>,
+    /// (seconds since the first frame, latency): for the drift.
+    latencies_at: Vec<(f64, f64)>,
+    /// Per wall-clock second: the first flash frame's latency.
+    flashes: std::collections::BTreeMap<u64, f64>,
+    previous_counter: Option<u32>,
+    first_frame_at: Option<Instant>,
+    last_frame_at: Option<Instant>,
+}
+
+/// Frame counter gaps count only after this long since the first frame.
+const STEADY_AFTER: Duration = Duration::from_secs(1);
+
+impl Viewer {
+    /// Connect to the broker, fetch the device's ICE servers, build the peer connection and
+    /// publish the offer. Returns the viewer and its peer connection's and decoder's channels.
+    async fn start(
+        opts: ViewOptions,
+    ) -> Result<
+        (
+            Viewer,
+            mpsc::UnboundedReceiver<News>,
+            mpsc::UnboundedReceiver<Decoded>,
+        ),
+        ViewError,
+    > {
+        let topics = Topics::new(opts.id.clone()).map_err(|e| ViewError::Setup(e.to_string()))?;
+        let broker = MqttSettings {
+            host: opts.host.clone(),
+            port: opts.port,
+            client_id: mqtt::ClientId::Fixed(opts.cid.clone()),
+            username: opts.username.clone(),
+            password: opts.password.clone(),
+            will: None,
+            subscriptions: topics
+                .viewer_filters(&opts.cid)
+                .into_iter()
+                .chain([topics.status()])
+                .collect(),
+            transport: opts.transport.clone(),
+        };
+        let deadline = tokio::time::Instant::now() + opts.timeout;
+        let mut conn = connect_broker(&opts, &broker, deadline).await?;
+        let mut report = ViewReport::default();
+
+        // ICE servers: the viewer's own, and the device's when its status says it hands them out.
+        let granted = device_ice_servers(&mut conn, &topics, &opts.cid, deadline).await;
+        report.device_ice_servers = granted.iter().flat_map(|s| s.urls.clone()).collect();
+        let (servers, left_out) = ice_servers::combine(&opts.own_servers, &granted);
+        if !left_out.is_empty() {
+            info!(
+                "TURN servers from the device left out (this viewer relays over UDP only): {}",
+                left_out.join(" ")
+            );
+        }
+        let factory = PeerFactory::new(PeerSettings {
+            bind: opts.bind.clone(),
+            mdns: opts.mdns,
+            ice_servers: servers,
+            // The viewer trusts the device it asked for: no policy on the device's candidates.
+            remote: Default::default(),
+            connect_timeout: opts.timeout,
+            check_interval: Some(crate::peer::VIEWER_CHECK_INTERVAL),
+            turn_rest: None,
+            regather_on_ice_restart: true,
+            ..Default::default()
+        })
+        .map_err(|e| ViewError::Setup(e.to_string()))?;
+        let (news_tx, news) = mpsc::unbounded_channel();
+        let (pc, connectivity) = factory
+            .build_watched_for(Arc::new(Forwarder(news_tx)), crate::peer::viewer_codecs())
+            .await
+            .map_err(|e| ViewError::Setup(e.to_string()))?;
+        let offer = match make_offer(&pc, opts.data_channel.as_ref()).await {
+            Ok(Some(offer)) => offer,
+            Ok(None) => return Err(ViewError::Setup("no local offer".into())),
+            Err(err) => return Err(ViewError::Setup(format!("creating the offer: {err}"))),
+        };
+        conn.client
+            .publish(
+                topics.offer(&opts.cid),
+                SessionDescriptionMsg::offer(offer.sdp).to_json(),
+                false,
+            )
+            .await;
+        let offered_at = Instant::now();
+        let (decoded_tx, decoded) = mpsc::unbounded_channel::<Decoded>();
+        let viewer = Viewer {
+            opts,
+            topics,
+            broker,
+            conn,
+            deadline,
+            report,
+            pc,
+            connectivity,
+            offered_at,
+            answered: false,
+            early_remote: Vec::new(),
+            restarting: None,
+            decoded_tx,
+            media_task: None,
+            audio_task: None,
+            heard: Arc::new(std::sync::Mutex::new(audio::Received::default())),
+            frames: FrameTimes::default(),
+        };
+        Ok((viewer, news, decoded))
+    }
+
+    fn ms_since_offer(&self) -> f64 {
+        self.offered_at.elapsed().as_secs_f64() * 1000.0
+    }
+
+    /// The event loop: until told to stop, the deadline, enough frames, or an end.
+    async fn watch(
+        &mut self,
+        news: &mut mpsc::UnboundedReceiver<News>,
+        decoded: &mut mpsc::UnboundedReceiver<Decoded>,
+    ) -> Outcome {
+        loop {
+            let next = tokio::select! {
+                _ = async { match &self.opts.stop { Some(n) => n.notified().await, None => std::future::pending().await } } => Next::Break(Ok(())),
+                _ = tokio::time::sleep_until(self.deadline) => Next::Break(Err(format!(
+                    "timed out after {:?} with {} of {} frames", self.opts.timeout, self.report.frames, self.opts.frames))),
+                event = self.conn.events.recv() => self.on_broker(event).await,
+                item = news.recv() => self.on_peer(item).await,
+                Some(d) = decoded.recv() => self.on_frame(d),
+            };
+            if let Next::Break(outcome) = next {
+                return outcome;
+            }
+        }
+    }
+
+    async fn on_broker(&mut self, event: Option<MqttEvent>) -> Next {
+        match event {
+            Some(MqttEvent::Message { topic, payload }) => {
+                let Some((kind, Some(cid))) = self.topics.parse(&topic) else {
+                    return Next::Continue(());
+                };
+                if cid != self.opts.cid {
+                    return Next::Continue(());
+                }
+                match kind {
+                    TopicKind::Answer => self.on_answer(&payload).await,
+                    TopicKind::Ice => self.on_remote_candidate(&payload).await,
+                    TopicKind::Error => match parse_error(&payload) {
+                        Ok(e) => {
+                            let text =
+                                format!("device refused: {} ({})", e.message, e.code.as_str());
+                            self.report.error = Some(e);
+                            Next::Break(Err(text))
+                        }
+                        Err(err) => Next::Break(Err(format!("unreadable error reply: {err}"))),
+                    },
+                    _ => Next::Continue(()),
+                }
+            }
+            Some(MqttEvent::Disconnected(why)) => {
+                warn!("broker: {why}");
+                Next::Continue(())
+            }
+            Some(MqttEvent::Connected) => Next::Continue(()),
+            None => Next::Break(Err("broker connection ended".into())),
+        }
+    }
+
+    async fn on_answer(&mut self, payload: &[u8]) -> Next {
+        let sdp = match parse_answer(payload) {
+            Ok(sdp) => sdp,
+            Err(err) => return Next::Break(Err(format!("bad answer message: {err}"))),
+        };
+        let answer = match RTCSessionDescription::answer(sdp) {
+            Ok(a) => a,
+            Err(err) => return Next::Break(Err(format!("bad answer SDP: {err}"))),
+        };
+        if let Err(err) = self.pc.set_remote_description(answer).await {
+            return Next::Break(Err(format!("answer rejected: {err}")));
+        }
+        self.report.answer_ms = Some(self.ms_since_offer());
+        self.answered = true;
+        for c in self.early_remote.drain(..) {
+            let _ = self.pc.add_ice_candidate(c).await;
+        }
+        Next::Continue(())
+    }
+
+    async fn on_remote_candidate(&mut self, payload: &[u8]) -> Next {
+        let Ok(msg) = serde_json::from_slice::<IceCandidateMsg>(payload) else {
+            return Next::Continue(());
+        };
+        let init = RTCIceCandidateInit {
+            candidate: msg.candidate,
+            sdp_mid: msg.sdp_mid,
+            sdp_mline_index: msg.sdp_mline_index,
+            ..Default::default()
+        };
+        if self.answered {
+            if let Err(err) = self.pc.add_ice_candidate(init).await {
+                debug!("remote candidate: {err}");
+            }
+        } else {
+            self.early_remote.push(init);
+        }
+        Next::Continue(())
+    }
+
+    async fn on_peer(&mut self, item: Option<News>) -> Next {
+        match item {
+            Some(News::Candidate(mut init)) => {
+                init.sdp_mid = Some("0".into());
+                init.sdp_mline_index = Some(0);
+                let msg = IceCandidateMsg {
+                    candidate: init.candidate,
+                    sdp_mid: init.sdp_mid,
+                    sdp_mline_index: init.sdp_mline_index,
+                    username_fragment: init.username_fragment.filter(|u| !u.is_empty()),
+                };
+                self.conn
+                    .client
+                    .publish(self.topics.ice(&self.opts.cid), msg.to_json(), false)
+                    .await;
+            }
+            Some(News::State(RTCPeerConnectionState::Connected)) => {
+                match self.restarting.take() {
+                    Some(at) => {
+                        let ms = at.elapsed().as_secs_f64() * 1000.0;
+                        self.report.reconnect_ms = Some(ms);
+                        self.report.frames_after_restart = 0;
+                        info!(ms, "connected again after the ICE restart");
+                    }
+                    None => self.report.connected_ms = Some(self.ms_since_offer()),
+                }
+                self.report.pair = self.connectivity.selected_pair();
+            }
+            // The connection was lost after it worked (the network changed, or went away for
+            // a while): restart ICE on the same peer connection and CID (docs/PROTOCOL.md,
+            // "Replacing a session"), once per loss.
+            Some(News::State(
+                state @ (RTCPeerConnectionState::Disconnected | RTCPeerConnectionState::Failed),
+            )) if self.report.connected_ms.is_some()
+                && self.restarting.is_none()
+                && self.report.ice_restarts < MAX_ICE_RESTARTS =>
+            {
+                return self.restart(state).await;
+            }
+            Some(News::State(
+                state @ (RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed),
+            )) => {
+                return Next::Break(Err(format!("connection {state}")));
+            }
+            Some(News::State(_)) => {}
+            Some(News::Track(track)) if track.kind().await == RtpCodecKind::Audio => {
+                if self.audio_task.is_none() {
+                    self.audio_task =
+                        Some(tokio::spawn(audio::receive(track, Arc::clone(&self.heard))));
+                }
+            }
+            Some(News::Track(track)) => {
+                if self.media_task.is_none() {
+                    self.media_task = Some(tokio::spawn(receive(track, self.decoded_tx.clone())));
+                }
+            }
+            None => return Next::Break(Err("peer connection gone".into())),
+        }
+        Next::Continue(())
+    }
+
+    /// Restart ICE after the connection was lost, on a new broker connection.
+    async fn restart(&mut self, state: RTCPeerConnectionState) -> Next {
+        info!("connection {state}: restarting ICE");
+        // The network may have changed under us, and then the broker connection is
+        // dead too, which its keepalive would tell only much later: a new one.
+        match reconnect_broker(&self.broker, self.deadline).await {
+            Ok(fresh) => {
+                let old = std::mem::replace(&mut self.conn, fresh);
+                tokio::spawn(old.close(None));
+            }
+            Err(err) => return Next::Break(Err(err)),
+        }
+        match restart_ice(&self.pc).await {
+            Ok(sdp) => {
+                self.conn
+                    .client
+                    .publish(
+                        self.topics.offer(&self.opts.cid),
+                        SessionDescriptionMsg::offer(sdp).to_json(),
+                        false,
+                    )
+                    .await;
+                self.restarting = Some(Instant::now());
+                self.report.ice_restarts += 1;
+                self.answered = false;
+                Next::Continue(())
+            }
+            Err(err) => Next::Break(Err(format!("ICE restart: {err}"))),
+        }
+    }
+
+    fn on_frame(&mut self, d: Decoded) -> Next {
+        let report = &mut self.report;
+        let seen = &mut self.frames;
+        report.frames += 1;
+        report.frames_after_restart += 1;
+        if let Some(last) = seen.last_frame_at {
+            let gap = last.elapsed().as_secs_f64() * 1000.0;
+            if report.longest_frame_gap_ms.is_none_or(|g| gap > g) {
+                report.longest_frame_gap_ms = Some(gap);
+            }
+        }
+        seen.last_frame_at = Some(Instant::now());
+        report.luma.push((Instant::now(), d.mean_luma));
+        report.width = d.width;
+        report.height = d.height;
+        let now = Instant::now();
+        if seen.first_frame_at.is_none() {
+            seen.first_frame_at = Some(now);
+            report.first_frame_ms = Some(self.offered_at.elapsed().as_secs_f64() * 1000.0);
+            info!(ms = report.first_frame_ms, "first frame decoded");
+        }
+        if let Some(stamp) = d.stamp {
+            report.stamped_frames += 1;
+            let decoded_ms =
+                d.at.duration_since(UNIX_EPOCH)
+                    .map(|t| t.as_millis() as u64)
+                    .unwrap_or(0);
+            let captured = stamp.captured_ms;
+            let low = decoded_ms & pattern::CAPTURED_MS_MASK;
+            let latency = low.wrapping_sub(captured) as i64 as f64;
+            seen.latencies.push(latency);
+            if let Some(first) = seen.first_frame_at {
+                seen.latencies_at
+                    .push((now.duration_since(first).as_secs_f64(), latency));
+            }
+            if d.flash == Some(true) {
+                seen.flashes.entry(captured / 1000).or_insert(latency);
+            }
+            if report.first_counter.is_none() {
+                report.first_counter = Some(stamp.frame);
+            }
+            if let Some(prev) = seen.previous_counter {
+                let steady = seen
+                    .first_frame_at
+                    .is_some_and(|t| now.duration_since(t) >= STEADY_AFTER);
+                if steady && stamp.frame > prev + 1 {
+                    report.counter_gaps += u64::from(stamp.frame - prev - 1);
+                }
+                if stamp.frame < prev {
+                    report.counter_resets += 1;
+                }
+            }
+            seen.previous_counter = Some(stamp.frame);
+            report.last_counter = Some(stamp.frame);
+        }
+        if report.frames >= self.opts.frames {
+            return Next::Break(Ok(()));
+        }
+        Next::Continue(())
+    }
+
+    /// Close everything and complete the report: latency, audio, A/V offset, lost packets.
+    async fn finish(mut self, outcome: Outcome) -> ViewReport {
+        let mut report = std::mem::take(&mut self.report);
+        let seen = &self.frames;
+        report.latency_ms = Spread::of(&seen.latencies);
+        report.latency_drift = LatencyDrift::of(&seen.latencies_at);
+        let _ = self.pc.close().await;
+        if let Some(task) = self.audio_task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        {
+            let heard = self.heard.lock().unwrap_or_else(|p| p.into_inner());
+            report.audio_packets = heard.packets;
+            report.audio_level_dbfs = heard.rms_dbfs();
+            let beeps = heard.beep_latencies();
+            let flashes = &seen.flashes;
+            // The first flash and beep may be cut by the start of the stream: use whole ones.
+            let first = beeps
+                .keys()
+                .next()
+                .copied()
+                .max(flashes.keys().next().copied());
+            let offsets: Vec<f64> = beeps
+                .iter()
+                .filter(|(s, _)| Some(**s) > first)
+                .filter_map(|(s, a)| flashes.get(s).map(|v| a - v))
+                .collect();
+            report.beep_latency_ms = Spread::of(&beeps.values().copied().collect::<Vec<_>>());
+            report.flash_latency_ms = Spread::of(&flashes.values().copied().collect::<Vec<_>>());
+            report.av_offset_ms = Spread::of(&offsets).map(|s| s.median);
+            report.audio_pcm = heard.pcm.clone();
+        }
+        if let Some(task) = self.media_task.take() {
+            task.abort();
+            if let Ok((lost, requests)) = task.await {
+                report.lost_packets = lost;
+                report.keyframe_requests = requests;
+            }
+        }
+        self.conn.close(None).await;
+        if let Err(why) = outcome {
+            warn!("{why}");
+        }
+        report
+    }
+}
+
+/// A connection to the broker, waited for until subscribed, so that no reply can be missed.
+async fn connect_broker(
+    opts: &ViewOptions,
+    broker: &MqttSettings,
+    deadline: tokio::time::Instant,
+) -> Result<mqtt::MqttConnection, ViewError> {
+    let mut conn = mqtt::connect(broker.clone()).map_err(|e| ViewError::Setup(format!("{e:#}")))?;
     let mut last_error = None;
     loop {
         match tokio::time::timeout_at(deadline, conn.events.recv()).await {
-            Ok(Some(MqttEvent::Connected)) => break,
+            Ok(Some(MqttEvent::Connected)) => return Ok(conn),
             Ok(Some(MqttEvent::Disconnected(why))) => {
                 debug!("broker: {why}");
                 last_error = Some(why);
@@ -386,322 +821,36 @@ pub async fn run(opts: ViewOptions) -> Result<ViewReport, ViewError> {
             }
         }
     }
+}
 
-    // ICE servers: the viewer's own, and the device's when its status says it hands them out.
-    let granted = device_ice_servers(&mut conn, &topics, &opts.cid, deadline).await;
-    report.device_ice_servers = granted.iter().flat_map(|s| s.urls.clone()).collect();
-    let (servers, left_out) = ice_servers::combine(&opts.own_servers, &granted);
-    if !left_out.is_empty() {
-        info!(
-            "TURN servers from the device left out (this viewer relays over UDP only): {}",
-            left_out.join(" ")
-        );
-    }
-    let factory = PeerFactory::new(PeerSettings {
-        bind: opts.bind.clone(),
-        mdns: opts.mdns,
-        ice_servers: servers,
-        // The viewer trusts the device it asked for: no policy on the device's candidates.
-        remote: Default::default(),
-        connect_timeout: opts.timeout,
-        check_interval: Some(crate::peer::VIEWER_CHECK_INTERVAL),
-        turn_rest: None,
-        regather_on_ice_restart: true,
-        ..Default::default()
-    })
-    .map_err(|e| ViewError::Setup(e.to_string()))?;
-    let (news_tx, mut news) = mpsc::unbounded_channel();
-    let (pc, connectivity) = factory
-        .build_watched_for(Arc::new(Forwarder(news_tx)), crate::peer::viewer_codecs())
-        .await
-        .map_err(|e| ViewError::Setup(e.to_string()))?;
-    let setup = async {
+/// Add the recvonly video and audio transceivers (and the data channel when asked), then make
+/// and set the offer.
+async fn make_offer(
+    pc: &Arc<dyn PeerConnection>,
+    data_channel: Option<&mpsc::UnboundedSender<data::DataLink>>,
+) -> Result<Option<RTCSessionDescription>, webrtc::error::Error> {
+    for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
         pc.add_transceiver_from_kind(
-            RtpCodecKind::Video,
+            kind,
             Some(RTCRtpTransceiverInit {
                 direction: RTCRtpTransceiverDirection::Recvonly,
                 ..Default::default()
             }),
         )
         .await?;
-        pc.add_transceiver_from_kind(
-            RtpCodecKind::Audio,
-            Some(RTCRtpTransceiverInit {
-                direction: RTCRtpTransceiverDirection::Recvonly,
-                ..Default::default()
-            }),
-        )
-        .await?;
-        if let Some(links) = &opts.data_channel {
-            let channel = pc
-                .create_data_channel(crate::peer::datachannel::LABEL, None)
-                .await?;
-            let _ = links.send(data::DataLink {
-                channel,
-                pc: Arc::clone(&pc),
-            });
-        }
-        let offer = pc.create_offer(None).await?;
-        pc.set_local_description(offer).await?;
-        Ok::<_, webrtc::error::Error>(pc.local_description().await)
-    };
-    let offer = match setup.await {
-        Ok(Some(offer)) => offer,
-        Ok(None) => return Err(ViewError::Setup("no local offer".into())),
-        Err(err) => return Err(ViewError::Setup(format!("creating the offer: {err}"))),
-    };
-    conn.client
-        .publish(
-            topics.offer(&opts.cid),
-            SessionDescriptionMsg::offer(offer.sdp).to_json(),
-            false,
-        )
-        .await;
-    let offered_at = Instant::now();
-    let ms_since_offer = || offered_at.elapsed().as_secs_f64() * 1000.0;
-
-    let (decoded_tx, mut decoded_rx) = mpsc::unbounded_channel::<Decoded>();
-    let mut latencies: Vec<f64> = Vec::new();
-    // (seconds since the first frame, latency): for the drift.
-    let mut latencies_at: Vec<(f64, f64)> = Vec::new();
-    let heard = Arc::new(std::sync::Mutex::new(audio::Received::default()));
-    let mut audio_task: Option<tokio::task::JoinHandle<()>> = None;
-    // Per wall-clock second: the first flash frame's latency.
-    let mut flashes: std::collections::BTreeMap<u64, f64> = Default::default();
-    let mut media_task: Option<tokio::task::JoinHandle<(u64, u64)>> = None;
-    let mut answered = false;
-    let mut early_remote: Vec<RTCIceCandidateInit> = Vec::new();
-    let mut previous_counter: Option<u32> = None;
-    let steady_after = Duration::from_secs(1);
-    let mut first_frame_at: Option<Instant> = None;
-    let mut last_frame_at: Option<Instant> = None;
-    // Set while an ICE restart waits for the connection to come back: its offer's time.
-    let mut restarting: Option<Instant> = None;
-
-    let outcome: Result<(), String> = loop {
-        tokio::select! {
-            _ = async { match &opts.stop { Some(n) => n.notified().await, None => std::future::pending().await } } => break Ok(()),
-            _ = tokio::time::sleep_until(deadline) => break Err(format!(
-                "timed out after {:?} with {} of {} frames", opts.timeout, report.frames, opts.frames)),
-            event = conn.events.recv() => match event {
-                Some(MqttEvent::Message { topic, payload }) => {
-                    let Some((kind, Some(cid))) = topics.parse(&topic) else { continue };
-                    if cid != opts.cid { continue; }
-                    match kind {
-                        TopicKind::Answer => {
-                            let sdp = match parse_answer(&payload) {
-                                Ok(sdp) => sdp,
-                                Err(err) => break Err(format!("bad answer message: {err}")),
-                            };
-                            let answer = match RTCSessionDescription::answer(sdp) {
-                                Ok(a) => a,
-                                Err(err) => break Err(format!("bad answer SDP: {err}")),
-                            };
-                            if let Err(err) = pc.set_remote_description(answer).await {
-                                break Err(format!("answer rejected: {err}"));
-                            }
-                            report.answer_ms = Some(ms_since_offer());
-                            answered = true;
-                            for c in early_remote.drain(..) {
-                                let _ = pc.add_ice_candidate(c).await;
-                            }
-                        }
-                        TopicKind::Ice => {
-                            let Ok(msg) = serde_json::from_slice::<IceCandidateMsg>(&payload) else { continue };
-                            let init = RTCIceCandidateInit {
-                                candidate: msg.candidate,
-                                sdp_mid: msg.sdp_mid,
-                                sdp_mline_index: msg.sdp_mline_index,
-                                ..Default::default()
-                            };
-                            if answered {
-                                if let Err(err) = pc.add_ice_candidate(init).await {
-                                    debug!("remote candidate: {err}");
-                                }
-                            } else {
-                                early_remote.push(init);
-                            }
-                        }
-                        TopicKind::Error => {
-                            match parse_error(&payload) {
-                                Ok(e) => {
-                                    let text = format!("device refused: {} ({})", e.message, e.code.as_str());
-                                    report.error = Some(e);
-                                    break Err(text);
-                                }
-                                Err(err) => break Err(format!("unreadable error reply: {err}")),
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-                Some(MqttEvent::Disconnected(why)) => warn!("broker: {why}"),
-                Some(MqttEvent::Connected) => {}
-                None => break Err("broker connection ended".into()),
-            },
-            item = news.recv() => match item {
-                Some(News::Candidate(mut init)) => {
-                    init.sdp_mid = Some("0".into());
-                    init.sdp_mline_index = Some(0);
-                    let msg = IceCandidateMsg {
-                        candidate: init.candidate,
-                        sdp_mid: init.sdp_mid,
-                        sdp_mline_index: init.sdp_mline_index,
-                        username_fragment: init.username_fragment.filter(|u| !u.is_empty()),
-                    };
-                    conn.client.publish(topics.ice(&opts.cid), msg.to_json(), false).await;
-                }
-                Some(News::State(RTCPeerConnectionState::Connected)) => {
-                    match restarting.take() {
-                        Some(at) => {
-                            let ms = at.elapsed().as_secs_f64() * 1000.0;
-                            report.reconnect_ms = Some(ms);
-                            report.frames_after_restart = 0;
-                            info!(ms, "connected again after the ICE restart");
-                        }
-                        None => report.connected_ms = Some(ms_since_offer()),
-                    }
-                    report.pair = connectivity.selected_pair();
-                }
-                // The connection was lost after it worked (the network changed, or went away for
-                // a while): restart ICE on the same peer connection and CID (docs/PROTOCOL.md,
-                // "Replacing a session"), once per loss.
-                Some(News::State(state @ (RTCPeerConnectionState::Disconnected | RTCPeerConnectionState::Failed)))
-                    if report.connected_ms.is_some() && restarting.is_none() && report.ice_restarts < MAX_ICE_RESTARTS =>
-                {
-                    info!("connection {state}: restarting ICE");
-                    // The network may have changed under us, and then the broker connection is
-                    // dead too, which its keepalive would tell only much later: a new one.
-                    match reconnect_broker(&broker, deadline).await {
-                        Ok(fresh) => {
-                            let old = std::mem::replace(&mut conn, fresh);
-                            tokio::spawn(old.close(None));
-                        }
-                        Err(err) => break Err(err),
-                    }
-                    match restart_ice(&pc).await {
-                        Ok(sdp) => {
-                            conn.client.publish(topics.offer(&opts.cid), SessionDescriptionMsg::offer(sdp).to_json(), false).await;
-                            restarting = Some(Instant::now());
-                            report.ice_restarts += 1;
-                            answered = false;
-                        }
-                        Err(err) => break Err(format!("ICE restart: {err}")),
-                    }
-                }
-                Some(News::State(state @ (RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed))) => {
-                    break Err(format!("connection {state}"));
-                }
-                Some(News::State(_)) => {}
-                Some(News::Track(track)) if track.kind().await == RtpCodecKind::Audio => {
-                    if audio_task.is_none() {
-                        audio_task = Some(tokio::spawn(audio::receive(track, Arc::clone(&heard))));
-                    }
-                }
-                Some(News::Track(track)) => {
-                    if media_task.is_none() {
-                        media_task = Some(tokio::spawn(receive(track, decoded_tx.clone())));
-                    }
-                }
-                None => break Err("peer connection gone".into()),
-            },
-            Some(d) = decoded_rx.recv() => {
-                report.frames += 1;
-                report.frames_after_restart += 1;
-                if let Some(last) = last_frame_at {
-                    let gap = last.elapsed().as_secs_f64() * 1000.0;
-                    if report.longest_frame_gap_ms.is_none_or(|g| gap > g) {
-                        report.longest_frame_gap_ms = Some(gap);
-                    }
-                }
-                last_frame_at = Some(Instant::now());
-                report.luma.push((Instant::now(), d.mean_luma));
-                report.width = d.width;
-                report.height = d.height;
-                let now = Instant::now();
-                if first_frame_at.is_none() {
-                    first_frame_at = Some(now);
-                    report.first_frame_ms = Some(ms_since_offer());
-                    info!(ms = report.first_frame_ms, "first frame decoded");
-                }
-                if let Some(stamp) = d.stamp {
-                    report.stamped_frames += 1;
-                    let decoded_ms = d.at.duration_since(UNIX_EPOCH).map(|t| t.as_millis() as u64).unwrap_or(0);
-                    let captured = stamp.captured_ms;
-                    let low = decoded_ms & pattern::CAPTURED_MS_MASK;
-                    let latency = low.wrapping_sub(captured) as i64 as f64;
-                    latencies.push(latency);
-                    if let Some(first) = first_frame_at {
-                        latencies_at.push((now.duration_since(first).as_secs_f64(), latency));
-                    }
-                    if d.flash == Some(true) {
-                        flashes.entry(captured / 1000).or_insert(latency);
-                    }
-                    if report.first_counter.is_none() {
-                        report.first_counter = Some(stamp.frame);
-                    }
-                    if let Some(prev) = previous_counter {
-                        let steady = first_frame_at.is_some_and(|t| now.duration_since(t) >= steady_after);
-                        if steady && stamp.frame > prev + 1 {
-                            report.counter_gaps += u64::from(stamp.frame - prev - 1);
-                        }
-                        if stamp.frame < prev {
-                            report.counter_resets += 1;
-                        }
-                    }
-                    previous_counter = Some(stamp.frame);
-                    report.last_counter = Some(stamp.frame);
-                }
-                if report.frames >= opts.frames {
-                    break Ok(());
-                }
-            }
-        }
-    };
-
-    report.latency_ms = Spread::of(&latencies);
-    report.latency_drift = LatencyDrift::of(&latencies_at);
-    let _ = pc.close().await;
-    if let Some(task) = audio_task {
-        task.abort();
-        let _ = task.await;
     }
-    {
-        let heard = heard.lock().unwrap_or_else(|p| p.into_inner());
-        report.audio_packets = heard.packets;
-        report.audio_level_dbfs = heard.rms_dbfs();
-        let beeps = heard.beep_latencies();
-        // The first flash and beep may be cut by the start of the stream: use whole ones.
-        let first = beeps
-            .keys()
-            .next()
-            .copied()
-            .max(flashes.keys().next().copied());
-        let offsets: Vec<f64> = beeps
-            .iter()
-            .filter(|(s, _)| Some(**s) > first)
-            .filter_map(|(s, a)| flashes.get(s).map(|v| a - v))
-            .collect();
-        report.beep_latency_ms = Spread::of(&beeps.values().copied().collect::<Vec<_>>());
-        report.flash_latency_ms = Spread::of(&flashes.values().copied().collect::<Vec<_>>());
-        report.av_offset_ms = Spread::of(&offsets).map(|s| s.median);
-        report.audio_pcm = heard.pcm.clone();
+    if let Some(links) = data_channel {
+        let channel = pc
+            .create_data_channel(crate::peer::datachannel::LABEL, None)
+            .await?;
+        let _ = links.send(data::DataLink {
+            channel,
+            pc: Arc::clone(pc),
+        });
     }
-    if let Some(task) = media_task {
-        task.abort();
-        if let Ok((lost, requests)) = task.await {
-            report.lost_packets = lost;
-            report.keyframe_requests = requests;
-        }
-    }
-    conn.close(None).await;
-    match outcome {
-        Ok(()) => Ok(report),
-        Err(why) => {
-            warn!("{why}");
-            Ok(report)
-        }
-    }
+    let offer = pc.create_offer(None).await?;
+    pc.set_local_description(offer).await?;
+    Ok(pc.local_description().await)
 }
 
 /// ICE restarts at most per run.
