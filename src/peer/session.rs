@@ -496,6 +496,12 @@ async fn video_plan(
     {
         return Ok((VideoPlan::Encoded, None));
     }
+    stream_plan(hub).await
+}
+
+/// What a hub that may pass H.264 through sends: its pipeline is started (the subscription is
+/// returned as the session's warm-up) and its first access unit tells.
+async fn stream_plan(hub: &Hub) -> Result<(VideoPlan, Option<Subscription>), AnswerError> {
     let warm = hub.subscribe();
     let mut stream = hub.stream();
     let deadline = tokio::time::Instant::now() + STREAM_PROFILE_WAIT;
@@ -970,6 +976,20 @@ async fn run(
     let (plan, early) = match &role {
         Role::Answer(offer_sdp) => match video_plan(&hub, offer_sdp).await {
             Ok(ok) => ok,
+            Err(err) => return SessionEvent::Failed(err),
+        },
+        // Publishing sends our encoder's constrained baseline; a stream passed through as the
+        // camera made it (Main or High, its own rate) is not published, with the reason in the
+        // status rather than a mislabelled stream.
+        Role::Offer if hub.may_pass_through() => match stream_plan(&hub).await {
+            Ok((VideoPlan::Passthrough(profile), _)) => {
+                return SessionEvent::Failed(AnswerError::Unsupported(format!(
+                    "the camera's own H.264 ({profile}) is passed through, and publishing over \
+                     WHIP sends only spyglass's encoded stream: use --exec-format i420 or \
+                     --encoder openh264 to publish"
+                )));
+            }
+            Ok(plan) => plan,
             Err(err) => return SessionEvent::Failed(err),
         },
         Role::Offer => (VideoPlan::Encoded, None),

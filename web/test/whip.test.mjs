@@ -19,7 +19,7 @@ const fixture = fileFixture({ browser: true });
 const { cleanups } = fixture;
 const TOKEN = 'whip-test-token-17';
 
-async function start({ token = TOKEN } = {}) {
+async function start({ token = TOKEN, video, size = '320x240', extra = [] } = {}) {
   const janus = await Janus.start();
   cleanups.push(() => janus.close());
   const whip = await WhipFrontend.start({ janus, token: TOKEN });
@@ -35,8 +35,9 @@ async function start({ token = TOKEN } = {}) {
   const watcher = await watchRoom(janus, room);
   cleanups.push(() => watcher.close());
   const daemon = await Spyglass.start(broker, {
-    size: '320x240',
-    extra: ['--audio', 'tone', '--whip', whip.endpoint(room), '--whip-token-file', join(dir, 'token')],
+    size,
+    video,
+    extra: ['--audio', 'tone', '--whip', whip.endpoint(room), '--whip-token-file', join(dir, 'token'), ...extra],
   });
   cleanups.push(() => daemon.close());
   return { janus, whip, pages, broker, daemon, room, watcher };
@@ -152,4 +153,20 @@ test('a refused publication is retried with back-off and reported', async () => 
   // 1 s, 2 s, 4 s (jittered down to half): at most 3 or 4 attempts in the first ~5 s.
   assert.ok(posts.length >= 2 && posts.length <= 4, `${posts.length} POSTs`);
   assert.equal(ctx.whip.sessions.size, 0);
+});
+
+test('a camera whose own H.264 is passed through is not published, and the status says why', async () => {
+  // Debian's ffmpeg writing High-profile H.264, as `rpicam-vid --codec h264` would.
+  const video = 'exec:ffmpeg -hide_banner -nostats -loglevel error -re -f lavfi '
+    + '-i testsrc2=size=352x288:rate=30 -c:v libx264 -preset veryfast -tune zerolatency '
+    + '-profile:v high -bf 0 -g 30 -pix_fmt yuv420p -x264-params repeat-headers=1 -f h264 -';
+  const ctx = await start({ video, size: '352x288', extra: ['--exec-format', 'h264'] });
+  const st = await until('status with the WHIP error', async () => {
+    const s = await status(ctx.broker, ctx.daemon.id);
+    return s.whip?.error ? s : null;
+  }, 30000);
+  assert.match(st.whip.error, /passed through/);
+  assert.notEqual(st.whip.state, 'live');
+  // Nothing mislabelled reached the SFU: no offer was posted.
+  assert.deepEqual(ctx.whip.exchanges.filter((x) => x.method === 'POST'), []);
 });
