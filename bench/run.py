@@ -448,7 +448,8 @@ def sfu(args, res):
     log("device CPU and upload: SFU with 10 subscribers vs 10 local viewers")
     env = dict(os.environ, SPYGLASS_BIN=args.bin)
     try:
-        p = subprocess.run(["node", "test/sfubench.mjs", "--bin", args.bin, "--size", "1280x720",
+        p = subprocess.run(["node", "test/sfubench.mjs", "--bin", os.path.abspath(args.bin),
+                            "--size", "1280x720",
                             "--window", str(int(args.window)), "--json"], env=env,
                            capture_output=True, text=True, cwd=os.path.join(REPO, "web"),
                            timeout=900)

@@ -103,7 +103,12 @@ if (process.getuid() !== 0) {
   process.exit(2);
 }
 nft(['-f', '-'], `table inet ${table} {\n  chain out {\n    type filter hook output priority 0; policy accept;\n    meta skuid ${NOBODY} meta l4proto udp counter\n  }\n}\n`);
-const dropTable = () => { try { nft(['delete', 'table', 'inet', table]); } catch { /* gone */ } };
+let tableUp = true;
+const dropTable = () => {
+  if (!tableUp) return;
+  tableUp = false;
+  try { nft(['delete', 'table', 'inet', table]); } catch { /* gone */ }
+};
 process.on('exit', dropTable);
 for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { dropTable(); process.exit(1); });
 
