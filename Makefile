@@ -178,9 +178,9 @@ deb-test: deb
 test-emulated: test-qemu-user test-vm
 
 # The self-test, then (issue 12) the daemon under qemu with its clock moved days ahead, streaming to
-# a viewer built for this machine.
-test-qemu-user: cross-local
-	$(CARGO) build --bin spyglass
+# a viewer built for this machine (the debug binary that `test-build` makes for every test: a
+# plain `cargo build` would build it a second time, without the dev-dependencies' features).
+test-qemu-user: cross-local test-build
 	SPYGLASS_HOST_BIN=$(TARGET_DIR)/debug/spyglass tests/qemu-user.sh $(foreach t,$(CROSS_TRIPLES),$(TARGET_DIR)/$(t)/$(LOCAL_PROFILE)/spyglass)
 
 # The board (tests/vm/README.md): selftests on its drivers, then the daemon in it streaming over a
