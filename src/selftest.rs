@@ -439,16 +439,14 @@ fn video_stage(config: &SelftestConfig, report: &mut Report) -> Result<(), Selft
                 v.changed += 1;
             }
             previous_luma = Some(luma);
-            if is_pattern {
-                if let Some(stamp) = pattern::read(yuv.y(), w as u32, h as u32, stride) {
-                    v.stamps_read += 1;
-                    if previous_stamp.is_some_and(|p| stamp.frame != p.wrapping_add(1)) {
-                        v.stamps_out_of_order += 1;
-                    }
-                    v.first_stamp.get_or_insert(stamp.frame);
-                    v.last_stamp = Some(stamp.frame);
-                    previous_stamp = Some(stamp.frame);
+            if is_pattern && let Some(stamp) = pattern::read(yuv.y(), w as u32, h as u32, stride) {
+                v.stamps_read += 1;
+                if previous_stamp.is_some_and(|p| stamp.frame != p.wrapping_add(1)) {
+                    v.stamps_out_of_order += 1;
                 }
+                v.first_stamp.get_or_insert(stamp.frame);
+                v.last_stamp = Some(stamp.frame);
+                previous_stamp = Some(stamp.frame);
             }
         }
     }

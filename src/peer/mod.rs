@@ -187,7 +187,6 @@ pub fn h264_codec(profile_level_id: &str, pt: u8) -> RTCRtpCodecParameters {
             rtcp_feedback: vec![],
         },
         payload_type: pt,
-        ..Default::default()
     }
 }
 

@@ -980,10 +980,10 @@ async fn receive(
             packet.header.marker,
             &packet.payload,
         );
-        if let Some(au) = pushed.access_unit {
-            if au_tx.send(au).is_err() {
-                break;
-            }
+        if let Some(au) = pushed.access_unit
+            && au_tx.send(au).is_err()
+        {
+            break;
         }
         let due = last_request.is_none_or(|t| t.elapsed() >= Duration::from_millis(200));
         if pushed.request_keyframe && due {

@@ -339,10 +339,10 @@ impl TestClient {
             let next = tokio::time::timeout_at(deadline, self.messages.recv()).await;
             match next {
                 Ok(Some((t, payload, _))) if t == topic => {
-                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&payload) {
-                        if pred(&v) {
-                            return v;
-                        }
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&payload)
+                        && pred(&v)
+                    {
+                        return v;
                     }
                 }
                 Ok(Some(_)) => {}

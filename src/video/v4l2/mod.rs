@@ -22,6 +22,7 @@ use v4l::{Device, Format, FourCC, Fraction};
 
 use super::controls::Controls;
 use super::convert::{self, Layout, MjpegDecoder};
+use super::m2m::video_nodes;
 use super::negotiate::{self, FourCc, FrameSize, Interval, Offered, OfferedSize, Rates};
 use super::{
     AccessUnit, Backend, Captured, Delivers, Frame, KeyframeTrigger, SourceOpener, VideoError,
@@ -563,22 +564,6 @@ impl fmt::Display for DeviceInfo {
         }
         Ok(())
     }
-}
-
-/// The `/dev/video*` nodes, in numeric order.
-fn video_nodes() -> Vec<String> {
-    let mut nodes: Vec<(u32, String)> = std::fs::read_dir("/dev")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| {
-            let name = entry.file_name().into_string().ok()?;
-            let index = name.strip_prefix("video")?.parse::<u32>().ok()?;
-            Some((index, format!("/dev/{name}")))
-        })
-        .collect();
-    nodes.sort();
-    nodes.into_iter().map(|(_, path)| path).collect()
 }
 
 /// Every V4L2 capture device: its description, or why it could not be read. Nodes that are not
